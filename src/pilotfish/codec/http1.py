@@ -1,0 +1,499 @@
+"""HTTP/1.1, sans-IO: bytes in, handler callbacks out; messages in, bytes out. No asyncio.
+
+Parsing is llhttp (through httptools). What llhttp leaves to its user is done here: limits on
+header count and size, request smuggling checks, hop-by-hop headers, absolute-form targets,
+responses to HEAD (no body whatever the headers say) and close-delimited bodies (llhttp has no
+end-of-input call in httptools).
+
+The server side reads the framing of the request it is delivering from attributes
+(``version``, ``keep_alive``, ``content_length``, ``chunked``, ``expect_continue``, ``upgrade``)
+inside ``on_request_headers``: no per-request object beyond the header map.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import httptools
+
+from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
+
+REASONS: dict[int, bytes] = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
+    202: b"Accepted", 203: b"Non-Authoritative Information", 204: b"No Content",
+    205: b"Reset Content", 206: b"Partial Content", 207: b"Multi-Status",
+    208: b"Already Reported", 226: b"IM Used", 300: b"Multiple Choices",
+    301: b"Moved Permanently", 302: b"Found", 303: b"See Other", 304: b"Not Modified",
+    305: b"Use Proxy", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
+    400: b"Bad Request", 401: b"Unauthorized", 402: b"Payment Required", 403: b"Forbidden",
+    404: b"Not Found", 405: b"Method Not Allowed", 406: b"Not Acceptable",
+    407: b"Proxy Authentication Required", 408: b"Request Timeout", 409: b"Conflict",
+    410: b"Gone", 411: b"Length Required", 412: b"Precondition Failed",
+    413: b"Payload Too Large", 414: b"URI Too Long", 415: b"Unsupported Media Type",
+    416: b"Range Not Satisfiable", 417: b"Expectation Failed", 421: b"Misdirected Request",
+    422: b"Unprocessable Entity", 423: b"Locked", 424: b"Failed Dependency",
+    426: b"Upgrade Required", 428: b"Precondition Required", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+    506: b"Variant Also Negotiates", 507: b"Insufficient Storage", 508: b"Loop Detected",
+    510: b"Not Extended", 511: b"Network Authentication Required",
+}
+_STATUS_LINES: dict[int, bytes] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()
+}
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d Unknown\r\n" % status
+    return line
+
+
+class CodecError(Exception):
+    """A protocol error. ``status`` is the local reply to send (server side), ``details`` is
+    Envoy's response code detail (``http1.codec_error`` ...)."""
+
+    def __init__(self, details: str, status: int = 400) -> None:
+        super().__init__(details)
+        self.details = details
+        self.status = status
+
+
+class _HeadResponseDone(Exception):
+    """Raised inside llhttp's callback to stop it reading a body a HEAD response has not."""
+
+
+class ServerHandler(Protocol):
+    def on_request_headers(self, headers: RequestHeaders) -> None: ...
+    def on_request_body(self, data: bytes) -> None: ...
+    def on_request_complete(self, trailers: HeaderMap | None) -> None: ...
+
+
+class ClientHandler(Protocol):
+    def on_response_headers(self, headers: ResponseHeaders, end_stream: bool) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_complete(self, trailers: HeaderMap | None) -> None: ...
+    def on_informational(self, headers: ResponseHeaders) -> None: ...
+
+
+# Request headers the codec consumes instead of passing on: they describe this hop only.
+_HOP = 1
+_HOST = 2
+_CONTENT_LENGTH = 3
+_TRANSFER_ENCODING = 4
+_CONNECTION = 5
+_UPGRADE = 6
+_EXPECT = 7
+_SPECIAL: dict[bytes, int] = {
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"connection": _CONNECTION,
+    b"keep-alive": _HOP,
+    b"proxy-connection": _HOP,
+    b"upgrade": _UPGRADE,
+    b"expect": _EXPECT,
+}
+
+
+class Http1ServerCodec:
+    """Server side of one downstream connection."""
+
+    def __init__(
+        self,
+        handler: ServerHandler,
+        *,
+        max_headers_kb: int = 60,
+        max_headers_count: int = 100,
+        allow_chunked_length: bool = False,
+        underscores: str = "ALLOW",
+        allow_absolute_url: bool = True,
+    ) -> None:
+        self.handler = handler
+        self.max_header_bytes = max_headers_kb * 1024
+        self.max_headers_count = max_headers_count
+        self.allow_chunked_length = allow_chunked_length
+        self.underscores = underscores
+        self.allow_absolute_url = allow_absolute_url
+        self._parser = httptools.HttpRequestParser(self)
+        # Per-message parse state.
+        self._url = b""
+        self._items: list[tuple[bytes, bytes]] = []
+        self._host: bytes | None = None
+        self._hbytes = 0
+        self._in_trailers = False
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._error: CodecError | None = None
+        # Framing of the request being delivered (read by the handler in on_request_headers).
+        self.version = "1.1"
+        self.keep_alive = True
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.upgrade: bytes | None = None
+        self.connection_tokens: bytes = b""
+        self.transfer_encoding: bytes | None = None
+        # Response encoding state.
+        self._chunked_out = False
+        self.messages = 0
+
+    # -- parsing ---------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Parse ``data``. Returns the bytes after an upgrade request's headers (the tunnel's
+        first bytes) if the request upgraded the connection, else None. Raises CodecError."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            return data[e.args[0] :]
+        except httptools.HttpParserCallbackError as e:
+            inner = e.__context__
+            if isinstance(inner, CodecError):
+                raise inner from None
+            raise
+        except httptools.HttpParserError as e:
+            raise self._classify(str(e)) from None
+        return None
+
+    def _classify(self, reason: str) -> CodecError:
+        if self._error is not None:
+            return self._error
+        te = self.transfer_encoding
+        if te is not None and b"chunked" not in te.lower():
+            return CodecError("http1.invalid_transfer_encoding", 501)
+        lower = reason.lower()
+        if "content-length can't be present with transfer-encoding" in lower:
+            return CodecError("http1.content_length_and_chunked_not_allowed", 400)
+        if "transfer-encoding" in lower:
+            return CodecError("http1.invalid_transfer_encoding", 501)
+        if "invalid url" in lower or "invalid characters in url" in lower:
+            return CodecError("http1.codec_error", 400)
+        if "header" in lower and ("invalid" in lower or "character" in lower):
+            return CodecError("http1.invalid_characters", 400)
+        return CodecError("http1.codec_error", 400)
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._items = []
+        self._host = None
+        self._hbytes = 0
+        self._in_trailers = False
+        self._trailers = None
+        self.content_length = None
+        self.chunked = False
+        self.expect_continue = False
+        self.upgrade = None
+        self.connection_tokens = b""
+        self.transfer_encoding = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._hbytes += len(url)
+        if self._hbytes > self.max_header_bytes:
+            self._fail(CodecError("http1.headers_too_large", 431))
+
+    def _fail(self, error: CodecError) -> None:
+        self._error = error
+        raise error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self._hbytes += len(name) + len(value)
+        if self._in_trailers:
+            if self._trailers is None:
+                self._trailers = []
+            if self._hbytes > self.max_header_bytes:
+                self._fail(CodecError("http1.headers_too_large", 431))
+            self._trailers.append((name, value))
+            return
+        if self._hbytes > self.max_header_bytes:
+            self._fail(CodecError("http1.headers_too_large", 431))
+        if len(self._items) >= self.max_headers_count:
+            self._fail(CodecError("http1.too_many_headers", 431))
+        kind = _SPECIAL.get(name)
+        if kind is None:
+            if b"_" in name and self.underscores != "ALLOW":
+                if self.underscores == "DROP_HEADER":
+                    return
+                self._fail(CodecError("http1.unexpected_underscore", 400))
+            self._items.append((name, value))
+        elif kind == _HOST:
+            if self._host is None:
+                self._host = value
+            else:
+                self._items.append((name, value))  # a second Host: left for the HCM to judge
+        elif kind == _CONTENT_LENGTH:
+            self._items.append((name, value))
+        elif kind == _TRANSFER_ENCODING:
+            self.transfer_encoding = value if self.transfer_encoding is None else (
+                self.transfer_encoding + b"," + value
+            )
+        elif kind == _CONNECTION:
+            self.connection_tokens = (
+                value.lower() if not self.connection_tokens
+                else self.connection_tokens + b"," + value.lower()
+            )
+        elif kind == _UPGRADE:
+            self.upgrade = value
+        elif kind == _EXPECT:
+            if value.lower() == b"100-continue":
+                self.expect_continue = True
+            else:
+                self._items.append((name, value))
+        # _HOP: dropped
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        self.version = parser.get_http_version()
+        self.keep_alive = parser.should_keep_alive()
+        te = self.transfer_encoding
+        if te is not None:
+            if te.lower().rstrip().rsplit(b",", 1)[-1].strip() != b"chunked":
+                self._fail(CodecError("http1.invalid_transfer_encoding", 501))
+            self.chunked = True
+            if not self.allow_chunked_length and any(n == b"content-length" for n, _ in self._items):
+                self._fail(CodecError("http1.content_length_and_chunked_not_allowed", 400))
+            self._items = [(n, v) for n, v in self._items if n != b"content-length"]
+        else:
+            for n, v in self._items:
+                if n == b"content-length":
+                    try:
+                        self.content_length = int(v)
+                    except ValueError:
+                        self._fail(CodecError("http1.codec_error", 400))
+                    break
+        if not parser.should_upgrade():
+            self.upgrade = None
+        method = parser.get_method()
+        url = self._url
+        host = self._host
+        if url[:1] != b"/" and url != b"*" and method != b"CONNECT":
+            # Absolute form (http://host/path): the authority comes from the URL.
+            scheme_end = url.find(b"://")
+            if scheme_end < 0 or not self.allow_absolute_url:
+                self._fail(CodecError("http1.invalid_url", 400))
+            rest = url[scheme_end + 3 :]
+            slash = rest.find(b"/")
+            host, url = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        elif method == b"CONNECT" and host is None:
+            host = url
+        self.messages += 1
+        self.handler.on_request_headers(RequestHeaders(method, url, host or b"", self._items))
+        self._in_trailers = True
+
+    def on_body(self, body: bytes) -> None:
+        self.handler.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        trailers = self._trailers
+        self.handler.on_request_complete(HeaderMap(trailers) if trailers else None)
+
+    # -- encoding the response ---------------------------------------------------------------
+
+    def encode_headers(
+        self,
+        headers: ResponseHeaders,
+        end_stream: bool,
+        *,
+        head_request: bool = False,
+        http10: bool = False,
+    ) -> bytes:
+        """The response head. Framing follows Envoy: a content-length is kept; a headers-only
+        response gets ``content-length: 0`` (not for 204, 304, 1xx or HEAD); otherwise chunked
+        (close-delimited for HTTP/1.0 clients)."""
+        status = headers.status
+        line = status_line(status)
+        parts = [b"HTTP/1.0" + line[8:] if http10 else line]
+        saw_length = False
+        for n, v in headers.items:
+            if n == b"content-length":
+                saw_length = True
+            parts.append(n + b": " + v + b"\r\n")
+        chunked = False
+        if not saw_length:
+            if end_stream:
+                if not head_request and status >= 200 and status != 204 and status != 304:
+                    parts.append(b"content-length: 0\r\n")
+            elif status >= 200 and status != 204 and status != 304 and not http10:
+                parts.append(b"transfer-encoding: chunked\r\n")
+                chunked = not head_request
+        self._chunked_out = chunked
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def encode_data(self, data: bytes, end_stream: bool) -> bytes:
+        if self._chunked_out:
+            out = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+            return out + b"0\r\n\r\n" if end_stream else out
+        return data
+
+    def encode_trailers(self, trailers: HeaderMap | None) -> bytes:
+        """End of a response body with trailers (dropped unless the body is chunked)."""
+        if not self._chunked_out:
+            return b""
+        if not trailers:
+            return b"0\r\n\r\n"
+        return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers.items) + b"\r\n"
+
+
+def encode_request_head(headers: RequestHeaders, end_stream: bool) -> tuple[bytes, bool]:
+    """An upstream request head, and whether its body is chunked. ``host`` goes first, as
+    Envoy encodes ``:authority``; a request without content-length and with a body is chunked."""
+    parts = [headers.method, b" ", headers.path, b" HTTP/1.1\r\nhost: ", headers.authority, b"\r\n"]
+    saw_length = False
+    for n, v in headers.items:
+        if n == b"content-length":
+            saw_length = True
+        parts.append(n + b": " + v + b"\r\n")
+    chunked = False
+    if not saw_length and not end_stream and headers.method != b"CONNECT":
+        parts.append(b"transfer-encoding: chunked\r\n")
+        chunked = True
+    parts.append(b"\r\n")
+    return b"".join(parts), chunked
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+def encode_last_chunk(trailers: HeaderMap | None) -> bytes:
+    if not trailers:
+        return b"0\r\n\r\n"
+    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers.items) + b"\r\n"
+
+
+class Http1ClientCodec:
+    """Client side of one upstream connection: parses responses to the requests sent on it."""
+
+    def __init__(self, handler: ClientHandler, *, max_headers_count: int = 100,
+                 max_headers_kb: int = 60) -> None:
+        self.handler = handler
+        self.max_headers_count = max_headers_count
+        self.max_header_bytes = max_headers_kb * 1024
+        self._parser: Any = httptools.HttpResponseParser(self)
+        self._items: list[tuple[bytes, bytes]] = []
+        self._hbytes = 0
+        self._in_trailers = False
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._error: CodecError | None = None
+        self.head_request = False  # set by the sender before a HEAD request's response
+        self.keep_alive = True
+        self.close_delimited = False
+        self.in_message = False
+        self.status = 0
+        self.upgraded: bytes | None = None  # bytes after a 101 response: the tunnel's first
+
+    def reset_for(self, handler: ClientHandler, *, head_request: bool) -> None:
+        self.handler = handler
+        self.head_request = head_request
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            inner = e.__context__
+            if isinstance(inner, _HeadResponseDone):
+                self._parser = httptools.HttpResponseParser(self)
+                return
+            if isinstance(inner, CodecError):
+                raise inner from None
+            raise
+        except httptools.HttpParserUpgrade as e:
+            if self.status != 101:
+                raise CodecError("upstream.unexpected_upgrade", 502) from e
+            self.upgraded = data[e.args[0] :]
+        except httptools.HttpParserError as e:
+            raise self._error or CodecError(f"http1.codec_error: {e}", 502) from None
+
+    def eof(self) -> bool:
+        """The upstream closed the connection. Returns True if that completed a close-delimited
+        response (which is then delivered), False if a response was cut short or none was
+        pending."""
+        if self.in_message and self.close_delimited:
+            self.in_message = False
+            self.handler.on_response_complete(None)
+            return True
+        return False
+
+    def on_message_begin(self) -> None:
+        self._items = []
+        self._hbytes = 0
+        self._in_trailers = False
+        self._trailers = None
+        self.in_message = True
+        self.close_delimited = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self._hbytes += len(name) + len(value)
+        if self._hbytes > self.max_header_bytes:
+            self._error = CodecError("upstream.headers_too_large", 502)
+            raise self._error
+        if self._in_trailers:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name, value))
+            return
+        if len(self._items) >= self.max_headers_count:
+            self._error = CodecError("upstream.too_many_headers", 502)
+            raise self._error
+        self._items.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        self.status = status
+        self.keep_alive = parser.should_keep_alive()
+        items = self._items
+        chunked = False
+        length: int | None = None
+        for n, v in items:
+            if n == b"transfer-encoding":
+                chunked = True
+            elif n == b"content-length":
+                try:
+                    length = int(v)
+                except ValueError:
+                    length = None
+        if status != 101 and (chunked or any(n in _RESPONSE_HOP for n, _ in items)):
+            items = [(n, v) for n, v in items if n not in _RESPONSE_HOP]
+        headers = ResponseHeaders(status, items)
+        if status < 200:
+            if status == 101:
+                self.handler.on_response_headers(headers, False)
+                return
+            self.handler.on_informational(headers)
+            return
+        self._in_trailers = True
+        if self.head_request or status == 204 or status == 304:
+            self.in_message = False
+            self.handler.on_response_headers(headers, True)
+            self.handler.on_response_complete(None)
+            if self.head_request:
+                raise _HeadResponseDone()
+            return
+        end_stream = length == 0 and not chunked
+        self.close_delimited = not chunked and length is None
+        if self.close_delimited:
+            self.keep_alive = False
+        self.handler.on_response_headers(headers, end_stream)
+
+    def on_body(self, body: bytes) -> None:
+        self.handler.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.in_message:
+            return  # a HEAD/204/304 response already delivered, or 1xx
+        if self.status < 200:
+            return
+        self.in_message = False
+        trailers = self._trailers
+        self.handler.on_response_complete(HeaderMap(trailers) if trailers else None)
+
+
+_RESPONSE_HOP = frozenset(
+    (b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection", b"upgrade")
+)

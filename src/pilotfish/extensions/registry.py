@@ -1,0 +1,90 @@
+"""Extension registries keyed by Envoy type URL, one per category (as Envoy's).
+
+A factory validates its proto config once, at translation time (``parse``, pure), and the
+runtime builds cheap per-connection or per-stream objects from the parsed config.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from google.protobuf.message import Message
+
+
+class Category(enum.Enum):
+    LISTENER_FILTER = "listener_filter"
+    NETWORK_FILTER = "network_filter"
+    HTTP_FILTER = "http_filter"
+    ACCESS_LOGGER = "access_logger"
+    TRANSPORT_SOCKET = "transport_socket"
+    BOOTSTRAP = "bootstrap_extension"
+    TRACER = "tracer"
+    STAT_SINK = "stat_sink"
+    RESOURCE_MONITOR = "resource_monitor"
+    REQUEST_ID = "request_id"
+    COMPRESSOR_LIBRARY = "compressor_library"
+    PROTOCOL_OPTIONS = "protocol_options"
+    ACCESS_LOG_FILTER = "access_log_filter"
+
+
+class ExtensionFactory:
+    """Base of every extension. Subclasses set the class attributes and override ``parse``."""
+
+    category: ClassVar[Category]
+    name: ClassVar[str]  # Envoy's well-known name
+    type_names: ClassVar[tuple[str, ...]]  # message full names (no type.googleapis.com/)
+    # Accepted and skipped: the extension only observes traffic (stats, tracing, logs sent
+    # to a collector) so leaving it out changes no request's outcome.
+    telemetry_only: ClassVar[bool] = False
+
+    def parse(self, msg: Message, ctx: Any, path: str) -> Any:
+        """Validate ``msg`` and return the config the runtime needs. Raise ConfigError."""
+        return msg
+
+
+class TelemetryOnly(ExtensionFactory):
+    """A type pilotfish accepts but does not run (see docs/compatibility.md)."""
+
+    telemetry_only = True
+
+    def __init__(self, category: Category, name: str, *type_names: str) -> None:
+        self.category = category  # type: ignore[misc]
+        self.name = name  # type: ignore[misc]
+        self.type_names = type_names  # type: ignore[misc]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._by_type: dict[tuple[Category, str], ExtensionFactory] = {}
+        self._by_name: dict[tuple[Category, str], ExtensionFactory] = {}
+
+    def register(self, factory: ExtensionFactory) -> None:
+        for t in factory.type_names:
+            self._by_type[(factory.category, t)] = factory
+        self._by_name[(factory.category, factory.name)] = factory
+
+    def register_all(self, factories: Iterable[ExtensionFactory]) -> None:
+        for f in factories:
+            self.register(f)
+
+    def by_type(self, category: Category, type_name: str) -> ExtensionFactory | None:
+        return self._by_type.get((category, type_name))
+
+    def by_name(self, category: Category, name: str) -> ExtensionFactory | None:
+        return self._by_name.get((category, name))
+
+    def known_type(self, type_name: str) -> bool:
+        return any(t == type_name for (_, t) in self._by_type)
+
+
+@functools.cache
+def default_registry() -> Registry:
+    """The registry with every built-in extension (an immutable table, built once)."""
+    from pilotfish.extensions.builtin import builtin_factories
+
+    reg = Registry()
+    reg.register_all(builtin_factories())
+    return reg

@@ -1,0 +1,65 @@
+"""Transport sockets: raw_buffer (plain TCP) and the TLS contexts' configuration.
+
+TLS configs are validated here so bootstraps that carry them load; serving TLS (certificates
+from files or SDS, mTLS, SAN checks) is the sidecar work item, and until then a TLS transport
+socket is refused where it would be used (docs/compatibility.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pilotfish.extensions.registry import Category, ExtensionFactory
+
+
+@dataclass(frozen=True, slots=True)
+class TlsContextConfig:
+    downstream: bool
+    sni: str = ""
+    alpn: tuple[str, ...] = ()
+    sds_secret_names: tuple[str, ...] = ()
+
+
+class RawBufferFactory(ExtensionFactory):
+    category = Category.TRANSPORT_SOCKET
+    name = "envoy.transport_sockets.raw_buffer"
+    type_names = ("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",)
+
+    def parse(self, msg: Any, ctx: Any, path: str) -> None:
+        return None
+
+
+class _TlsFactory(ExtensionFactory):
+    category = Category.TRANSPORT_SOCKET
+    name = "envoy.transport_sockets.tls"
+    downstream = False
+
+    def parse(self, msg: Any, ctx: Any, path: str) -> TlsContextConfig:
+        common = msg.common_tls_context
+        names = [s.name for s in common.tls_certificate_sds_secret_configs]
+        if common.HasField("validation_context_sds_secret_config"):
+            names.append(common.validation_context_sds_secret_config.name)
+        if common.HasField("combined_validation_context"):
+            cvc = common.combined_validation_context
+            if cvc.HasField("validation_context_sds_secret_config"):
+                names.append(cvc.validation_context_sds_secret_config.name)
+        return TlsContextConfig(
+            downstream=self.downstream,
+            sni=getattr(msg, "sni", ""),
+            alpn=tuple(common.alpn_protocols),
+            sds_secret_names=tuple(names),
+        )
+
+
+class UpstreamTlsFactory(_TlsFactory):
+    type_names = ("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",)
+
+
+class DownstreamTlsFactory(_TlsFactory):
+    type_names = ("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",)
+    downstream = True
+
+
+def transport_socket_factories() -> list[ExtensionFactory]:
+    return [RawBufferFactory(), UpstreamTlsFactory(), DownstreamTlsFactory()]

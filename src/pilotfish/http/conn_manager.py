@@ -1,0 +1,1061 @@
+"""The HTTP connection manager (envoy.filters.network.http_connection_manager) for HTTP/1.1.
+
+``HttpConnectionManager`` is built once per filter chain from its config; each accepted
+connection gets an ``HttpConnection`` (an asyncio Protocol around the sans-IO codec), and each
+request an ``ActiveStream`` that runs the HTTP filters and then the router.
+
+The per-request path is written for speed: callbacks only (no tasks or futures), writes batched
+per event, one timer per connection (a watchdog re-armed lazily) instead of timers per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from pilotfish.codec.http1 import CodecError, Http1ServerCodec
+from pilotfish.context import ServerContext
+from pilotfish.http import filter as hf
+from pilotfish.http.date import DATE
+from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
+from pilotfish.http.request_id import new_request_id
+from pilotfish.model.http import HttpConnectionManagerConfig
+from pilotfish.router.matcher import RouteTable, VirtualHostEntry
+from pilotfish.stats.store import Counter, Gauge, Histogram, Scope
+from pilotfish.stream_info import ResponseFlag, StreamInfo
+
+log = logging.getLogger("pilotfish.http")
+
+# Read-pause reasons (a bit each): any set bit keeps the downstream socket paused.
+PAUSE_PIPELINE = 1
+PAUSE_UPSTREAM_BACKPRESSURE = 2
+PAUSE_BUFFER = 4
+
+_EDGE_ONLY_REMOVALS = (
+    b"x-envoy-decorator-operation",
+    b"x-envoy-downstream-service-cluster",
+    b"x-envoy-downstream-service-node",
+    b"x-envoy-original-path",
+)
+# Envoy's cleanInternalHeaders: control headers only an internal request may carry.
+_EXTERNAL_REMOVALS = frozenset((
+    b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names", b"x-envoy-retry-on",
+    b"x-envoy-retry-grpc-on", b"x-envoy-max-retries", b"x-envoy-upstream-alt-stat-name",
+    b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-upstream-rq-per-try-timeout-ms",
+    b"x-envoy-upstream-rq-timeout-alt-response", b"x-envoy-expected-rq-timeout-ms",
+    b"x-envoy-force-trace", b"x-envoy-ip-tags", b"x-envoy-original-url",
+    b"x-envoy-hedge-on-per-try-timeout",
+))
+
+
+class HcmStats:
+    """``http.<stat_prefix>.*`` (and the per-listener copies Envoy keeps of a few)."""
+
+    def __init__(self, scope: Scope, listener_scope: Scope | None) -> None:
+        c, g = scope.counter, scope.gauge
+        self.downstream_cx_total = c("downstream_cx_total")
+        self.downstream_cx_http1_total = c("downstream_cx_http1_total")
+        self.downstream_cx_active: Gauge = g("downstream_cx_active", accumulate=False)
+        self.downstream_cx_http1_active: Gauge = g("downstream_cx_http1_active", accumulate=False)
+        self.downstream_cx_destroy = c("downstream_cx_destroy")
+        self.downstream_cx_destroy_remote = c("downstream_cx_destroy_remote")
+        self.downstream_cx_destroy_local = c("downstream_cx_destroy_local")
+        self.downstream_cx_destroy_active_rq = c("downstream_cx_destroy_active_rq")
+        self.downstream_cx_destroy_remote_active_rq = c("downstream_cx_destroy_remote_active_rq")
+        self.downstream_cx_destroy_local_active_rq = c("downstream_cx_destroy_local_active_rq")
+        self.downstream_cx_rx_bytes_total = c("downstream_cx_rx_bytes_total")
+        self.downstream_cx_tx_bytes_total = c("downstream_cx_tx_bytes_total")
+        self.downstream_cx_protocol_error = c("downstream_cx_protocol_error")
+        self.downstream_cx_idle_timeout = c("downstream_cx_idle_timeout")
+        self.downstream_cx_drain_close = c("downstream_cx_drain_close")
+        self.downstream_cx_upgrades_total = c("downstream_cx_upgrades_total")
+        self.downstream_cx_upgrades_active: Gauge = g("downstream_cx_upgrades_active", accumulate=False)
+        self.downstream_cx_length_ms: Histogram = scope.histogram("downstream_cx_length_ms")
+        self.downstream_rq_total = c("downstream_rq_total")
+        self.downstream_rq_http1_total = c("downstream_rq_http1_total")
+        self.downstream_rq_active: Gauge = g("downstream_rq_active", accumulate=False)
+        self.downstream_rq_completed = c("downstream_rq_completed")
+        self.downstream_rq_rx_reset = c("downstream_rq_rx_reset")
+        self.downstream_rq_tx_reset = c("downstream_rq_tx_reset")
+        self.downstream_rq_non_relative_path = c("downstream_rq_non_relative_path")
+        self.downstream_rq_too_large = c("downstream_rq_too_large")
+        self.downstream_rq_idle_timeout = c("downstream_rq_idle_timeout")
+        self.downstream_rq_timeout = c("downstream_rq_timeout")
+        self.downstream_rq_header_timeout = c("downstream_rq_header_timeout")
+        self.downstream_rq_ws_on_non_ws_route = c("downstream_rq_ws_on_non_ws_route")
+        self.downstream_rq_response_before_rq_complete = c("downstream_rq_response_before_rq_complete")
+        self.downstream_rq_time: Histogram = scope.histogram("downstream_rq_time")
+        self.rq_total = c("rq_total")
+        self.no_route = c("no_route")
+        self.no_cluster = c("no_cluster")
+        self.rq_direct_response = c("rq_direct_response")
+        self.rq_redirect = c("rq_redirect")
+        self.rq_reset_after_downstream_response_started = c("rq_reset_after_downstream_response_started")
+        self._classes = tuple(c(f"downstream_rq_{n}xx") for n in range(1, 6))
+        self._listener_classes = (
+            tuple(listener_scope.counter(f"downstream_rq_{n}xx") for n in range(1, 6))
+            if listener_scope is not None else None
+        )
+        self._listener_completed = (
+            listener_scope.counter("downstream_rq_completed") if listener_scope is not None else None
+        )
+
+    def response(self, status: int) -> None:
+        index = status // 100 - 1
+        if 0 <= index < 5:
+            self._classes[index].value += 1
+            if self._listener_classes is not None:
+                self._listener_classes[index].value += 1
+        self.downstream_rq_completed.value += 1
+        if self._listener_completed is not None:
+            self._listener_completed.value += 1
+
+
+class HttpConnectionManager:
+    """One HCM config, ready to serve connections."""
+
+    def __init__(
+        self,
+        config: HttpConnectionManagerConfig,
+        ctx: ServerContext,
+        *,
+        listener_stat_prefix: str = "",
+        route_table: RouteTable | None = None,
+    ) -> None:
+        from pilotfish.http.router import RouterSettings
+
+        self.config = config
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.route_table = route_table if route_table is not None else (
+            RouteTable(config.route_config) if config.route_config is not None else None
+        )
+        listener_scope = (
+            ctx.stats.scope(f"{listener_stat_prefix}http.{config.stat_prefix}.")
+            if listener_stat_prefix else None
+        )
+        self.stats = HcmStats(ctx.stats.scope(f"http.{config.stat_prefix}."), listener_scope)
+        # Filter factories, without the router (the connection manager's terminal step).
+        self.filter_factories: list[tuple[str, Callable[[], hf.HttpFilter]]] = []
+        router_config = None
+        for ext in config.http_filters:
+            if ext.factory is not None and ext.factory.name == "envoy.filters.http.router":
+                router_config = ext.config
+                continue
+            build = getattr(ext.factory, "build", None)
+            if build is not None:
+                self.filter_factories.append((ext.name, build(ext.config, ctx)))
+        self.router = RouterSettings(router_config, ctx)
+        self.access_loggers = [
+            ext.factory.build(ext.config, ctx.access_logs)
+            for ext in config.access_log
+            if ext.factory is not None and ctx.access_logs is not None
+        ]
+        self.server_name = config.server_name
+        self.upgrades = {u.upgrade_type: u.enabled for u in config.upgrade_configs}
+        self._internal_nets: tuple[Any, ...] = tuple(
+            ipaddress.ip_network(c) for c in (config.internal_address_cidrs or ())
+        )
+        self.connections: set[HttpConnection] = set()
+
+    def is_internal(self, address: str) -> bool:
+        if not self._internal_nets:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._internal_nets)
+
+    def new_connection(self, info: Any) -> HttpConnection:
+        return HttpConnection(self, info)
+
+    def drain(self) -> None:
+        """Ask every connection to close after its current response."""
+        for conn in list(self.connections):
+            conn.start_drain()
+
+
+class HttpConnection(asyncio.Protocol):
+    """One downstream HTTP/1.1 connection."""
+
+    def __init__(self, hcm: HttpConnectionManager, info: Any) -> None:
+        self.hcm = hcm
+        self.info = info
+        cfg = hcm.config
+        self.codec = Http1ServerCodec(
+            self,
+            max_headers_kb=cfg.max_request_headers_kb,
+            max_headers_count=cfg.max_headers_count,
+            allow_chunked_length=cfg.allow_chunked_length,
+            underscores=cfg.headers_with_underscores_action,
+            allow_absolute_url=cfg.allow_absolute_url,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.active: ActiveStream | None = None  # the stream whose response is being produced
+        self.parsing: ActiveStream | None = None  # the stream whose request is being parsed
+        self.queue: deque[ActiveStream] = deque()  # pipelined requests waiting their turn
+        self.batch: list[bytes] | None = None
+        self.read_paused = 0
+        self.write_blocked = False
+        self.closing = False  # close once the current response is written
+        self.closed = False
+        self.requests = 0
+        self.last_activity = 0.0
+        self.opened_at = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.tunnel: Any = None  # set when an upgrade switched the connection to a TCP tunnel
+
+    # -- transport events --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        hcm = self.hcm
+        s = hcm.stats
+        s.downstream_cx_total.value += 1
+        s.downstream_cx_http1_total.value += 1
+        s.downstream_cx_active.value += 1
+        s.downstream_cx_http1_active.value += 1
+        hcm.connections.add(self)
+        now = hcm.loop.time()
+        self.opened_at = self.last_activity = now
+        self._arm(now + self._idle_timeout())
+
+    def data_received(self, data: bytes) -> None:
+        self.hcm.stats.downstream_cx_rx_bytes_total.value += len(data)
+        self.last_activity = self.hcm.loop.time()
+        if self.tunnel is not None:
+            self.tunnel.downstream_data(data)
+            return
+        if self.closing and self.active is None and not self.queue:
+            return  # draining: nothing more is read
+        self.batch = batch = []
+        try:
+            rest = self.codec.feed(data)
+            if rest is not None and self.active is not None:
+                self.active.on_upgrade_data(rest)
+        except CodecError as e:
+            self._protocol_error(e)
+        finally:
+            self.batch = None
+            if batch:
+                self._write_now(b"".join(batch))
+
+    def eof_received(self) -> bool:
+        # Envoy does not support half-closed HTTP/1 connections: a client FIN ends everything.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        hcm = self.hcm
+        s = hcm.stats
+        s.downstream_cx_active.value -= 1
+        s.downstream_cx_http1_active.value -= 1
+        s.downstream_cx_destroy.value += 1
+        remote = not self.closing
+        if remote:
+            s.downstream_cx_destroy_remote.value += 1
+        else:
+            s.downstream_cx_destroy_local.value += 1
+        s.downstream_cx_length_ms.record((hcm.loop.time() - self.opened_at) * 1000)
+        hcm.connections.discard(self)
+        self.info.closed()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        streams = ([self.active] if self.active is not None else []) + list(self.queue)
+        if self.parsing is not None and self.parsing not in streams:
+            streams.append(self.parsing)
+        self.active = self.parsing = None
+        self.queue.clear()
+        if streams:
+            s.downstream_cx_destroy_active_rq.value += 1
+            if remote:
+                s.downstream_cx_destroy_remote_active_rq.value += 1
+            else:
+                s.downstream_cx_destroy_local_active_rq.value += 1
+        for stream in streams:
+            stream.on_downstream_disconnect()
+        if self.tunnel is not None:
+            self.tunnel.downstream_closed()
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        active = self.active
+        if active is not None:
+            active.on_downstream_writable(False)
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        active = self.active
+        if active is not None:
+            active.on_downstream_writable(True)
+
+    # -- codec callbacks ----------------------------------------------------------------------
+
+    def on_request_headers(self, headers: RequestHeaders) -> None:
+        stream = ActiveStream(self, headers)
+        self.parsing = stream
+        self.requests += 1
+        if self.active is None:
+            self.active = stream
+            stream.start()
+        else:
+            self.queue.append(stream)
+            self.pause_reading(PAUSE_PIPELINE)
+
+    def on_request_body(self, data: bytes) -> None:
+        stream = self.parsing
+        if stream is not None:
+            stream.on_downstream_body(data)
+
+    def on_request_complete(self, trailers: HeaderMap | None) -> None:
+        stream = self.parsing
+        self.parsing = None
+        if stream is not None:
+            stream.on_downstream_complete(trailers)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        batch = self.batch
+        if batch is not None:
+            batch.append(data)
+        else:
+            self._write_now(data)
+
+    def _write_now(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            self.hcm.stats.downstream_cx_tx_bytes_total.value += len(data)
+            transport.write(data)
+
+    def begin_batch(self) -> None:
+        if self.batch is None:
+            self.batch = []
+
+    def end_batch(self) -> None:
+        batch = self.batch
+        self.batch = None
+        if batch:
+            self._write_now(b"".join(batch))
+
+    # -- flow control -------------------------------------------------------------------------
+
+    def pause_reading(self, reason: int) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.read_paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self.read_paused & reason:
+            return
+        self.read_paused &= ~reason
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- stream lifecycle ---------------------------------------------------------------------
+
+    def stream_done(self, stream: ActiveStream) -> None:
+        """The response to ``stream`` is fully written."""
+        if self.active is not stream:
+            return
+        self.active = None
+        if self.closing or self.closed:
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.active = nxt
+            if not self.queue:
+                self.resume_reading(PAUSE_PIPELINE)
+            nxt.start()
+        elif self.read_paused & PAUSE_PIPELINE:
+            self.resume_reading(PAUSE_PIPELINE)
+
+    def start_drain(self) -> None:
+        self.closing = True
+        if self.active is None and self.parsing is None:
+            self.hcm.stats.downstream_cx_drain_close.value += 1
+            self.close()
+
+    def close(self, *, abort: bool = False) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.closing = True
+        if self.batch:
+            self._write_now(b"".join(self.batch))
+            self.batch = None
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _protocol_error(self, error: CodecError) -> None:
+        """A request the codec rejected: Envoy's local reply, then close."""
+        s = self.hcm.stats
+        s.downstream_cx_protocol_error.value += 1
+        self.codec = _DeadCodec()  # type: ignore[assignment]
+        stream = self.parsing
+        if stream is None or stream.response_started:
+            if self.active is None or not self.active.response_started:
+                # Error before any request is known: a bare local reply.
+                stream = ActiveStream(self, RequestHeaders(b"GET", b"/", b""), headerless=True)
+                self.active = stream
+            else:
+                self.close(abort=True)
+                return
+        self.closing = True
+        stream.protocol_error = True
+        stream.request_complete = True
+        if self.active is not stream:
+            # A pipelined request failed to parse while an earlier one is in flight: answer it
+            # after the earlier response.
+            stream.deferred_error = error
+            return
+        stream.send_local_reply(
+            error.status, _reason_body(error.status), error.details,
+            ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR,
+        )
+
+    # -- timeouts -----------------------------------------------------------------------------
+
+    def _idle_timeout(self) -> float:
+        t = self.hcm.config.idle_timeout
+        return t if t > 0 else 1e9
+
+    def _arm(self, when: float) -> None:
+        """Make sure the watchdog runs no later than ``when`` (loop time)."""
+        wd = self.watchdog
+        if wd is not None:
+            if wd.when() <= when:
+                return
+            wd.cancel()
+        self.watchdog = self.hcm.loop.call_at(when, self._on_watchdog)
+
+    def arm_deadline(self, when: float) -> None:
+        self._arm(when)
+
+    def _on_watchdog(self) -> None:
+        self.watchdog = None
+        if self.closed:
+            return
+        now = self.hcm.loop.time()
+        cfg = self.hcm.config
+        self.begin_batch()
+        try:
+            stream = self.active
+            if stream is not None:
+                nxt = stream.check_timeouts(now)
+                if self.closed:
+                    return
+                if nxt is not None:
+                    self._arm(nxt)
+                    return
+                if self.active is not None:
+                    # The stream changed state: look again shortly.
+                    self._arm(now + 1.0)
+                    return
+            if self.parsing is not None and self.parsing is not self.active:
+                self._arm(now + 1.0)
+                return
+            # Idle connection.
+            idle = self._idle_timeout()
+            if now - self.last_activity >= idle:
+                self.hcm.stats.downstream_cx_idle_timeout.value += 1
+                self.close()
+                return
+            deadline = self.last_activity + idle
+            if cfg.max_connection_duration:
+                end = self.opened_at + cfg.max_connection_duration
+                if now >= end:
+                    self.close()
+                    return
+                deadline = min(deadline, end)
+            self._arm(deadline)
+        finally:
+            self.end_batch()
+
+
+class _DeadCodec:
+    """After a protocol error nothing more is parsed."""
+
+    def feed(self, data: bytes) -> None:
+        return None
+
+
+def _reason_body(status: int) -> bytes:
+    from pilotfish.codec.http1 import REASONS
+
+    return REASONS.get(status, b"Unknown")
+
+
+class ActiveStream(StreamInfo):
+    """One request/response exchange. It is its own StreamInfo (access logs read it)."""
+
+    def __init__(self, conn: HttpConnection, headers: RequestHeaders, *, headerless: bool = False) -> None:
+        self.conn = conn
+        hcm = conn.hcm
+        self.hcm = hcm
+        self.request_headers = headers
+        loop_time = hcm.loop.time()
+        self.start_monotonic = loop_time
+        self.start_time = time.time()
+        codec = conn.codec
+        self.http_version = "1.1" if headerless else codec.version
+        self.protocol = "HTTP/1.0" if self.http_version == "1.0" else "HTTP/1.1"
+        self.keep_alive = True if headerless else codec.keep_alive
+        self.has_body = not headerless and (codec.chunked or bool(codec.content_length))
+        self.expect_continue = not headerless and codec.expect_continue
+        self.upgrade = None if headerless else codec.upgrade
+        self.connection_tokens = b"" if headerless else codec.connection_tokens
+        self.is_head = headers.method == b"HEAD"
+        self.request_complete = False
+        self.response_started = False
+        self.done = False
+        self.started = False
+        self.protocol_error = False
+        self.deferred_error: CodecError | None = None
+        self.pending: list[tuple[int, Any]] | None = None  # events before start()
+        self.deadline: float | None = None
+        self.route: Any = None
+        self.vhost: VirtualHostEntry | None = None
+        self.router: Any = None
+        self.filters: list[hf.HttpFilter] | None = None
+        self.decoder_stopped: int = -1
+        self.encoder_stopped: int = -1
+        self.decode_buffer: list[Any] | None = None
+        self.encode_buffer: list[Any] | None = None
+        self.response_headers: ResponseHeaders | None = None
+        self.connection_id = conn.info.connection_id
+        self.downstream_remote_address = conn.info.remote_address
+        self.downstream_direct_remote_address = conn.info.remote_address
+        self.downstream_local_address = conn.info.local_address
+        s = hcm.stats
+        s.downstream_rq_total.value += 1
+        s.downstream_rq_http1_total.value += 1
+        s.downstream_rq_active.value += 1
+
+    # -- request side ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin processing (immediately, or when an earlier pipelined response is done)."""
+        self.started = True
+        conn = self.conn
+        if self.deferred_error is not None:
+            e = self.deferred_error
+            self.send_local_reply(e.status, _reason_body(e.status), e.details,
+                                  ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
+            return
+        if self.protocol_error:
+            return
+        cfg = self.hcm.config
+        if self.http_version != "1.1":
+            if self.http_version == "1.0" and cfg.accept_http_10:
+                headers = self.request_headers
+                if not headers.authority and cfg.default_host_for_http_10:
+                    headers.authority = cfg.default_host_for_http_10
+            else:
+                conn.closing = True
+                self.send_local_reply(426, b"Upgrade Required", "low_version",
+                                      ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
+                return
+        if not self.keep_alive:
+            conn.closing = True
+        headers = self.request_headers
+        if not headers.authority:
+            if self.http_version == "1.1" or not cfg.accept_http_10:
+                conn.closing = True
+                self.send_local_reply(400, b"", "missing_host_header", 0)
+                return
+        if self.upgrade is not None:
+            upgrade_type = self.upgrade.lower()
+            if not self.hcm.upgrades.get(upgrade_type, False) and upgrade_type != b"h2c":
+                conn.closing = True
+                self.send_local_reply(403, b"", "upgrade_failed", 0)
+                return
+        if self.expect_continue:
+            if cfg.proxy_100_continue:
+                headers.items.append((b"expect", b"100-continue"))
+            else:
+                conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._mutate_request_headers()
+        conn.arm_deadline(self.start_monotonic + (cfg.stream_idle_timeout or 1e9))
+        self._resolve_route()
+        factories = self.hcm.filter_factories
+        if factories:
+            filters = []
+            for _, make in factories:
+                f = make()
+                f.stream = self
+                filters.append(f)
+            self.filters = filters
+        self._decode_headers(0, not self.has_body)
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            for kind, value in pending:
+                if self.done:
+                    break
+                if kind == 0:
+                    self._decode_data_from(0, value, False)
+                else:
+                    self._complete_request(value)
+
+    def _mutate_request_headers(self) -> None:
+        """Envoy's ConnectionManagerUtility::mutateRequestHeaders, HTTP/1 plain-text part."""
+        headers = self.request_headers
+        hcm = self.hcm
+        cfg = hcm.config
+        items = headers.items
+        if self.upgrade is not None:
+            # Forwarded verbatim to the upstream (Connection and Upgrade).
+            items.append((b"connection", b"Upgrade"))
+            items.append((b"upgrade", self.upgrade))
+        edge = False
+        internal = False
+        if cfg.use_remote_address:
+            had_xff = any(n == b"x-forwarded-for" for n, _ in items)
+            remote_ip = self.conn.info.remote_ip
+            if not cfg.skip_xff_append:
+                appended = hcm.ctx.local_address if self.conn.info.remote_is_loopback else remote_ip
+                _append_xff(headers, appended.encode())
+            headers.set(b"x-forwarded-proto", b"http")
+            internal = not had_xff and hcm.is_internal(remote_ip)
+            edge = not internal
+            self.downstream_remote_address = self.conn.info.remote_address
+        elif headers.get(b"x-forwarded-proto") is None:
+            items.append((b"x-forwarded-proto", b"http"))
+        if internal:
+            headers.set(b"x-envoy-internal", b"true")
+        else:
+            if any(n[:8] == b"x-envoy-" for n, _ in items):
+                removals = _EXTERNAL_REMOVALS | set(_EDGE_ONLY_REMOVALS) if edge else _EXTERNAL_REMOVALS
+                headers.items = items = [(n, v) for n, v in items if n not in removals]
+                if not edge:
+                    headers.remove(b"x-envoy-internal")
+            table = hcm.route_table
+            if table is not None and table.config.internal_only_headers:
+                for name in table.config.internal_only_headers:
+                    headers.remove(name)
+        if cfg.via:
+            _append_header(headers, b"via", cfg.via)
+        if edge:
+            headers.set(b"x-envoy-external-address", self.conn.info.remote_ip.encode())
+        if cfg.generate_request_id:
+            if edge and not cfg.preserve_external_request_id:
+                headers.set(b"x-request-id", new_request_id())
+            elif headers.get(b"x-request-id") is None:
+                headers.items.append((b"x-request-id", new_request_id()))
+        if cfg.forward_client_cert_details != "ALWAYS_FORWARD_ONLY":
+            # Plain text: no client certificate, so x-forwarded-client-cert is not trusted.
+            headers.remove(b"x-forwarded-client-cert")
+
+    def _resolve_route(self) -> None:
+        table = self.hcm.route_table
+        if table is None:
+            return
+        vhost, route = table.route(self.request_headers)
+        self.vhost = vhost
+        self.route = route
+        if route is not None:
+            self.route_name = route.name
+
+    def clear_route_cache(self) -> None:
+        """A filter changed what routing depends on (Envoy's clearRouteCache)."""
+        self._resolve_route()
+
+    def on_downstream_body(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        if not self.started:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append((0, data))
+            return
+        if self.done:
+            return
+        self._decode_data_from(0, data, False)
+
+    def on_downstream_complete(self, trailers: HeaderMap | None) -> None:
+        self.last_downstream_rx = self.hcm.loop.time()
+        if not self.started:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append((1, trailers))
+            return
+        self._complete_request(trailers)
+
+    def _complete_request(self, trailers: HeaderMap | None) -> None:
+        self.request_complete = True
+        if self.done:
+            return
+        if trailers is not None:
+            self._decode_trailers_from(0, trailers)
+        elif self.has_body:
+            self._decode_data_from(0, b"", True)
+        # (A request without a body ended with its headers: the router already knows.)
+
+    def on_upgrade_data(self, data: bytes) -> None:
+        if self.router is not None:
+            self.router.on_upgrade_data(data)
+
+    # -- the decoder filter chain -------------------------------------------------------------
+
+    def _decode_headers(self, start: int, end_stream: bool) -> None:
+        filters = self.filters
+        if filters is not None:
+            headers = self.request_headers
+            for i in range(start, len(filters)):
+                if filters[i].decode_headers(headers, end_stream) == hf.STOP:
+                    self.decoder_stopped = i
+                    self.decode_buffer = []
+                    return
+                if self.done:
+                    return
+        from pilotfish.http.router import route_request
+
+        route_request(self, end_stream)
+
+    def _decode_data_from(self, start: int, data: bytes, end_stream: bool) -> None:
+        if self.decode_buffer is not None:
+            self.decode_buffer.append((0, data, end_stream))
+            return
+        filters = self.filters
+        if filters is not None:
+            for i in range(start, len(filters)):
+                r = filters[i].decode_data(data, end_stream)
+                if r.__class__ is bytes:
+                    data = r  # type: ignore[assignment]
+                elif r == hf.STOP:
+                    self.decoder_stopped = i
+                    self.decode_buffer = []
+                    return
+                if self.done:
+                    return
+        router = self.router
+        if router is not None:
+            router.decode_data(data, end_stream)
+
+    def _decode_trailers_from(self, start: int, trailers: HeaderMap) -> None:
+        if self.decode_buffer is not None:
+            self.decode_buffer.append((1, trailers, True))
+            return
+        filters = self.filters
+        if filters is not None:
+            for i in range(start, len(filters)):
+                if filters[i].decode_trailers(trailers) == hf.STOP:
+                    self.decoder_stopped = i
+                    self.decode_buffer = []
+                    return
+        router = self.router
+        if router is not None:
+            router.decode_trailers(trailers)
+
+    def continue_decoding(self) -> None:
+        """A filter that returned STOP lets the request go on."""
+        index = self.decoder_stopped
+        if index < 0 or self.done:
+            return
+        self.decoder_stopped = -1
+        buffered = self.decode_buffer or []
+        self.decode_buffer = None
+        conn = self.conn
+        conn.begin_batch()
+        try:
+            if self.router is None:
+                self._decode_headers(index + 1, not self.has_body)
+                index = -1
+            for kind, value, end in buffered:
+                if self.done:
+                    break
+                if kind == 0:
+                    self._decode_data_from(index + 1, value, end)
+                else:
+                    self._decode_trailers_from(index + 1, value)
+        finally:
+            conn.end_batch()
+
+    # -- the response side --------------------------------------------------------------------
+
+    def encode_headers(self, headers: ResponseHeaders, end_stream: bool) -> None:
+        """Send response headers through the encoder filters to the client."""
+        if self.done or self.response_started:
+            return
+        filters = self.filters
+        if filters is not None:
+            for i in range(len(filters) - 1, -1, -1):
+                if filters[i].encode_headers(headers, end_stream) == hf.STOP:
+                    self.encoder_stopped = i
+                    self.response_headers = headers
+                    self.encode_buffer = [(2, headers, end_stream)]
+                    return
+        self._write_headers(headers, end_stream)
+
+    def _write_headers(self, headers: ResponseHeaders, end_stream: bool) -> None:
+        self.response_started = True
+        self.response_headers = headers
+        self.response_code = headers.status
+        conn = self.conn
+        cfg = self.hcm.config
+        items = headers.items
+        if not any(n == b"date" for n, _ in items):
+            items.append((b"date", DATE.get()))
+        transform = cfg.server_header_transformation
+        if transform == "OVERWRITE":
+            headers.set(b"server", self.hcm.server_name)
+        elif transform == "APPEND_IF_ABSENT":
+            headers.set_default(b"server", self.hcm.server_name)
+        if cfg.always_set_request_id_in_response:
+            rid = self.request_headers.get(b"x-request-id")
+            if rid is not None:
+                headers.set(b"x-request-id", rid)
+        if self.hcm.ctx.draining or conn.hcm.ctx.draining:
+            conn.closing = True
+        if headers.status == 101 and self.upgrade is not None:
+            pass  # connection/upgrade headers go through for a switched protocol
+        elif self.http_version == "1.0" and not conn.closing:
+            headers.set(b"connection", b"keep-alive")
+        elif conn.closing:
+            headers.set(b"connection", b"close")
+        if not end_stream and headers.get(b"content-length") is None and (
+            self.http_version == "1.0"
+        ):
+            conn.closing = True  # a close-delimited body
+        self.first_downstream_tx = self.hcm.loop.time()
+        conn.write(conn.codec.encode_headers(
+            headers, end_stream, head_request=self.is_head, http10=self.http_version == "1.0"
+        ))
+        if end_stream:
+            self._response_complete(None)
+
+    def encode_data(self, data: bytes, end_stream: bool) -> None:
+        if self.done:
+            return
+        if self.encode_buffer is not None:
+            self.encode_buffer.append((0, data, end_stream))
+            return
+        filters = self.filters
+        if filters is not None:
+            self._encode_data_below(len(filters), data, end_stream)
+            return
+        self._write_data(data, end_stream)
+
+    def _encode_data_below(self, index: int, data: bytes, end_stream: bool) -> None:
+        """Run encoder filters below ``index`` (they run in reverse order) on ``data``."""
+        filters = self.filters
+        assert filters is not None
+        for i in range(index - 1, -1, -1):
+            r = filters[i].encode_data(data, end_stream)
+            if r.__class__ is bytes:
+                data = r  # type: ignore[assignment]
+            elif r == hf.STOP:
+                self.encoder_stopped = i
+                self.encode_buffer = []
+                return
+        self._write_data(data, end_stream)
+
+    def add_encoded_data(self, source: hf.HttpFilter, data: bytes) -> None:
+        """A filter emits extra response body (e.g. a compressor's tail before trailers)."""
+        filters = self.filters
+        if not data or filters is None or self.done:
+            return
+        self._encode_data_below(filters.index(source), data, False)
+
+    def _write_data(self, data: bytes, end_stream: bool) -> None:
+        if not self.is_head:
+            self.bytes_sent += len(data)
+            out = self.conn.codec.encode_data(data, end_stream)
+            if out:
+                self.conn.write(out)
+        if end_stream:
+            self._response_complete(None)
+
+    def encode_trailers(self, trailers: HeaderMap) -> None:
+        if self.done:
+            return
+        if self.encode_buffer is not None:
+            self.encode_buffer.append((1, trailers, True))
+            return
+        filters = self.filters
+        if filters is not None:
+            for i in range(len(filters) - 1, -1, -1):
+                if filters[i].encode_trailers(trailers) == hf.STOP:
+                    self.encoder_stopped = i
+                    self.encode_buffer = []
+                    return
+        self._write_trailers(trailers)
+
+    def _write_trailers(self, trailers: HeaderMap) -> None:
+        self.response_trailers = trailers
+        if not self.is_head:
+            out = self.conn.codec.encode_trailers(trailers)
+            if out:
+                self.conn.write(out)
+        self._response_complete(trailers)
+
+    def continue_encoding(self) -> None:
+        if self.encoder_stopped < 0 or self.done:
+            return
+        self.encoder_stopped = -1
+        buffered = self.encode_buffer or []
+        self.encode_buffer = None
+        conn = self.conn
+        conn.begin_batch()
+        try:
+            for kind, value, end in buffered:
+                if kind == 2:
+                    self._write_headers(value, end)
+                elif kind == 0:
+                    self._write_data(value, end)
+                else:
+                    self._write_trailers(value)
+        finally:
+            conn.end_batch()
+
+    def send_local_reply(self, status: int, body: bytes, details: str, flag: int,
+                         extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Envoy's local reply: the status, a text body, date/server; through encoder filters."""
+        if self.done:
+            return
+        if flag:
+            self.set_response_flag(flag)
+        self.response_code_details = details
+        if self.response_started:
+            # Too late for a reply: the client sees the connection reset.
+            self.reset_stream(details)
+            return
+        if self.router is not None:
+            self.router.cancel()
+        items: list[tuple[bytes, bytes]] = []
+        if extra_headers:
+            items.extend(extra_headers)
+        if body:
+            items.append((b"content-length", str(len(body)).encode()))
+            items.append((b"content-type", b"text/plain"))
+        headers = ResponseHeaders(status, items)
+        route = self.route
+        if route is not None and details in ("direct_response",):
+            from pilotfish.http.router import apply_response_mutations
+
+            apply_response_mutations(self, headers, route, None)
+        if not self.request_complete:
+            # The rest of the request will not be read: the connection can't be reused.
+            self.conn.closing = True
+        end_stream = not body and not self.is_head
+        self.encode_headers(headers, end_stream)
+        if not end_stream and not self.done:
+            self.encode_data(body, True)
+
+    def reset_stream(self, details: str = "") -> None:
+        """Abandon the exchange: HTTP/1 can only say so by closing the connection."""
+        if self.done:
+            return
+        if details:
+            self.connection_termination_details = self.connection_termination_details or ""
+        self.hcm.stats.downstream_rq_tx_reset.value += 1
+        if self.router is not None:
+            self.router.cancel()
+        self._finish()
+        self.conn.close(abort=True)
+
+    def _response_complete(self, trailers: HeaderMap | None) -> None:
+        self.last_downstream_tx = self.hcm.loop.time()
+        if not self.request_complete:
+            if self.response_code != 101:
+                self.conn.closing = True
+                self.hcm.stats.downstream_rq_response_before_rq_complete.value += 1
+        self._finish()
+        self.conn.stream_done(self)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        hcm = self.hcm
+        now = hcm.loop.time()
+        self.end_monotonic = now
+        s = hcm.stats
+        s.downstream_rq_active.value -= 1
+        if self.response_code:
+            s.response(self.response_code)
+        s.downstream_rq_time.record((now - self.start_monotonic) * 1000)
+        filters = self.filters
+        if filters is not None:
+            for f in filters:
+                f.on_destroy()
+        for logger in hcm.access_loggers:
+            try:
+                logger.log(self)
+            except Exception:  # an access log must never break the data path
+                log.exception("access log failed")
+
+    def on_downstream_disconnect(self) -> None:
+        """The client went away before the exchange finished."""
+        if self.done:
+            return
+        self.set_response_flag(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+        if not self.response_code_details:
+            self.response_code_details = "downstream_remote_disconnect"
+        self.hcm.stats.downstream_rq_rx_reset.value += 1
+        if self.router is not None:
+            self.router.cancel()
+        self._finish()
+
+    def on_downstream_writable(self, writable: bool) -> None:
+        if self.router is not None:
+            self.router.on_downstream_writable(writable)
+
+    def check_timeouts(self, now: float) -> float | None:
+        """Called by the connection's watchdog: act on an expired timeout, or return the next
+        deadline to check (None when the stream no longer needs the watchdog)."""
+        if self.done:
+            return None
+        cfg = self.hcm.config
+        deadlines = []
+        if self.router is not None:
+            d = self.router.deadline()
+            if d is not None:
+                if now >= d:
+                    self.router.on_timeout()
+                    return None
+                deadlines.append(d)
+        idle = cfg.stream_idle_timeout
+        if idle:
+            d = self.conn.last_activity + idle
+            if now >= d:
+                self.hcm.stats.downstream_rq_idle_timeout.value += 1
+                self.conn.closing = True
+                self.send_local_reply(408, b"stream timeout", "stream_idle_timeout",
+                                      ResponseFlag.STREAM_IDLE_TIMEOUT)
+                return None
+            deadlines.append(d)
+        if cfg.request_timeout and not self.request_complete:
+            d = self.start_monotonic + cfg.request_timeout
+            if now >= d:
+                self.hcm.stats.downstream_rq_timeout.value += 1
+                self.conn.closing = True
+                self.send_local_reply(408, b"request timeout", "request_overall_timeout", 0)
+                return None
+            deadlines.append(d)
+        return min(deadlines) if deadlines else None
+
+
+def _append_xff(headers: RequestHeaders, address: bytes) -> None:
+    _append_header(headers, b"x-forwarded-for", address)
+
+
+def _append_header(headers: RequestHeaders, name: bytes, value: bytes) -> None:
+    """Append to a comma-separated header (first instance), or add it."""
+    items = headers.items
+    for i, (n, v) in enumerate(items):
+        if n == name:
+            items[i] = (n, v + b"," + value if v else value)
+            return
+    items.append((name, value))

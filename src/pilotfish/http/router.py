@@ -1,0 +1,890 @@
+"""The router (envoy.filters.http.router): the connection manager's terminal step.
+
+``route_request`` acts on the matched route: direct responses and redirects are answered
+locally; a route action picks a cluster and a host and sends the request upstream through the
+host's connection pool. ``Router`` holds one request's routing state (timeouts, retries,
+buffered body); ``UpstreamRequest`` is one attempt on one upstream connection.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from pilotfish.codec.http1 import CodecError, encode_chunk, encode_last_chunk, encode_request_head
+from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
+from pilotfish.model.common import AppendAction, HeaderMutations
+from pilotfish.model.route import (
+    DirectResponseAction,
+    RedirectAction,
+    RetryPolicy,
+    Route,
+    RouteAction,
+    WeightedCluster,
+)
+from pilotfish.stream_info import ResponseFlag
+from pilotfish.upstream.conn_pool import Http1ConnPool, UpstreamConnection
+
+if TYPE_CHECKING:
+    from pilotfish.context import ServerContext
+    from pilotfish.http.conn_manager import ActiveStream
+    from pilotfish.upstream.cluster import Cluster
+    from pilotfish.upstream.host import Host
+
+_RESET_BODY = b"upstream connect error or disconnect/reset before headers. "
+# Request headers the router consumes (Envoy removes them before forwarding).
+_ROUTER_CONTROL_HEADERS = frozenset((
+    b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-upstream-rq-per-try-timeout-ms",
+    b"x-envoy-retry-on", b"x-envoy-max-retries", b"x-envoy-retriable-status-codes",
+    b"x-envoy-retriable-header-names", b"x-envoy-retry-grpc-on", b"x-envoy-hedge-on-per-try-timeout",
+    b"x-envoy-upstream-rq-timeout-alt-response", b"x-envoy-expected-rq-timeout-ms",
+))
+
+
+class RouterSettings:
+    """The router filter's config plus what it needs from the server (one per HCM)."""
+
+    def __init__(self, config: Any, ctx: ServerContext) -> None:
+        self.suppress_envoy_headers = bool(config and config.suppress_envoy_headers)
+        self.respect_expected_rq_timeout = bool(config and config.respect_expected_rq_timeout)
+        self.cluster_manager = ctx.cluster_manager
+        self.ctx = ctx
+
+
+# -- header mutations -------------------------------------------------------------------------
+
+
+def _apply(headers: HeaderMap, mutations: HeaderMutations, stream: Any) -> None:
+    for name in mutations.remove:
+        headers.remove(name)
+    for opt in mutations.add:
+        if opt.dynamic:
+            value = _render_dynamic(opt.value, stream)
+            if not value and not opt.keep_empty_value:
+                continue
+        else:
+            value = opt.value
+        if not value and not opt.keep_empty_value:
+            continue
+        raw = value.encode("latin-1", "replace")
+        action = opt.action
+        if action is AppendAction.APPEND_IF_EXISTS_OR_ADD:
+            headers.add(opt.name, raw)
+        elif action is AppendAction.OVERWRITE_IF_EXISTS_OR_ADD:
+            headers.set(opt.name, raw)
+        elif action is AppendAction.ADD_IF_ABSENT:
+            headers.set_default(opt.name, raw)
+        elif opt.name in headers:  # OVERWRITE_IF_EXISTS
+            headers.set(opt.name, raw)
+
+
+_dynamic_cache: dict[str, Any] = {}
+
+
+def _render_dynamic(template: str, stream: Any) -> str:
+    render = _dynamic_cache.get(template)
+    if render is None:
+        from pilotfish.accesslog.formatter import compile_header_value
+
+        render = _dynamic_cache[template] = compile_header_value(template, "")
+    return str(render(stream))
+
+
+def apply_request_mutations(stream: ActiveStream, route: Route, wc: WeightedCluster | None) -> None:
+    """Route-config, virtual host, route and weighted-cluster header changes, in Envoy's order:
+    most specific first, so that a less specific OVERWRITE wins unless
+    most_specific_header_mutations_wins."""
+    headers = stream.request_headers
+    vhost = stream.vhost.vhost if stream.vhost is not None else None
+    table = stream.hcm.route_table
+    levels = [
+        wc.headers if wc is not None else None,
+        route.request_headers,
+        vhost.request_headers if vhost is not None else None,
+        table.config.request_headers if table is not None else None,
+    ]
+    if table is not None and table.config.most_specific_header_mutations_wins:
+        levels.reverse()
+    for m in levels:
+        if m:
+            _apply(headers, m, stream)
+
+
+def apply_response_mutations(stream: ActiveStream, headers: ResponseHeaders, route: Route,
+                             wc: WeightedCluster | None) -> None:
+    vhost = stream.vhost.vhost if stream.vhost is not None else None
+    table = stream.hcm.route_table
+    levels = [
+        wc.response_headers if wc is not None else None,
+        route.response_headers,
+        vhost.response_headers if vhost is not None else None,
+        table.config.response_headers if table is not None else None,
+    ]
+    if table is not None and table.config.most_specific_header_mutations_wins:
+        levels.reverse()
+    for m in levels:
+        if m:
+            _apply(headers, m, stream)
+
+
+# -- the decision -------------------------------------------------------------------------------
+
+
+def route_request(stream: ActiveStream, end_stream: bool) -> None:
+    hcm = stream.hcm
+    route = stream.route
+    hcm.stats.rq_total.value += 1
+    if route is None:
+        hcm.stats.no_route.value += 1
+        stream.send_local_reply(404, b"", "route_not_found", ResponseFlag.NO_ROUTE_FOUND)
+        return
+    action = route.action
+    if isinstance(action, RouteAction):
+        _forward(stream, route, action, end_stream)
+    elif isinstance(action, DirectResponseAction):
+        hcm.stats.rq_direct_response.value += 1
+        body = action.body or b""
+        stream.send_local_reply(action.status, body, "direct_response", 0)
+    elif isinstance(action, RedirectAction):
+        hcm.stats.rq_redirect.value += 1
+        location = redirect_location(stream.request_headers, action, route)
+        stream.send_local_reply(action.response_code, b"", "direct_response", 0,
+                                extra_headers=[(b"location", location)])
+    else:
+        hcm.stats.no_route.value += 1
+        stream.send_local_reply(404, b"", "route_not_found", ResponseFlag.NO_ROUTE_FOUND)
+
+
+def redirect_location(headers: RequestHeaders, action: RedirectAction, route: Route) -> bytes:
+    """Envoy's RouteEntryImplBase::newUri."""
+    request_proto = headers.get(b"x-forwarded-proto") or b"http"
+    scheme = action.scheme.encode() if action.scheme else request_proto
+    new_port = b":%d" % action.port if action.port else b""
+    if action.host:
+        host = action.host
+    else:
+        host = headers.authority
+        colon = host.rfind(b":")
+        if colon >= 0 and host.rfind(b"]") < colon:
+            request_port = host[colon:]
+            remove = bool(new_port)
+            if scheme != request_proto:
+                remove = remove or (request_proto == b"https" and request_port == b":443")
+                remove = remove or (request_proto == b"http" and request_port == b":80")
+            if remove:
+                host = host[:colon]
+    path_only, query = _split_query(headers.path)
+    if action.path is not None:
+        if b"?" in action.path:
+            path_only, query = action.path, b""
+        else:
+            path_only = action.path
+    elif action.prefix_rewrite is not None:
+        prefix = route.match.value.encode()
+        if path_only[: len(prefix)].lower() == prefix.lower():
+            path_only = action.prefix_rewrite + path_only[len(prefix) :]
+    elif action.regex_rewrite is not None:
+        pattern, sub = action.regex_rewrite
+        path_only = pattern.sub(sub, path_only)
+    if action.strip_query:
+        query = b""
+    return scheme + b"://" + host + new_port + path_only + query
+
+
+def _split_query(path: bytes) -> tuple[bytes, bytes]:
+    q = path.find(b"?")
+    return (path, b"") if q < 0 else (path[:q], path[q:])
+
+
+def _pick_cluster(stream: ActiveStream, action: RouteAction) -> tuple[str, WeightedCluster | None]:
+    if action.cluster:
+        return action.cluster, None
+    headers = stream.request_headers
+    if action.cluster_header:
+        value = headers.get(action.cluster_header)
+        return (value.decode("latin-1") if value else ""), None
+    wcs = action.weighted_clusters
+    assert wcs is not None
+    value: int | None = None
+    if wcs.header_name:
+        raw = headers.get_all(wcs.header_name)
+        if len(raw) == 1 and raw[0].isdigit():
+            value = int(raw[0])
+    if value is None:
+        value = random.getrandbits(64)
+    point = value % wcs.total_weight
+    for wc in wcs.clusters:
+        if point < wc.weight:
+            break
+        point -= wc.weight
+    else:
+        wc = wcs.clusters[-1]
+    if wc.cluster_header:
+        v = headers.get(wc.cluster_header)
+        return (v.decode("latin-1") if v else ""), wc
+    return wc.name, wc
+
+
+def _forward(stream: ActiveStream, route: Route, action: RouteAction, end_stream: bool) -> None:
+    hcm = stream.hcm
+    settings = hcm.router
+    name, wc = _pick_cluster(stream, action)
+    cluster = settings.cluster_manager.get(name) if name else None
+    if cluster is None:
+        hcm.stats.no_cluster.value += 1
+        stream.send_local_reply(action.cluster_not_found_response_code, b"", "cluster_not_found",
+                                ResponseFlag.NO_CLUSTER_FOUND)
+        return
+    stream.upstream_cluster = cluster.config.stat_name
+    router = Router(stream, settings, route, action, cluster, wc)
+    stream.router = router
+    router.start(end_stream)
+
+
+def _rewrite_path(stream: ActiveStream, route: Route, action: RouteAction, suppress: bool) -> None:
+    headers = stream.request_headers
+    original = headers.path
+    if action.prefix_rewrite is not None:
+        prefix = route.match.value.encode()
+        path_only, query = _split_query(original)
+        if path_only[: len(prefix)].lower() != prefix.lower():
+            return
+        headers.path = action.prefix_rewrite + path_only[len(prefix) :] + query
+    elif action.regex_rewrite is not None:
+        pattern, sub = action.regex_rewrite
+        path_only, query = _split_query(original)
+        headers.path = pattern.sub(sub, path_only) + query
+    else:
+        return
+    if not suppress:
+        headers.set(b"x-envoy-original-path", original)
+
+
+def _rewrite_host(stream: ActiveStream, action: RouteAction, wc: WeightedCluster | None,
+                  host: Host | None) -> None:
+    headers = stream.request_headers
+    new: bytes | None = None
+    if wc is not None and wc.host_rewrite_literal:
+        new = wc.host_rewrite_literal.encode()
+    elif action.host_rewrite_literal:
+        new = action.host_rewrite_literal
+    elif action.host_rewrite_header:
+        new = headers.get(action.host_rewrite_header) or None
+    elif action.host_rewrite_path_regex is not None:
+        pattern, sub = action.host_rewrite_path_regex
+        path = headers.path.split(b"?", 1)[0]
+        new = pattern.sub(sub, path)
+    elif action.auto_host_rewrite and host is not None and host.hostname:
+        new = host.hostname.encode()
+    if new is None or new == headers.authority:
+        return
+    if action.append_x_forwarded_host:
+        from pilotfish.http.conn_manager import _append_header
+
+        _append_header(headers, b"x-forwarded-host", headers.authority)
+    headers.set(b"x-envoy-original-host", headers.authority)
+    headers.authority = new
+
+
+def _retriable_status(policy: RetryPolicy | None, retry_on: frozenset[str], status: int,
+                      codes: frozenset[int]) -> bool:
+    if "5xx" in retry_on and status >= 500:
+        return True
+    if "gateway-error" in retry_on and status in (502, 503, 504):
+        return True
+    if "retriable-4xx" in retry_on and status == 409:
+        return True
+    return "retriable-status-codes" in retry_on and status in codes
+
+
+_RESET_CONDITIONS = frozenset(("5xx", "gateway-error", "reset"))
+
+
+class Router:
+    """Routing state of one request: its cluster, timeouts, retries and current attempt."""
+
+    def __init__(self, stream: ActiveStream, settings: RouterSettings, route: Route,
+                 action: RouteAction, cluster: Cluster, wc: WeightedCluster | None) -> None:
+        self.stream = stream
+        self.settings = settings
+        self.route = route
+        self.action = action
+        self.cluster = cluster
+        self.wc = wc
+        self.upstream: UpstreamRequest | None = None
+        self.body: list[bytes] = []  # request body not yet sent, or kept for retries
+        self.body_bytes = 0
+        self.trailers: HeaderMap | None = None
+        self.request_ended = False
+        self.timeout = action.timeout
+        self.per_try_timeout = 0.0
+        self.global_deadline: float | None = None
+        self.try_deadline: float | None = None
+        self.retry_on: frozenset[str] = frozenset()
+        self.retries_left = 0
+        self.retry_codes: frozenset[int] = frozenset()
+        self.retry_policy: RetryPolicy | None = None
+        self.retry_handle: Any = None
+        self.attempted_hosts: set[Host] = set()
+        self.retained = False  # the body is kept whole for a possible retry
+        self.retry_configured = False
+        self.response_started = False
+        self.cancelled = False
+        self.downstream_complete_at = 0.0
+        self.tunnel: Any = None
+
+    # -- start --------------------------------------------------------------------------------
+
+    def start(self, end_stream: bool) -> None:
+        stream = self.stream
+        settings = self.settings
+        headers = stream.request_headers
+        action = self.action
+        suppress = settings.suppress_envoy_headers
+        internal = headers.get(b"x-envoy-internal") == b"true"
+        policy = action.retry_policy
+        if policy is None and stream.vhost is not None:
+            policy = stream.vhost.vhost.retry_policy
+        self.retry_policy = policy
+        if policy is not None:
+            self.retry_on = policy.retry_on
+            self.retries_left = policy.num_retries
+            self.retry_codes = policy.retriable_status_codes
+            self.per_try_timeout = policy.per_try_timeout
+        if internal:
+            self._read_control_headers(headers)
+        if any(n in _ROUTER_CONTROL_HEADERS for n, _ in headers.items):
+            headers.items = [(n, v) for n, v in headers.items if n not in _ROUTER_CONTROL_HEADERS]
+        self.retry_configured = bool(self.retries_left and self.retry_on)
+        self.retained = self.retry_configured
+        apply_request_mutations(stream, self.route, self.wc)
+        _rewrite_path(stream, self.route, action, suppress)
+        if not suppress:
+            expected = self.per_try_timeout or self.timeout
+            if expected:
+                headers.items.append(
+                    (b"x-envoy-expected-rq-timeout-ms", b"%d" % round(expected * 1000))
+                )
+        if end_stream:
+            self.request_ended = True
+            self._start_global_timer()
+        self._attempt()
+
+    def _read_control_headers(self, headers: RequestHeaders) -> None:
+        raw = headers.get(b"x-envoy-upstream-rq-timeout-ms")
+        if raw is not None and raw.isdigit():
+            self.timeout = int(raw) / 1000
+        raw = headers.get(b"x-envoy-upstream-rq-per-try-timeout-ms")
+        if raw is not None and raw.isdigit():
+            self.per_try_timeout = int(raw) / 1000
+        raw = headers.get(b"x-envoy-retry-on")
+        if raw is not None:
+            extra = frozenset(x.strip() for x in raw.decode("latin-1").split(",") if x.strip())
+            self.retry_on = self.retry_on | extra
+            if not self.retries_left:
+                self.retries_left = 1
+        raw = headers.get(b"x-envoy-max-retries")
+        if raw is not None and raw.isdigit():
+            self.retries_left = int(raw)
+        raw = headers.get(b"x-envoy-retriable-status-codes")
+        if raw is not None:
+            codes = {int(x) for x in raw.split(b",") if x.strip().isdigit()}
+            self.retry_codes = self.retry_codes | frozenset(codes)
+
+    def _start_global_timer(self) -> None:
+        now = self.stream.hcm.loop.time()
+        self.downstream_complete_at = now
+        if self.timeout > 0:
+            self.global_deadline = now + self.timeout
+            self.stream.conn.arm_deadline(self.global_deadline)
+
+    def _attempt(self) -> None:
+        """Pick a host and send the request on one of its pooled connections."""
+        stream = self.stream
+        cluster = self.cluster
+        original_dst = stream.conn.info.original_dst if cluster.original_dst else None
+        if cluster.original_dst and cluster.config.original_dst.use_http_header:
+            original_dst = _parse_host_port(
+                stream.request_headers.get(cluster.config.original_dst.http_header_name)
+            )
+        exclude = self.attempted_hosts if (
+            self.retry_policy is not None and self.retry_policy.retry_host_previous_hosts
+        ) else frozenset()
+        host = cluster.choose_host(original_dst, exclude)
+        if host is None:
+            self._fail_local(503, b"no healthy upstream", "no_healthy_upstream",
+                             ResponseFlag.NO_HEALTHY_UPSTREAM)
+            return
+        self.attempted_hosts.add(host)
+        stream.upstream_host = host.address_str
+        stream.upstream_request_attempt_count += 1
+        if stream.upstream_request_attempt_count == 1:
+            _rewrite_host(stream, self.action, self.wc, host)
+        resources = cluster.resources[0]
+        if not resources.requests.can_create():
+            cluster.stats.upstream_rq_pending_overflow.value += 1
+            self._fail_local(503, _RESET_BODY + b"reset reason: overflow",
+                             "upstream_reset_before_response_started{overflow}",
+                             ResponseFlag.UPSTREAM_OVERFLOW)
+            return
+        pool = host.pool
+        if pool is None:
+            pool = host.pool = Http1ConnPool(cluster, host)
+        up = UpstreamRequest(self, host, pool)
+        self.upstream = up
+        cluster.stats.upstream_rq_total.value += 1
+        cluster.stats.upstream_rq_active.value += 1
+        resources.requests.inc()
+        host.rq_active += 1
+        host.rq_total += 1
+        pool.new_stream(up)
+
+    # -- request body -------------------------------------------------------------------------
+
+    def decode_data(self, data: bytes, end_stream: bool) -> None:
+        if self.cancelled:
+            return
+        if data:
+            self.body_bytes += len(data)
+            if self.retained and self.body_bytes > self.stream.conn.info.buffer_limit:
+                # Too big to replay: this request can't be retried any more.
+                self.retained = False
+                self.cluster.stats.scope.counter("retry_or_shadow_abandoned").value += 1
+        if end_stream:
+            self.request_ended = True
+            self._start_global_timer()
+        up = self.upstream
+        if up is not None and up.conn is not None:
+            up.send_data(data, end_stream)
+            if self.retained and data:
+                self.body.append(data)
+        elif data:
+            self.body.append(data)
+            if self.body_bytes > self.stream.conn.info.buffer_limit:
+                self.stream.conn.pause_reading(4)  # PAUSE_BUFFER until connected
+
+    def decode_trailers(self, trailers: HeaderMap) -> None:
+        if self.cancelled:
+            return
+        self.trailers = trailers
+        self.request_ended = True
+        self._start_global_timer()
+        up = self.upstream
+        if up is not None and up.conn is not None:
+            up.send_trailers(trailers)
+
+    def on_upgrade_data(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.downstream_data(data)
+        elif data:
+            self.body.append(data)
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def on_upstream_headers(self, up: UpstreamRequest, headers: ResponseHeaders, end_stream: bool) -> None:
+        stream = self.stream
+        status = headers.status
+        cluster = self.cluster
+        if self.retry_on and _retriable_status(self.retry_policy, self.retry_on, status, self.retry_codes):
+            if self.retries_left and self._retry(up, reset_connection=not end_stream):
+                return
+            if self.retry_configured:
+                stream.set_response_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+        elif stream.upstream_request_attempt_count > 1:
+            cluster.stats.upstream_rq_retry_success.value += 1
+        self.response_started = True
+        self.try_deadline = None
+        now = stream.hcm.loop.time()
+        stream.first_upstream_rx = now
+        stream.response_code_details = "via_upstream"
+        apply_response_mutations(stream, headers, self.route, self.wc)
+        if not self.settings.suppress_envoy_headers:
+            start = self.downstream_complete_at or up.started_at
+            headers.items.append(
+                (b"x-envoy-upstream-service-time", b"%d" % int((now - start) * 1000))
+            )
+        if status == 101:
+            self._start_tunnel(up)
+        stream.encode_headers(headers, end_stream and status != 101)
+
+    def on_upstream_complete(self, up: UpstreamRequest, trailers: HeaderMap | None) -> None:
+        stream = self.stream
+        stream.last_upstream_rx = stream.hcm.loop.time()
+        if trailers is not None:
+            stream.encode_trailers(trailers)
+        else:
+            stream.encode_data(b"", True)
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def on_upstream_failure(self, up: UpstreamRequest, kind: str, reason: str) -> None:
+        """The attempt ended without a (complete) response. ``kind``: connection_failure,
+        timeout (connect), overflow, reset (connection termination), protocol_error."""
+        stream = self.stream
+        if self.response_started:
+            if kind == "protocol_error":
+                stream.set_response_flag(ResponseFlag.UPSTREAM_PROTOCOL_ERROR)
+                stream.response_code_details = "upstream_reset_after_response_started{protocol_error}"
+            else:
+                stream.set_response_flag(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
+                stream.response_code_details = (
+                    "upstream_reset_after_response_started{connection_termination}"
+                )
+            stream.hcm.stats.rq_reset_after_downstream_response_started.value += 1
+            stream.reset_stream()
+            return
+        retriable = (
+            kind in ("connection_failure", "timeout") and (
+                "connect-failure" in self.retry_on or bool(self.retry_on & _RESET_CONDITIONS)
+            )
+        ) or (kind in ("reset", "protocol_error") and bool(self.retry_on & _RESET_CONDITIONS))
+        if self.retries_left and retriable and self._retry(up, reset_connection=False):
+            return
+        if retriable and self.retry_configured:
+            stream.set_response_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+        if kind in ("connection_failure", "timeout"):
+            if kind == "timeout":
+                reason = "connection timeout"
+            stream.upstream_transport_failure_reason = reason
+            stream.set_response_flag(ResponseFlag.UPSTREAM_CONNECTION_FAILURE)
+            detail_reason = reason.replace(" ", "_")
+            self._fail_local(
+                503,
+                _RESET_BODY + b"reset reason: remote connection failure",
+                f"upstream_reset_before_response_started{{remote_connection_failure|{detail_reason}}}",
+                0,
+            )
+        elif kind == "overflow":
+            self._fail_local(503, _RESET_BODY + b"reset reason: overflow",
+                             "upstream_reset_before_response_started{overflow}",
+                             ResponseFlag.UPSTREAM_OVERFLOW)
+        elif kind == "protocol_error":
+            self._fail_local(502, _RESET_BODY + b"reset reason: protocol error",
+                             "upstream_reset_before_response_started{protocol_error}",
+                             ResponseFlag.UPSTREAM_PROTOCOL_ERROR)
+        else:
+            self._fail_local(503, _RESET_BODY + b"reset reason: connection termination",
+                             "upstream_reset_before_response_started{connection_termination}",
+                             ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
+
+    def _fail_local(self, status: int, body: bytes, details: str, flag: int) -> None:
+        self.upstream = None
+        self.stream.send_local_reply(status, body, details, flag)
+
+    def _retry(self, up: UpstreamRequest, *, reset_connection: bool) -> bool:
+        """Start another attempt after a back-off, if allowed. True if one is scheduled."""
+        if self.response_started or (self.body_bytes and not self.retained):
+            return False
+        cluster = self.cluster
+        retries = cluster.resources[0].retries
+        if not retries.can_create():
+            cluster.stats.upstream_rq_retry_overflow.value += 1
+            return False
+        self.retries_left -= 1
+        cluster.stats.upstream_rq_retry.value += 1
+        up.abandon(reset_connection)
+        self.upstream = None
+        retries.inc()
+        policy = self.retry_policy
+        base = policy.base_interval if policy is not None else 0.025
+        max_interval = policy.max_interval if policy is not None else 0.25
+        attempt = self.stream.upstream_request_attempt_count
+        delay = random.uniform(0, min(base * (2 ** (attempt - 1)), max_interval))
+        self.retry_handle = self.stream.hcm.loop.call_later(delay, self._do_retry)
+        return True
+
+    def _do_retry(self) -> None:
+        self.retry_handle = None
+        self.cluster.resources[0].retries.dec()
+        if self.cancelled:
+            return
+        headers = self.stream.request_headers
+        if not self.settings.suppress_envoy_headers and self.global_deadline is not None:
+            remaining = max(0, round((self.global_deadline - self.stream.hcm.loop.time()) * 1000))
+            expected = min(remaining, round(self.per_try_timeout * 1000)) if self.per_try_timeout else remaining
+            headers.set(b"x-envoy-expected-rq-timeout-ms", b"%d" % expected)
+        conn = self.stream.conn
+        conn.begin_batch()
+        try:
+            self._attempt()
+        finally:
+            conn.end_batch()
+
+    # -- timeouts -----------------------------------------------------------------------------
+
+    def deadline(self) -> float | None:
+        if self.response_started:
+            return None
+        d = self.global_deadline
+        t = self.try_deadline
+        if t is not None and (d is None or t < d):
+            return t
+        return d
+
+    def on_timeout(self) -> None:
+        stream = self.stream
+        now = stream.hcm.loop.time()
+        cluster = self.cluster
+        if self.try_deadline is not None and now >= self.try_deadline and (
+            self.global_deadline is None or now < self.global_deadline
+        ):
+            # Per-try timeout: like a 504 from the upstream (retried on 5xx/gateway-error).
+            cluster.stats.upstream_rq_per_try_timeout.value += 1
+            self.try_deadline = None
+            up = self.upstream
+            if up is not None and self.retries_left and self.retry_on & {"5xx", "gateway-error", "reset"}:
+                if self._retry(up, reset_connection=True):
+                    return
+        cluster.stats.upstream_rq_timeout.value += 1
+        if self.upstream is not None:
+            self.upstream.host.rq_timeout += 1
+            self.upstream.abandon(True)
+            self.upstream = None
+        self._fail_local(504, b"upstream request timeout", "response_timeout",
+                         ResponseFlag.UPSTREAM_REQUEST_TIMEOUT)
+
+    # -- flow control and cancellation --------------------------------------------------------
+
+    def on_downstream_writable(self, writable: bool) -> None:
+        up = self.upstream
+        if up is not None and up.conn is not None:
+            if writable:
+                up.conn.resume_reading()
+            else:
+                up.conn.pause_reading()
+        if self.tunnel is not None:
+            self.tunnel.downstream_writable(writable)
+
+    def cancel(self) -> None:
+        """The downstream is gone or answered locally: drop the upstream attempt."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
+            self.cluster.resources[0].retries.dec()
+        if self.upstream is not None:
+            self.upstream.abandon(True)
+            self.upstream = None
+        if self.tunnel is not None:
+            self.tunnel.close()
+
+    def _start_tunnel(self, up: UpstreamRequest) -> None:
+        from pilotfish.http.tunnel import Tunnel
+
+        conn = up.conn
+        if conn is None:
+            return
+        self.tunnel = Tunnel(self.stream, conn)
+        up.finish_for_tunnel()
+        for chunk in self.body:
+            self.tunnel.downstream_data(chunk)
+        self.body = []
+
+
+def _parse_host_port(value: bytes | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    text = value.decode("latin-1").strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+class UpstreamRequest:
+    """One attempt: the request sent on one upstream connection and its response read back.
+    It is the connection pool's client and the response codec's handler."""
+
+    __slots__ = (
+        "chunked", "cluster", "conn", "done", "host", "is_head", "pool", "router", "sent_end",
+        "started_at", "status",
+    )
+
+    def __init__(self, router: Router, host: Host, pool: Http1ConnPool) -> None:
+        self.router = router
+        self.host = host
+        self.pool = pool
+        self.cluster = router.cluster
+        self.conn: UpstreamConnection | None = None
+        self.is_head = router.stream.is_head
+        self.chunked = False
+        self.sent_end = False
+        self.done = False
+        self.started_at = router.stream.hcm.loop.time()
+        self.status = 0
+
+    # -- pool callbacks -----------------------------------------------------------------------
+
+    def on_pool_ready(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        router = self.router
+        stream = router.stream
+        stream.upstream_local_address = conn.local_address
+        now = stream.hcm.loop.time()
+        no_body = not stream.has_body and stream.upgrade is None
+        head, self.chunked = encode_request_head(stream.request_headers, no_body)
+        parts = [head]
+        if router.body:
+            for chunk in router.body:
+                parts.append(encode_chunk(chunk) if self.chunked else chunk)
+            if not router.retained:
+                router.body = []
+            stream.conn.resume_reading(4)
+        if router.request_ended and not no_body:
+            if self.chunked:
+                parts.append(encode_last_chunk(router.trailers))
+            self.sent_end = True
+        elif no_body:
+            self.sent_end = True
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        conn.write(data)
+        stream.first_upstream_tx = now
+        if self.sent_end:
+            stream.last_upstream_tx = now
+            self._start_try_timer(now)
+
+    def _start_try_timer(self, now: float) -> None:
+        router = self.router
+        if router.per_try_timeout:
+            router.try_deadline = now + router.per_try_timeout
+            router.stream.conn.arm_deadline(router.try_deadline)
+
+    def on_pool_failure(self, kind: str, reason: str) -> None:
+        if self.done:
+            return
+        self._finish_attempt(failed=True)
+        conn = self.router.stream.conn
+        conn.begin_batch()
+        try:
+            self.router.on_upstream_failure(self, kind, reason)
+        finally:
+            conn.end_batch()
+
+    # -- request body -------------------------------------------------------------------------
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        conn = self.conn
+        assert conn is not None
+        if self.chunked:
+            out = encode_chunk(data)
+            if end_stream:
+                out += encode_last_chunk(None)
+            if out:
+                conn.write(out)
+        elif data:
+            conn.write(data)
+        if end_stream:
+            self.sent_end = True
+            now = self.router.stream.hcm.loop.time()
+            self.router.stream.last_upstream_tx = now
+            self._start_try_timer(now)
+
+    def send_trailers(self, trailers: HeaderMap) -> None:
+        conn = self.conn
+        assert conn is not None
+        if self.chunked:
+            conn.write(encode_last_chunk(trailers))
+        self.sent_end = True
+        self._start_try_timer(self.router.stream.hcm.loop.time())
+
+    # -- codec callbacks (the response) -------------------------------------------------------
+
+    def on_response_headers(self, headers: ResponseHeaders, end_stream: bool) -> None:
+        if self.done:
+            return
+        self.status = headers.status
+        self.router.on_upstream_headers(self, headers, end_stream)
+
+    def on_informational(self, headers: ResponseHeaders) -> None:
+        # 100 Continue was already answered by the connection manager; other 1xx are dropped.
+        return
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.router.stream.encode_data(data, False)
+
+    def on_response_complete(self, trailers: HeaderMap | None) -> None:
+        if self.done:
+            return
+        conn = self.conn
+        self._finish_attempt()
+        if self.status >= 500:
+            self.host.rq_error += 1
+        else:
+            self.host.rq_success += 1
+        self.cluster.stats.response_code(self.status)
+        self.cluster.stats.upstream_rq_time.record(
+            (self.router.stream.hcm.loop.time() - self.started_at) * 1000
+        )
+        if conn is not None:
+            conn.done(reusable=self.sent_end)
+        self.router.on_upstream_complete(self, trailers)
+
+    def on_upstream_reset(self, reason: str) -> None:
+        if self.done:
+            return
+        self._finish_attempt(failed=True)
+        self.cluster.stats.upstream_rq_rx_reset.value += 1
+        stream = self.router.stream
+        stream.conn.begin_batch()
+        try:
+            self.router.on_upstream_failure(self, "reset", reason)
+        finally:
+            stream.conn.end_batch()
+
+    def on_upstream_protocol_error(self, error: CodecError) -> None:
+        if self.done:
+            return
+        self._finish_attempt(failed=True)
+        stream = self.router.stream
+        stream.conn.begin_batch()
+        try:
+            self.router.on_upstream_failure(self, "protocol_error", error.details)
+        finally:
+            stream.conn.end_batch()
+
+    def on_upstream_writable(self, writable: bool) -> None:
+        conn = self.router.stream.conn
+        if writable:
+            conn.resume_reading(2)
+        else:
+            conn.pause_reading(2)
+
+    def begin_upstream_read(self) -> None:
+        self.router.stream.conn.begin_batch()
+
+    def after_upstream_read(self) -> None:
+        self.router.stream.conn.end_batch()
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def _finish_attempt(self, *, failed: bool = False) -> None:
+        self.done = True
+        if failed:
+            self.host.rq_error += 1
+        cluster = self.cluster
+        cluster.stats.upstream_rq_active.value -= 1
+        cluster.resources[0].requests.dec()
+        self.host.rq_active -= 1
+
+    def abandon(self, reset_connection: bool) -> None:
+        """Give up on this attempt (retry, timeout, downstream gone)."""
+        if self.done:
+            return
+        self._finish_attempt()
+        conn = self.conn
+        if conn is None:
+            self.pool.cancel(self)
+        elif reset_connection or not self.sent_end:
+            self.cluster.stats.upstream_rq_tx_reset.value += 1
+            conn.abort()
+        else:
+            conn.abort()
+
+    def finish_for_tunnel(self) -> None:
+        """The connection now belongs to a tunnel (after 101 Switching Protocols)."""
+        self._finish_attempt()
+        self.cluster.stats.response_code(self.status)

@@ -1,0 +1,127 @@
+"""Clusters and endpoints: envoy.config.cluster.v3 and envoy.config.endpoint.v3."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from pilotfish.model.common import NO_MUTATIONS, Address, HeaderMutations, Locality, TypedExtension
+
+
+class DiscoveryType(enum.Enum):
+    STATIC = "STATIC"
+    STRICT_DNS = "STRICT_DNS"
+    LOGICAL_DNS = "LOGICAL_DNS"
+    EDS = "EDS"
+    ORIGINAL_DST = "ORIGINAL_DST"
+
+
+class LbPolicy(enum.Enum):
+    ROUND_ROBIN = "ROUND_ROBIN"
+    LEAST_REQUEST = "LEAST_REQUEST"
+    RANDOM = "RANDOM"
+    RING_HASH = "RING_HASH"
+    MAGLEV = "MAGLEV"
+    CLUSTER_PROVIDED = "CLUSTER_PROVIDED"
+
+
+class HealthStatus(enum.Enum):
+    UNKNOWN = 0
+    HEALTHY = 1
+    UNHEALTHY = 2
+    DRAINING = 3
+    TIMEOUT = 4
+    DEGRADED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class LbEndpoint:
+    address: Address
+    health_status: HealthStatus = HealthStatus.UNKNOWN
+    load_balancing_weight: int = 1
+    hostname: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalityLbEndpoints:
+    lb_endpoints: tuple[LbEndpoint, ...]
+    locality: Locality = Locality()
+    load_balancing_weight: int = 0  # 0 = unset
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLoadAssignment:
+    cluster_name: str
+    endpoints: tuple[LocalityLbEndpoints, ...] = ()
+    overprovisioning_factor: int = 140  # percent
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerThresholds:
+    """Defaults are Envoy's."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+    retry_budget: tuple[float, int] | None = None  # (budget_percent, min_retry_concurrency)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpProtocolOptions:
+    """envoy.extensions.upstreams.http.v3.HttpProtocolOptions plus the cluster's deprecated
+    inline equivalents."""
+
+    upstream_protocol: str = "HTTP1"  # HTTP1, HTTP2, AUTO (use_downstream_protocol: DOWNSTREAM)
+    idle_timeout: float = 3600.0
+    max_requests_per_connection: int = 0  # 0 = unlimited
+    max_connection_duration: float = 0.0
+    max_headers_count: int = 100
+    header_key_format_preserve: bool = False
+    request_headers: HeaderMutations = NO_MUTATIONS
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalDstConfig:
+    use_http_header: bool = False
+    http_header_name: bytes = b"x-envoy-original-dst-host"
+    upstream_port_override: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    type: DiscoveryType
+    connect_timeout: float = 5.0
+    lb_policy: LbPolicy = LbPolicy.ROUND_ROBIN
+    load_assignment: ClusterLoadAssignment | None = None
+    eds_service_name: str = ""
+    alt_stat_name: str = ""
+    dns_lookup_family: str = "AUTO"  # AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, ALL
+    dns_refresh_rate: float = 5.0
+    respect_dns_ttl: bool = False
+    circuit_breakers: tuple[CircuitBreakerThresholds, CircuitBreakerThresholds] = (
+        CircuitBreakerThresholds(),
+        CircuitBreakerThresholds(),
+    )  # (DEFAULT, HIGH)
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+    http: HttpProtocolOptions = HttpProtocolOptions()
+    transport_socket: TypedExtension | None = None
+    transport_socket_matches: tuple[tuple[str, dict[str, Any], TypedExtension], ...] = ()
+    least_request_choice_count: int = 2
+    healthy_panic_threshold: float = 50.0
+    locality_weighted_lb: bool = False
+    original_dst: OriginalDstConfig = OriginalDstConfig()
+    cleanup_interval: float = 5.0
+    upstream_bind_address: Address | None = None
+    tcp_keepalive: tuple[int, int, int] | None = None  # probes, time, interval
+    close_connections_on_host_health_failure: bool = False
+    ignore_health_on_host_removal: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stat_name(self) -> str:
+        return self.alt_stat_name or self.name

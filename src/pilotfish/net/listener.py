@@ -1,0 +1,373 @@
+"""Listeners: bind, accept, run listener filters, pick the filter chain, hand the connection to
+the chain's terminal network filter. ``ListenerManager`` adds, updates and removes them; static
+(bootstrap) and dynamic (LDS) listeners take the same path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from pilotfish.context import ServerContext
+from pilotfish.errors import ConfigError
+from pilotfish.model.common import InternalAddress, PipeAddress, SocketAddress
+from pilotfish.model.listener import FilterChain, Listener
+from pilotfish.net.connection import ConnectionInfo
+from pilotfish.net.filter_chain import FilterChainSelector
+
+log = logging.getLogger("pilotfish.listener")
+
+
+def listener_stat_prefix(model: Listener) -> str:
+    """Envoy's ``listener.<address>.`` (``:`` becomes ``_``) or ``listener.<stat_prefix>.``."""
+    if model.stat_prefix:
+        return f"listener.{model.stat_prefix}."
+    return f"listener.{model.address}.".replace(":", "_")
+
+
+class ChainRuntime:
+    """A filter chain ready to take connections: its terminal filter's protocol factory."""
+
+    def __init__(self, chain: FilterChain, ctx: ServerContext, listener_prefix: str) -> None:
+        self.chain = chain
+        terminal = chain.filters[-1] if chain.filters else None
+        if terminal is None or terminal.factory is None or not hasattr(terminal.factory, "build"):
+            raise ConfigError("filters", "filter chain has no runnable terminal filter")
+        self.handler = terminal.factory.build(terminal.config, ctx, listener_prefix=listener_prefix)
+
+    def protocol_for(self, info: ConnectionInfo) -> asyncio.Protocol:
+        return self.handler.new_connection(info)  # type: ignore[no-any-return]
+
+    def drain(self) -> None:
+        drain = getattr(self.handler, "drain", None)
+        if drain is not None:
+            drain()
+
+
+class ListenerStats:
+    def __init__(self, ctx: ServerContext, prefix: str) -> None:
+        scope = ctx.stats.scope(prefix)
+        self.downstream_cx_total = scope.counter("downstream_cx_total")
+        self.downstream_cx_active = scope.gauge("downstream_cx_active", accumulate=False)
+        self.downstream_cx_destroy = scope.counter("downstream_cx_destroy")
+        self.downstream_cx_length_ms = scope.histogram("downstream_cx_length_ms")
+        self.no_filter_chain_match = scope.counter("no_filter_chain_match")
+        self.downstream_cx_overflow = scope.counter("downstream_cx_overflow")
+        self.downstream_global_cx_overflow = scope.counter("downstream_global_cx_overflow")
+        self.downstream_pre_cx_active = scope.gauge("downstream_pre_cx_active", accumulate=False)
+        self.downstream_pre_cx_timeout = scope.counter("downstream_pre_cx_timeout")
+        self.downstream_listener_filter_error = scope.counter("downstream_listener_filter_error")
+        self.downstream_listener_filter_remote_close = scope.counter(
+            "downstream_listener_filter_remote_close"
+        )
+        self.extension_config_missing = scope.counter("extension_config_missing")
+
+
+class ActiveListener:
+    def __init__(self, model: Listener, ctx: ServerContext, manager: ListenerManager) -> None:
+        self.model = model
+        self.name = model.name
+        self.ctx = ctx
+        self.manager = manager
+        self.stat_prefix = listener_stat_prefix(model)
+        self.stats = ListenerStats(ctx, self.stat_prefix)
+        self.runtimes: dict[int, ChainRuntime] = {}
+        for chain in model.filter_chains:
+            self.runtimes[id(chain)] = ChainRuntime(chain, ctx, self.stat_prefix)
+        if model.default_filter_chain is not None:
+            self.runtimes[id(model.default_filter_chain)] = ChainRuntime(
+                model.default_filter_chain, ctx, self.stat_prefix
+            )
+        self.selector = FilterChainSelector(model.filter_chains, model.default_filter_chain)
+        self.listener_filters = [
+            ext.factory.build(ext.config) for ext in model.listener_filters
+            if ext.factory is not None and hasattr(ext.factory, "build")
+        ]
+        self.server: asyncio.AbstractServer | None = None
+        self.sock: socket.socket | None = None
+        self.draining = False
+        self.connections = 0
+        self.last_updated = time.time()
+        self.version_info = ""
+
+    # -- binding ------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Create and bind the listening socket (synchronously, so errors surface at once)."""
+        model = self.model
+        addr = model.address
+        if not model.bind_to_port or isinstance(addr, InternalAddress):
+            return
+        if isinstance(addr, PipeAddress):
+            path = addr.path
+            abstract = path.startswith("@")
+            if abstract:
+                path = "\0" + path[1:]
+            elif os.path.exists(path):
+                os.unlink(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            if addr.mode and not abstract:
+                os.chmod(path, addr.mode)
+        else:
+            assert isinstance(addr, SocketAddress)
+            family = socket.AF_INET6 if ":" in addr.address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if model.enable_reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and not addr.ipv4_compat:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if model.transparent:
+                sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
+            if model.freebind:
+                sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
+            try:
+                sock.bind((addr.address, addr.port))
+            except OSError as e:
+                sock.close()
+                raise OSError(e.errno, f"cannot bind '{addr}': {e.strerror}") from None
+        sock.listen(model.tcp_backlog_size)
+        sock.setblocking(False)
+        self.sock = sock
+
+    @property
+    def bound_port(self) -> int | None:
+        if self.sock is None or self.sock.family == socket.AF_UNIX:
+            return None
+        return int(self.sock.getsockname()[1])
+
+    async def start(self) -> None:
+        if self.sock is None:
+            return
+        self.server = await self.ctx.loop.create_server(
+            lambda: AcceptedConnection(self), sock=self.sock, backlog=self.model.tcp_backlog_size
+        )
+
+    # -- connections --------------------------------------------------------------------------
+
+    def accept(self, transport: asyncio.Transport, info: ConnectionInfo) -> asyncio.Protocol | None:
+        """Pick the chain for an accepted connection and return its terminal protocol."""
+        chain = self.selector.select(info)
+        if chain is None:
+            self.stats.no_filter_chain_match.value += 1
+            return None
+        info.filter_chain = chain
+        runtime = self.runtimes[id(chain)]
+        stats = self.stats
+        stats.downstream_cx_total.value += 1
+        stats.downstream_cx_active.value += 1
+        self.connections += 1
+        self.manager.total_connections += 1
+
+        def on_close() -> None:
+            stats.downstream_cx_active.value -= 1
+            stats.downstream_cx_destroy.value += 1
+            stats.downstream_cx_length_ms.record((time.monotonic() - info.start) * 1000)
+            self.connections -= 1
+            self.manager.total_connections -= 1
+
+        info.close_hook = on_close
+        return runtime.protocol_for(info)
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+    def drain(self) -> None:
+        """Stop accepting and let existing connections finish their requests."""
+        self.draining = True
+        self.stop_accepting()
+        for runtime in self.runtimes.values():
+            runtime.drain()
+
+
+class AcceptedConnection(asyncio.Protocol):
+    """Protocol of a just-accepted socket: runs listener filters, then hands the transport to
+    the chosen filter chain's protocol."""
+
+    def __init__(self, listener: ActiveListener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.info: ConnectionInfo | None = None
+        self.target: asyncio.Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        listener = self.listener
+        ctx = listener.ctx
+        if listener.manager.over_global_limit() and not listener.model.ignore_global_conn_limit:
+            listener.stats.downstream_global_cx_overflow.value += 1
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        info = ConnectionInfo(
+            ctx.connection_id(),
+            transport.get_extra_info("sockname"),
+            transport.get_extra_info("peername"),
+            time.monotonic(),
+            listener.model.per_connection_buffer_limit_bytes,
+        )
+        info.listener = listener
+        self.info = info
+        for lf in listener.listener_filters:
+            lf.on_accept(info, sock)
+        target_listener = listener
+        if listener.model.use_original_dst and info.original_dst is not None:
+            target_listener = listener.manager.find_by_destination(info.original_dst) or listener
+        proto = target_listener.accept(transport, info)  # type: ignore[arg-type]
+        if proto is None:
+            transport.close()
+            return
+        self.target = proto
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        # Only reached if a chain was not chosen (the socket is being closed).
+        return
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        return
+
+
+class ListenerManager:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.listeners: dict[str, ActiveListener] = {}
+        self.draining: list[ActiveListener] = []
+        self.total_connections = 0
+        self.max_connections: int | None = None
+        scope = ctx.stats.scope("listener_manager.")
+        self.stats_added = scope.counter("listener_added")
+        self.stats_modified = scope.counter("listener_modified")
+        self.stats_removed = scope.counter("listener_removed")
+        self.stats_create_success = scope.counter("listener_create_success")
+        self.stats_create_failure = scope.counter("listener_create_failure")
+        self.stats_stopped = scope.counter("listener_stopped")
+        self.gauge_active = scope.gauge("total_listeners_active")
+        self.gauge_warming = scope.gauge("total_listeners_warming")
+        self.gauge_draining = scope.gauge("total_listeners_draining")
+        self.gauge_workers_started = scope.gauge("workers_started")
+        self.gauge_active.set(0)
+        self.gauge_warming.set(0)
+        self.gauge_draining.set(0)
+        self.gauge_workers_started.set(0)
+
+    def over_global_limit(self) -> bool:
+        return self.max_connections is not None and self.total_connections >= self.max_connections
+
+    def build(self, model: Listener) -> ActiveListener:
+        """Create (and bind) a listener without installing it; raises on failure."""
+        listener = ActiveListener(model, self.ctx, self)
+        try:
+            listener.bind()
+        except OSError:
+            self.stats_create_failure.value += 1
+            raise
+        return listener
+
+    async def add_or_update(self, model: Listener, *, version_info: str = "") -> bool:
+        """Install a listener; an existing one of the same name is replaced and drained."""
+        old = self.listeners.get(model.name)
+        if old is not None and old.model == model:
+            return False
+        if old is not None and _same_bind(old.model, model):
+            # Same address: hand the bound socket over instead of binding twice.
+            new = ActiveListener(model, self.ctx, self)
+            new.sock, old.sock = old.sock, None
+            if old.server is not None:
+                old.server.close()
+                old.server = None
+        else:
+            new = self.build(model)
+        new.version_info = version_info
+        await new.start()
+        self.stats_create_success.value += 1
+        self.listeners[model.name] = new
+        if old is not None:
+            self.stats_modified.value += 1
+            self._drain_old(old)
+        else:
+            self.stats_added.value += 1
+        self.gauge_active.set(len(self.listeners))
+        return True
+
+    def remove(self, name: str) -> bool:
+        old = self.listeners.pop(name, None)
+        if old is None:
+            return False
+        self.stats_removed.value += 1
+        self._drain_old(old)
+        self.gauge_active.set(len(self.listeners))
+        return True
+
+    def _drain_old(self, old: ActiveListener) -> None:
+        old.drain()
+        self.draining.append(old)
+        self.gauge_draining.set(len(self.draining))
+
+        def forget() -> None:
+            if old in self.draining:
+                self.draining.remove(old)
+                self.gauge_draining.set(len(self.draining))
+
+        self.ctx.loop.call_later(self.ctx.drain_time, forget)
+
+    def find_by_destination(self, dst: tuple[str, int]) -> ActiveListener | None:
+        """The listener for an original destination (Envoy's use_original_dst hand-off)."""
+        ip, port = dst
+        wildcard = None
+        for listener in self.listeners.values():
+            addr = listener.model.address
+            if not isinstance(addr, SocketAddress) or addr.port != port:
+                continue
+            if addr.address == ip:
+                return listener
+            if addr.address in ("0.0.0.0", "::"):
+                wildcard = listener
+        return wildcard
+
+    def drain_all(self, *, inbound_only: bool = False) -> None:
+        for listener in list(self.listeners.values()):
+            if inbound_only and listener.model.traffic_direction != "INBOUND":
+                continue
+            listener.drain()
+
+    def stop_all(self) -> None:
+        for listener in list(self.listeners.values()) + self.draining:
+            listener.stop_accepting()
+
+
+def _same_bind(a: Listener, b: Listener) -> bool:
+    return a.address == b.address and a.bind_to_port and b.bind_to_port
+
+
+def describe(listener: ActiveListener) -> dict[str, Any]:
+    """For /listeners?format=json."""
+    addr = listener.model.address
+    if isinstance(addr, SocketAddress):
+        port = listener.bound_port if listener.bound_port is not None else addr.port
+        local = {"socket_address": {"address": addr.address, "port_value": port}}
+    elif isinstance(addr, PipeAddress):
+        local = {"pipe": {"path": addr.path}}
+    else:
+        local = {"envoy_internal_address": {"server_listener_name": str(addr)}}
+    return {"name": listener.name, "local_address": local}

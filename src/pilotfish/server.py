@@ -1,0 +1,238 @@
+"""The Server: builds the managers from the bootstrap, binds everything before serving, reports
+Envoy's server state, and drains and exits on SIGTERM/SIGINT or /quitquitquit."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import uvloop
+
+from pilotfish import ENVOY_API_VERSION, __version__
+from pilotfish.cli import Options
+from pilotfish.context import ServerContext, detect_local_address
+from pilotfish.net.listener import ListenerManager
+from pilotfish.stats.store import Store
+from pilotfish.upstream.cluster_manager import ClusterManager
+from pilotfish.xds.bootstrap import LoadedBootstrap
+
+log = logging.getLogger("pilotfish.main")
+
+
+class ServerState(enum.IntEnum):
+    """Envoy's server.state gauge values."""
+
+    LIVE = 0
+    DRAINING = 1
+    PRE_INITIALIZING = 2
+    INITIALIZING = 3
+
+
+class Server:
+    def __init__(self, options: Options, bootstrap: LoadedBootstrap) -> None:
+        self.options = options
+        self.bootstrap = bootstrap
+        self.model = bootstrap.model
+        self.start_time = time.time()
+        self.state = ServerState.PRE_INITIALIZING
+        self.exit_code = 0
+        self._shutdown: asyncio.Event | None = None
+        self.ctx: ServerContext | None = None
+        self.listener_manager: ListenerManager | None = None
+        self.cluster_manager: ClusterManager | None = None
+        self.admin: Any = None
+        self.stats: Store | None = None
+        self.health_check_failed = False
+
+    def run(self) -> int:
+        try:
+            return uvloop.run(self._main())  # type: ignore[no-any-return]
+        except KeyboardInterrupt:
+            return 0
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._shutdown = asyncio.Event()
+        opts = self.options
+        model = self.model
+        stats = Store(model.stats)
+        self.stats = stats
+        cm = ClusterManager(stats, loop)
+        self.cluster_manager = cm
+        access_logs = _access_log_manager(opts)
+        ctx = ServerContext(
+            loop=loop,
+            stats=stats,
+            cluster_manager=cm,
+            access_logs=access_logs,
+            local_address=detect_local_address(opts.local_address_ip_version),
+            node_id=model.node.id,
+            node_cluster=model.node.cluster,
+            runtime=model.runtime,
+            drain_time=float(opts.drain_time_s),
+        )
+        self.ctx = ctx
+        if access_logs is not None:
+            access_logs.start(loop)
+        self._server_stats()
+        self._set_state(ServerState.PRE_INITIALIZING)
+        for cluster in model.clusters:
+            cm.add_or_update(cluster)
+        lm = ListenerManager(ctx)
+        lm.max_connections = model.max_downstream_connections
+        self.listener_manager = lm
+        # Bind everything first: a port in use is an error before anything serves.
+        from pilotfish.admin.server import AdminServer
+
+        try:
+            built = [lm.build(listener) for listener in model.listeners]
+            if model.admin is not None and model.admin.address is not None:
+                self.admin = AdminServer(self, model.admin)
+                self.admin.bind()
+        except OSError as e:
+            log.critical("%s", e.strerror or e)
+            print(f"error: {e.strerror or e}", flush=True)
+            return 1
+        if self.admin is not None:
+            await self.admin.start()
+            self._write_admin_address()
+        self._set_state(ServerState.INITIALIZING)
+        for listener in built:
+            await listener.start()
+            lm.listeners[listener.name] = listener
+            lm.stats_added.value += 1
+            lm.stats_create_success.value += 1
+        lm.gauge_active.set(len(lm.listeners))
+        self._install_signals(loop)
+        initialized = asyncio.Event()
+        cm.when_initialized(initialized.set)
+        await initialized.wait()
+        lm.gauge_workers_started.set(1)
+        self._set_state(ServerState.LIVE)
+        log.info("all clusters initialized; pilotfish is live")
+        await self._shutdown.wait()
+        await self._drain_and_stop()
+        return self.exit_code
+
+    # -- state and stats ------------------------------------------------------------------------
+
+    def _server_stats(self) -> None:
+        assert self.stats is not None
+        s = self.stats.scope("server.")
+        self.g_state = s.gauge("state", accumulate=False)
+        self.g_live = s.gauge("live", accumulate=False)
+        s.gauge("concurrency").set(1)
+        s.gauge("hot_restart_epoch").set(self.options.restart_epoch)
+        s.gauge("hot_restart_generation").set(self.options.restart_epoch + 1)
+        s.gauge("version").set(0)
+        self.g_uptime = s.gauge("uptime")
+        self.g_total_connections = s.gauge("total_connections")
+        s.gauge("parent_connections").set(0)
+        self.g_memory_allocated = s.gauge("memory_allocated")
+        self.g_memory_heap_size = s.gauge("memory_heap_size")
+        self.g_memory_physical_size = s.gauge("memory_physical_size")
+        s.gauge("days_until_first_cert_expiring").set(2147483647)
+        s.gauge("seconds_until_first_ocsp_response_expiring").set(0)
+        s.counter("debug_assertion_failures")
+        s.counter("envoy_bug_failures")
+        s.counter("envoy_notifications")
+        s.counter("dynamic_unknown_fields")
+        s.counter("static_unknown_fields")
+        s.counter("wip_protos")
+        s.counter("dropped_stat_flushes")
+        s.gauge("stats_recent_lookups")
+        s.text_readout("version").value = f"{__version__}/{ENVOY_API_VERSION}"
+
+    def refresh_gauges(self) -> None:
+        """Gauges computed on read (admin), not kept current on every event."""
+        self.g_uptime.set(int(time.time() - self.start_time))
+        if self.listener_manager is not None:
+            self.g_total_connections.set(self.listener_manager.total_connections)
+        rss = _rss_bytes()
+        self.g_memory_allocated.set(rss)
+        self.g_memory_heap_size.set(rss)
+        self.g_memory_physical_size.set(rss)
+
+    def _set_state(self, state: ServerState) -> None:
+        self.state = state
+        self.g_state.set(int(state))
+        self.g_live.set(1 if state is ServerState.LIVE else 0)
+
+    def _write_admin_address(self) -> None:
+        path = self.options.admin_address_path
+        if path and self.admin is not None:
+            with open(path, "w") as f:
+                f.write(self.admin.address_text())
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # Envoy ignores SIGHUP
+
+    def _on_signal(self, sig: int) -> None:
+        if self._shutdown is not None and self._shutdown.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(self.exit_code)
+        log.warning("caught %s, draining", signal.Signals(sig).name)
+        self.shutdown()
+
+    def _reopen_logs(self) -> None:
+        if self.ctx is not None and self.ctx.access_logs is not None:
+            self.ctx.access_logs.reopen_all()
+
+    def shutdown(self) -> None:
+        if self._shutdown is not None:
+            self._shutdown.set()
+
+    def drain_listeners(self, *, inbound_only: bool = False, graceful: bool = False) -> None:
+        """/drain_listeners: stop accepting; existing connections close after their requests."""
+        assert self.listener_manager is not None and self.ctx is not None
+        if not inbound_only:
+            self._set_state(ServerState.DRAINING)
+        self.listener_manager.drain_all(inbound_only=inbound_only)
+
+    async def _drain_and_stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded by --drain-time-s), exit."""
+        self._set_state(ServerState.DRAINING)
+        ctx = self.ctx
+        lm = self.listener_manager
+        assert ctx is not None and lm is not None
+        ctx.draining = True
+        lm.drain_all()
+        deadline = ctx.loop.time() + self.options.drain_time_s
+        while lm.total_connections > 0 and ctx.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        lm.stop_all()
+        if self.admin is not None:
+            self.admin.stop()
+        if self.cluster_manager is not None:
+            self.cluster_manager.close()
+        if ctx.access_logs is not None:
+            ctx.access_logs.close()
+
+
+def _access_log_manager(opts: Options) -> Any:
+    try:
+        from pilotfish.accesslog.manager import AccessLogManager
+    except ImportError:
+        return None
+    return AccessLogManager(
+        flush_interval=opts.file_flush_interval_msec / 1000,
+        min_flush_size=opts.file_flush_min_size_kb * 1024,
+    )
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -1,0 +1,420 @@
+"""A running cluster: its hosts (static, DNS, EDS or original destination), load balancer,
+circuit breakers, connection pools and Envoy-named stats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pilotfish.model.cluster import Cluster as ClusterConfig
+from pilotfish.model.cluster import ClusterLoadAssignment, DiscoveryType, HealthStatus
+from pilotfish.model.common import PipeAddress, SocketAddress
+from pilotfish.stats.store import Counter, Gauge, Histogram, Scope, Store
+from pilotfish.upstream.host import Host
+from pilotfish.upstream.lb import HostSet, LoadBalancer, make_lb
+
+log = logging.getLogger("pilotfish.upstream")
+
+_COUNTERS = (
+    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail",
+    "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_destroy_local",
+    "upstream_cx_destroy_remote", "upstream_cx_destroy_with_active_rq",
+    "upstream_cx_destroy_local_with_active_rq", "upstream_cx_destroy_remote_with_active_rq",
+    "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_cx_overflow",
+    "upstream_cx_none_healthy", "upstream_cx_idle_timeout", "upstream_cx_max_requests",
+    "upstream_cx_pool_overflow", "upstream_cx_protocol_error", "upstream_cx_close_notify",
+    "upstream_rq_total", "upstream_rq_pending_total", "upstream_rq_pending_overflow",
+    "upstream_rq_pending_failure_eject", "upstream_rq_cancelled", "upstream_rq_timeout",
+    "upstream_rq_per_try_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
+    "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_overflow",
+    "upstream_rq_retry_limit_exceeded", "upstream_rq_maintenance_mode",
+    "upstream_flow_control_paused_reading_total", "upstream_flow_control_resumed_reading_total",
+    "upstream_flow_control_backed_up_total", "upstream_flow_control_drained_total",
+    "membership_change", "update_attempt", "update_success", "update_failure", "update_empty",
+    "update_no_rebuild", "lb_healthy_panic", "bind_errors", "original_dst_host_invalid",
+    "upstream_internal_redirect_failed_total", "upstream_internal_redirect_succeeded_total",
+    "retry_or_shadow_abandoned", "assignment_stale", "assignment_timeout_received",
+    "default.total_match_count",
+)
+_GAUGES = (
+    "upstream_cx_active", "upstream_cx_rx_bytes_buffered", "upstream_cx_tx_bytes_buffered",
+    "upstream_rq_active", "upstream_rq_pending_active", "membership_total", "membership_healthy",
+    "membership_degraded", "membership_excluded", "max_host_weight", "version",
+    "upstream_cx_connect_attempts_exceeded",
+)
+
+
+class ClusterStats:
+    """References to a cluster's stats, so the request path increments attributes."""
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        for name in _COUNTERS:
+            setattr(self, name.replace(".", "_"), scope.counter(name))
+        for name in _GAUGES:
+            setattr(self, name, scope.gauge(name, accumulate=name.startswith("upstream")))
+        self.upstream_rq_time: Histogram = scope.histogram("upstream_rq_time")
+        self.upstream_cx_connect_ms: Histogram = scope.histogram("upstream_cx_connect_ms")
+        self.upstream_cx_length_ms: Histogram = scope.histogram("upstream_cx_length_ms")
+        self._codes: dict[int, tuple[Counter, Counter]] = {}
+        self.upstream_rq_completed = scope.counter("upstream_rq_completed")
+
+    def response_code(self, code: int) -> None:
+        """upstream_rq_<code>, upstream_rq_<N>xx and upstream_rq_completed."""
+        pair = self._codes.get(code)
+        if pair is None:
+            pair = self._codes[code] = (
+                self.scope.counter(f"upstream_rq_{code}"),
+                self.scope.counter(f"upstream_rq_{code // 100}xx"),
+            )
+        pair[0].value += 1
+        pair[1].value += 1
+        self.upstream_rq_completed.value += 1
+
+    # Declared for type checkers; set in __init__ from the tables above.
+    upstream_cx_total: Counter
+    upstream_cx_http1_total: Counter
+    upstream_cx_connect_fail: Counter
+    upstream_cx_connect_timeout: Counter
+    upstream_cx_destroy: Counter
+    upstream_cx_destroy_local: Counter
+    upstream_cx_destroy_remote: Counter
+    upstream_cx_destroy_with_active_rq: Counter
+    upstream_cx_destroy_local_with_active_rq: Counter
+    upstream_cx_destroy_remote_with_active_rq: Counter
+    upstream_cx_rx_bytes_total: Counter
+    upstream_cx_tx_bytes_total: Counter
+    upstream_cx_overflow: Counter
+    upstream_cx_none_healthy: Counter
+    upstream_cx_idle_timeout: Counter
+    upstream_cx_max_requests: Counter
+    upstream_cx_protocol_error: Counter
+    upstream_rq_total: Counter
+    upstream_rq_pending_total: Counter
+    upstream_rq_pending_overflow: Counter
+    upstream_rq_pending_failure_eject: Counter
+    upstream_rq_cancelled: Counter
+    upstream_rq_timeout: Counter
+    upstream_rq_per_try_timeout: Counter
+    upstream_rq_rx_reset: Counter
+    upstream_rq_tx_reset: Counter
+    upstream_rq_retry: Counter
+    upstream_rq_retry_success: Counter
+    upstream_rq_retry_overflow: Counter
+    upstream_rq_retry_limit_exceeded: Counter
+    upstream_flow_control_paused_reading_total: Counter
+    upstream_flow_control_resumed_reading_total: Counter
+    upstream_flow_control_backed_up_total: Counter
+    upstream_flow_control_drained_total: Counter
+    membership_change: Counter
+    update_attempt: Counter
+    update_success: Counter
+    update_failure: Counter
+    update_empty: Counter
+    update_no_rebuild: Counter
+    lb_healthy_panic: Counter
+    original_dst_host_invalid: Counter
+    upstream_cx_active: Gauge
+    upstream_rq_active: Gauge
+    upstream_rq_pending_active: Gauge
+    membership_total: Gauge
+    membership_healthy: Gauge
+    membership_degraded: Gauge
+    membership_excluded: Gauge
+    max_host_weight: Gauge
+
+
+class Resource:
+    """One circuit-breaker dimension: a count, its limit, and its ``*_open`` / ``remaining_*``
+    gauges (Envoy's circuit_breakers.<priority>.* stats)."""
+
+    __slots__ = ("count", "limit", "open_gauge", "remaining")
+
+    def __init__(self, limit: int, open_gauge: Gauge, remaining: Gauge) -> None:
+        self.limit = limit
+        self.count = 0
+        self.open_gauge = open_gauge
+        self.remaining = remaining
+        remaining.set(limit)
+        open_gauge.set(0)
+
+    def can_create(self) -> bool:
+        return self.count < self.limit
+
+    def inc(self) -> None:
+        self.count += 1
+        self._update()
+
+    def dec(self) -> None:
+        self.count -= 1
+        self._update()
+
+    def _update(self) -> None:
+        self.remaining.value = max(0, self.limit - self.count)
+        self.open_gauge.value = 1 if self.count >= self.limit else 0
+
+
+class ResourceManager:
+    def __init__(self, scope: Scope, thresholds: Any) -> None:
+        self.connections = Resource(thresholds.max_connections, scope.gauge("cx_open"), scope.gauge("remaining_cx"))
+        self.pending = Resource(thresholds.max_pending_requests, scope.gauge("rq_pending_open"), scope.gauge("remaining_pending"))
+        self.requests = Resource(thresholds.max_requests, scope.gauge("rq_open"), scope.gauge("remaining_rq"))
+        self.retries = Resource(thresholds.max_retries, scope.gauge("rq_retry_open"), scope.gauge("remaining_retries"))
+        scope.gauge("cx_pool_open").set(0)
+
+
+def _host_address(addr: Any) -> tuple[str, int] | str:
+    if isinstance(addr, SocketAddress):
+        return (addr.address, addr.port)
+    if isinstance(addr, PipeAddress):
+        return addr.path
+    raise ValueError(f"unsupported upstream address {addr}")
+
+
+_FAMILIES = {
+    "V4_ONLY": (socket.AF_INET,),
+    "V6_ONLY": (socket.AF_INET6,),
+    "V4_PREFERRED": (socket.AF_INET, socket.AF_INET6),
+    "AUTO": (socket.AF_INET6, socket.AF_INET),
+    "ALL": (socket.AF_UNSPEC,),
+}
+
+
+class Cluster:
+    def __init__(self, config: ClusterConfig, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.name = config.name
+        self.loop = loop
+        self.store = store
+        self.stats_prefix = f"cluster.{config.stat_name}."
+        scope = store.scope(self.stats_prefix)
+        self.stats = ClusterStats(scope)
+        self.resources = (
+            ResourceManager(scope.scope("circuit_breakers.default"), config.circuit_breakers[0]),
+            ResourceManager(scope.scope("circuit_breakers.high"), config.circuit_breakers[1]),
+        )
+        self.hosts_by_key: dict[tuple[Any, ...], Host] = {}
+        self.host_set = HostSet(())
+        self.lb: LoadBalancer = make_lb(config.lb_policy, self.host_set)
+        self.initialized = False
+        self._init_callbacks: list[Callable[[], None]] = []
+        self._dns_task: asyncio.Task[None] | None = None
+        self._cleanup_handle: asyncio.TimerHandle | None = None
+        self.original_dst = config.type is DiscoveryType.ORIGINAL_DST
+        self.last_updated = time.time()
+        self.added_via_api = False
+        self.version_info = ""
+        self.closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin host discovery. Static and original-destination clusters are ready at once."""
+        cfg = self.config
+        if cfg.type is DiscoveryType.STATIC:
+            if cfg.load_assignment is not None:
+                self.set_load_assignment(cfg.load_assignment)
+            self._mark_initialized()
+        elif cfg.type in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS):
+            self._dns_task = self.loop.create_task(self._dns_loop())
+        elif cfg.type is DiscoveryType.ORIGINAL_DST:
+            self._mark_initialized()
+            self._schedule_cleanup()
+        else:  # EDS: initialized by the first assignment from the xDS layer.
+            pass
+
+    def on_initialized(self, callback: Callable[[], None]) -> None:
+        if self.initialized:
+            callback()
+        else:
+            self._init_callbacks.append(callback)
+
+    def _mark_initialized(self) -> None:
+        if self.initialized:
+            return
+        self.initialized = True
+        callbacks, self._init_callbacks = self._init_callbacks, []
+        for cb in callbacks:
+            cb()
+
+    def close(self) -> None:
+        self.closed = True
+        if self._dns_task is not None:
+            self._dns_task.cancel()
+        if self._cleanup_handle is not None:
+            self._cleanup_handle.cancel()
+        for host in self.hosts_by_key.values():
+            if host.pool is not None:
+                host.pool.drain()
+
+    # -- hosts --------------------------------------------------------------------------------
+
+    def set_load_assignment(self, cla: ClusterLoadAssignment) -> None:
+        hosts = []
+        for loc in cla.endpoints:
+            for ep in loc.lb_endpoints:
+                hosts.append(
+                    Host(
+                        _host_address(ep.address),
+                        weight=ep.load_balancing_weight,
+                        health=ep.health_status,
+                        hostname=ep.hostname,
+                        locality=loc.locality,
+                        priority=loc.priority,
+                        metadata=ep.metadata,
+                    )
+                )
+        self.update_hosts(hosts, cla.overprovisioning_factor)
+        self._mark_initialized()
+
+    def update_hosts(self, hosts: list[Host], overprovisioning: int = 140) -> None:
+        """Swap the host set atomically. A host that stays keeps its object, and so its pool
+        and connections; a removed host's idle connections close, busy ones finish."""
+        self.stats.update_attempt.value += 1
+        new_by_key: dict[tuple[Any, ...], Host] = {}
+        merged = []
+        for h in hosts:
+            key = h.key()
+            old = self.hosts_by_key.get(key)
+            if old is not None:
+                old.weight, old.health, old.priority = h.weight, h.health, h.priority
+                old.locality, old.metadata = h.locality, h.metadata
+                h = old
+            new_by_key[key] = h
+            merged.append(h)
+        removed = [h for k, h in self.hosts_by_key.items() if k not in new_by_key]
+        changed = bool(removed) or len(new_by_key) != len(self.hosts_by_key)
+        for h in removed:
+            if h.pool is not None:
+                h.pool.drain()
+        self.hosts_by_key = new_by_key
+        self.host_set = HostSet(merged, self.config.healthy_panic_threshold, overprovisioning)
+        self.lb = make_lb(self.config.lb_policy, self.host_set, self.config.least_request_choice_count)
+        s = self.stats
+        if changed:
+            s.membership_change.value += 1
+        s.update_success.value += 1
+        if not hosts:
+            s.update_empty.value += 1
+        s.membership_total.set(len(merged))
+        s.membership_healthy.set(sum(1 for h in merged if h.healthy))
+        s.membership_degraded.set(sum(1 for h in merged if h.health is HealthStatus.DEGRADED))
+        s.membership_excluded.set(0)
+        s.max_host_weight.set(max((h.weight for h in merged), default=0))
+        self.last_updated = time.time()
+
+    def choose_host(self, original_dst: tuple[str, int] | None = None,
+                    exclude: frozenset[Host] | set[Host] = frozenset()) -> Host | None:
+        if self.original_dst:
+            return self._original_dst_host(original_dst)
+        levels = self.host_set.levels
+        if levels and levels[0].panic:
+            self.stats.lb_healthy_panic.value += 1
+        host = self.lb.choose(exclude)
+        if host is None:
+            self.stats.upstream_cx_none_healthy.value += 1
+        return host
+
+    def _original_dst_host(self, address: tuple[str, int] | None) -> Host | None:
+        if address is None:
+            return None
+        port_override = self.config.original_dst.upstream_port_override
+        if port_override:
+            address = (address[0], port_override)
+        key = (address, "")
+        host = self.hosts_by_key.get(key)
+        if host is None:
+            host = Host(address)
+            self.hosts_by_key[key] = host
+            self.stats.membership_total.set(len(self.hosts_by_key))
+            self.stats.membership_healthy.set(len(self.hosts_by_key))
+        host.last_used = self.loop.time()
+        return host
+
+    def _schedule_cleanup(self) -> None:
+        self._cleanup_handle = self.loop.call_later(self.config.cleanup_interval, self._cleanup)
+
+    def _cleanup(self) -> None:
+        """Original-destination hosts unused for a cleanup interval are forgotten."""
+        now = self.loop.time()
+        interval = self.config.cleanup_interval
+        for key, host in list(self.hosts_by_key.items()):
+            busy = host.pool is not None and host.pool.busy()
+            if not busy and now - host.last_used >= interval:
+                if host.pool is not None:
+                    host.pool.drain()
+                del self.hosts_by_key[key]
+        self.stats.membership_total.set(len(self.hosts_by_key))
+        self.stats.membership_healthy.set(len(self.hosts_by_key))
+        if not self.closed:
+            self._schedule_cleanup()
+
+    # -- DNS ----------------------------------------------------------------------------------
+
+    async def _resolve(self, name: str, port: int) -> list[str]:
+        for family in _FAMILIES.get(self.config.dns_lookup_family, (socket.AF_UNSPEC,)):
+            try:
+                infos = await self.loop.getaddrinfo(name, port, family=family, type=socket.SOCK_STREAM)
+            except (socket.gaierror, OSError):
+                continue
+            addrs = []
+            for info in infos:
+                ip = str(info[4][0])
+                if ip not in addrs:
+                    addrs.append(ip)
+            if addrs:
+                return addrs
+        return []
+
+    async def _dns_loop(self) -> None:
+        cfg = self.config
+        while not self.closed:
+            try:
+                await self._refresh_dns()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let a resolver error kill the refresh loop
+                log.exception("DNS refresh failed for cluster %s", self.name)
+            self._mark_initialized()
+            await asyncio.sleep(cfg.dns_refresh_rate)
+
+    async def _refresh_dns(self) -> None:
+        cfg = self.config
+        cla = cfg.load_assignment
+        if cla is None:
+            return
+        hosts: list[Host] = []
+        failed = False
+        for loc in cla.endpoints:
+            for ep in loc.lb_endpoints:
+                addr = ep.address
+                assert isinstance(addr, SocketAddress)
+                ips = await self._resolve(addr.address, addr.port)
+                if not ips:
+                    failed = True
+                    continue
+                if cfg.type is DiscoveryType.LOGICAL_DNS:
+                    ips = ips[:1]
+                for ip in ips:
+                    hosts.append(
+                        Host(
+                            (ip, addr.port),
+                            weight=ep.load_balancing_weight,
+                            health=ep.health_status,
+                            hostname=ep.hostname or addr.address,
+                            locality=loc.locality,
+                            priority=loc.priority,
+                            metadata=ep.metadata,
+                        )
+                    )
+        if failed and not hosts:
+            self.stats.update_failure.value += 1
+            return  # keep the previous hosts
+        if {h.key() for h in hosts} == set(self.hosts_by_key):
+            self.stats.update_no_rebuild.value += 1
+            return
+        self.update_hosts(hosts, cla.overprovisioning_factor)

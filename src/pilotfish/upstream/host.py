@@ -1,0 +1,80 @@
+"""Upstream hosts: an address plus what load balancing and pooling need to know about it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pilotfish.model.cluster import HealthStatus
+from pilotfish.model.common import Locality
+
+HEALTHY_STATES = frozenset((HealthStatus.UNKNOWN, HealthStatus.HEALTHY))
+
+
+class Host:
+    """``address`` is ("ip", port) for TCP or the path for a Unix socket."""
+
+    __slots__ = (
+        "address",
+        "address_str",
+        "cx_connect_fail",
+        "cx_total",
+        "rq_error",
+        "rq_success",
+        "rq_timeout",
+        "rq_total",
+        "health",
+        "hostname",
+        "last_used",
+        "locality",
+        "metadata",
+        "pool",
+        "priority",
+        "rq_active",
+        "cx_active",
+        "weight",
+    )
+
+    def __init__(
+        self,
+        address: tuple[str, int] | str,
+        *,
+        weight: int = 1,
+        health: HealthStatus = HealthStatus.UNKNOWN,
+        hostname: str = "",
+        locality: Locality = Locality(),
+        priority: int = 0,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.address = address
+        if isinstance(address, tuple):
+            host, port = address
+            self.address_str = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        else:
+            self.address_str = address
+        self.weight = weight
+        self.health = health
+        self.hostname = hostname
+        self.locality = locality
+        self.priority = priority
+        self.metadata = metadata or {}
+        self.rq_active = 0
+        self.cx_active = 0
+        # Per-host counters shown by /clusters.
+        self.cx_total = 0
+        self.cx_connect_fail = 0
+        self.rq_total = 0
+        self.rq_success = 0
+        self.rq_error = 0
+        self.rq_timeout = 0
+        self.pool: Any = None  # the host's connection pool, created on first use
+        self.last_used = 0.0
+
+    @property
+    def healthy(self) -> bool:
+        return self.health in HEALTHY_STATES
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.address, self.hostname)
+
+    def __repr__(self) -> str:
+        return f"Host({self.address_str}, w={self.weight}, {self.health.name})"

@@ -1,0 +1,299 @@
+"""envoy.config.cluster.v3.Cluster and envoy.config.endpoint.v3.ClusterLoadAssignment -> model."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from pilotfish.errors import ConfigError
+from pilotfish.extensions.registry import Category
+from pilotfish.model.cluster import (
+    CircuitBreakerThresholds,
+    Cluster,
+    ClusterLoadAssignment,
+    DiscoveryType,
+    HealthStatus,
+    HttpProtocolOptions,
+    LbEndpoint,
+    LbPolicy,
+    LocalityLbEndpoints,
+    OriginalDstConfig,
+)
+from pilotfish.model.common import Locality, SocketAddress
+from pilotfish.xds.translate import common as c
+from pilotfish.xds.translate.context import TranslateContext
+
+_TYPES = {0: DiscoveryType.STATIC, 1: DiscoveryType.STRICT_DNS, 2: DiscoveryType.LOGICAL_DNS,
+          3: DiscoveryType.EDS, 4: DiscoveryType.ORIGINAL_DST}
+_LB = {0: LbPolicy.ROUND_ROBIN, 1: LbPolicy.LEAST_REQUEST, 2: LbPolicy.RING_HASH,
+       3: LbPolicy.RANDOM, 5: LbPolicy.MAGLEV, 6: LbPolicy.CLUSTER_PROVIDED}
+_SUPPORTED_LB = {LbPolicy.ROUND_ROBIN, LbPolicy.LEAST_REQUEST, LbPolicy.RANDOM,
+                 LbPolicy.CLUSTER_PROVIDED}
+_DNS_FAMILY = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TCP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"
+
+
+def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
+    pre = f"{path}." if path else ""
+    if not msg.name:
+        raise ConfigError(f"{pre}name", "value length must be at least 1")
+    kind = msg.WhichOneof("cluster_discovery_type")
+    if kind == "cluster_type":
+        raise ConfigError(f"{pre}cluster_type", f"custom cluster type '{msg.cluster_type.name}' is not supported")
+    dtype = _TYPES.get(msg.type)
+    if dtype is None:
+        raise ConfigError(f"{pre}type", f"unknown cluster type {msg.type}")
+    if msg.lb_policy == 7 or msg.HasField("load_balancing_policy"):
+        raise ConfigError(f"{pre}load_balancing_policy", "load_balancing_policy extensions are not supported")
+    lb = _LB.get(msg.lb_policy)
+    if lb is None or lb not in _SUPPORTED_LB:
+        raise ConfigError(f"{pre}lb_policy", f"lb_policy {lb.value if lb else msg.lb_policy} is not supported")
+    if dtype is DiscoveryType.ORIGINAL_DST and lb is not LbPolicy.CLUSTER_PROVIDED:
+        raise ConfigError(
+            f"{pre}lb_policy",
+            f"cluster: LB policy {lb.value} is not valid for Cluster type ORIGINAL_DST. Only "
+            "'CLUSTER_PROVIDED' is allowed with cluster type 'ORIGINAL_DST'",
+        )
+    if dtype is not DiscoveryType.ORIGINAL_DST and lb is LbPolicy.CLUSTER_PROVIDED:
+        raise ConfigError(
+            f"{pre}lb_policy",
+            f"cluster: LB policy CLUSTER_PROVIDED is not valid for Cluster type {dtype.value}.",
+        )
+    connect_timeout = c.duration(msg, "connect_timeout", 5.0)
+    if connect_timeout <= 0:
+        raise ConfigError(f"{pre}connect_timeout", "value must be greater than 0s")
+    if len(msg.filters):
+        raise ConfigError(f"{pre}filters", "upstream network filters are not supported")
+
+    load_assignment = None
+    if msg.HasField("load_assignment"):
+        load_assignment = cluster_load_assignment(
+            msg.load_assignment, f"{pre}load_assignment", resolve_names=dtype is not DiscoveryType.STATIC
+        )
+        if not load_assignment.cluster_name:
+            load_assignment = ClusterLoadAssignment(
+                msg.name, load_assignment.endpoints, load_assignment.overprovisioning_factor
+            )
+    if dtype is DiscoveryType.LOGICAL_DNS:
+        eps = load_assignment.endpoints if load_assignment else ()
+        if len(eps) != 1 or len(eps[0].lb_endpoints) != 1:
+            raise ConfigError(
+                f"{pre}load_assignment",
+                "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+            )
+    if dtype is DiscoveryType.ORIGINAL_DST and load_assignment and load_assignment.endpoints:
+        raise ConfigError(f"{pre}load_assignment", "ORIGINAL_DST clusters must have no load assignment configured")
+    if dtype in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS) and load_assignment:
+        for loc in load_assignment.endpoints:
+            for ep in loc.lb_endpoints:
+                if not isinstance(ep.address, SocketAddress):
+                    raise ConfigError(f"{pre}load_assignment", "DNS clusters need socket addresses")
+
+    eds_service_name = ""
+    if dtype is DiscoveryType.EDS:
+        if not msg.HasField("eds_cluster_config"):
+            raise ConfigError(f"{pre}eds_cluster_config", "EDS clusters need eds_cluster_config")
+        eds_service_name = msg.eds_cluster_config.service_name
+
+    thresholds = [CircuitBreakerThresholds(), CircuitBreakerThresholds()]
+    if msg.HasField("circuit_breakers"):
+        for i, t in enumerate(msg.circuit_breakers.thresholds):
+            budget = None
+            if t.HasField("retry_budget"):
+                rb = t.retry_budget
+                budget = (
+                    rb.budget_percent.value if rb.HasField("budget_percent") else 20.0,
+                    c.uint32_value(rb, "min_retry_concurrency", 3),
+                )
+            thresholds[1 if t.priority == 1 else 0] = CircuitBreakerThresholds(
+                max_connections=c.uint32_value(t, "max_connections", 1024),
+                max_pending_requests=c.uint32_value(t, "max_pending_requests", 1024),
+                max_requests=c.uint32_value(t, "max_requests", 1024),
+                max_retries=c.uint32_value(t, "max_retries", 3),
+                retry_budget=budget,
+            )
+
+    transport_socket = None
+    if msg.HasField("transport_socket"):
+        transport_socket = ctx.extension(
+            Category.TRANSPORT_SOCKET,
+            msg.transport_socket.name,
+            msg.transport_socket.typed_config,
+            f"{pre}transport_socket",
+        )
+    matches = []
+    for i, m in enumerate(msg.transport_socket_matches):
+        mpath = f"{pre}transport_socket_matches[{i}]"
+        ts = ctx.extension(
+            Category.TRANSPORT_SOCKET, m.transport_socket.name, m.transport_socket.typed_config,
+            f"{mpath}.transport_socket",
+        )
+        if ts is not None:
+            matches.append((m.name, c.struct_to_dict(m.match), ts))
+
+    original_dst = OriginalDstConfig()
+    if msg.HasField("original_dst_lb_config"):
+        od = msg.original_dst_lb_config
+        original_dst = OriginalDstConfig(
+            use_http_header=od.use_http_header,
+            http_header_name=(od.http_header_name or "x-envoy-original-dst-host").lower().encode(),
+            upstream_port_override=c.uint32_value(od, "upstream_port_override", 0),
+        )
+
+    bind = None
+    if msg.HasField("upstream_bind_config") and msg.upstream_bind_config.HasField("source_address"):
+        bind = c.socket_address(
+            msg.upstream_bind_config.source_address, f"{pre}upstream_bind_config.source_address"
+        )
+    keepalive = None
+    if msg.HasField("upstream_connection_options") and msg.upstream_connection_options.HasField(
+        "tcp_keepalive"
+    ):
+        ka = msg.upstream_connection_options.tcp_keepalive
+        keepalive = (
+            c.uint32_value(ka, "keepalive_probes", 0),
+            c.uint32_value(ka, "keepalive_time", 0),
+            c.uint32_value(ka, "keepalive_interval", 0),
+        )
+
+    panic = 50.0
+    locality_weighted = False
+    if msg.HasField("common_lb_config"):
+        clb = msg.common_lb_config
+        if clb.HasField("healthy_panic_threshold"):
+            panic = clb.healthy_panic_threshold.value
+        locality_weighted = clb.HasField("locality_weighted_lb_config")
+    choice_count = 2
+    if msg.HasField("least_request_lb_config"):
+        choice_count = c.uint32_value(msg.least_request_lb_config, "choice_count", 2)
+        if choice_count < 2:
+            raise ConfigError(f"{pre}least_request_lb_config.choice_count", "value must be >= 2")
+
+    if len(msg.health_checks):
+        ctx.warn(f"{pre}health_checks: active health checking is not implemented; ignored")
+
+    return Cluster(
+        name=msg.name,
+        type=dtype,
+        connect_timeout=connect_timeout,
+        lb_policy=lb,
+        load_assignment=load_assignment,
+        eds_service_name=eds_service_name,
+        alt_stat_name=msg.alt_stat_name,
+        dns_lookup_family=_DNS_FAMILY.get(msg.dns_lookup_family, "AUTO"),
+        dns_refresh_rate=c.duration(msg, "dns_refresh_rate", 5.0),
+        respect_dns_ttl=msg.respect_dns_ttl,
+        circuit_breakers=(thresholds[0], thresholds[1]),
+        per_connection_buffer_limit_bytes=c.uint32_value(msg, "per_connection_buffer_limit_bytes", 1024 * 1024),
+        http=http_protocol_options(msg, ctx, pre),
+        transport_socket=transport_socket,
+        transport_socket_matches=tuple(matches),
+        least_request_choice_count=choice_count,
+        healthy_panic_threshold=panic,
+        locality_weighted_lb=locality_weighted,
+        original_dst=original_dst,
+        cleanup_interval=c.duration(msg, "cleanup_interval", 5.0),
+        upstream_bind_address=bind,
+        tcp_keepalive=keepalive,
+        close_connections_on_host_health_failure=msg.close_connections_on_host_health_failure,
+        ignore_health_on_host_removal=msg.ignore_health_on_host_removal,
+        metadata=c.metadata(msg, path),
+    )
+
+
+def http_protocol_options(msg: Any, ctx: TranslateContext, pre: str) -> HttpProtocolOptions:
+    protocol = "HTTP2" if msg.HasField("http2_protocol_options") else "HTTP1"
+    idle = 3600.0
+    max_requests = c.uint32_value(msg, "max_requests_per_connection", 0)
+    max_duration = 0.0
+    max_headers = 100
+    preserve = False
+    for key, value in msg.typed_extension_protocol_options.items():
+        opath = f"{pre}typed_extension_protocol_options[{key}]"
+        if key == TCP_PROTOCOL_OPTIONS or value.type_url.endswith(TCP_PROTOCOL_OPTIONS):
+            continue
+        if key != HTTP_PROTOCOL_OPTIONS and not value.type_url.endswith(HTTP_PROTOCOL_OPTIONS):
+            raise ConfigError(
+                opath,
+                "Didn't find a registered network or http filter or protocol options "
+                f"implementation for name: '{key}'",
+            )
+        opts = ctx.unpack(value, opath)
+        if opts.HasField("common_http_protocol_options"):  # type: ignore[attr-defined]
+            chpo = opts.common_http_protocol_options  # type: ignore[attr-defined]
+            idle = c.duration(chpo, "idle_timeout", 3600.0)
+            max_duration = c.duration(chpo, "max_connection_duration", 0.0)
+            max_headers = c.uint32_value(chpo, "max_headers_count", 100)
+            if chpo.HasField("max_requests_per_connection"):
+                max_requests = chpo.max_requests_per_connection.value
+        which = opts.WhichOneof("upstream_protocol_options")
+        if which == "explicit_http_config":
+            ehc = opts.explicit_http_config  # type: ignore[attr-defined]
+            pkind = ehc.WhichOneof("protocol_config")
+            protocol = {"http_protocol_options": "HTTP1", "http2_protocol_options": "HTTP2",
+                        "http3_protocol_options": "HTTP3"}.get(pkind or "", "HTTP1")
+            if pkind == "http_protocol_options":
+                preserve = ehc.http_protocol_options.HasField("header_key_format")
+        elif which == "use_downstream_protocol_config":
+            protocol = "DOWNSTREAM"
+        elif which == "auto_config":
+            protocol = "AUTO"
+    return HttpProtocolOptions(
+        upstream_protocol=protocol,
+        idle_timeout=idle,
+        max_requests_per_connection=max_requests,
+        max_connection_duration=max_duration,
+        max_headers_count=max_headers,
+        header_key_format_preserve=preserve,
+    )
+
+
+_HEALTH = {0: HealthStatus.UNKNOWN, 1: HealthStatus.HEALTHY, 2: HealthStatus.UNHEALTHY,
+           3: HealthStatus.DRAINING, 4: HealthStatus.TIMEOUT, 5: HealthStatus.DEGRADED}
+
+
+def cluster_load_assignment(msg: Any, path: str, *, resolve_names: bool = True) -> ClusterLoadAssignment:
+    """``resolve_names``: hostnames are allowed (DNS clusters); else addresses must be IPs."""
+    localities = []
+    for i, loc in enumerate(msg.endpoints):
+        lpath = f"{path}.endpoints[{i}]"
+        eps = []
+        for j, lbe in enumerate(loc.lb_endpoints):
+            epath = f"{lpath}.lb_endpoints[{j}]"
+            if lbe.WhichOneof("host_identifier") != "endpoint":
+                raise ConfigError(epath, "named endpoints are not supported; an endpoint is required")
+            ep = lbe.endpoint
+            addr = c.address(ep.address, f"{epath}.endpoint.address")
+            if isinstance(addr, SocketAddress) and not resolve_names:
+                try:
+                    ipaddress.ip_address(addr.address)
+                except ValueError:
+                    raise ConfigError(
+                        f"{epath}.endpoint.address.socket_address.address",
+                        f"malformed IP address: {addr.address}",
+                    ) from None
+            weight = c.uint32_value(lbe, "load_balancing_weight", 1)
+            if weight < 1:
+                raise ConfigError(f"{epath}.load_balancing_weight", "value must be greater than or equal to 1")
+            eps.append(
+                LbEndpoint(
+                    address=addr,
+                    health_status=_HEALTH.get(lbe.health_status, HealthStatus.UNKNOWN),
+                    load_balancing_weight=weight,
+                    hostname=ep.hostname,
+                    metadata=c.metadata(lbe, epath),
+                )
+            )
+        localities.append(
+            LocalityLbEndpoints(
+                lb_endpoints=tuple(eps),
+                locality=c.locality(loc.locality) if loc.HasField("locality") else Locality(),
+                load_balancing_weight=c.uint32_value(loc, "load_balancing_weight", 0),
+                priority=loc.priority,
+            )
+        )
+    factor = 140
+    if msg.HasField("policy") and msg.policy.HasField("overprovisioning_factor"):
+        factor = msg.policy.overprovisioning_factor.value
+    return ClusterLoadAssignment(msg.cluster_name, tuple(localities), factor)
