@@ -146,8 +146,9 @@ def version_string() -> str:
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(sys.argv[1:] if argv is None else argv)
     try:
-        plog.configure(options.log_level, options.component_log_level, options.log_format,
-                       options.log_path)
+        plog.configure(
+            options.log_level, options.component_log_level, options.log_format, options.log_path
+        )
     except plog.LogConfigError as e:
         sys.stderr.write(f"{e}\n")
         return 1

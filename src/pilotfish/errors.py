@@ -16,7 +16,9 @@ class ConfigError(Exception):
         """The same error seen from an enclosing message."""
         if not prefix:
             return self
-        path = f"{prefix}.{self.path}" if self.path and not self.path.startswith("[") else (
-            f"{prefix}{self.path}"
+        path = (
+            f"{prefix}.{self.path}"
+            if self.path and not self.path.startswith("[")
+            else (f"{prefix}{self.path}")
         )
         return ConfigError(path, self.reason)

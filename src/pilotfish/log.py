@@ -19,29 +19,105 @@ TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 
 LEVELS = {
-    "trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-    "warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL,
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
     "off": logging.CRITICAL + 10,
 }
 _LEVEL_NAMES = {
-    TRACE: "trace", logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
-    logging.ERROR: "error", logging.CRITICAL: "critical",
+    TRACE: "trace",
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
 }
-_SHORT_LEVEL = {"trace": "T", "debug": "D", "info": "I", "warning": "W", "error": "E",
-                "critical": "C"}
+_SHORT_LEVEL = {
+    "trace": "T",
+    "debug": "D",
+    "info": "I",
+    "warning": "W",
+    "error": "E",
+    "critical": "C",
+}
 
 # Envoy's logger components (source/common/common/logger.h); ours use the same names.
-COMPONENTS = frozenset((
-    "admin", "alternate_protocols_cache", "assert", "aws", "backtrace", "basic_auth", "cache_filter",
-    "client", "config", "connection", "conn_handler", "compression", "credential_injector",
-    "decompression", "dns", "dubbo", "envoy_bug", "ext_authz", "ext_proc", "rocketmq", "file",
-    "filter", "forward_proxy", "geolocation", "grpc", "happy_eyeballs", "hc", "health_checker",
-    "http", "http2", "http3", "hystrix", "init", "io", "jwt", "kafka", "key_value_store", "lua",
-    "main", "matcher", "misc", "mongo", "multi_connection", "oauth2", "quic", "quic_stream",
-    "pool", "rate_limit_quota", "rbac", "rds", "redis", "router", "runtime", "stats", "secret",
-    "tap", "testing", "thrift", "tracing", "upstream", "udp", "wasm", "websocket", "golang",
-    "stats_sinks", "dynamic_forward_proxy", "xds", "listener",
-))
+COMPONENTS = frozenset(
+    (
+        "admin",
+        "alternate_protocols_cache",
+        "assert",
+        "aws",
+        "backtrace",
+        "basic_auth",
+        "cache_filter",
+        "client",
+        "config",
+        "connection",
+        "conn_handler",
+        "compression",
+        "credential_injector",
+        "decompression",
+        "dns",
+        "dubbo",
+        "envoy_bug",
+        "ext_authz",
+        "ext_proc",
+        "rocketmq",
+        "file",
+        "filter",
+        "forward_proxy",
+        "geolocation",
+        "grpc",
+        "happy_eyeballs",
+        "hc",
+        "health_checker",
+        "http",
+        "http2",
+        "http3",
+        "hystrix",
+        "init",
+        "io",
+        "jwt",
+        "kafka",
+        "key_value_store",
+        "lua",
+        "main",
+        "matcher",
+        "misc",
+        "mongo",
+        "multi_connection",
+        "oauth2",
+        "quic",
+        "quic_stream",
+        "pool",
+        "rate_limit_quota",
+        "rbac",
+        "rds",
+        "redis",
+        "router",
+        "runtime",
+        "stats",
+        "secret",
+        "tap",
+        "testing",
+        "thrift",
+        "tracing",
+        "upstream",
+        "udp",
+        "wasm",
+        "websocket",
+        "golang",
+        "stats_sinks",
+        "dynamic_forward_proxy",
+        "xds",
+        "listener",
+    )
+)
 
 ENVOY_DEFAULT_FORMAT = "[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v"
 
@@ -149,8 +225,9 @@ def parse_component_levels(spec: str) -> dict[str, int]:
     return out
 
 
-def configure(level: str = "info", component_levels: str = "", fmt: str | None = None,
-              path: str = "") -> None:
+def configure(
+    level: str = "info", component_levels: str = "", fmt: str | None = None, path: str = ""
+) -> None:
     if level not in LEVELS:
         raise LogConfigError(f"error: invalid log level specified '{level}'")
     components = parse_component_levels(component_levels)

@@ -51,7 +51,7 @@ class Server:
 
     def run(self) -> int:
         try:
-            return uvloop.run(self._main())  # type: ignore[no-any-return]
+            return uvloop.run(self._main())
         except KeyboardInterrupt:
             return 0
 

@@ -585,6 +585,11 @@ JSON_CASES: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
         '{"h":"A\\u00c3\\u00a9B\\u00e9C\\u0009D\\u0022E\\u005cF/G<>&\'\\u007f"}',
         {"request_headers": Headers({"x-h": b"A\xc3\xa9B\xe9C\tD\"E\\F/G<>&'\x7f"})},
     ),
+    (  # each piece of a string is escaped on its own, as in Envoy
+        {"m": "é%REQ(x-h)%{}"},
+        '{"m":"\xc3\xa9\\u00ff{}"}',
+        {"request_headers": Headers({"x-h": b"\xff"})},
+    ),
     ({"lit": "é→<>&'/\u0001\n"}, '{"lit":"\xc3\xa9\xe2\x86\x92<>&\'/\\u0001\\n"}', {}),
     (
         {"h": "%REQ(user-agent):4%", "z": "%REQ(x-e)%"},

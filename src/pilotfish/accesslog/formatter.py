@@ -1,7 +1,8 @@
 """Envoy's substitution formatter: access-log format strings, JSON formats and the values of
 ``request_headers_to_add`` / ``response_headers_to_add``. Pure: no I/O.
 
-A format is compiled once into small callables, so formatting one line is a loop over them.
+A format is compiled once: each command becomes a small callable (text, and a typed value for
+JSON), and a text format becomes a ``str.format`` template filled with their results.
 
 Output strings are *byte strings in latin-1 form*: each character is one byte, so
 ``line.encode("latin-1")`` gives exactly the bytes Envoy writes. Header values arrive as bytes
@@ -231,8 +232,13 @@ def _proto_value(v: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class _Command:
+    """``text`` renders the value as text (None: no value). ``value`` gives the typed JSON value;
+    without it the JSON value is the text as a string (most commands). ``is_int``: the value is
+    an int or None, which JSON output can render without inspecting it."""
+
     text: TextFn
-    value: ValueFn
+    value: ValueFn | None = None
+    is_int: bool = False
 
 
 # Builds a command from its (SUBCOMMAND, LENGTH); the str is the config path for errors.
@@ -256,11 +262,11 @@ def _string_command(get: Callable[[StreamInfo], str]) -> _Command:
             return None
         return s if s.isascii() else _wire(s)
 
-    return _Command(text, text)
+    return _Command(text)
 
 
 def _int_command(get: Callable[[StreamInfo], int]) -> _Command:
-    return _Command(lambda info: str(get(info)), get)
+    return _Command(lambda info: str(get(info)), get, is_int=True)
 
 
 def _attr_string(name: str) -> _Command:
@@ -292,12 +298,14 @@ def _elapsed(
     return get
 
 
-def _duration_command(get: Callable[[StreamInfo], int | None]) -> _Command:
+def _optional_int_command(get: Callable[[StreamInfo], int | None]) -> _Command:
+    """Durations and other numbers that may be unknown (``-`` / null)."""
+
     def text(info: StreamInfo) -> str | None:
         v = get(info)
         return None if v is None else str(v)
 
-    return _Command(text, get)
+    return _Command(text, get, is_int=True)
 
 
 _start: MonoFn = operator.attrgetter("start_monotonic")
@@ -345,7 +353,7 @@ def _common_duration(sub: str, max_len: int | None, path: str) -> _Command:
         # Custom names are timings recorded by filters (none in pilotfish yet).
         return _TIME_POINTS.get(name) or (lambda info: None)
 
-    return _duration_command(_elapsed(point(parts[0]), point(parts[1]), _PRECISION_NS[unit]))
+    return _optional_int_command(_elapsed(point(parts[0]), point(parts[1]), _PRECISION_NS[unit]))
 
 
 def _response_tx(info: StreamInfo) -> int | None:
@@ -388,9 +396,9 @@ def _address_commands(get: Callable[[StreamInfo], str]) -> tuple[_Command, _Comm
         return int(port) if port else None
 
     return (
-        _Command(with_port, with_port),
-        _Command(without_port, without_port),
-        _Command(port_text, port_value),
+        _Command(with_port),
+        _Command(without_port),
+        _Command(port_text, port_value, is_int=True),
     )
 
 
@@ -562,7 +570,7 @@ def _time_command(get: Callable[[StreamInfo], float | None], local: bool = False
             t = get(info)
             return None if t is None else fmt(t)
 
-        return _Command(text, text)
+        return _Command(text)
 
     return build
 
@@ -633,28 +641,16 @@ def _header_command(attr: str, *, strip_query: bool = False) -> Builder:
                 s = s.partition("?")[0]
             return s if max_len is None else s[:max_len]
 
-        return _Command(text, text)
+        return _Command(text)
 
     return build
 
 
-def _request_headers(info: StreamInfo) -> HeaderLookup | None:
-    return info.request_headers
-
-
-def _response_headers(info: StreamInfo) -> HeaderLookup | None:
-    return info.response_headers
-
-
-def _response_trailers(info: StreamInfo) -> HeaderLookup | None:
-    return info.response_trailers
-
-
-def _headers_bytes(which: Callable[[StreamInfo], HeaderLookup | None]) -> _Command:
+def _headers_bytes(attr: str) -> _Command:
     """HeaderMap::byteSize (names plus values); header maps may offer ``byte_size()``."""
 
     def get(info: StreamInfo) -> int:
-        size = getattr(which(info), "byte_size", None)
+        size = getattr(getattr(info, attr), "byte_size", None)
         return int(size()) if size is not None else 0
 
     return _int_command(get)
@@ -697,7 +693,7 @@ def _grpc_command(sub: str, max_len: int | None, path: str) -> _Command:
             f"GrpcStatusFormatter only supports CAMEL_STRING, SNAKE_STRING or NUMBER. Got: {sub}",
         )
     if sub == "NUMBER":
-        return _duration_command(_grpc_status)  # an optional integer
+        return _optional_int_command(_grpc_status)
     names = _GRPC_SNAKE if sub == "SNAKE_STRING" else _GRPC_CAMEL
 
     def text(info: StreamInfo) -> str | None:
@@ -706,15 +702,13 @@ def _grpc_command(sub: str, max_len: int | None, path: str) -> _Command:
             return None
         return names[code] if code < len(names) else str(code)
 
-    return _Command(text, text)
+    return _Command(text)
 
 
 # -- metadata and filter state ---------------------------------------------------------------------
 
 
-def _metadata_command(
-    which: Callable[[StreamInfo], dict[str, Any] | None],
-) -> Callable[[str, int | None, str], _Command]:
+def _metadata_command(which: Callable[[StreamInfo], dict[str, Any] | None]) -> Builder:
     """%DYNAMIC_METADATA(NS:KEY:...)%: the value at the path; strings print raw, anything else
     as JSON. ``:Z`` truncates the text, and the JSON value only when it is a string."""
 
@@ -774,7 +768,7 @@ def _filter_state_command(sub: str, max_len: int | None, path: str) -> _Command:
             s = _plain(lookup(info))
             return None if s is None else cut(_wire(s))
 
-        return _Command(plain, plain)
+        return _Command(plain)
     if kind == "FIELD":
 
         def by_field(info: StreamInfo) -> str | None:
@@ -782,7 +776,7 @@ def _filter_state_command(sub: str, max_len: int | None, path: str) -> _Command:
             v = get_field(field) if get_field is not None else None
             return None if v is None else cut(_wire(str(v)))
 
-        return _Command(by_field, by_field)
+        return _Command(by_field)
 
     def typed_value(info: StreamInfo) -> Any:  # not truncated, as Envoy
         return _typed(lookup(info))
@@ -834,7 +828,7 @@ def _tls_command(side: str, attr: str) -> _Command:
             v = ",".join(v)
         return _wire(v) if v else None
 
-    return _Command(text, text)
+    return _Command(text)
 
 
 _TLS_ATTRS = {
@@ -878,6 +872,7 @@ _PARAMS_REQUIRED = 1
 _PARAMS_OPTIONAL = 2
 _LENGTH_ALLOWED = 4
 
+
 def _fixed(command: _Command) -> Builder:
     return lambda sub, max_len, path: command
 
@@ -886,12 +881,12 @@ def _environment(sub: str, max_len: int | None, path: str) -> _Command:
     # Read once, when the format is compiled (as Envoy does); missing prints "-" even in JSON.
     env = os.environ.get(sub)
     value = _DASH if env is None else _wire(env)[:max_len]
-    return _Command(lambda info: value, lambda info: value)
+    return _Command(lambda info: value)
 
 
 def _hostname() -> _Command:
     name = _wire(socket.gethostname()) or None
-    return _Command(lambda info: name, lambda info: name)
+    return _Command(lambda info: name)
 
 
 def _unique_id(info: StreamInfo) -> str:
@@ -905,16 +900,16 @@ def _build_table() -> dict[str, tuple[int, Builder]]:
         t[name] = (_COMMAND_ONLY, _fixed(command))
 
     # Durations, in milliseconds from the start of the stream.
-    add("DURATION", _duration_command(_duration))
-    add("REQUEST_DURATION", _duration_command(_elapsed(_start, _mono("last_downstream_rx"))))
-    add("REQUEST_TX_DURATION", _duration_command(_elapsed(_start, _mono("last_upstream_tx"))))
-    add("RESPONSE_DURATION", _duration_command(_elapsed(_start, _mono("first_upstream_rx"))))
-    add("RESPONSE_TX_DURATION", _duration_command(_response_tx))
+    add("DURATION", _optional_int_command(_duration))
+    add("REQUEST_DURATION", _optional_int_command(_elapsed(_start, _mono("last_downstream_rx"))))
+    add("REQUEST_TX_DURATION", _optional_int_command(_elapsed(_start, _mono("last_upstream_tx"))))
+    add("RESPONSE_DURATION", _optional_int_command(_elapsed(_start, _mono("first_upstream_rx"))))
+    add("RESPONSE_TX_DURATION", _optional_int_command(_response_tx))
     add(
         "DOWNSTREAM_HANDSHAKE_DURATION",
-        _duration_command(_elapsed(_start, _mono("downstream_handshake_complete"))),
+        _optional_int_command(_elapsed(_start, _mono("downstream_handshake_complete"))),
     )
-    add("ROUNDTRIP_DURATION", _duration_command(lambda info: None))  # QUIC only
+    add("ROUNDTRIP_DURATION", _optional_int_command(lambda info: None))  # QUIC only
     t["COMMON_DURATION"] = (_PARAMS_REQUIRED, _common_duration)
 
     # Byte counts.
@@ -931,9 +926,9 @@ def _build_table() -> dict[str, tuple[int, Builder]]:
         add(name, _attr_int(attr))
     add("DOWNSTREAM_WIRE_BYTES_SENT", _attr_int("downstream_wire_bytes_sent"))
     add("DOWNSTREAM_WIRE_BYTES_RECEIVED", _attr_int("downstream_wire_bytes_received"))
-    add("REQUEST_HEADERS_BYTES", _headers_bytes(_request_headers))
-    add("RESPONSE_HEADERS_BYTES", _headers_bytes(_response_headers))
-    add("RESPONSE_TRAILERS_BYTES", _headers_bytes(_response_trailers))
+    add("REQUEST_HEADERS_BYTES", _headers_bytes("request_headers"))
+    add("RESPONSE_HEADERS_BYTES", _headers_bytes("response_headers"))
+    add("RESPONSE_TRAILERS_BYTES", _headers_bytes("response_trailers"))
 
     # Protocol, response, flags.
     add("PROTOCOL", _attr_string("protocol"))
@@ -942,18 +937,18 @@ def _build_table() -> dict[str, tuple[int, Builder]]:
     t["RESPONSE_CODE_DETAILS"] = (_PARAMS_OPTIONAL, _response_code_details)
     add("CONNECTION_TERMINATION_DETAILS", _attr_string("connection_termination_details"))
     flags = lambda info: response_flags_short(info.response_flags)  # noqa: E731
-    add("RESPONSE_FLAGS", _Command(flags, flags))
+    add("RESPONSE_FLAGS", _Command(flags))
     flags_long = lambda info: response_flags_long(info.response_flags)  # noqa: E731
-    add("RESPONSE_FLAGS_LONG", _Command(flags_long, flags_long))
+    add("RESPONSE_FLAGS_LONG", _Command(flags_long))
     t["GRPC_STATUS"] = (_PARAMS_OPTIONAL, _grpc_command)
     add("GRPC_STATUS_NUMBER", _grpc_command("NUMBER", None, ""))
     reply_body = lambda info: _wire(getattr(info, "local_reply_body", ""))  # noqa: E731
-    add("LOCAL_REPLY_BODY", _Command(reply_body, reply_body))  # "" (not "-") when none
+    add("LOCAL_REPLY_BODY", _Command(reply_body))  # "" (not "-") when none
     access_log_type = lambda info: getattr(info, "access_log_type", "NotSet")  # noqa: E731
-    add("ACCESS_LOG_TYPE", _Command(access_log_type, access_log_type))
+    add("ACCESS_LOG_TYPE", _Command(access_log_type))
 
     # Upstream.
-    add("UPSTREAM_HOST", _address_commands(lambda info: info.upstream_host)[0])
+    add("UPSTREAM_HOST", _address_commands(_field("upstream_host"))[0])
     add("UPSTREAM_HOST_NAME", _string_command(_upstream_host_name))
     add(
         "UPSTREAM_HOST_NAME_WITHOUT_PORT",
@@ -976,11 +971,11 @@ def _build_table() -> dict[str, tuple[int, Builder]]:
 
     # Addresses.
     for prefix, get in (
-        ("UPSTREAM_LOCAL", lambda info: info.upstream_local_address),
+        ("UPSTREAM_LOCAL", _field("upstream_local_address")),
         ("UPSTREAM_REMOTE", _upstream_remote),
-        ("DOWNSTREAM_REMOTE", lambda info: info.downstream_remote_address),
-        ("DOWNSTREAM_DIRECT_REMOTE", lambda info: info.downstream_direct_remote_address),
-        ("DOWNSTREAM_LOCAL", lambda info: info.downstream_local_address),
+        ("DOWNSTREAM_REMOTE", _field("downstream_remote_address")),
+        ("DOWNSTREAM_DIRECT_REMOTE", _field("downstream_direct_remote_address")),
+        ("DOWNSTREAM_LOCAL", _field("downstream_local_address")),
         (
             "DOWNSTREAM_DIRECT_LOCAL",
             lambda info: getattr(info, "downstream_direct_local_address", "")
@@ -1008,7 +1003,7 @@ def _build_table() -> dict[str, tuple[int, Builder]]:
     add("FILTER_CHAIN_NAME", _attr_string("filter_chain_name"))
     add("CONNECTION_ID", _attr_int("connection_id"))
     add("STREAM_ID", _attr_string("request_id"))  # Envoy's stream id is the request id
-    add("UNIQUE_ID", _Command(_unique_id, _unique_id))
+    add("UNIQUE_ID", _Command(_unique_id))
     t["HOSTNAME"] = (_COMMAND_ONLY, lambda sub, max_len, path: _hostname())
 
     # Headers.
@@ -1236,25 +1231,41 @@ def compile_json_format(
 
 
 def _join_flat(pieces: list[str | JsonFn]) -> Callable[[StreamInfo], str]:
-    merged: list[str | JsonFn] = []
-    for p in pieces:
-        if isinstance(p, str) and merged and isinstance(merged[-1], str):
-            merged[-1] += p
-        else:
-            merged.append(p)
-    frozen = tuple(merged)
+    """The line as a ``str.format`` template with one field per value slot."""
+    template = "".join(
+        p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{}" for p in pieces
+    )
+    slots = tuple(p for p in pieces if not isinstance(p, str))
 
     def render(info: StreamInfo) -> str:
-        out = []
-        for p in frozen:
-            if isinstance(p, str):
-                out.append(p)
-            else:
-                v = p(info)
-                out.append("null" if v is None else v)
-        return "".join(out)
+        return template.format(*["null" if (v := f(info)) is None else v for f in slots])
 
     return render
+
+
+def _typed_slot(command: _Command) -> JsonFn:
+    """The JSON text of one command's value (None for null)."""
+    text, value = command.text, command.value
+    if value is None:  # a string
+
+        def string(info: StreamInfo) -> str | None:
+            v = text(info)
+            return None if v is None else f'"{json_escape(v)}"'
+
+        return string
+    if command.is_int:
+
+        def integer(info: StreamInfo) -> str | None:
+            v = value(info)
+            return None if v is None else str(v)
+
+        return integer
+
+    def typed(info: StreamInfo) -> str | None:
+        v = value(info)
+        return None if v is None else json_dumps(v)
+
+    return typed
 
 
 class _JsonBuilder:
@@ -1271,28 +1282,20 @@ class _JsonBuilder:
         pieces = _parse(template, path, self._extra)
         if len(pieces) == 1:
             only = pieces[0]
-            if isinstance(only, str):
-                return '"' + json_escape(only) + '"'
-            value = only.value
-
-            def typed(info: StreamInfo) -> str | None:
-                v = value(info)
-                return None if v is None else json_dumps(v)
-
-            return typed
+            return f'"{json_escape(only)}"' if isinstance(only, str) else _typed_slot(only)
+        # Text and commands mixed: a string. Each piece is escaped on its own (as Envoy: UTF-8
+        # validity is judged per piece); missing values print "-" (or nothing).
+        template = '"' + "".join(
+            json_escape(p).replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{}"
+            for p in pieces
+        ) + '"'
+        texts = tuple(p.text for p in pieces if not isinstance(p, str))
         empty = "" if self._omit else _DASH
-        parts = tuple(json_escape(p) if isinstance(p, str) else p.text for p in pieces)
 
         def mixed(info: StreamInfo) -> str:
-            out = ['"']
-            for p in parts:
-                if isinstance(p, str):
-                    out.append(p)
-                else:
-                    v = p(info)
-                    out.append(empty if v is None else json_escape(v))
-            out.append('"')
-            return "".join(out)
+            return template.format(
+                *[empty if (v := f(info)) is None else json_escape(v) for f in texts]
+            )
 
         return mixed
 

@@ -27,8 +27,10 @@ def _host_stats(host: Host) -> list[tuple[str, int, bool]]:
 def _health_flags(host: Host) -> str:
     if host.healthy:
         return "healthy"
-    return f"/eds_status_{host.health.name.lower()}" if host.health.name != "UNHEALTHY" else (
-        "/failed_eds_health"
+    return (
+        f"/eds_status_{host.health.name.lower()}"
+        if host.health.name != "UNHEALTHY"
+        else ("/failed_eds_health")
     )
 
 
@@ -37,8 +39,10 @@ def clusters_text(clusters: Iterable[Cluster]) -> str:
     for c in clusters:
         n = c.name
         lines.append(f"{n}::observability_name::{c.config.stat_name}")
-        for prio, res in (("default_priority", c.config.circuit_breakers[0]),
-                          ("high_priority", c.config.circuit_breakers[1])):
+        for prio, res in (
+            ("default_priority", c.config.circuit_breakers[0]),
+            ("high_priority", c.config.circuit_breakers[1]),
+        ):
             lines.append(f"{n}::{prio}::max_connections::{res.max_connections}")
             lines.append(f"{n}::{prio}::max_pending_requests::{res.max_pending_requests}")
             lines.append(f"{n}::{prio}::max_requests::{res.max_requests}")
@@ -83,11 +87,19 @@ def clusters_json(clusters: Iterable[Cluster]) -> dict[str, Any]:
             h: dict[str, Any] = {
                 "address": _address_json(host),
                 "stats": stats,
-                "health_status": {"eds_health_status": "HEALTHY" if host.healthy else host.health.name},
+                "health_status": {
+                    "eds_health_status": "HEALTHY" if host.healthy else host.health.name
+                },
                 "weight": host.weight,
-                "locality": {k: v for k, v in (("region", host.locality.region),
-                                                ("zone", host.locality.zone),
-                                                ("sub_zone", host.locality.sub_zone)) if v},
+                "locality": {
+                    k: v
+                    for k, v in (
+                        ("region", host.locality.region),
+                        ("zone", host.locality.zone),
+                        ("sub_zone", host.locality.sub_zone),
+                    )
+                    if v
+                },
             }
             if host.hostname:
                 h["hostname"] = host.hostname
@@ -95,16 +107,25 @@ def clusters_json(clusters: Iterable[Cluster]) -> dict[str, Any]:
                 h["priority"] = host.priority
             hosts.append(h)
         thresholds = []
-        for prio, res in (("DEFAULT", c.config.circuit_breakers[0]), ("HIGH", c.config.circuit_breakers[1])):
-            t: dict[str, Any] = {"max_connections": res.max_connections,
-                                 "max_pending_requests": res.max_pending_requests,
-                                 "max_requests": res.max_requests, "max_retries": res.max_retries}
+        for prio, res in (
+            ("DEFAULT", c.config.circuit_breakers[0]),
+            ("HIGH", c.config.circuit_breakers[1]),
+        ):
+            t: dict[str, Any] = {
+                "max_connections": res.max_connections,
+                "max_pending_requests": res.max_pending_requests,
+                "max_requests": res.max_requests,
+                "max_retries": res.max_retries,
+            }
             if prio == "HIGH":
                 t["priority"] = "HIGH"
             thresholds.append(t)
-        entry = {"name": c.name, "host_statuses": hosts,
-                 "circuit_breakers": {"thresholds": thresholds},
-                 "observability_name": c.config.stat_name}
+        entry = {
+            "name": c.name,
+            "host_statuses": hosts,
+            "circuit_breakers": {"thresholds": thresholds},
+            "observability_name": c.config.stat_name,
+        }
         if c.added_via_api:
             entry["added_via_api"] = True
         out.append(entry)

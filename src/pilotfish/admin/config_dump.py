@@ -52,8 +52,14 @@ def node_proto(server: Server) -> Any:
     major, minor, patch = (int(x) for x in ENVOY_API_VERSION.split("."))
     bv = node.user_agent_build_version
     bv.version.major_number, bv.version.minor_number, bv.version.patch = major, minor, patch
-    bv.metadata.update({"build.type": "RELEASE", "revision.status": "Clean",
-                        "ssl.version": "Python ssl", "pilotfish": "true"})
+    bv.metadata.update(
+        {
+            "build.type": "RELEASE",
+            "revision.status": "Clean",
+            "ssl.version": "Python ssl",
+            "pilotfish": "true",
+        }
+    )
     return node
 
 
@@ -176,16 +182,28 @@ def _name_of(item: Any) -> str:
     return ""
 
 
-def render(server: Server, *, resource: str = "", mask: str = "", include_eds: bool = False,
-           name_regex: re.Pattern[bytes] | None = None) -> str:
+def render(
+    server: Server,
+    *,
+    resource: str = "",
+    mask: str = "",
+    include_eds: bool = False,
+    name_regex: re.Pattern[bytes] | None = None,
+) -> str:
     dumps = [_bootstrap_dump(server), _clusters_dump(server)]
     if include_eds:
         dumps.append(_endpoints_dump(server))
-    dumps += [_listeners_dump(server), config_dump_shared_pb2.ScopedRoutesConfigDump(),
-              _routes_dump(server), _secrets_dump(server)]
+    dumps += [
+        _listeners_dump(server),
+        config_dump_shared_pb2.ScopedRoutesConfigDump(),
+        _routes_dump(server),
+        _secrets_dump(server),
+    ]
     field_mask = None
     if mask:
-        field_mask = field_mask_pb2.FieldMask(paths=[p.strip() for p in mask.split(",") if p.strip()])
+        field_mask = field_mask_pb2.FieldMask(
+            paths=[p.strip() for p in mask.split(",") if p.strip()]
+        )
     configs: list[dict[str, Any]] = []
     if resource:
         found = False
@@ -246,4 +264,3 @@ def _restore_opaque(doc: Any) -> Any:
     if isinstance(doc, list):
         return [_restore_opaque(v) for v in doc]
     return doc
-

@@ -46,7 +46,9 @@ def endpoint(path: str, help_text: str, *, post: bool = False) -> Callable[[Hand
     return register
 
 
-def dispatch(server: Server, method: str, path: str, params: dict[str, str], body: bytes) -> Response:
+def dispatch(
+    server: Server, method: str, path: str, params: dict[str, str], body: bytes
+) -> Response:
     route = _ROUTES.get(path.rstrip("/") or "/")
     if route is None:
         return Response(404, "invalid path. " + _help_text())
@@ -142,16 +144,24 @@ def hot_restart_version(server: Server, params: dict[str, str]) -> Response:
 def memory(server: Server, params: dict[str, str]) -> Response:
     server.refresh_gauges()
     rss = server.g_memory_allocated.value
-    body = {"allocated": str(rss), "heap_size": str(rss), "pageheap_unmapped": "0",
-            "pageheap_free": "0", "total_thread_cache": "0", "total_physical_bytes": str(rss)}
+    body = {
+        "allocated": str(rss),
+        "heap_size": str(rss),
+        "pageheap_unmapped": "0",
+        "pageheap_free": "0",
+        "total_thread_cache": "0",
+        "total_physical_bytes": str(rss),
+    }
     return Response(200, json.dumps(body, indent=1) + "\n", JSON)
 
 
 @endpoint("/runtime", "print runtime values")
 def runtime(server: Server, params: dict[str, str]) -> Response:
     assert server.ctx is not None
-    entries = {k: {"final_value": str(v), "layer_values": [str(v), ""]}
-               for k, v in sorted(server.ctx.runtime.items())}
+    entries = {
+        k: {"final_value": str(v), "layer_values": [str(v), ""]}
+        for k, v in sorted(server.ctx.runtime.items())
+    }
     body = {"layers": ["global config", "admin"], "entries": entries}
     return Response(200, json.dumps(body, indent=1) + "\n", JSON)
 
@@ -237,12 +247,21 @@ def stats(server: Server, params: dict[str, str]) -> Response:
     type_filter = params.get("type", "All")
     assert server.stats is not None
     if fmt == "json":
-        return Response(200, render.render_json(server.stats, filter_regex=flt, used_only=used_only,
-                                                type_filter=type_filter), JSON)
+        return Response(
+            200,
+            render.render_json(
+                server.stats, filter_regex=flt, used_only=used_only, type_filter=type_filter
+            ),
+            JSON,
+        )
     if fmt == "prometheus":
         return stats_prometheus(server, params)
-    return Response(200, render.render_text(server.stats, filter_regex=flt, used_only=used_only,
-                                            type_filter=type_filter))
+    return Response(
+        200,
+        render.render_text(
+            server.stats, filter_regex=flt, used_only=used_only, type_filter=type_filter
+        ),
+    )
 
 
 @endpoint("/stats/prometheus", "print server stats in prometheus format")
@@ -258,8 +277,9 @@ def stats_prometheus(server: Server, params: dict[str, str]) -> Response:
     extractor = getattr(server, "_tag_extractor", None)
     if extractor is None:
         extractor = server._tag_extractor = TagExtractor(server.stats.config)  # type: ignore[attr-defined]
-    body = render.render_prometheus(server.stats, extractor, used_only="usedonly" in params,
-                                    filter_regex=flt)
+    body = render.render_prometheus(
+        server.stats, extractor, used_only="usedonly" in params, filter_regex=flt
+    )
     return Response(200, body, "text/plain; version=0.0.4; charset=UTF-8")
 
 
@@ -296,7 +316,10 @@ def logging_(server: Server, params: dict[str, str]) -> Response:
 
 
 def _logging_usage() -> str:
-    return "usage: /logging?<name>=<level> (change single level)\nusage: /logging?level=<level> (change all levels)\n"
+    return (
+        "usage: /logging?<name>=<level> (change single level)\n"
+        "usage: /logging?level=<level> (change all levels)\n"
+    )
 
 
 # -- lifecycle ----------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ class AdminServer:
                 sock.bind((addr.address, addr.port))
             except OSError as e:
                 sock.close()
-                raise OSError(e.errno, f"cannot bind admin address '{addr}': {e.strerror}") from None
+                raise OSError(
+                    e.errno, f"cannot bind admin address '{addr}': {e.strerror}"
+                ) from None
         sock.listen(128)
         sock.setblocking(False)
         self.sock = sock
@@ -59,9 +61,12 @@ class AdminServer:
         if ctx.access_logs is not None:
             self.access_loggers = [
                 ext.factory.build(ext.config, ctx.access_logs)
-                for ext in self.model.access_log if ext.factory is not None
+                for ext in self.model.access_log
+                if ext.factory is not None
             ]
-        self.aio_server = await ctx.loop.create_server(lambda: AdminConnection(self), sock=self.sock)
+        self.aio_server = await ctx.loop.create_server(
+            lambda: AdminConnection(self), sock=self.sock
+        )
 
     def address_text(self) -> str:
         assert self.sock is not None
@@ -121,17 +126,33 @@ class AdminConnection(asyncio.Protocol):
         path, _, query = req.path.decode("latin-1").partition("?")
         params = _parse_query(query)
         try:
-            result = handlers.dispatch(self.admin.server, method, unquote(path), params, bytes(self.body))
+            result = handlers.dispatch(
+                self.admin.server, method, unquote(path), params, bytes(self.body)
+            )
         except Exception:  # the admin API must answer, whatever happened
             log.exception("admin handler failed for %s", path)
             result = handlers.Response(500, "internal error\n")
-        self._send(result.status, result.content_type, result.body_bytes(),
-                   head=method == "HEAD", extra=result.headers, close=not self.keep_alive)
+        self._send(
+            result.status,
+            result.content_type,
+            result.body_bytes(),
+            head=method == "HEAD",
+            extra=result.headers,
+            close=not self.keep_alive,
+        )
         if result.after is not None:
             asyncio.get_running_loop().call_soon(result.after)
 
-    def _send(self, status: int, content_type: str, body: bytes, *, head: bool = False,
-              extra: list[tuple[str, str]] | None = None, close: bool = False) -> None:
+    def _send(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        *,
+        head: bool = False,
+        extra: list[tuple[str, str]] | None = None,
+        close: bool = False,
+    ) -> None:
         if self.transport is None:
             return
         lines = [

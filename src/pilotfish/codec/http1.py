@@ -19,25 +19,63 @@ import httptools
 from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 
 REASONS: dict[int, bytes] = {
-    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
-    202: b"Accepted", 203: b"Non-Authoritative Information", 204: b"No Content",
-    205: b"Reset Content", 206: b"Partial Content", 207: b"Multi-Status",
-    208: b"Already Reported", 226: b"IM Used", 300: b"Multiple Choices",
-    301: b"Moved Permanently", 302: b"Found", 303: b"See Other", 304: b"Not Modified",
-    305: b"Use Proxy", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
-    400: b"Bad Request", 401: b"Unauthorized", 402: b"Payment Required", 403: b"Forbidden",
-    404: b"Not Found", 405: b"Method Not Allowed", 406: b"Not Acceptable",
-    407: b"Proxy Authentication Required", 408: b"Request Timeout", 409: b"Conflict",
-    410: b"Gone", 411: b"Length Required", 412: b"Precondition Failed",
-    413: b"Payload Too Large", 414: b"URI Too Long", 415: b"Unsupported Media Type",
-    416: b"Range Not Satisfiable", 417: b"Expectation Failed", 421: b"Misdirected Request",
-    422: b"Unprocessable Entity", 423: b"Locked", 424: b"Failed Dependency",
-    426: b"Upgrade Required", 428: b"Precondition Required", 429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
-    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
-    506: b"Variant Also Negotiates", 507: b"Insufficient Storage", 508: b"Loop Detected",
-    510: b"Not Extended", 511: b"Network Authentication Required",
+    100: b"Continue",
+    101: b"Switching Protocols",
+    200: b"OK",
+    201: b"Created",
+    202: b"Accepted",
+    203: b"Non-Authoritative Information",
+    204: b"No Content",
+    205: b"Reset Content",
+    206: b"Partial Content",
+    207: b"Multi-Status",
+    208: b"Already Reported",
+    226: b"IM Used",
+    300: b"Multiple Choices",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    304: b"Not Modified",
+    305: b"Use Proxy",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    402: b"Payment Required",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    406: b"Not Acceptable",
+    407: b"Proxy Authentication Required",
+    408: b"Request Timeout",
+    409: b"Conflict",
+    410: b"Gone",
+    411: b"Length Required",
+    412: b"Precondition Failed",
+    413: b"Payload Too Large",
+    414: b"URI Too Long",
+    415: b"Unsupported Media Type",
+    416: b"Range Not Satisfiable",
+    417: b"Expectation Failed",
+    421: b"Misdirected Request",
+    422: b"Unprocessable Entity",
+    423: b"Locked",
+    424: b"Failed Dependency",
+    426: b"Upgrade Required",
+    428: b"Precondition Required",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+    506: b"Variant Also Negotiates",
+    507: b"Insufficient Storage",
+    508: b"Loop Detected",
+    510: b"Not Extended",
+    511: b"Network Authentication Required",
 }
 _STATUS_LINES: dict[int, bytes] = {
     code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()
@@ -227,12 +265,13 @@ class Http1ServerCodec:
         elif kind == _CONTENT_LENGTH:
             self._items.append((name, value))
         elif kind == _TRANSFER_ENCODING:
-            self.transfer_encoding = value if self.transfer_encoding is None else (
-                self.transfer_encoding + b"," + value
+            self.transfer_encoding = (
+                value if self.transfer_encoding is None else (self.transfer_encoding + b"," + value)
             )
         elif kind == _CONNECTION:
             self.connection_tokens = (
-                value.lower() if not self.connection_tokens
+                value.lower()
+                if not self.connection_tokens
                 else self.connection_tokens + b"," + value.lower()
             )
         elif kind == _UPGRADE:
@@ -253,7 +292,9 @@ class Http1ServerCodec:
             if te.lower().rstrip().rsplit(b",", 1)[-1].strip() != b"chunked":
                 self._fail(CodecError("http1.invalid_transfer_encoding", 501))
             self.chunked = True
-            if not self.allow_chunked_length and any(n == b"content-length" for n, _ in self._items):
+            if not self.allow_chunked_length and any(
+                n == b"content-length" for n, _ in self._items
+            ):
                 self._fail(CodecError("http1.content_length_and_chunked_not_allowed", 400))
             self._items = [(n, v) for n, v in self._items if n != b"content-length"]
         else:
@@ -368,8 +409,9 @@ def encode_last_chunk(trailers: HeaderMap | None) -> bytes:
 class Http1ClientCodec:
     """Client side of one upstream connection: parses responses to the requests sent on it."""
 
-    def __init__(self, handler: ClientHandler, *, max_headers_count: int = 100,
-                 max_headers_kb: int = 60) -> None:
+    def __init__(
+        self, handler: ClientHandler, *, max_headers_count: int = 100, max_headers_kb: int = 60
+    ) -> None:
         self.handler = handler
         self.max_headers_count = max_headers_count
         self.max_header_bytes = max_headers_kb * 1024

@@ -32,7 +32,8 @@ class DownstreamConnectionsMonitor(ExtensionFactory):
         limit = int(msg.max_active_downstream_connections)
         if limit <= 0:
             raise ConfigError(
-                f"{path}.typed_config.max_active_downstream_connections", "value must be greater than 0"
+                f"{path}.typed_config.max_active_downstream_connections",
+                "value must be greater than 0",
             )
         return limit
 
@@ -74,31 +75,51 @@ def builtin_factories() -> list[ExtensionFactory]:
         # Stats sinks: stats are served on the admin API instead of pushed.
         T(C.STAT_SINK, "envoy.stat_sinks.statsd", "envoy.config.metrics.v3.StatsdSink"),
         T(C.STAT_SINK, "envoy.stat_sinks.dog_statsd", "envoy.config.metrics.v3.DogStatsdSink"),
-        T(C.STAT_SINK, "envoy.stat_sinks.metrics_service", "envoy.config.metrics.v3.MetricsServiceConfig"),
+        T(
+            C.STAT_SINK,
+            "envoy.stat_sinks.metrics_service",
+            "envoy.config.metrics.v3.MetricsServiceConfig",
+        ),
         T(C.STAT_SINK, "envoy.stat_sinks.hystrix", "envoy.config.metrics.v3.HystrixSink"),
-        T(C.STAT_SINK, "envoy.stat_sinks.open_telemetry",
-          "envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig"),
+        T(
+            C.STAT_SINK,
+            "envoy.stat_sinks.open_telemetry",
+            "envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
+        ),
         # Istio's own telemetry types (not in xds-protos; kept opaque).
         T(C.HTTP_FILTER, "istio.stats", "stats.PluginConfig"),
         T(C.NETWORK_FILTER, "istio.stats", "stats.PluginConfig"),
         T(C.HTTP_FILTER, "istio.metadata_exchange", "io.istio.http.peer_metadata.Config"),
-        T(C.NETWORK_FILTER, "istio.metadata_exchange",
-          "envoy.tcp.metadataexchange.config.MetadataExchange"),
-        T(C.HTTP_FILTER, "envoy.filters.http.grpc_stats",
-          "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"),
+        T(
+            C.NETWORK_FILTER,
+            "istio.metadata_exchange",
+            "envoy.tcp.metadataexchange.config.MetadataExchange",
+        ),
+        T(
+            C.HTTP_FILTER,
+            "envoy.filters.http.grpc_stats",
+            "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+        ),
         T(C.BOOTSTRAP, "metadata_discovery", "istio.workload.BootstrapExtension"),
         # Memory-based overload actions: there is no Envoy heap to watch.
-        T(C.RESOURCE_MONITOR, "envoy.resource_monitors.fixed_heap",
-          "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig"),
+        T(
+            C.RESOURCE_MONITOR,
+            "envoy.resource_monitors.fixed_heap",
+            "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+        ),
     ]
     accepted: list[ExtensionFactory] = [
         # Internal listeners are refused where they are used (listener address); the
         # bootstrap extension that enables them is harmless on its own.
-        _AcceptedConfig(C.BOOTSTRAP, "envoy.bootstrap.internal_listener",
-                        "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),
+        _AcceptedConfig(
+            C.BOOTSTRAP,
+            "envoy.bootstrap.internal_listener",
+            "envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+        ),
         # ALPN override for Istio's upstream mTLS: no effect on plain-text upstreams.
-        _AcceptedConfig(C.HTTP_FILTER, "istio.alpn",
-                        "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig"),
+        _AcceptedConfig(
+            C.HTTP_FILTER, "istio.alpn", "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig"
+        ),
     ]
     return [
         HttpConnectionManagerFactory(),

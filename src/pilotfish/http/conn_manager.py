@@ -26,7 +26,7 @@ from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 from pilotfish.http.request_id import new_request_id
 from pilotfish.model.http import HttpConnectionManagerConfig
 from pilotfish.router.matcher import RouteTable, VirtualHostEntry
-from pilotfish.stats.store import Counter, Gauge, Histogram, Scope
+from pilotfish.stats.store import Gauge, Histogram, Scope
 from pilotfish.stream_info import ResponseFlag, StreamInfo
 
 log = logging.getLogger("pilotfish.http")
@@ -43,14 +43,24 @@ _EDGE_ONLY_REMOVALS = (
     b"x-envoy-original-path",
 )
 # Envoy's cleanInternalHeaders: control headers only an internal request may carry.
-_EXTERNAL_REMOVALS = frozenset((
-    b"x-envoy-retriable-status-codes", b"x-envoy-retriable-header-names", b"x-envoy-retry-on",
-    b"x-envoy-retry-grpc-on", b"x-envoy-max-retries", b"x-envoy-upstream-alt-stat-name",
-    b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-upstream-rq-per-try-timeout-ms",
-    b"x-envoy-upstream-rq-timeout-alt-response", b"x-envoy-expected-rq-timeout-ms",
-    b"x-envoy-force-trace", b"x-envoy-ip-tags", b"x-envoy-original-url",
-    b"x-envoy-hedge-on-per-try-timeout",
-))
+_EXTERNAL_REMOVALS = frozenset(
+    (
+        b"x-envoy-retriable-status-codes",
+        b"x-envoy-retriable-header-names",
+        b"x-envoy-retry-on",
+        b"x-envoy-retry-grpc-on",
+        b"x-envoy-max-retries",
+        b"x-envoy-upstream-alt-stat-name",
+        b"x-envoy-upstream-rq-timeout-ms",
+        b"x-envoy-upstream-rq-per-try-timeout-ms",
+        b"x-envoy-upstream-rq-timeout-alt-response",
+        b"x-envoy-expected-rq-timeout-ms",
+        b"x-envoy-force-trace",
+        b"x-envoy-ip-tags",
+        b"x-envoy-original-url",
+        b"x-envoy-hedge-on-per-try-timeout",
+    )
+)
 
 
 class HcmStats:
@@ -74,7 +84,9 @@ class HcmStats:
         self.downstream_cx_idle_timeout = c("downstream_cx_idle_timeout")
         self.downstream_cx_drain_close = c("downstream_cx_drain_close")
         self.downstream_cx_upgrades_total = c("downstream_cx_upgrades_total")
-        self.downstream_cx_upgrades_active: Gauge = g("downstream_cx_upgrades_active", accumulate=False)
+        self.downstream_cx_upgrades_active: Gauge = g(
+            "downstream_cx_upgrades_active", accumulate=False
+        )
         self.downstream_cx_length_ms: Histogram = scope.histogram("downstream_cx_length_ms")
         self.downstream_rq_total = c("downstream_rq_total")
         self.downstream_rq_http1_total = c("downstream_rq_http1_total")
@@ -88,21 +100,28 @@ class HcmStats:
         self.downstream_rq_timeout = c("downstream_rq_timeout")
         self.downstream_rq_header_timeout = c("downstream_rq_header_timeout")
         self.downstream_rq_ws_on_non_ws_route = c("downstream_rq_ws_on_non_ws_route")
-        self.downstream_rq_response_before_rq_complete = c("downstream_rq_response_before_rq_complete")
+        self.downstream_rq_response_before_rq_complete = c(
+            "downstream_rq_response_before_rq_complete"
+        )
         self.downstream_rq_time: Histogram = scope.histogram("downstream_rq_time")
         self.rq_total = c("rq_total")
         self.no_route = c("no_route")
         self.no_cluster = c("no_cluster")
         self.rq_direct_response = c("rq_direct_response")
         self.rq_redirect = c("rq_redirect")
-        self.rq_reset_after_downstream_response_started = c("rq_reset_after_downstream_response_started")
+        self.rq_reset_after_downstream_response_started = c(
+            "rq_reset_after_downstream_response_started"
+        )
         self._classes = tuple(c(f"downstream_rq_{n}xx") for n in range(1, 6))
         self._listener_classes = (
             tuple(listener_scope.counter(f"downstream_rq_{n}xx") for n in range(1, 6))
-            if listener_scope is not None else None
+            if listener_scope is not None
+            else None
         )
         self._listener_completed = (
-            listener_scope.counter("downstream_rq_completed") if listener_scope is not None else None
+            listener_scope.counter("downstream_rq_completed")
+            if listener_scope is not None
+            else None
         )
 
     def response(self, status: int) -> None:
@@ -132,12 +151,15 @@ class HttpConnectionManager:
         self.config = config
         self.ctx = ctx
         self.loop = ctx.loop
-        self.route_table = route_table if route_table is not None else (
-            RouteTable(config.route_config) if config.route_config is not None else None
+        self.route_table = (
+            route_table
+            if route_table is not None
+            else (RouteTable(config.route_config) if config.route_config is not None else None)
         )
         listener_scope = (
             ctx.stats.scope(f"{listener_stat_prefix}http.{config.stat_prefix}.")
-            if listener_stat_prefix else None
+            if listener_stat_prefix
+            else None
         )
         self.stats = HcmStats(ctx.stats.scope(f"http.{config.stat_prefix}."), listener_scope)
         # Filter factories, without the router (the connection manager's terminal step).
@@ -234,7 +256,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.closing and self.active is None and not self.queue:
             return  # draining: nothing more is read
-        self.batch = batch = []
+        batch: list[bytes] = []
+        self.batch = batch
         try:
             rest = self.codec.feed(data)
             if rest is not None and self.active is not None:
@@ -421,7 +444,9 @@ class HttpConnection(asyncio.Protocol):
             stream.deferred_error = error
             return
         stream.send_local_reply(
-            error.status, _reason_body(error.status), error.details,
+            error.status,
+            _reason_body(error.status),
+            error.details,
             ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR,
         )
 
@@ -500,7 +525,12 @@ def _reason_body(status: int) -> bytes:
 class ActiveStream(StreamInfo):
     """One request/response exchange. It is its own StreamInfo (access logs read it)."""
 
-    def __init__(self, conn: HttpConnection, headers: RequestHeaders, *, headerless: bool = False) -> None:
+    request_headers: RequestHeaders
+    response_headers: ResponseHeaders | None
+
+    def __init__(
+        self, conn: HttpConnection, headers: RequestHeaders, *, headerless: bool = False
+    ) -> None:
         self.conn = conn
         hcm = conn.hcm
         self.hcm = hcm
@@ -551,8 +581,9 @@ class ActiveStream(StreamInfo):
         conn = self.conn
         if self.deferred_error is not None:
             e = self.deferred_error
-            self.send_local_reply(e.status, _reason_body(e.status), e.details,
-                                  ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
+            self.send_local_reply(
+                e.status, _reason_body(e.status), e.details, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
+            )
             return
         if self.protocol_error:
             return
@@ -564,8 +595,9 @@ class ActiveStream(StreamInfo):
                     headers.authority = cfg.default_host_for_http_10
             else:
                 conn.closing = True
-                self.send_local_reply(426, b"Upgrade Required", "low_version",
-                                      ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
+                self.send_local_reply(
+                    426, b"Upgrade Required", "low_version", ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
+                )
                 return
         if not self.keep_alive:
             conn.closing = True
@@ -637,7 +669,9 @@ class ActiveStream(StreamInfo):
             headers.set(b"x-envoy-internal", b"true")
         else:
             if any(n[:8] == b"x-envoy-" for n, _ in items):
-                removals = _EXTERNAL_REMOVALS | set(_EDGE_ONLY_REMOVALS) if edge else _EXTERNAL_REMOVALS
+                removals = (
+                    _EXTERNAL_REMOVALS | set(_EDGE_ONLY_REMOVALS) if edge else _EXTERNAL_REMOVALS
+                )
                 headers.items = items = [(n, v) for n, v in items if n not in removals]
                 if not edge:
                     headers.remove(b"x-envoy-internal")
@@ -732,7 +766,7 @@ class ActiveStream(StreamInfo):
             for i in range(start, len(filters)):
                 r = filters[i].decode_data(data, end_stream)
                 if r.__class__ is bytes:
-                    data = r  # type: ignore[assignment]
+                    data = r
                 elif r == hf.STOP:
                     self.decoder_stopped = i
                     self.decode_buffer = []
@@ -824,14 +858,18 @@ class ActiveStream(StreamInfo):
             headers.set(b"connection", b"keep-alive")
         elif conn.closing:
             headers.set(b"connection", b"close")
-        if not end_stream and headers.get(b"content-length") is None and (
-            self.http_version == "1.0"
+        if (
+            not end_stream
+            and headers.get(b"content-length") is None
+            and (self.http_version == "1.0")
         ):
             conn.closing = True  # a close-delimited body
         self.first_downstream_tx = self.hcm.loop.time()
-        conn.write(conn.codec.encode_headers(
-            headers, end_stream, head_request=self.is_head, http10=self.http_version == "1.0"
-        ))
+        conn.write(
+            conn.codec.encode_headers(
+                headers, end_stream, head_request=self.is_head, http10=self.http_version == "1.0"
+            )
+        )
         if end_stream:
             self._response_complete(None)
 
@@ -854,7 +892,7 @@ class ActiveStream(StreamInfo):
         for i in range(index - 1, -1, -1):
             r = filters[i].encode_data(data, end_stream)
             if r.__class__ is bytes:
-                data = r  # type: ignore[assignment]
+                data = r
             elif r == hf.STOP:
                 self.encoder_stopped = i
                 self.encode_buffer = []
@@ -919,8 +957,14 @@ class ActiveStream(StreamInfo):
         finally:
             conn.end_batch()
 
-    def send_local_reply(self, status: int, body: bytes, details: str, flag: int,
-                         extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def send_local_reply(
+        self,
+        status: int,
+        body: bytes,
+        details: str,
+        flag: int,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         """Envoy's local reply: the status, a text body, date/server; through encoder filters."""
         if self.done:
             return
@@ -1032,8 +1076,9 @@ class ActiveStream(StreamInfo):
             if now >= d:
                 self.hcm.stats.downstream_rq_idle_timeout.value += 1
                 self.conn.closing = True
-                self.send_local_reply(408, b"stream timeout", "stream_idle_timeout",
-                                      ResponseFlag.STREAM_IDLE_TIMEOUT)
+                self.send_local_reply(
+                    408, b"stream timeout", "stream_idle_timeout", ResponseFlag.STREAM_IDLE_TIMEOUT
+                )
                 return None
             deadlines.append(d)
         if cfg.request_timeout and not self.request_complete:

@@ -122,7 +122,9 @@ class RequestHeaders(HeaderMap):
 
     def byte_size(self) -> int:
         return (
-            len(self.method) + len(self.path) + len(self.authority)
+            len(self.method)
+            + len(self.path)
+            + len(self.authority)
             + sum(len(n) + len(v) for n, v in self.items)
         )
 

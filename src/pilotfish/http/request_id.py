@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import random
+
+_bits = random.getrandbits
+_VERSION_MASK = ~(0xF000 << 64) & ((1 << 128) - 1)
+_VARIANT_MASK = ~(0xC000 << 48) & ((1 << 128) - 1)
 
 
 def new_request_id() -> bytes:
-    # uuid.uuid4() costs ~2 us; this builds the same text in about a third of that.
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
+    # Like Envoy's, not cryptographic: uuid.uuid4() costs ~2 us and a getrandom() syscall.
+    n = (_bits(128) & _VERSION_MASK & _VARIANT_MASK) | (0x4000 << 64) | (0x8000 << 48)
+    h = "%032x" % n
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()

@@ -33,12 +33,20 @@ if TYPE_CHECKING:
 
 _RESET_BODY = b"upstream connect error or disconnect/reset before headers. "
 # Request headers the router consumes (Envoy removes them before forwarding).
-_ROUTER_CONTROL_HEADERS = frozenset((
-    b"x-envoy-upstream-rq-timeout-ms", b"x-envoy-upstream-rq-per-try-timeout-ms",
-    b"x-envoy-retry-on", b"x-envoy-max-retries", b"x-envoy-retriable-status-codes",
-    b"x-envoy-retriable-header-names", b"x-envoy-retry-grpc-on", b"x-envoy-hedge-on-per-try-timeout",
-    b"x-envoy-upstream-rq-timeout-alt-response", b"x-envoy-expected-rq-timeout-ms",
-))
+_ROUTER_CONTROL_HEADERS = frozenset(
+    (
+        b"x-envoy-upstream-rq-timeout-ms",
+        b"x-envoy-upstream-rq-per-try-timeout-ms",
+        b"x-envoy-retry-on",
+        b"x-envoy-max-retries",
+        b"x-envoy-retriable-status-codes",
+        b"x-envoy-retriable-header-names",
+        b"x-envoy-retry-grpc-on",
+        b"x-envoy-hedge-on-per-try-timeout",
+        b"x-envoy-upstream-rq-timeout-alt-response",
+        b"x-envoy-expected-rq-timeout-ms",
+    )
+)
 
 
 class RouterSettings:
@@ -110,8 +118,9 @@ def apply_request_mutations(stream: ActiveStream, route: Route, wc: WeightedClus
             _apply(headers, m, stream)
 
 
-def apply_response_mutations(stream: ActiveStream, headers: ResponseHeaders, route: Route,
-                             wc: WeightedCluster | None) -> None:
+def apply_response_mutations(
+    stream: ActiveStream, headers: ResponseHeaders, route: Route, wc: WeightedCluster | None
+) -> None:
     vhost = stream.vhost.vhost if stream.vhost is not None else None
     table = stream.hcm.route_table
     levels = [
@@ -148,8 +157,9 @@ def route_request(stream: ActiveStream, end_stream: bool) -> None:
     elif isinstance(action, RedirectAction):
         hcm.stats.rq_redirect.value += 1
         location = redirect_location(stream.request_headers, action, route)
-        stream.send_local_reply(action.response_code, b"", "direct_response", 0,
-                                extra_headers=[(b"location", location)])
+        stream.send_local_reply(
+            action.response_code, b"", "direct_response", 0, extra_headers=[(b"location", location)]
+        )
     else:
         hcm.stats.no_route.value += 1
         stream.send_local_reply(404, b"", "route_not_found", ResponseFlag.NO_ROUTE_FOUND)
@@ -205,14 +215,14 @@ def _pick_cluster(stream: ActiveStream, action: RouteAction) -> tuple[str, Weigh
         return (value.decode("latin-1") if value else ""), None
     wcs = action.weighted_clusters
     assert wcs is not None
-    value: int | None = None
+    selector: int | None = None
     if wcs.header_name:
         raw = headers.get_all(wcs.header_name)
         if len(raw) == 1 and raw[0].isdigit():
-            value = int(raw[0])
-    if value is None:
-        value = random.getrandbits(64)
-    point = value % wcs.total_weight
+            selector = int(raw[0])
+    if selector is None:
+        selector = random.getrandbits(64)
+    point = selector % wcs.total_weight
     for wc in wcs.clusters:
         if point < wc.weight:
             break
@@ -232,8 +242,12 @@ def _forward(stream: ActiveStream, route: Route, action: RouteAction, end_stream
     cluster = settings.cluster_manager.get(name) if name else None
     if cluster is None:
         hcm.stats.no_cluster.value += 1
-        stream.send_local_reply(action.cluster_not_found_response_code, b"", "cluster_not_found",
-                                ResponseFlag.NO_CLUSTER_FOUND)
+        stream.send_local_reply(
+            action.cluster_not_found_response_code,
+            b"",
+            "cluster_not_found",
+            ResponseFlag.NO_CLUSTER_FOUND,
+        )
         return
     stream.upstream_cluster = cluster.config.stat_name
     router = Router(stream, settings, route, action, cluster, wc)
@@ -260,8 +274,9 @@ def _rewrite_path(stream: ActiveStream, route: Route, action: RouteAction, suppr
         headers.set(b"x-envoy-original-path", original)
 
 
-def _rewrite_host(stream: ActiveStream, action: RouteAction, wc: WeightedCluster | None,
-                  host: Host | None) -> None:
+def _rewrite_host(
+    stream: ActiveStream, action: RouteAction, wc: WeightedCluster | None, host: Host | None
+) -> None:
     headers = stream.request_headers
     new: bytes | None = None
     if wc is not None and wc.host_rewrite_literal:
@@ -286,8 +301,9 @@ def _rewrite_host(stream: ActiveStream, action: RouteAction, wc: WeightedCluster
     headers.authority = new
 
 
-def _retriable_status(policy: RetryPolicy | None, retry_on: frozenset[str], status: int,
-                      codes: frozenset[int]) -> bool:
+def _retriable_status(
+    policy: RetryPolicy | None, retry_on: frozenset[str], status: int, codes: frozenset[int]
+) -> bool:
     if "5xx" in retry_on and status >= 500:
         return True
     if "gateway-error" in retry_on and status in (502, 503, 504):
@@ -303,8 +319,15 @@ _RESET_CONDITIONS = frozenset(("5xx", "gateway-error", "reset"))
 class Router:
     """Routing state of one request: its cluster, timeouts, retries and current attempt."""
 
-    def __init__(self, stream: ActiveStream, settings: RouterSettings, route: Route,
-                 action: RouteAction, cluster: Cluster, wc: WeightedCluster | None) -> None:
+    def __init__(
+        self,
+        stream: ActiveStream,
+        settings: RouterSettings,
+        route: Route,
+        action: RouteAction,
+        cluster: Cluster,
+        wc: WeightedCluster | None,
+    ) -> None:
         self.stream = stream
         self.settings = settings
         self.route = route
@@ -407,13 +430,16 @@ class Router:
             original_dst = _parse_host_port(
                 stream.request_headers.get(cluster.config.original_dst.http_header_name)
             )
-        exclude = self.attempted_hosts if (
-            self.retry_policy is not None and self.retry_policy.retry_host_previous_hosts
-        ) else frozenset()
+        exclude = (
+            self.attempted_hosts
+            if (self.retry_policy is not None and self.retry_policy.retry_host_previous_hosts)
+            else frozenset()
+        )
         host = cluster.choose_host(original_dst, exclude)
         if host is None:
-            self._fail_local(503, b"no healthy upstream", "no_healthy_upstream",
-                             ResponseFlag.NO_HEALTHY_UPSTREAM)
+            self._fail_local(
+                503, b"no healthy upstream", "no_healthy_upstream", ResponseFlag.NO_HEALTHY_UPSTREAM
+            )
             return
         self.attempted_hosts.add(host)
         stream.upstream_host = host.address_str
@@ -423,9 +449,12 @@ class Router:
         resources = cluster.resources[0]
         if not resources.requests.can_create():
             cluster.stats.upstream_rq_pending_overflow.value += 1
-            self._fail_local(503, _RESET_BODY + b"reset reason: overflow",
-                             "upstream_reset_before_response_started{overflow}",
-                             ResponseFlag.UPSTREAM_OVERFLOW)
+            self._fail_local(
+                503,
+                _RESET_BODY + b"reset reason: overflow",
+                "upstream_reset_before_response_started{overflow}",
+                ResponseFlag.UPSTREAM_OVERFLOW,
+            )
             return
         pool = host.pool
         if pool is None:
@@ -481,11 +510,15 @@ class Router:
 
     # -- responses ----------------------------------------------------------------------------
 
-    def on_upstream_headers(self, up: UpstreamRequest, headers: ResponseHeaders, end_stream: bool) -> None:
+    def on_upstream_headers(
+        self, up: UpstreamRequest, headers: ResponseHeaders, end_stream: bool
+    ) -> None:
         stream = self.stream
         status = headers.status
         cluster = self.cluster
-        if self.retry_on and _retriable_status(self.retry_policy, self.retry_on, status, self.retry_codes):
+        if self.retry_on and _retriable_status(
+            self.retry_policy, self.retry_on, status, self.retry_codes
+        ):
             if self.retries_left and self._retry(up, reset_connection=not end_stream):
                 return
             if self.retry_configured:
@@ -524,7 +557,9 @@ class Router:
         if self.response_started:
             if kind == "protocol_error":
                 stream.set_response_flag(ResponseFlag.UPSTREAM_PROTOCOL_ERROR)
-                stream.response_code_details = "upstream_reset_after_response_started{protocol_error}"
+                stream.response_code_details = (
+                    "upstream_reset_after_response_started{protocol_error}"
+                )
             else:
                 stream.set_response_flag(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
                 stream.response_code_details = (
@@ -534,9 +569,8 @@ class Router:
             stream.reset_stream()
             return
         retriable = (
-            kind in ("connection_failure", "timeout") and (
-                "connect-failure" in self.retry_on or bool(self.retry_on & _RESET_CONDITIONS)
-            )
+            kind in ("connection_failure", "timeout")
+            and ("connect-failure" in self.retry_on or bool(self.retry_on & _RESET_CONDITIONS))
         ) or (kind in ("reset", "protocol_error") and bool(self.retry_on & _RESET_CONDITIONS))
         if self.retries_left and retriable and self._retry(up, reset_connection=False):
             return
@@ -555,17 +589,26 @@ class Router:
                 0,
             )
         elif kind == "overflow":
-            self._fail_local(503, _RESET_BODY + b"reset reason: overflow",
-                             "upstream_reset_before_response_started{overflow}",
-                             ResponseFlag.UPSTREAM_OVERFLOW)
+            self._fail_local(
+                503,
+                _RESET_BODY + b"reset reason: overflow",
+                "upstream_reset_before_response_started{overflow}",
+                ResponseFlag.UPSTREAM_OVERFLOW,
+            )
         elif kind == "protocol_error":
-            self._fail_local(502, _RESET_BODY + b"reset reason: protocol error",
-                             "upstream_reset_before_response_started{protocol_error}",
-                             ResponseFlag.UPSTREAM_PROTOCOL_ERROR)
+            self._fail_local(
+                502,
+                _RESET_BODY + b"reset reason: protocol error",
+                "upstream_reset_before_response_started{protocol_error}",
+                ResponseFlag.UPSTREAM_PROTOCOL_ERROR,
+            )
         else:
-            self._fail_local(503, _RESET_BODY + b"reset reason: connection termination",
-                             "upstream_reset_before_response_started{connection_termination}",
-                             ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
+            self._fail_local(
+                503,
+                _RESET_BODY + b"reset reason: connection termination",
+                "upstream_reset_before_response_started{connection_termination}",
+                ResponseFlag.UPSTREAM_CONNECTION_TERMINATION,
+            )
 
     def _fail_local(self, status: int, body: bytes, details: str, flag: int) -> None:
         self.upstream = None
@@ -601,7 +644,11 @@ class Router:
         headers = self.stream.request_headers
         if not self.settings.suppress_envoy_headers and self.global_deadline is not None:
             remaining = max(0, round((self.global_deadline - self.stream.hcm.loop.time()) * 1000))
-            expected = min(remaining, round(self.per_try_timeout * 1000)) if self.per_try_timeout else remaining
+            expected = (
+                min(remaining, round(self.per_try_timeout * 1000))
+                if self.per_try_timeout
+                else remaining
+            )
             headers.set(b"x-envoy-expected-rq-timeout-ms", b"%d" % expected)
         conn = self.stream.conn
         conn.begin_batch()
@@ -625,14 +672,20 @@ class Router:
         stream = self.stream
         now = stream.hcm.loop.time()
         cluster = self.cluster
-        if self.try_deadline is not None and now >= self.try_deadline and (
-            self.global_deadline is None or now < self.global_deadline
+        if (
+            self.try_deadline is not None
+            and now >= self.try_deadline
+            and (self.global_deadline is None or now < self.global_deadline)
         ):
             # Per-try timeout: like a 504 from the upstream (retried on 5xx/gateway-error).
             cluster.stats.upstream_rq_per_try_timeout.value += 1
             self.try_deadline = None
             up = self.upstream
-            if up is not None and self.retries_left and self.retry_on & {"5xx", "gateway-error", "reset"}:
+            if (
+                up is not None
+                and self.retries_left
+                and self.retry_on & {"5xx", "gateway-error", "reset"}
+            ):
                 if self._retry(up, reset_connection=True):
                     return
         cluster.stats.upstream_rq_timeout.value += 1
@@ -640,8 +693,12 @@ class Router:
             self.upstream.host.rq_timeout += 1
             self.upstream.abandon(True)
             self.upstream = None
-        self._fail_local(504, b"upstream request timeout", "response_timeout",
-                         ResponseFlag.UPSTREAM_REQUEST_TIMEOUT)
+        self._fail_local(
+            504,
+            b"upstream request timeout",
+            "response_timeout",
+            ResponseFlag.UPSTREAM_REQUEST_TIMEOUT,
+        )
 
     # -- flow control and cancellation --------------------------------------------------------
 
@@ -698,8 +755,17 @@ class UpstreamRequest:
     It is the connection pool's client and the response codec's handler."""
 
     __slots__ = (
-        "chunked", "cluster", "conn", "done", "host", "is_head", "pool", "router", "sent_end",
-        "started_at", "status",
+        "chunked",
+        "cluster",
+        "conn",
+        "done",
+        "host",
+        "is_head",
+        "pool",
+        "router",
+        "sent_end",
+        "started_at",
+        "status",
     )
 
     def __init__(self, router: Router, host: Host, pool: Http1ConnPool) -> None:

@@ -30,7 +30,7 @@ def original_destination(sock: Any) -> tuple[str, int] | None:
     """The pre-REDIRECT destination of an iptables-redirected connection (SO_ORIGINAL_DST)."""
     try:
         if sock.family == socket.AF_INET6:
-            raw = sock.getsockopt(socket.SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
             port = struct.unpack_from("!H", raw, 2)[0]
             ip = socket.inet_ntop(socket.AF_INET6, raw[8:24])
             return ip, port
@@ -63,8 +63,9 @@ class ConnectionInfo:
         "transport_protocol",
     )
 
-    def __init__(self, connection_id: int, sockname: Any, peername: Any, start: float,
-                 buffer_limit: int) -> None:
+    def __init__(
+        self, connection_id: int, sockname: Any, peername: Any, start: float, buffer_limit: int
+    ) -> None:
         self.connection_id = connection_id
         self.local_address, self.local_ip, self.local_port = format_address(sockname)
         self.remote_address, self.remote_ip, self.remote_port = format_address(peername)

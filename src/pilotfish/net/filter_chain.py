@@ -30,8 +30,9 @@ def _ip(text: str) -> Any:
         return None
 
 
-def _longest_prefix(chains: list[FilterChain], ip_text: str,
-                    ranges_of: Callable[[FilterChainMatch], Sequence[Any]]) -> list[FilterChain]:
+def _longest_prefix(
+    chains: list[FilterChain], ip_text: str, ranges_of: Callable[[FilterChainMatch], Sequence[Any]]
+) -> list[FilterChain]:
     ip = _ip(ip_text)
     if ip is None:
         return []

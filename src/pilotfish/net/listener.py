@@ -39,7 +39,7 @@ class ChainRuntime:
         self.handler = terminal.factory.build(terminal.config, ctx, listener_prefix=listener_prefix)
 
     def protocol_for(self, info: ConnectionInfo) -> asyncio.Protocol:
-        return self.handler.new_connection(info)  # type: ignore[no-any-return]
+        return self.handler.new_connection(info)
 
     def drain(self) -> None:
         drain = getattr(self.handler, "drain", None)
@@ -83,7 +83,8 @@ class ActiveListener:
             )
         self.selector = FilterChainSelector(model.filter_chains, model.default_filter_chain)
         self.listener_filters = [
-            ext.factory.build(ext.config) for ext in model.listener_filters
+            ext.factory.build(ext.config)
+            for ext in model.listener_filters
             if ext.factory is not None and hasattr(ext.factory, "build")
         ]
         self.server: asyncio.AbstractServer | None = None

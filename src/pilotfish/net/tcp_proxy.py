@@ -26,8 +26,12 @@ class TcpProxyStats:
         self.downstream_cx_no_route = c("downstream_cx_no_route")
         self.downstream_cx_rx_bytes_total = c("downstream_cx_rx_bytes_total")
         self.downstream_cx_tx_bytes_total = c("downstream_cx_tx_bytes_total")
-        self.downstream_flow_control_paused_reading_total = c("downstream_flow_control_paused_reading_total")
-        self.downstream_flow_control_resumed_reading_total = c("downstream_flow_control_resumed_reading_total")
+        self.downstream_flow_control_paused_reading_total = c(
+            "downstream_flow_control_paused_reading_total"
+        )
+        self.downstream_flow_control_resumed_reading_total = c(
+            "downstream_flow_control_resumed_reading_total"
+        )
         self.idle_timeout = c("idle_timeout")
         self.max_downstream_connection_duration = c("max_downstream_connection_duration")
         self.upstream_flush_total = c("upstream_flush_total")
@@ -222,9 +226,7 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
         up = self.upstream
         if up is not None and up.transport is not None and up.transport.can_write_eof():
             up.transport.write_eof()
-        if self.upstream_eof_seen:
-            return False
-        return True
+        return not self.upstream_eof_seen
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -297,7 +299,10 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
             return
         now = self.proxy.ctx.loop.time()
         cfg = self.proxy.config
-        if cfg.max_downstream_connection_duration and now >= self.start_monotonic + cfg.max_downstream_connection_duration:
+        if (
+            cfg.max_downstream_connection_duration
+            and now >= self.start_monotonic + cfg.max_downstream_connection_duration
+        ):
             self.proxy.stats.max_downstream_connection_duration.value += 1
             self.set_response_flag(ResponseFlag.DURATION_TIMEOUT)
             self.close()

@@ -61,15 +61,16 @@ def compile_header_matcher(m: HeaderMatcher) -> Predicate:
     elif kind is HeaderMatchKind.EXACT:
         assert m.string is not None
         expected = m.string.value.encode()
-        if not expected:  # an empty exact_match matches any value
 
-            def value_match(v: bytes) -> bool:
-                return True
-        else:
-            value_match = expected.__eq__
+        def value_match(v: bytes) -> bool:
+            # An empty exact_match matches any value (Envoy).
+            return not expected or v == expected
     else:
         assert m.string is not None
-        value_match = m.string.matches
+        string_match = m.string.matches
+
+        def value_match(v: bytes) -> bool:
+            return string_match(v)
 
     def match(headers: RequestHeaders) -> bool:
         v = headers.get_joined(name)
@@ -161,9 +162,7 @@ class CompiledRoute:
         checks: list[Predicate] = [compile_path_match(m)]
         checks.extend(compile_header_matcher(hm) for hm in m.headers)
         if m.grpc:
-            checks.append(
-                lambda h: (h.get(b"content-type") or b"").startswith(b"application/grpc")
-            )
+            checks.append(lambda h: (h.get(b"content-type") or b"").startswith(b"application/grpc"))
         if m.query_parameters:
             qms = [compile_query_matcher(q) for q in m.query_parameters]
 

@@ -73,10 +73,7 @@ def _matcher(filter_regex: Filter) -> Callable[[str], bool] | None:
 def _select(
     stats: Iterable[_S], used_only: bool, matches: Callable[[str], bool] | None
 ) -> list[_S]:
-    return [
-        s for s in stats
-        if (not used_only or s.used) and (matches is None or matches(s.name))
-    ]
+    return [s for s in stats if (not used_only or s.used) and (matches is None or matches(s.name))]
 
 
 def _check_type(type_filter: str) -> None:
@@ -301,7 +298,10 @@ def render_prometheus(
     )
     if text_readouts:
         lines += _family_lines(
-            chosen(store.text_readouts()), "gauge", _text_readout_lines, extractor,
+            chosen(store.text_readouts()),
+            "gauge",
+            _text_readout_lines,
+            extractor,
             custom_namespaces,
         )
     lines += _family_lines(

@@ -9,14 +9,31 @@ working object (code does not need to care) but the store does not keep it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from pilotfish.model.bootstrap import StatsConfig, StatsMatcher
 
 # Envoy's default histogram bucket bounds (milliseconds for time histograms).
 DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000,
-    600000, 1800000, 3600000,
+    0.5,
+    1,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+    300000,
+    600000,
+    1800000,
+    3600000,
 )
 
 
@@ -63,13 +80,35 @@ class Gauge:
         return self._used or self.value != 0
 
 
+class ComputedGauge(Gauge):
+    """A gauge whose value is computed when read (e.g. circuit-breaker headroom), so the
+    request path only updates the quantity it is computed from."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, name: str, fn: Callable[[], int]) -> None:
+        self._fn = fn
+        super().__init__(name, accumulate=False)
+        self._used = True
+
+    @property
+    def value(self) -> int:
+        return self._fn()
+
+    @value.setter
+    def value(self, _: int) -> None:
+        return
+
+
 class Histogram:
     """Cumulative bucket counts, sum and count (what Prometheus needs); quantiles are estimated
     from the buckets by linear interpolation."""
 
     __slots__ = ("bounds", "count", "counts", "name", "sum", "unit")
 
-    def __init__(self, name: str, bounds: tuple[float, ...] = DEFAULT_BUCKETS, unit: str = "ms") -> None:
+    def __init__(
+        self, name: str, bounds: tuple[float, ...] = DEFAULT_BUCKETS, unit: str = "ms"
+    ) -> None:
         self.name = name
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # last: above the highest bound
@@ -164,6 +203,12 @@ class Store:
                 self._gauges[name] = g
         return g
 
+    def computed_gauge(self, name: str, fn: Callable[[], int]) -> Gauge:
+        g = ComputedGauge(name, fn)
+        if self.accepts(name):
+            self._gauges[name] = g
+        return g
+
     def histogram(self, name: str, unit: str = "ms") -> Histogram:
         h = self._histograms.get(name)
         if h is None:
@@ -216,6 +261,9 @@ class Scope:
 
     def gauge(self, name: str, *, accumulate: bool = True) -> Gauge:
         return self.store.gauge(self.prefix + name, accumulate=accumulate)
+
+    def computed_gauge(self, name: str, fn: Callable[[], int]) -> Gauge:
+        return self.store.computed_gauge(self.prefix + name, fn)
 
     def histogram(self, name: str, unit: str = "ms") -> Histogram:
         return self.store.histogram(self.prefix + name, unit)

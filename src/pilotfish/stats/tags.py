@@ -243,7 +243,12 @@ class _RegexExtractor(_Extractor):
     __slots__ = ("_has_value_group", "_negative_match", "_re2", "_regex")
 
     def __init__(
-        self, name: str, source: str, regex: re.Pattern[str], *, re2: bool,
+        self,
+        name: str,
+        source: str,
+        regex: re.Pattern[str],
+        *,
+        re2: bool,
         negative_match: str = "",
     ) -> None:
         super().__init__(name, _regex_prefix(source))

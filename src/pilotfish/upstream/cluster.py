@@ -8,6 +8,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from pilotfish.model.cluster import Cluster as ClusterConfig
@@ -20,30 +21,71 @@ from pilotfish.upstream.lb import HostSet, LoadBalancer, make_lb
 log = logging.getLogger("pilotfish.upstream")
 
 _COUNTERS = (
-    "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail",
-    "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_destroy_local",
-    "upstream_cx_destroy_remote", "upstream_cx_destroy_with_active_rq",
-    "upstream_cx_destroy_local_with_active_rq", "upstream_cx_destroy_remote_with_active_rq",
-    "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_cx_overflow",
-    "upstream_cx_none_healthy", "upstream_cx_idle_timeout", "upstream_cx_max_requests",
-    "upstream_cx_pool_overflow", "upstream_cx_protocol_error", "upstream_cx_close_notify",
-    "upstream_rq_total", "upstream_rq_pending_total", "upstream_rq_pending_overflow",
-    "upstream_rq_pending_failure_eject", "upstream_rq_cancelled", "upstream_rq_timeout",
-    "upstream_rq_per_try_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
-    "upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_overflow",
-    "upstream_rq_retry_limit_exceeded", "upstream_rq_maintenance_mode",
-    "upstream_flow_control_paused_reading_total", "upstream_flow_control_resumed_reading_total",
-    "upstream_flow_control_backed_up_total", "upstream_flow_control_drained_total",
-    "membership_change", "update_attempt", "update_success", "update_failure", "update_empty",
-    "update_no_rebuild", "lb_healthy_panic", "bind_errors", "original_dst_host_invalid",
-    "upstream_internal_redirect_failed_total", "upstream_internal_redirect_succeeded_total",
-    "retry_or_shadow_abandoned", "assignment_stale", "assignment_timeout_received",
+    "upstream_cx_total",
+    "upstream_cx_http1_total",
+    "upstream_cx_connect_fail",
+    "upstream_cx_connect_timeout",
+    "upstream_cx_destroy",
+    "upstream_cx_destroy_local",
+    "upstream_cx_destroy_remote",
+    "upstream_cx_destroy_with_active_rq",
+    "upstream_cx_destroy_local_with_active_rq",
+    "upstream_cx_destroy_remote_with_active_rq",
+    "upstream_cx_rx_bytes_total",
+    "upstream_cx_tx_bytes_total",
+    "upstream_cx_overflow",
+    "upstream_cx_none_healthy",
+    "upstream_cx_idle_timeout",
+    "upstream_cx_max_requests",
+    "upstream_cx_pool_overflow",
+    "upstream_cx_protocol_error",
+    "upstream_cx_close_notify",
+    "upstream_rq_total",
+    "upstream_rq_pending_total",
+    "upstream_rq_pending_overflow",
+    "upstream_rq_pending_failure_eject",
+    "upstream_rq_cancelled",
+    "upstream_rq_timeout",
+    "upstream_rq_per_try_timeout",
+    "upstream_rq_rx_reset",
+    "upstream_rq_tx_reset",
+    "upstream_rq_retry",
+    "upstream_rq_retry_success",
+    "upstream_rq_retry_overflow",
+    "upstream_rq_retry_limit_exceeded",
+    "upstream_rq_maintenance_mode",
+    "upstream_flow_control_paused_reading_total",
+    "upstream_flow_control_resumed_reading_total",
+    "upstream_flow_control_backed_up_total",
+    "upstream_flow_control_drained_total",
+    "membership_change",
+    "update_attempt",
+    "update_success",
+    "update_failure",
+    "update_empty",
+    "update_no_rebuild",
+    "lb_healthy_panic",
+    "bind_errors",
+    "original_dst_host_invalid",
+    "upstream_internal_redirect_failed_total",
+    "upstream_internal_redirect_succeeded_total",
+    "retry_or_shadow_abandoned",
+    "assignment_stale",
+    "assignment_timeout_received",
     "default.total_match_count",
 )
 _GAUGES = (
-    "upstream_cx_active", "upstream_cx_rx_bytes_buffered", "upstream_cx_tx_bytes_buffered",
-    "upstream_rq_active", "upstream_rq_pending_active", "membership_total", "membership_healthy",
-    "membership_degraded", "membership_excluded", "max_host_weight", "version",
+    "upstream_cx_active",
+    "upstream_cx_rx_bytes_buffered",
+    "upstream_cx_tx_bytes_buffered",
+    "upstream_rq_active",
+    "upstream_rq_pending_active",
+    "membership_total",
+    "membership_healthy",
+    "membership_degraded",
+    "membership_excluded",
+    "max_host_weight",
+    "version",
     "upstream_cx_connect_attempts_exceeded",
 )
 
@@ -129,41 +171,45 @@ class ClusterStats:
 
 
 class Resource:
-    """One circuit-breaker dimension: a count, its limit, and its ``*_open`` / ``remaining_*``
-    gauges (Envoy's circuit_breakers.<priority>.* stats)."""
+    """One circuit-breaker dimension: a count and its limit. Its ``*_open`` and ``remaining_*``
+    gauges (Envoy's circuit_breakers.<priority>.*) are computed when stats are read."""
 
-    __slots__ = ("count", "limit", "open_gauge", "remaining")
+    __slots__ = ("count", "limit")
 
-    def __init__(self, limit: int, open_gauge: Gauge, remaining: Gauge) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0
-        self.open_gauge = open_gauge
-        self.remaining = remaining
-        remaining.set(limit)
-        open_gauge.set(0)
 
     def can_create(self) -> bool:
         return self.count < self.limit
 
     def inc(self) -> None:
         self.count += 1
-        self._update()
 
     def dec(self) -> None:
         self.count -= 1
-        self._update()
 
-    def _update(self) -> None:
-        self.remaining.value = max(0, self.limit - self.count)
-        self.open_gauge.value = 1 if self.count >= self.limit else 0
+    def is_open(self) -> int:
+        return int(self.count >= self.limit)
+
+    def remaining(self) -> int:
+        return max(0, self.limit - self.count)
 
 
 class ResourceManager:
     def __init__(self, scope: Scope, thresholds: Any) -> None:
-        self.connections = Resource(thresholds.max_connections, scope.gauge("cx_open"), scope.gauge("remaining_cx"))
-        self.pending = Resource(thresholds.max_pending_requests, scope.gauge("rq_pending_open"), scope.gauge("remaining_pending"))
-        self.requests = Resource(thresholds.max_requests, scope.gauge("rq_open"), scope.gauge("remaining_rq"))
-        self.retries = Resource(thresholds.max_retries, scope.gauge("rq_retry_open"), scope.gauge("remaining_retries"))
+        self.connections = Resource(thresholds.max_connections)
+        self.pending = Resource(thresholds.max_pending_requests)
+        self.requests = Resource(thresholds.max_requests)
+        self.retries = Resource(thresholds.max_retries)
+        for res, open_name, remaining_name in (
+            (self.connections, "cx_open", "remaining_cx"),
+            (self.pending, "rq_pending_open", "remaining_pending"),
+            (self.requests, "rq_open", "remaining_rq"),
+            (self.retries, "rq_retry_open", "remaining_retries"),
+        ):
+            scope.computed_gauge(open_name, res.is_open)
+            scope.computed_gauge(remaining_name, res.remaining)
         scope.gauge("cx_pool_open").set(0)
 
 
@@ -185,7 +231,9 @@ _FAMILIES = {
 
 
 class Cluster:
-    def __init__(self, config: ClusterConfig, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, config: ClusterConfig, store: Store, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.config = config
         self.name = config.name
         self.loop = loop
@@ -293,7 +341,9 @@ class Cluster:
                 h.pool.drain()
         self.hosts_by_key = new_by_key
         self.host_set = HostSet(merged, self.config.healthy_panic_threshold, overprovisioning)
-        self.lb = make_lb(self.config.lb_policy, self.host_set, self.config.least_request_choice_count)
+        self.lb = make_lb(
+            self.config.lb_policy, self.host_set, self.config.least_request_choice_count
+        )
         s = self.stats
         if changed:
             s.membership_change.value += 1
@@ -307,8 +357,11 @@ class Cluster:
         s.max_host_weight.set(max((h.weight for h in merged), default=0))
         self.last_updated = time.time()
 
-    def choose_host(self, original_dst: tuple[str, int] | None = None,
-                    exclude: frozenset[Host] | set[Host] = frozenset()) -> Host | None:
+    def choose_host(
+        self,
+        original_dst: tuple[str, int] | None = None,
+        exclude: AbstractSet[Host] = frozenset(),
+    ) -> Host | None:
         if self.original_dst:
             return self._original_dst_host(original_dst)
         levels = self.host_set.levels
@@ -358,7 +411,9 @@ class Cluster:
     async def _resolve(self, name: str, port: int) -> list[str]:
         for family in _FAMILIES.get(self.config.dns_lookup_family, (socket.AF_UNSPEC,)):
             try:
-                infos = await self.loop.getaddrinfo(name, port, family=family, type=socket.SOCK_STREAM)
+                infos = await self.loop.getaddrinfo(
+                    name, port, family=family, type=socket.SOCK_STREAM
+                )
             except (socket.gaierror, OSError):
                 continue
             addrs = []

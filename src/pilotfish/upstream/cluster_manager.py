@@ -31,8 +31,9 @@ class ClusterManager:
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
 
-    def add_or_update(self, config: ClusterConfig, *, version_info: str = "",
-                      added_via_api: bool = False) -> bool:
+    def add_or_update(
+        self, config: ClusterConfig, *, version_info: str = "", added_via_api: bool = False
+    ) -> bool:
         """Install a cluster (replacing one of the same name). Returns False if unchanged.
         A replaced cluster's pools drain: busy connections finish their requests."""
         old = self.clusters.get(config.name)
@@ -75,7 +76,8 @@ class ClusterManager:
         """Call ``callback`` once every current cluster has its first hosts. EDS clusters are
         left to the xDS layer's initialization (they wait for their first assignment there)."""
         pending = [
-            c for c in self.clusters.values()
+            c
+            for c in self.clusters.values()
             if not c.initialized and c.config.type is not DiscoveryType.EDS
         ]
         if not pending:

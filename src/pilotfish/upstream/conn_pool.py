@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from pilotfish.codec.http1 import CodecError, Http1ClientCodec
 from pilotfish.http.headers import HeaderMap, ResponseHeaders
+from pilotfish.model.common import SocketAddress
 from pilotfish.upstream.cluster import Cluster
 from pilotfish.upstream.host import Host
 
@@ -45,7 +46,7 @@ async def open_connection(
                 t, p = await loop.create_unix_connection(factory, path)
             else:
                 bind = cluster.config.upstream_bind_address
-                local = (bind.address, bind.port) if bind is not None else None
+                local = (bind.address, bind.port) if isinstance(bind, SocketAddress) else None
                 t, p = await loop.create_connection(factory, addr[0], addr[1], local_addr=local)
                 sock = t.get_extra_info("socket")
                 if sock is not None:
@@ -53,7 +54,7 @@ async def open_connection(
                     ka = cluster.config.tcp_keepalive
                     if ka is not None:
                         _set_keepalive(sock, ka)
-        return t, p  # type: ignore[return-value]
+        return t, p
     except TimeoutError:
         raise ConnectFailure("connection timeout", timeout=True) from None
     except OSError as e:
@@ -85,6 +86,7 @@ class PoolClient(Protocol):
     def on_upstream_reset(self, reason: str) -> None: ...
     def on_upstream_protocol_error(self, error: CodecError) -> None: ...
     def on_upstream_writable(self, writable: bool) -> None: ...
+    def begin_upstream_read(self) -> None: ...
     def after_upstream_read(self) -> None: ...
 
 
@@ -102,7 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.local_close = False
         self.connected_at = 0.0
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
         self.local_address = ""
         self.tunnel: Any = None  # after 101 Switching Protocols: raw bytes go to the tunnel
 
@@ -124,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes nobody asked for: the connection can't be trusted any more.
             self.close()
             return
+        client.begin_upstream_read()
         try:
             self.codec.feed(data)
         except CodecError as e:
@@ -152,8 +155,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self.tunnel is not None:
             self.tunnel.upstream_closed()
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
         pool = self.pool
         stats = pool.cluster.stats
         stats.upstream_cx_active.value -= 1
@@ -194,13 +195,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.client.on_upstream_writable(True)
 
     def attach(self, client: PoolClient) -> None:
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-            self.idle_handle = None
         self.client = client
         self.requests += 1
         self.pool.active += 1
-        self.codec.reset_for(client, head_request=client.is_head)  # type: ignore[arg-type]
+        self.codec.reset_for(client, head_request=client.is_head)
         client.on_pool_ready(self)
 
     def write(self, data: bytes) -> None:
@@ -262,6 +260,7 @@ class Http1ConnPool:
         self.connecting = 0
         self.active = 0
         self.draining = False
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def busy(self) -> bool:
         return bool(self.active or self.connecting or self.pending)
@@ -355,14 +354,22 @@ class Http1ConnPool:
         self.idle.append(conn)
         timeout = self.cluster.config.http.idle_timeout
         if timeout:
-            conn.idle_handle = self.cluster.loop.call_later(timeout, self._idle_timeout, conn)
+            conn.idle_since = now = self.cluster.loop.time()
+            if self._idle_timer is None:
+                # One timer per pool, re-armed lazily: no timer work per request.
+                self._idle_timer = self.cluster.loop.call_at(now + timeout, self._check_idle)
 
-    def _idle_timeout(self, conn: UpstreamConnection) -> None:
-        conn.idle_handle = None
-        if conn in self.idle:
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        timeout = self.cluster.config.http.idle_timeout
+        now = self.cluster.loop.time()
+        for conn in [c for c in self.idle if now - c.idle_since >= timeout]:
             self.idle.remove(conn)
             self.cluster.stats.upstream_cx_idle_timeout.value += 1
             conn.close()
+        if self.idle:
+            oldest = min(c.idle_since for c in self.idle)
+            self._idle_timer = self.cluster.loop.call_at(oldest + timeout, self._check_idle)
 
     def release(self, conn: UpstreamConnection) -> None:
         if self.draining:
@@ -383,4 +390,6 @@ class Http1ConnPool:
         for conn in self.idle:
             conn.close()
         self.idle.clear()
-
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None

@@ -16,12 +16,9 @@ class Host:
     __slots__ = (
         "address",
         "address_str",
+        "cx_active",
         "cx_connect_fail",
         "cx_total",
-        "rq_error",
-        "rq_success",
-        "rq_timeout",
-        "rq_total",
         "health",
         "hostname",
         "last_used",
@@ -30,7 +27,10 @@ class Host:
         "pool",
         "priority",
         "rq_active",
-        "cx_active",
+        "rq_error",
+        "rq_success",
+        "rq_timeout",
+        "rq_total",
         "weight",
     )
 

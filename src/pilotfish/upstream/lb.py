@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 from pilotfish.model.cluster import LbPolicy
 from pilotfish.upstream.host import Host
@@ -71,7 +72,7 @@ class LoadBalancer:
         self.host_set = host_set
         self._single = len(host_set.levels) == 1
 
-    def choose(self, exclude: frozenset[Host] | set[Host] = frozenset()) -> Host | None:
+    def choose(self, exclude: AbstractSet[Host] = frozenset()) -> Host | None:
         levels = self.host_set.levels
         if not levels:
             return None
@@ -87,7 +88,7 @@ class LoadBalancer:
                 r -= load
         return self.pick(index, exclude)
 
-    def pick(self, level: int, exclude: frozenset[Host] | set[Host]) -> Host | None:
+    def pick(self, level: int, exclude: AbstractSet[Host]) -> Host | None:
         raise NotImplementedError
 
 
@@ -116,7 +117,7 @@ class RoundRobinLB(LoadBalancer):
             for lv in host_set.levels
         ]
 
-    def pick(self, level: int, exclude: frozenset[Host] | set[Host]) -> Host | None:
+    def pick(self, level: int, exclude: AbstractSet[Host]) -> Host | None:
         hosts = self.host_set.levels[level].pickable
         if not hosts:
             return None
@@ -142,7 +143,7 @@ class LeastRequestLB(LoadBalancer):
         self.choice_count = choice_count
         self._weighted = [len({h.weight for h in lv.pickable}) > 1 for lv in host_set.levels]
 
-    def pick(self, level: int, exclude: frozenset[Host] | set[Host]) -> Host | None:
+    def pick(self, level: int, exclude: AbstractSet[Host]) -> Host | None:
         hosts = self.host_set.levels[level].pickable
         if exclude:
             hosts = tuple(h for h in hosts if h not in exclude) or hosts
@@ -161,7 +162,7 @@ class LeastRequestLB(LoadBalancer):
 
 
 class RandomLB(LoadBalancer):
-    def pick(self, level: int, exclude: frozenset[Host] | set[Host]) -> Host | None:
+    def pick(self, level: int, exclude: AbstractSet[Host]) -> Host | None:
         hosts = self.host_set.levels[level].pickable
         if exclude:
             hosts = tuple(h for h in hosts if h not in exclude) or hosts

@@ -82,8 +82,13 @@ def _parse_text(text: str, origin: str, fmt: str, allow_unknown: bool) -> Any:
 
 
 def _format_of(path: str) -> str:
-    for ext, fmt in ((".json", "json"), (".yaml", "yaml"), (".yml", "yaml"),
-                     (".pb_text", "pb_text"), (".pb", "pb")):
+    for ext, fmt in (
+        (".json", "json"),
+        (".yaml", "yaml"),
+        (".yml", "yaml"),
+        (".pb_text", "pb_text"),
+        (".pb", "pb"),
+    ):
         if path.endswith(ext):
             return fmt
     return "yaml"
@@ -103,18 +108,27 @@ def read_bootstrap_proto(source: BootstrapSource) -> Any:
             with open(source.config_path, "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise ConfigError("", f"unable to read file: {source.config_path}: {e.strerror}") from None
+            raise ConfigError(
+                "", f"unable to read file: {source.config_path}: {e.strerror}"
+            ) from None
         if fmt == "pb":
             try:
                 msg.ParseFromString(data)
             except Exception as e:
-                raise ConfigError("", f"unable to parse binary proto {source.config_path}: {e}") from None
+                raise ConfigError(
+                    "", f"unable to parse binary proto {source.config_path}: {e}"
+                ) from None
         else:
             msg = _parse_text(
-                data.decode("utf-8", "replace"), source.config_path, fmt, source.allow_unknown_fields
+                data.decode("utf-8", "replace"),
+                source.config_path,
+                fmt,
+                source.allow_unknown_fields,
             )
     if source.config_yaml:
-        override = _parse_text(source.config_yaml, "--config-yaml", "yaml", source.allow_unknown_fields)
+        override = _parse_text(
+            source.config_yaml, "--config-yaml", "yaml", source.allow_unknown_fields
+        )
         msg.MergeFrom(override)
     if source.service_cluster:
         msg.node.cluster = source.service_cluster

@@ -13,6 +13,7 @@ from pilotfish.xds.translate.cluster import cluster
 from pilotfish.xds.translate.context import TranslateContext
 from pilotfish.xds.translate.listener import access_logs, listener
 
+
 def bootstrap(msg: Any, ctx: TranslateContext) -> Bootstrap:
     if msg.header_prefix:
         raise ConfigError("header_prefix", "a custom header prefix is not supported")
@@ -54,14 +55,16 @@ def bootstrap(msg: Any, ctx: TranslateContext) -> Bootstrap:
         model_l = listener(ls, ctx, path)
         if model_l.name in lnames:
             raise ConfigError(
-                f"{path}.name", f"error adding listener named '{model_l.name}': duplicate listener name"
+                f"{path}.name",
+                f"error adding listener named '{model_l.name}': duplicate listener name",
             )
         lnames.add(model_l.name)
         key = str(model_l.address)
         if model_l.bind_to_port and key in addresses:
             raise ConfigError(
                 f"{path}.address",
-                f"error adding listener '{key}': listener '{addresses[key]}' already uses this address",
+                f"error adding listener '{key}': listener '{addresses[key]}' already uses "
+                "this address",
             )
         addresses[key] = model_l.name
         listeners.append(model_l)
@@ -91,8 +94,6 @@ def bootstrap(msg: Any, ctx: TranslateContext) -> Bootstrap:
         for layer in msg.layered_runtime.layers:
             if layer.HasField("static_layer"):
                 runtime.update(c.struct_to_dict(layer.static_layer))
-    elif msg.HasField("runtime"):
-        runtime.update(c.struct_to_dict(msg.runtime.base))
     runtime_max = runtime.get("overload.global_downstream_max_connections")
     if max_cx is None and isinstance(runtime_max, int | float):
         max_cx = int(runtime_max)
@@ -153,7 +154,8 @@ def stats_config(msg: Any) -> StatsConfig:
                 for i, p in enumerate(lst.patterns)
             )
             matcher = (
-                StatsMatcher(inclusion=patterns) if kind == "inclusion_list"
+                StatsMatcher(inclusion=patterns)
+                if kind == "inclusion_list"
                 else StatsMatcher(exclusion=patterns)
             )
     buckets = None

@@ -23,12 +23,27 @@ from pilotfish.model.common import Locality, SocketAddress
 from pilotfish.xds.translate import common as c
 from pilotfish.xds.translate.context import TranslateContext
 
-_TYPES = {0: DiscoveryType.STATIC, 1: DiscoveryType.STRICT_DNS, 2: DiscoveryType.LOGICAL_DNS,
-          3: DiscoveryType.EDS, 4: DiscoveryType.ORIGINAL_DST}
-_LB = {0: LbPolicy.ROUND_ROBIN, 1: LbPolicy.LEAST_REQUEST, 2: LbPolicy.RING_HASH,
-       3: LbPolicy.RANDOM, 5: LbPolicy.MAGLEV, 6: LbPolicy.CLUSTER_PROVIDED}
-_SUPPORTED_LB = {LbPolicy.ROUND_ROBIN, LbPolicy.LEAST_REQUEST, LbPolicy.RANDOM,
-                 LbPolicy.CLUSTER_PROVIDED}
+_TYPES = {
+    0: DiscoveryType.STATIC,
+    1: DiscoveryType.STRICT_DNS,
+    2: DiscoveryType.LOGICAL_DNS,
+    3: DiscoveryType.EDS,
+    4: DiscoveryType.ORIGINAL_DST,
+}
+_LB = {
+    0: LbPolicy.ROUND_ROBIN,
+    1: LbPolicy.LEAST_REQUEST,
+    2: LbPolicy.RING_HASH,
+    3: LbPolicy.RANDOM,
+    5: LbPolicy.MAGLEV,
+    6: LbPolicy.CLUSTER_PROVIDED,
+}
+_SUPPORTED_LB = {
+    LbPolicy.ROUND_ROBIN,
+    LbPolicy.LEAST_REQUEST,
+    LbPolicy.RANDOM,
+    LbPolicy.CLUSTER_PROVIDED,
+}
 _DNS_FAMILY = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TCP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"
@@ -40,15 +55,21 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
         raise ConfigError(f"{pre}name", "value length must be at least 1")
     kind = msg.WhichOneof("cluster_discovery_type")
     if kind == "cluster_type":
-        raise ConfigError(f"{pre}cluster_type", f"custom cluster type '{msg.cluster_type.name}' is not supported")
+        raise ConfigError(
+            f"{pre}cluster_type", f"custom cluster type '{msg.cluster_type.name}' is not supported"
+        )
     dtype = _TYPES.get(msg.type)
     if dtype is None:
         raise ConfigError(f"{pre}type", f"unknown cluster type {msg.type}")
     if msg.lb_policy == 7 or msg.HasField("load_balancing_policy"):
-        raise ConfigError(f"{pre}load_balancing_policy", "load_balancing_policy extensions are not supported")
+        raise ConfigError(
+            f"{pre}load_balancing_policy", "load_balancing_policy extensions are not supported"
+        )
     lb = _LB.get(msg.lb_policy)
     if lb is None or lb not in _SUPPORTED_LB:
-        raise ConfigError(f"{pre}lb_policy", f"lb_policy {lb.value if lb else msg.lb_policy} is not supported")
+        raise ConfigError(
+            f"{pre}lb_policy", f"lb_policy {lb.value if lb else msg.lb_policy} is not supported"
+        )
     if dtype is DiscoveryType.ORIGINAL_DST and lb is not LbPolicy.CLUSTER_PROVIDED:
         raise ConfigError(
             f"{pre}lb_policy",
@@ -69,7 +90,9 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
     load_assignment = None
     if msg.HasField("load_assignment"):
         load_assignment = cluster_load_assignment(
-            msg.load_assignment, f"{pre}load_assignment", resolve_names=dtype is not DiscoveryType.STATIC
+            msg.load_assignment,
+            f"{pre}load_assignment",
+            resolve_names=dtype is not DiscoveryType.STATIC,
         )
         if not load_assignment.cluster_name:
             load_assignment = ClusterLoadAssignment(
@@ -80,10 +103,13 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
         if len(eps) != 1 or len(eps[0].lb_endpoints) != 1:
             raise ConfigError(
                 f"{pre}load_assignment",
-                "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+                "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single "
+                "lb_endpoint",
             )
     if dtype is DiscoveryType.ORIGINAL_DST and load_assignment and load_assignment.endpoints:
-        raise ConfigError(f"{pre}load_assignment", "ORIGINAL_DST clusters must have no load assignment configured")
+        raise ConfigError(
+            f"{pre}load_assignment", "ORIGINAL_DST clusters must have no load assignment configured"
+        )
     if dtype in (DiscoveryType.STRICT_DNS, DiscoveryType.LOGICAL_DNS) and load_assignment:
         for loc in load_assignment.endpoints:
             for ep in loc.lb_endpoints:
@@ -98,7 +124,7 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
 
     thresholds = [CircuitBreakerThresholds(), CircuitBreakerThresholds()]
     if msg.HasField("circuit_breakers"):
-        for i, t in enumerate(msg.circuit_breakers.thresholds):
+        for t in msg.circuit_breakers.thresholds:
             budget = None
             if t.HasField("retry_budget"):
                 rb = t.retry_budget
@@ -126,7 +152,9 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
     for i, m in enumerate(msg.transport_socket_matches):
         mpath = f"{pre}transport_socket_matches[{i}]"
         ts = ctx.extension(
-            Category.TRANSPORT_SOCKET, m.transport_socket.name, m.transport_socket.typed_config,
+            Category.TRANSPORT_SOCKET,
+            m.transport_socket.name,
+            m.transport_socket.typed_config,
             f"{mpath}.transport_socket",
         )
         if ts is not None:
@@ -185,7 +213,9 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
         dns_refresh_rate=c.duration(msg, "dns_refresh_rate", 5.0),
         respect_dns_ttl=msg.respect_dns_ttl,
         circuit_breakers=(thresholds[0], thresholds[1]),
-        per_connection_buffer_limit_bytes=c.uint32_value(msg, "per_connection_buffer_limit_bytes", 1024 * 1024),
+        per_connection_buffer_limit_bytes=c.uint32_value(
+            msg, "per_connection_buffer_limit_bytes", 1024 * 1024
+        ),
         http=http_protocol_options(msg, ctx, pre),
         transport_socket=transport_socket,
         transport_socket_matches=tuple(matches),
@@ -220,7 +250,7 @@ def http_protocol_options(msg: Any, ctx: TranslateContext, pre: str) -> HttpProt
                 f"implementation for name: '{key}'",
             )
         opts = ctx.unpack(value, opath)
-        if opts.HasField("common_http_protocol_options"):  # type: ignore[attr-defined]
+        if opts.HasField("common_http_protocol_options"):
             chpo = opts.common_http_protocol_options  # type: ignore[attr-defined]
             idle = c.duration(chpo, "idle_timeout", 3600.0)
             max_duration = c.duration(chpo, "max_connection_duration", 0.0)
@@ -231,8 +261,11 @@ def http_protocol_options(msg: Any, ctx: TranslateContext, pre: str) -> HttpProt
         if which == "explicit_http_config":
             ehc = opts.explicit_http_config  # type: ignore[attr-defined]
             pkind = ehc.WhichOneof("protocol_config")
-            protocol = {"http_protocol_options": "HTTP1", "http2_protocol_options": "HTTP2",
-                        "http3_protocol_options": "HTTP3"}.get(pkind or "", "HTTP1")
+            protocol = {
+                "http_protocol_options": "HTTP1",
+                "http2_protocol_options": "HTTP2",
+                "http3_protocol_options": "HTTP3",
+            }.get(pkind or "", "HTTP1")
             if pkind == "http_protocol_options":
                 preserve = ehc.http_protocol_options.HasField("header_key_format")
         elif which == "use_downstream_protocol_config":
@@ -249,11 +282,19 @@ def http_protocol_options(msg: Any, ctx: TranslateContext, pre: str) -> HttpProt
     )
 
 
-_HEALTH = {0: HealthStatus.UNKNOWN, 1: HealthStatus.HEALTHY, 2: HealthStatus.UNHEALTHY,
-           3: HealthStatus.DRAINING, 4: HealthStatus.TIMEOUT, 5: HealthStatus.DEGRADED}
+_HEALTH = {
+    0: HealthStatus.UNKNOWN,
+    1: HealthStatus.HEALTHY,
+    2: HealthStatus.UNHEALTHY,
+    3: HealthStatus.DRAINING,
+    4: HealthStatus.TIMEOUT,
+    5: HealthStatus.DEGRADED,
+}
 
 
-def cluster_load_assignment(msg: Any, path: str, *, resolve_names: bool = True) -> ClusterLoadAssignment:
+def cluster_load_assignment(
+    msg: Any, path: str, *, resolve_names: bool = True
+) -> ClusterLoadAssignment:
     """``resolve_names``: hostnames are allowed (DNS clusters); else addresses must be IPs."""
     localities = []
     for i, loc in enumerate(msg.endpoints):
@@ -262,7 +303,9 @@ def cluster_load_assignment(msg: Any, path: str, *, resolve_names: bool = True) 
         for j, lbe in enumerate(loc.lb_endpoints):
             epath = f"{lpath}.lb_endpoints[{j}]"
             if lbe.WhichOneof("host_identifier") != "endpoint":
-                raise ConfigError(epath, "named endpoints are not supported; an endpoint is required")
+                raise ConfigError(
+                    epath, "named endpoints are not supported; an endpoint is required"
+                )
             ep = lbe.endpoint
             addr = c.address(ep.address, f"{epath}.endpoint.address")
             if isinstance(addr, SocketAddress) and not resolve_names:
@@ -275,7 +318,9 @@ def cluster_load_assignment(msg: Any, path: str, *, resolve_names: bool = True) 
                     ) from None
             weight = c.uint32_value(lbe, "load_balancing_weight", 1)
             if weight < 1:
-                raise ConfigError(f"{epath}.load_balancing_weight", "value must be greater than or equal to 1")
+                raise ConfigError(
+                    f"{epath}.load_balancing_weight", "value must be greater than or equal to 1"
+                )
             eps.append(
                 LbEndpoint(
                     address=addr,

@@ -98,7 +98,9 @@ def address(msg: Any, path: str) -> Address:
     if kind == "envoy_internal_address":
         ia = msg.envoy_internal_address
         return InternalAddress(ia.server_listener_name, ia.endpoint_id)
-    raise ConfigError(path, "an address (socket_address, pipe or envoy_internal_address) is required")
+    raise ConfigError(
+        path, "an address (socket_address, pipe or envoy_internal_address) is required"
+    )
 
 
 def ip_address(text: str, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -108,7 +110,9 @@ def ip_address(text: str, path: str) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
         raise ConfigError(path, f"malformed IP address: {text}") from None
 
 
-def cidr_ranges(ranges: Any, path: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def cidr_ranges(
+    ranges: Any, path: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """envoy.config.core.v3.CidrRange list (prefix_len defaults to 0, as in Envoy)."""
     out = []
     for i, r in enumerate(ranges):
@@ -181,7 +185,9 @@ def header_value_options(options: Any, path: str) -> tuple[HeaderValueOption, ..
             raise ConfigError(f"{p}.header.key", f"invalid header name '{h.key}'")
         lower = h.key.lower()
         if lower.startswith(":") or lower == "host":
-            raise ConfigError(f"{p}.header.key", f":-prefixed or host headers may not be modified: {h.key}")
+            raise ConfigError(
+                f"{p}.header.key", f":-prefixed or host headers may not be modified: {h.key}"
+            )
         value = h.value if h.value else h.raw_value.decode("latin-1")
         if any(c in value for c in "\r\n\x00"):
             raise ConfigError(f"{p}.header.value", "header value contains invalid characters")
@@ -189,7 +195,8 @@ def header_value_options(options: Any, path: str) -> tuple[HeaderValueOption, ..
             if opt.append_action != 0:
                 raise ConfigError(p, "Both append and append_action are set and it's not allowed")
             action = (
-                AppendAction.APPEND_IF_EXISTS_OR_ADD if opt.append.value
+                AppendAction.APPEND_IF_EXISTS_OR_ADD
+                if opt.append.value
                 else AppendAction.OVERWRITE_IF_EXISTS_OR_ADD
             )
         else:

@@ -51,7 +51,8 @@ class TranslateContext:
                     raise
                 msg = None  # unknown or telemetry-only type: decided below
         factory = (
-            self.registry.by_type(category, tname) if tname
+            self.registry.by_type(category, tname)
+            if tname
             else self.registry.by_name(category, name)
         )
         if factory is None:

@@ -21,14 +21,21 @@ TERMINAL_NETWORK_FILTERS = {
 
 def listener(msg: Any, ctx: TranslateContext, path: str = "") -> Listener:
     pre = f"{path}." if path else ""
-    for unsupported in ("api_listener", "udp_listener_config", "internal_listener", "filter_chain_matcher"):
+    for unsupported in (
+        "api_listener",
+        "udp_listener_config",
+        "internal_listener",
+        "filter_chain_matcher",
+    ):
         if msg.HasField(unsupported):
             raise ConfigError(f"{pre}{unsupported}", f"{unsupported} is not supported by pilotfish")
     if not msg.HasField("address"):
         raise ConfigError(f"{pre}address", "value is required")
     addr = c.address(msg.address, f"{pre}address")
     if getattr(addr, "protocol", "TCP") == "UDP":
-        raise ConfigError(f"{pre}address.socket_address.protocol", "UDP listeners are not supported")
+        raise ConfigError(
+            f"{pre}address.socket_address.protocol", "UDP listeners are not supported"
+        )
     chains = tuple(
         filter_chain(fc, ctx, f"{pre}filter_chains[{i}]") for i, fc in enumerate(msg.filter_chains)
     )
@@ -37,7 +44,9 @@ def listener(msg: Any, ctx: TranslateContext, path: str = "") -> Listener:
     if msg.HasField("default_filter_chain"):
         default_chain = filter_chain(msg.default_filter_chain, ctx, f"{pre}default_filter_chain")
     if not chains and default_chain is None:
-        raise ConfigError(f"{pre}filter_chains", f"error adding listener '{addr}': no filter chains specified")
+        raise ConfigError(
+            f"{pre}filter_chains", f"error adding listener '{addr}': no filter chains specified"
+        )
     listener_filters = []
     for i, lf in enumerate(msg.listener_filters):
         lpath = f"{pre}listener_filters[{i}]"
@@ -89,9 +98,11 @@ def access_logs(logs: Any, ctx: TranslateContext, path: str) -> tuple[TypedExten
 
 
 def filter_chain(msg: Any, ctx: TranslateContext, path: str) -> FilterChain:
-    match = filter_chain_match(msg.filter_chain_match, f"{path}.filter_chain_match") if msg.HasField(
-        "filter_chain_match"
-    ) else FilterChainMatch()
+    match = (
+        filter_chain_match(msg.filter_chain_match, f"{path}.filter_chain_match")
+        if msg.HasField("filter_chain_match")
+        else FilterChainMatch()
+    )
     filters = []
     names = [f.name for f in msg.filters]
     for i, f in enumerate(msg.filters):
@@ -105,7 +116,8 @@ def filter_chain(msg: Any, ctx: TranslateContext, path: str) -> FilterChain:
         if canonical in TERMINAL_NETWORK_FILTERS and i != len(names) - 1:
             raise ConfigError(
                 fpath,
-                f"Error: terminal filter named {f.name} of type {canonical} must be the last filter "
+                f"Error: terminal filter named {f.name} of type {canonical} must be the last "
+                "filter "
                 "in a network filter chain.",
             )
         filters.append(ext)
@@ -137,12 +149,15 @@ def filter_chain(msg: Any, ctx: TranslateContext, path: str) -> FilterChain:
 
 def filter_chain_match(msg: Any, path: str) -> FilterChainMatch:
     if msg.address_suffix or msg.HasField("suffix_len"):
-        raise ConfigError(f"{path}.address_suffix", "address_suffix is not implemented (nor in Envoy)")
+        raise ConfigError(
+            f"{path}.address_suffix", "address_suffix is not implemented (nor in Envoy)"
+        )
     for i, name in enumerate(msg.server_names):
         if "*" in name and not name.startswith("*."):
             raise ConfigError(
                 f"{path}.server_names[{i}]",
-                f"error adding listener: partial wildcards are not supported in \"server_names\": {name}",
+                "error adding listener: partial wildcards are not supported in "
+                f'"server_names": {name}',
             )
     port = c.uint32_value(msg, "destination_port", 0) if msg.HasField("destination_port") else None
     if port is not None and not 1 <= port <= 65535:
@@ -157,7 +172,9 @@ def filter_chain_match(msg: Any, path: str) -> FilterChainMatch:
             msg.direct_source_prefix_ranges, f"{path}.direct_source_prefix_ranges"
         ),
         source_type=("ANY", "SAME_IP_OR_LOOPBACK", "EXTERNAL")[msg.source_type],
-        source_prefix_ranges=c.cidr_ranges(msg.source_prefix_ranges, f"{path}.source_prefix_ranges"),
+        source_prefix_ranges=c.cidr_ranges(
+            msg.source_prefix_ranges, f"{path}.source_prefix_ranges"
+        ),
         source_ports=tuple(msg.source_ports),
     )
 
@@ -176,7 +193,7 @@ def _expanded_keys(m: FilterChainMatch) -> list[tuple[Any, ...]]:
         m.source_prefix_ranges or (None,),
         m.source_ports or (None,),
     ):
-        keys = [k + (v,) for k in keys for v in values]
+        keys = [(*k, v) for k in keys for v in values]
     return keys
 
 

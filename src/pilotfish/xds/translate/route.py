@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from google.protobuf.message import Message
-
 from pilotfish.errors import ConfigError
 from pilotfish.model.common import StringMatcher, StringMatchKind
 from pilotfish.model.route import (
@@ -36,12 +34,12 @@ from pilotfish.xds.translate.context import TranslateContext
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 
 
-def route_configuration(msg: Message, ctx: TranslateContext, path: str = "") -> RouteConfiguration:
+def route_configuration(msg: Any, ctx: TranslateContext, path: str = "") -> RouteConfiguration:
     pre = f"{path}." if path else ""
     vhosts = []
     seen_domains: dict[str, str] = {}
     seen_names: set[str] = set()
-    for i, vh in enumerate(msg.virtual_hosts):  # type: ignore[attr-defined]
+    for i, vh in enumerate(msg.virtual_hosts):
         vpath = f"{pre}virtual_hosts[{i}]"
         v = virtual_host(vh, ctx, vpath)
         if v.name in seen_names:
@@ -53,12 +51,12 @@ def route_configuration(msg: Message, ctx: TranslateContext, path: str = "") -> 
                 raise ConfigError(
                     f"{vpath}.domains",
                     f"Only unique values for domains are permitted. Duplicate entry of domain {d} "
-                    f"in route {msg.name}",  # type: ignore[attr-defined]
+                    f"in route {msg.name}",
                 )
             seen_domains[key] = v.name
         vhosts.append(v)
     return RouteConfiguration(
-        name=msg.name,  # type: ignore[attr-defined]
+        name=msg.name,
         virtual_hosts=tuple(vhosts),
         request_headers=c.header_mutations(
             msg, "request_headers_to_add", "request_headers_to_remove", path or "route_config"
@@ -66,10 +64,12 @@ def route_configuration(msg: Message, ctx: TranslateContext, path: str = "") -> 
         response_headers=c.header_mutations(
             msg, "response_headers_to_add", "response_headers_to_remove", path or "route_config"
         ),
-        internal_only_headers=c.header_names(msg.internal_only_headers, f"{pre}internal_only_headers"),  # type: ignore[attr-defined]
-        most_specific_header_mutations_wins=msg.most_specific_header_mutations_wins,  # type: ignore[attr-defined]
+        internal_only_headers=c.header_names(
+            msg.internal_only_headers, f"{pre}internal_only_headers"
+        ),
+        most_specific_header_mutations_wins=msg.most_specific_header_mutations_wins,
         validate_clusters=c.bool_value(msg, "validate_clusters", False),
-        ignore_port_in_host_matching=msg.ignore_port_in_host_matching,  # type: ignore[attr-defined]
+        ignore_port_in_host_matching=msg.ignore_port_in_host_matching,
         max_direct_response_body_size_bytes=c.uint32_value(
             msg, "max_direct_response_body_size_bytes", 4096
         ),
@@ -84,7 +84,8 @@ def virtual_host(msg: Any, ctx: TranslateContext, path: str) -> VirtualHost:
     for j, d in enumerate(msg.domains):
         if not d:
             raise ConfigError(f"{path}.domains[{j}]", "domain must not be empty")
-        if "*" in d and not (d == "*" or d.startswith("*") or d.endswith("*")) or d.count("*") > 1:
+        wildcard_inside = "*" in d and not (d.startswith("*") or d.endswith("*"))
+        if wildcard_inside or d.count("*") > 1:
             raise ConfigError(
                 f"{path}.domains[{j}]",
                 f"Only a single wildcard at the start or end of a domain is allowed: {d}",
@@ -151,7 +152,9 @@ def route(msg: Any, ctx: TranslateContext, path: str) -> Route:
         raise ConfigError(f"{path}.{kind}", "this route action is not supported")
     decorator = None
     if msg.HasField("decorator"):
-        decorator = Decorator(msg.decorator.operation, c.bool_value(msg.decorator, "propagate", True))
+        decorator = Decorator(
+            msg.decorator.operation, c.bool_value(msg.decorator, "propagate", True)
+        )
     return Route(
         match=m,
         action=action,
@@ -180,7 +183,9 @@ def _data_source(msg: Any, path: str) -> bytes:
             with open(msg.filename, "rb") as f:
                 return f.read()
         except OSError as e:
-            raise ConfigError(f"{path}.filename", f"cannot read {msg.filename}: {e.strerror}") from None
+            raise ConfigError(
+                f"{path}.filename", f"cannot read {msg.filename}: {e.strerror}"
+            ) from None
     if kind == "environment_variable":
         value = os.environ.get(msg.environment_variable)
         if value is None:
@@ -226,7 +231,11 @@ def route_match(msg: Any, path: str) -> RouteMatch:
             raise ConfigError(f"{qpath}.name", "value length must be between 1 and 1024")
         qkind = q.WhichOneof("query_parameter_match_specifier")
         if qkind == "string_match":
-            qps.append(QueryParameterMatcher(q.name, c.string_matcher(q.string_match, f"{qpath}.string_match")))
+            qps.append(
+                QueryParameterMatcher(
+                    q.name, c.string_matcher(q.string_match, f"{qpath}.string_match")
+                )
+            )
         elif qkind == "present_match":
             qps.append(QueryParameterMatcher(q.name, None, q.present_match))
         else:
@@ -320,9 +329,13 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
             raise ConfigError(f"{path}.cluster_header", "invalid header name")
         kw["cluster_header"] = msg.cluster_header.lower().encode()
     elif kind == "weighted_clusters":
-        kw["weighted_clusters"] = weighted_clusters(msg.weighted_clusters, f"{path}.weighted_clusters")
+        kw["weighted_clusters"] = weighted_clusters(
+            msg.weighted_clusters, f"{path}.weighted_clusters"
+        )
     elif kind is None:
-        raise ConfigError(path, "cluster_specifier is required (cluster, cluster_header or weighted_clusters)")
+        raise ConfigError(
+            path, "cluster_specifier is required (cluster, cluster_header or weighted_clusters)"
+        )
     else:
         raise ConfigError(f"{path}.{kind}", "cluster specifier plugins are not supported")
     if msg.prefix_rewrite and msg.HasField("regex_rewrite"):
@@ -445,9 +458,21 @@ def weighted_clusters(msg: Any, path: str) -> WeightedClusters:
 
 
 _RETRY_ON = {
-    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "envoy-ratelimited",
-    "retriable-4xx", "refused-stream", "retriable-status-codes", "retriable-headers",
-    "http3-post-connect-failure", "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
     "unavailable",
 }
 
@@ -457,22 +482,31 @@ def retry_policy(msg: Any, path: str) -> RetryPolicy:
     for x in retry_on:
         if x not in _RETRY_ON:
             raise ConfigError(f"{path}.retry_on", f"unknown retry condition '{x}'")
-    base = c.duration(msg.retry_back_off, "base_interval", 0.025) if msg.HasField("retry_back_off") else 0.025
+    base = (
+        c.duration(msg.retry_back_off, "base_interval", 0.025)
+        if msg.HasField("retry_back_off")
+        else 0.025
+    )
     max_iv = (
         c.duration(msg.retry_back_off, "max_interval", base * 10)
         if msg.HasField("retry_back_off")
         else base * 10
     )
     if max_iv < base:
-        raise ConfigError(f"{path}.retry_back_off.max_interval", "max_interval must be >= base_interval")
+        raise ConfigError(
+            f"{path}.retry_back_off.max_interval", "max_interval must be >= base_interval"
+        )
     previous_hosts = False
     for i, pred in enumerate(msg.retry_host_predicate):
-        if pred.name == "envoy.retry_host_predicates.previous_hosts" or pred.typed_config.type_url.endswith(
-            "PreviousHostsPredicate"
+        if (
+            pred.name == "envoy.retry_host_predicates.previous_hosts"
+            or pred.typed_config.type_url.endswith("PreviousHostsPredicate")
         ):
             previous_hosts = True
         else:
-            raise ConfigError(f"{path}.retry_host_predicate[{i}]", f"unsupported predicate '{pred.name}'")
+            raise ConfigError(
+                f"{path}.retry_host_predicate[{i}]", f"unsupported predicate '{pred.name}'"
+            )
     return RetryPolicy(
         retry_on=retry_on,
         num_retries=c.uint32_value(msg, "num_retries", 1),

@@ -20,10 +20,24 @@ from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 from pilotfish.xds.translate import common as c
 
 DEFAULT_CONTENT_TYPES = (
-    "text/html", "text/plain", "text/css", "application/javascript", "application/x-javascript",
-    "text/javascript", "text/x-javascript", "text/ecmascript", "text/js", "text/jscript",
-    "text/x-js", "application/ecmascript", "application/x-json", "application/xml",
-    "application/json", "image/svg+xml", "text/xml", "application/xhtml+xml",
+    "text/html",
+    "text/plain",
+    "text/css",
+    "application/javascript",
+    "application/x-javascript",
+    "text/javascript",
+    "text/x-javascript",
+    "text/ecmascript",
+    "text/js",
+    "text/jscript",
+    "text/x-js",
+    "application/ecmascript",
+    "application/x-json",
+    "application/xml",
+    "application/json",
+    "image/svg+xml",
+    "text/xml",
+    "application/xhtml+xml",
 )
 
 
@@ -58,7 +72,9 @@ class GzipLibraryFactory(ExtensionFactory):
 
     def parse(self, msg: Any, ctx: Any, path: str) -> GzipLibrary:
         levels = {0: 6, 1: 1, 2: 9, 3: 0}  # DEFAULT, BEST_SPEED, BEST_COMPRESSION, NO_COMPRESSION
-        level = levels.get(msg.compression_level, msg.compression_level - 9 if msg.compression_level >= 10 else 6)
+        level = levels.get(
+            msg.compression_level, msg.compression_level - 9 if msg.compression_level >= 10 else 6
+        )
         return GzipLibrary(
             level=max(0, min(9, level)),
             window_bits=c.uint32_value(msg, "window_bits", 12),
@@ -82,10 +98,16 @@ class _PassThroughFactory(ExtensionFactory):
 def compressor_libraries() -> list[ExtensionFactory]:
     return [
         GzipLibraryFactory(),
-        _PassThroughFactory("envoy.compression.brotli.compressor",
-                            "envoy.extensions.compression.brotli.compressor.v3.Brotli", "br"),
-        _PassThroughFactory("envoy.compression.zstd.compressor",
-                            "envoy.extensions.compression.zstd.compressor.v3.Zstd", "zstd"),
+        _PassThroughFactory(
+            "envoy.compression.brotli.compressor",
+            "envoy.extensions.compression.brotli.compressor.v3.Brotli",
+            "br",
+        ),
+        _PassThroughFactory(
+            "envoy.compression.zstd.compressor",
+            "envoy.extensions.compression.zstd.compressor.v3.Zstd",
+            "zstd",
+        ),
     ]
 
 
@@ -99,8 +121,9 @@ class CompressorFactory(ExtensionFactory):
         if not msg.HasField("compressor_library"):
             raise ConfigError(f"{tc}.compressor_library", "value is required")
         lib = msg.compressor_library
-        ext = ctx.extension(Category.COMPRESSOR_LIBRARY, lib.name, lib.typed_config,
-                            f"{tc}.compressor_library")
+        ext = ctx.extension(
+            Category.COMPRESSOR_LIBRARY, lib.name, lib.typed_config, f"{tc}.compressor_library"
+        )
         library = ext.config if ext is not None else PassThroughLibrary("identity")
         encoding = "gzip" if isinstance(library, GzipLibrary) else library.encoding
         common = None
@@ -128,9 +151,11 @@ class CompressorFactory(ExtensionFactory):
             min_content_length=min_len,
             content_types=types,
             disable_on_etag_header=msg.response_direction_config.disable_on_etag_header
-            if msg.HasField("response_direction_config") else msg.disable_on_etag_header,
+            if msg.HasField("response_direction_config")
+            else msg.disable_on_etag_header,
             remove_accept_encoding_header=msg.response_direction_config.remove_accept_encoding_header
-            if msg.HasField("response_direction_config") else msg.remove_accept_encoding_header,
+            if msg.HasField("response_direction_config")
+            else msg.remove_accept_encoding_header,
             enabled=enabled,
         )
 
@@ -179,8 +204,9 @@ class GzipFilter(hf.HttpFilter):
             return hf.CONTINUE
         cfg = self.config
         lib = cfg.library
-        self.compressor = zlib.compressobj(lib.level, zlib.DEFLATED, 16 + max(9, lib.window_bits),
-                                           lib.memory_level)
+        self.compressor = zlib.compressobj(
+            lib.level, zlib.DEFLATED, 16 + max(9, lib.window_bits), lib.memory_level
+        )
         headers.remove(b"content-length")
         headers.set(b"content-encoding", b"gzip")
         vary = headers.get(b"vary")
@@ -205,7 +231,9 @@ class GzipFilter(hf.HttpFilter):
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) < cfg.min_content_length:
             return False
-        ctype = (headers.get(b"content-type") or b"").split(b";")[0].strip().decode("latin-1").lower()
+        ctype = (
+            (headers.get(b"content-type") or b"").split(b";")[0].strip().decode("latin-1").lower()
+        )
         return ctype in cfg.content_types
 
     def encode_data(self, data: bytes, end_stream: bool) -> int | bytes:

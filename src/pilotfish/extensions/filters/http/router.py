@@ -12,8 +12,11 @@ from pilotfish.xds.translate import common as c
 
 # The x-envoy-* request headers the router can be told to check strictly.
 _STRICT_CHECKABLE = {
-    "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-max-retries", "x-envoy-retry-grpc-on", "x-envoy-retry-on",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-max-retries",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
 }
 
 
@@ -32,10 +35,16 @@ class RouterFactory(ExtensionFactory):
 
     def parse(self, msg: Any, ctx: Any, path: str) -> RouterConfig:
         if len(msg.upstream_http_filters):
-            raise ConfigError(f"{path}.typed_config.upstream_http_filters", "upstream HTTP filters are not supported")
+            raise ConfigError(
+                f"{path}.typed_config.upstream_http_filters",
+                "upstream HTTP filters are not supported",
+            )
         for i, h in enumerate(msg.strict_check_headers):
             if h not in _STRICT_CHECKABLE:
-                raise ConfigError(f"{path}.typed_config.strict_check_headers[{i}]", f"value must be in list {sorted(_STRICT_CHECKABLE)}")
+                raise ConfigError(
+                    f"{path}.typed_config.strict_check_headers[{i}]",
+                    f"value must be in list {sorted(_STRICT_CHECKABLE)}",
+                )
         return RouterConfig(
             suppress_envoy_headers=msg.suppress_envoy_headers,
             strict_check_headers=tuple(h.encode() for h in msg.strict_check_headers),

@@ -16,10 +16,20 @@ ROUTER = "envoy.filters.http.router"
 _CODECS = {0: "AUTO", 1: "HTTP1", 2: "HTTP2", 3: "HTTP3"}
 _SERVER_HEADER = {0: "OVERWRITE", 1: "APPEND_IF_ABSENT", 2: "PASS_THROUGH"}
 _UNDERSCORES = {0: "ALLOW", 1: "REJECT_REQUEST", 2: "DROP_HEADER"}
-_ESCAPED_SLASHES = {0: "KEEP_UNCHANGED", 1: "KEEP_UNCHANGED", 2: "REJECT_REQUEST",
-                    3: "UNESCAPE_AND_REDIRECT", 4: "UNESCAPE_AND_FORWARD"}
-_FCC = {0: "SANITIZE", 1: "FORWARD_ONLY", 2: "APPEND_FORWARD", 3: "SANITIZE_SET",
-        4: "ALWAYS_FORWARD_ONLY"}
+_ESCAPED_SLASHES = {
+    0: "KEEP_UNCHANGED",
+    1: "KEEP_UNCHANGED",
+    2: "REJECT_REQUEST",
+    3: "UNESCAPE_AND_REDIRECT",
+    4: "UNESCAPE_AND_FORWARD",
+}
+_FCC = {
+    0: "SANITIZE",
+    1: "FORWARD_ONLY",
+    2: "APPEND_FORWARD",
+    3: "SANITIZE_SET",
+    4: "ALWAYS_FORWARD_ONLY",
+}
 
 
 class HttpConnectionManagerFactory(ExtensionFactory):
@@ -36,10 +46,14 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             raise ConfigError(f"{tc}.stat_prefix", "value length must be at least 1")
         codec = _CODECS.get(msg.codec_type, "AUTO")
         if codec in ("HTTP2", "HTTP3"):
-            raise ConfigError(f"{tc}.codec_type", f"codec {codec} is not supported yet (HTTP/1.1 only)")
+            raise ConfigError(
+                f"{tc}.codec_type", f"codec {codec} is not supported yet (HTTP/1.1 only)"
+            )
         for unsupported in ("scoped_routes", "local_reply_config"):
             if msg.HasField(unsupported):
-                raise ConfigError(f"{tc}.{unsupported}", f"{unsupported} is not supported by pilotfish")
+                raise ConfigError(
+                    f"{tc}.{unsupported}", f"{unsupported} is not supported by pilotfish"
+                )
         for repeated in ("original_ip_detection_extensions", "early_header_mutation_extensions"):
             if len(getattr(msg, repeated)):
                 raise ConfigError(f"{tc}.{repeated}", f"{repeated} is not supported by pilotfish")
@@ -62,12 +76,18 @@ class HttpConnectionManagerFactory(ExtensionFactory):
         hpo = msg.http_protocol_options
         max_kb = c.uint32_value(msg, "max_request_headers_kb", 60)
         if not 1 <= max_kb <= 8192:
-            raise ConfigError(f"{tc}.max_request_headers_kb", "value must be inside range [1, 8192]")
+            raise ConfigError(
+                f"{tc}.max_request_headers_kb", "value must be inside range [1, 8192]"
+            )
         upgrades = []
         for i, u in enumerate(msg.upgrade_configs):
             if len(u.filters):
-                raise ConfigError(f"{tc}.upgrade_configs[{i}].filters", "upgrade filter chains are not supported")
-            upgrades.append(UpgradeConfig(u.upgrade_type.lower().encode(), c.bool_value(u, "enabled", True)))
+                raise ConfigError(
+                    f"{tc}.upgrade_configs[{i}].filters", "upgrade filter chains are not supported"
+                )
+            upgrades.append(
+                UpgradeConfig(u.upgrade_type.lower().encode(), c.bool_value(u, "enabled", True))
+            )
         if msg.HasField("request_id_extension"):
             ctx.extension(
                 Category.REQUEST_ID,
@@ -78,8 +98,10 @@ class HttpConnectionManagerFactory(ExtensionFactory):
         internal_cidrs = None
         if msg.HasField("internal_address_config"):
             internal_cidrs = tuple(
-                str(n) for n in c.cidr_ranges(
-                    msg.internal_address_config.cidr_ranges, f"{tc}.internal_address_config.cidr_ranges"
+                str(n)
+                for n in c.cidr_ranges(
+                    msg.internal_address_config.cidr_ranges,
+                    f"{tc}.internal_address_config.cidr_ranges",
                 )
             )
         strip = msg.WhichOneof("strip_port_mode")
@@ -91,7 +113,9 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             http_filters=filters,
             access_log=access_logs(msg.access_log, ctx, f"{tc}.access_log"),
             server_name=(msg.server_name or "envoy").encode(),
-            server_header_transformation=_SERVER_HEADER.get(msg.server_header_transformation, "OVERWRITE"),
+            server_header_transformation=_SERVER_HEADER.get(
+                msg.server_header_transformation, "OVERWRITE"
+            ),
             use_remote_address=c.bool_value(msg, "use_remote_address", False),
             xff_num_trusted_hops=msg.xff_num_trusted_hops,
             skip_xff_append=msg.skip_xff_append,
@@ -104,7 +128,9 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             max_requests_per_connection=c.uint32_value(chpo, "max_requests_per_connection", 0),
             max_headers_count=c.uint32_value(chpo, "max_headers_count", 100),
             max_request_headers_kb=max_kb,
-            headers_with_underscores_action=_UNDERSCORES.get(chpo.headers_with_underscores_action, "ALLOW"),
+            headers_with_underscores_action=_UNDERSCORES.get(
+                chpo.headers_with_underscores_action, "ALLOW"
+            ),
             stream_idle_timeout=c.duration(msg, "stream_idle_timeout", 300.0),
             request_timeout=c.duration(msg, "request_timeout", 0.0),
             request_headers_timeout=c.duration(msg, "request_headers_timeout", 0.0),
@@ -119,7 +145,9 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             proxy_100_continue=msg.proxy_100_continue,
             normalize_path=c.bool_value(msg, "normalize_path", False),
             merge_slashes=msg.merge_slashes,
-            path_with_escaped_slashes_action=_ESCAPED_SLASHES.get(msg.path_with_escaped_slashes_action, "KEEP_UNCHANGED"),
+            path_with_escaped_slashes_action=_ESCAPED_SLASHES.get(
+                msg.path_with_escaped_slashes_action, "KEEP_UNCHANGED"
+            ),
             strip_matching_host_port=strip is None and msg.strip_matching_host_port,
             strip_any_host_port=strip == "strip_any_host_port" and msg.strip_any_host_port,
             forward_client_cert_details=_FCC.get(msg.forward_client_cert_details, "SANITIZE"),
@@ -128,7 +156,9 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             internal_address_cidrs=internal_cidrs,
         )
 
-    def build(self, config: HttpConnectionManagerConfig, ctx: Any, *, listener_prefix: str = "") -> Any:
+    def build(
+        self, config: HttpConnectionManagerConfig, ctx: Any, *, listener_prefix: str = ""
+    ) -> Any:
         from pilotfish.http.conn_manager import HttpConnectionManager
 
         return HttpConnectionManager(config, ctx, listener_stat_prefix=listener_prefix)
@@ -142,8 +172,11 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             if f.WhichOneof("config_type") == "config_discovery":
                 raise ConfigError(f"{fpath}.config_discovery", "ECDS is not supported")
             ext = ctx.extension(
-                Category.HTTP_FILTER, f.name, f.typed_config if f.HasField("typed_config") else None,
-                fpath, optional=f.is_optional,
+                Category.HTTP_FILTER,
+                f.name,
+                f.typed_config if f.HasField("typed_config") else None,
+                fpath,
+                optional=f.is_optional,
             )
             if ext is None:
                 continue
@@ -151,7 +184,8 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             if is_router and i != total - 1:
                 raise ConfigError(
                     fpath,
-                    f"Error: terminal filter named {f.name} of type {ROUTER} must be the last filter "
+                    f"Error: terminal filter named {f.name} of type {ROUTER} must be the last "
+                    "filter "
                     "in a http filter chain.",
                 )
             if f.disabled:
@@ -164,6 +198,7 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             last = filters[-1].name if filters else "(none)"
             raise ConfigError(
                 f"{tc}.http_filters",
-                f"Error: non-terminal filter named {last} is the last filter in a http filter chain.",
+                f"Error: non-terminal filter named {last} is the last filter in a http filter "
+                "chain.",
             )
         return tuple(filters)

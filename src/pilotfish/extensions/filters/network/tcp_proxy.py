@@ -1,4 +1,6 @@
-"""envoy.filters.network.tcp_proxy: config validation (the runtime is ``pilotfish.net.tcp_proxy``)."""
+"""envoy.filters.network.tcp_proxy: config validation.
+
+The runtime is ``pilotfish.net.tcp_proxy``."""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ class TcpProxyFactory(ExtensionFactory):
             raise ConfigError(f"{tc}.stat_prefix", "value length must be at least 1")
         for unsupported in ("tunneling_config", "on_demand"):
             if msg.HasField(unsupported):
-                raise ConfigError(f"{tc}.{unsupported}", f"{unsupported} is not supported by pilotfish")
+                raise ConfigError(
+                    f"{tc}.{unsupported}", f"{unsupported} is not supported by pilotfish"
+                )
         kind = msg.WhichOneof("cluster_specifier")
         cluster = ""
         weighted: list[tuple[str, int]] = []
@@ -34,17 +38,27 @@ class TcpProxyFactory(ExtensionFactory):
         elif kind == "weighted_clusters":
             for i, wc in enumerate(msg.weighted_clusters.clusters):
                 if not wc.name:
-                    raise ConfigError(f"{tc}.weighted_clusters.clusters[{i}].name", "value length must be at least 1")
+                    raise ConfigError(
+                        f"{tc}.weighted_clusters.clusters[{i}].name",
+                        "value length must be at least 1",
+                    )
                 if wc.weight < 1:
-                    raise ConfigError(f"{tc}.weighted_clusters.clusters[{i}].weight", "value must be greater than or equal to 1")
+                    raise ConfigError(
+                        f"{tc}.weighted_clusters.clusters[{i}].weight",
+                        "value must be greater than or equal to 1",
+                    )
                 weighted.append((wc.name, wc.weight))
             if not weighted:
-                raise ConfigError(f"{tc}.weighted_clusters.clusters", "value must contain at least 1 item(s)")
+                raise ConfigError(
+                    f"{tc}.weighted_clusters.clusters", "value must contain at least 1 item(s)"
+                )
         else:
             raise ConfigError(tc, "cluster_specifier is required (cluster or weighted_clusters)")
         attempts = c.uint32_value(msg, "max_connect_attempts", 1)
         if attempts < 1:
-            raise ConfigError(f"{tc}.max_connect_attempts", "value must be greater than or equal to 1")
+            raise ConfigError(
+                f"{tc}.max_connect_attempts", "value must be greater than or equal to 1"
+            )
         flush = 0.0
         if msg.HasField("access_log_options"):
             flush = c.duration(msg.access_log_options, "access_log_flush_interval", 0.0)
@@ -54,7 +68,9 @@ class TcpProxyFactory(ExtensionFactory):
             weighted_clusters=tuple(weighted),
             idle_timeout=c.duration(msg, "idle_timeout", 3600.0),
             max_connect_attempts=attempts,
-            max_downstream_connection_duration=c.duration(msg, "max_downstream_connection_duration", 0.0),
+            max_downstream_connection_duration=c.duration(
+                msg, "max_downstream_connection_duration", 0.0
+            ),
             access_log=access_logs(msg.access_log, ctx, f"{tc}.access_log"),
             access_log_flush_interval=flush,
         )

