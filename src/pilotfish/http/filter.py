@@ -5,8 +5,9 @@ stream. Decoder methods run in config order on the request, encoder methods in r
 the response. A method returns CONTINUE to pass the message on, or STOP to hold it: the
 connection manager then buffers what follows until the filter calls
 ``stream.continue_decoding()`` (or ``continue_encoding()``). A data method may also return new
-bytes: the message goes on with those instead (a filter that transforms bodies). A filter may answer itself with ``stream.send_local_reply(...)``.
-The router is not one of these filters: it is the connection manager's terminal step.
+bytes: the message goes on with those instead (a filter that transforms bodies). A filter may
+answer itself with ``stream.send_local_reply(...)``. The router is not one of these filters: it is
+the connection manager's terminal step.
 """
 
 from __future__ import annotations
