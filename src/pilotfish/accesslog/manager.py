@@ -50,9 +50,8 @@ class AccessLogFile:
         self._io_lock = threading.Lock()  # one writer of the fd at a time
         self._queued = False  # handed to the writer thread, not yet flushed
         self._reopen = False
-        self._fd = _STANDARD_FDS.get(path, -1)
-        if self._fd < 0:
-            self._fd = os.open(path, _OPEN_FLAGS, _OPEN_MODE)
+        self._owned = path not in _STANDARD_FDS  # fds 1 and 2 are never closed or reopened
+        self._fd = os.open(path, _OPEN_FLAGS, _OPEN_MODE) if self._owned else _STANDARD_FDS[path]
 
     # -- the request path ----------------------------------------------------------------------
 
@@ -89,7 +88,7 @@ class AccessLogFile:
             if reopen:
                 self._do_reopen()
             if data:
-                self._write_all(bytes(data))
+                self._write_all(data)
 
     def request_reopen(self) -> None:
         with self._lock:
@@ -98,13 +97,13 @@ class AccessLogFile:
     def close(self) -> None:
         self.flush()
         with self._io_lock:
-            if self._fd > 2:
+            if self._owned:
                 with contextlib.suppress(OSError):
                     os.close(self._fd)
             self._fd = -1
 
     def _do_reopen(self) -> None:
-        if self.path in _STANDARD_FDS:
+        if not self._owned:
             return
         try:
             fd = os.open(self.path, _OPEN_FLAGS, _OPEN_MODE)
@@ -112,11 +111,10 @@ class AccessLogFile:
             self._manager.count("reopen_failed")
             return  # keep writing to the old file
         old, self._fd = self._fd, fd
-        if old > 2:
-            with contextlib.suppress(OSError):
-                os.close(old)
+        with contextlib.suppress(OSError):
+            os.close(old)
 
-    def _write_all(self, data: bytes) -> None:
+    def _write_all(self, data: bytearray) -> None:
         view = memoryview(data)
         try:
             while view:
@@ -124,8 +122,6 @@ class AccessLogFile:
                     n = os.write(self._fd, view)
                 except BlockingIOError:  # a non-blocking stdout: wait until it drains
                     select.select([], [self._fd], [], 1.0)
-                    continue
-                except InterruptedError:
                     continue
                 view = view[n:]
         except OSError:

@@ -156,6 +156,8 @@ class Http1ServerCodec:
         self.underscores = underscores
         self.allow_absolute_url = allow_absolute_url
         self._parser = httptools.HttpRequestParser(self)
+        # Envoy accepts bare LF line endings; so do we (not obs-fold, see compatibility.md).
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         # Per-message parse state.
         self._url = b""
         self._items: list[tuple[bytes, bytes]] = []
@@ -202,14 +204,14 @@ class Http1ServerCodec:
         if te is not None and b"chunked" not in te.lower():
             return CodecError("http1.invalid_transfer_encoding", 501)
         lower = reason.lower()
-        if "content-length can't be present with transfer-encoding" in lower:
+        if "can't be present with" in lower:  # content-length and transfer-encoding both
             return CodecError("http1.content_length_and_chunked_not_allowed", 400)
         if "transfer-encoding" in lower:
             return CodecError("http1.invalid_transfer_encoding", 501)
-        if "invalid url" in lower or "invalid characters in url" in lower:
-            return CodecError("http1.codec_error", 400)
-        if "header" in lower and ("invalid" in lower or "character" in lower):
+        if "header value char" in lower:
             return CodecError("http1.invalid_characters", 400)
+        if "invalid http version" in lower:
+            return CodecError("low_version", 426)
         return CodecError("http1.codec_error", 400)
 
     def on_message_begin(self) -> None:
@@ -307,6 +309,8 @@ class Http1ServerCodec:
                     break
         if not parser.should_upgrade():
             self.upgrade = None
+        if self.connection_tokens:
+            self._drop_connection_nominated()
         method = parser.get_method()
         url = self._url
         host = self._host
@@ -323,6 +327,14 @@ class Http1ServerCodec:
         self.messages += 1
         self.handler.on_request_headers(RequestHeaders(method, url, host or b"", self._items))
         self._in_trailers = True
+
+    def _drop_connection_nominated(self) -> None:
+        """Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1), as is a TE other
+        than "trailers"."""
+        tokens = {t.strip() for t in self.connection_tokens.split(b",")}
+        tokens.discard(b"")
+        if tokens - {b"close", b"keep-alive", b"upgrade"} or b"te" in tokens:
+            self._items = [(n, v) for n, v in self._items if n not in tokens]
 
     def on_body(self, body: bytes) -> None:
         self.handler.on_request_body(body)

@@ -602,6 +602,16 @@ class ActiveStream(StreamInfo):
         if not self.keep_alive:
             conn.closing = True
         headers = self.request_headers
+        path = headers.path
+        if path[:1] != b"/" and headers.method != b"CONNECT":
+            # OPTIONS * and the like: Envoy answers 404 and keeps the connection.
+            self.send_local_reply(404, b"", "absolute_path_rejected", 0)
+            return
+        if b"#" in path:
+            # Envoy's default (reject_path_with_fragment): the fragment is never forwarded.
+            conn.closing = True
+            self.send_local_reply(400, b"", "path_normalization_failed", 0)
+            return
         if not headers.authority:
             if self.http_version == "1.1" or not cfg.accept_http_10:
                 conn.closing = True

@@ -1,0 +1,293 @@
+"""The HTTP/1.1 codec as pure pairs: bytes in, events out, no sockets (like h11's tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pilotfish.codec.http1 import (
+    CodecError,
+    Http1ClientCodec,
+    Http1ServerCodec,
+    encode_chunk,
+    encode_last_chunk,
+    encode_request_head,
+)
+from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
+
+
+class ServerEvents:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.framing: list[dict[str, object]] = []
+        self.codec: Http1ServerCodec | None = None
+
+    def on_request_headers(self, headers: RequestHeaders) -> None:
+        assert self.codec is not None
+        c = self.codec
+        self.framing.append(
+            {"version": c.version, "keep_alive": c.keep_alive, "length": c.content_length,
+             "chunked": c.chunked, "expect": c.expect_continue, "upgrade": c.upgrade}
+        )
+        self.events.append(("headers", headers))
+
+    def on_request_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def on_request_complete(self, trailers: HeaderMap | None) -> None:
+        self.events.append(("complete", trailers))
+
+    def body(self) -> bytes:
+        return b"".join(v for k, v in self.events if k == "body")  # type: ignore[misc]
+
+
+def server(**kw: object) -> tuple[Http1ServerCodec, ServerEvents]:
+    ev = ServerEvents()
+    codec = Http1ServerCodec(ev, **kw)  # type: ignore[arg-type]
+    ev.codec = codec
+    return codec, ev
+
+
+class ClientEvents:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def on_response_headers(self, headers: ResponseHeaders, end_stream: bool) -> None:
+        self.events.append(("headers", (headers.status, list(headers.items), end_stream)))
+
+    def on_response_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def on_response_complete(self, trailers: HeaderMap | None) -> None:
+        self.events.append(("complete", trailers.items if trailers else None))
+
+    def on_informational(self, headers: ResponseHeaders) -> None:
+        self.events.append(("1xx", headers.status))
+
+
+def test_simple_request_headers_and_pseudo_headers() -> None:
+    codec, ev = server()
+    codec.feed(b"GET /a?b=1 HTTP/1.1\r\nHost: Example.com\r\nX-Mixed: V\r\nAccept: */*\r\n\r\n")
+    kind, headers = ev.events[0]
+    assert kind == "headers"
+    assert isinstance(headers, RequestHeaders)
+    assert (headers.method, headers.path, headers.authority) == (b"GET", b"/a?b=1", b"Example.com")
+    # Names are lower-cased, order kept; Host became :authority.
+    assert headers.items == [(b"x-mixed", b"V"), (b"accept", b"*/*")]
+    assert headers.get(b":authority") == b"Example.com" and headers.get(b"host") == b"Example.com"
+    assert ev.events[-1] == ("complete", None)
+    assert ev.framing[0]["keep_alive"] is True
+
+
+def test_request_round_trip_through_client_encoder() -> None:
+    req = RequestHeaders(b"POST", b"/up", b"svc", [(b"content-length", b"5"), (b"x", b"1")])
+    head, chunked = encode_request_head(req, end_stream=False)
+    assert not chunked
+    assert head.startswith(b"POST /up HTTP/1.1\r\nhost: svc\r\n")
+    codec, ev = server()
+    codec.feed(head + b"hello")
+    assert ev.body() == b"hello"
+    assert ev.framing[0]["length"] == 5
+
+
+def test_chunked_request_with_trailers_and_split_feeds() -> None:
+    req = RequestHeaders(b"POST", b"/c", b"svc", [])
+    head, chunked = encode_request_head(req, end_stream=False)
+    assert chunked and b"transfer-encoding: chunked" in head
+    wire = head + encode_chunk(b"abc") + encode_chunk(b"defg") + encode_last_chunk(
+        HeaderMap([(b"x-checksum", b"42")])
+    )
+    codec, ev = server()
+    for i in range(len(wire)):  # one byte at a time: the parser must not care
+        codec.feed(wire[i : i + 1])
+    assert ev.body() == b"abcdefg"
+    trailers = ev.events[-1][1]
+    assert isinstance(trailers, HeaderMap) and trailers.items == [(b"x-checksum", b"42")]
+    assert ev.framing[0]["chunked"] is True
+
+
+def test_pipelined_requests_arrive_in_order() -> None:
+    codec, ev = server()
+    codec.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    paths = [h.path for k, h in ev.events if k == "headers"]  # type: ignore[union-attr]
+    assert paths == [b"/1", b"/2"]
+
+
+@pytest.mark.parametrize(
+    ("wire", "status", "details"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+         400, "http1.content_length_and_chunked_not_allowed"),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+         "http1.invalid_transfer_encoding"),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400,
+         "http1.codec_error"),
+        (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400, "http1.codec_error"),
+        (b"this is not http\r\n\r\n", 400, "http1.codec_error"),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", 400, "http1.codec_error"),
+    ],
+)
+def test_smuggling_and_malformed_requests_are_rejected(wire: bytes, status: int, details: str) -> None:
+    codec, ev = server()
+    with pytest.raises(CodecError) as info:
+        codec.feed(wire)
+    assert (info.value.status, info.value.details) == (status, details)
+    assert not any(k == "complete" for k, _ in ev.events)
+
+
+def test_header_count_and_size_limits() -> None:
+    codec, _ = server(max_headers_count=3)
+    many = b"".join(b"x-%d: v\r\n" % i for i in range(4))
+    with pytest.raises(CodecError) as info:
+        codec.feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n")
+    assert (info.value.status, info.value.details) == (431, "http1.too_many_headers")
+
+    codec, _ = server(max_headers_kb=1)
+    with pytest.raises(CodecError) as info:
+        codec.feed(b"GET / HTTP/1.1\r\nHost: a\r\nx-big: " + b"v" * 1100 + b"\r\n\r\n")
+    assert (info.value.status, info.value.details) == (431, "http1.headers_too_large")
+
+    codec, ev = server(max_headers_count=3)
+    codec.feed(b"GET / HTTP/1.1\r\nHost: a\r\nx-1: v\r\nx-2: v\r\nx-3: v\r\n\r\n")
+    assert ev.events[-1][0] == "complete"
+
+
+def test_hop_by_hop_headers_are_consumed_and_connection_close_seen() -> None:
+    codec, ev = server()
+    codec.feed(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nKeep-Alive: 5\r\n"
+        b"Proxy-Connection: x\r\nExpect: 100-continue\r\nX-Keep: y\r\n\r\n"
+    )
+    headers = ev.events[0][1]
+    assert isinstance(headers, RequestHeaders)
+    assert headers.items == [(b"x-keep", b"y")]
+    assert ev.framing[0]["keep_alive"] is False
+    assert ev.framing[0]["expect"] is True
+
+
+def test_absolute_form_target_sets_authority() -> None:
+    codec, ev = server()
+    codec.feed(b"GET http://example.com/x?y=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+    headers = ev.events[0][1]
+    assert isinstance(headers, RequestHeaders)
+    assert (headers.authority, headers.path) == (b"example.com", b"/x?y=1")
+
+
+def test_http10_version_is_reported() -> None:
+    codec, ev = server()
+    codec.feed(b"GET / HTTP/1.0\r\n\r\n")
+    assert ev.framing[0]["version"] == "1.0" and ev.framing[0]["keep_alive"] is False
+
+
+def test_upgrade_returns_tunnel_bytes() -> None:
+    codec, ev = server()
+    rest = codec.feed(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nRAW"
+    )
+    assert rest == b"RAW"
+    assert ev.framing[0]["upgrade"] == b"websocket"
+
+
+def test_underscore_headers_policy() -> None:
+    codec, ev = server(underscores="DROP_HEADER")
+    codec.feed(b"GET / HTTP/1.1\r\nHost: a\r\nx_under: 1\r\nx-ok: 2\r\n\r\n")
+    headers = ev.events[0][1]
+    assert isinstance(headers, RequestHeaders) and headers.items == [(b"x-ok", b"2")]
+    codec, _ = server(underscores="REJECT_REQUEST")
+    with pytest.raises(CodecError) as info:
+        codec.feed(b"GET / HTTP/1.1\r\nHost: a\r\nx_under: 1\r\n\r\n")
+    assert info.value.details == "http1.unexpected_underscore"
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+
+def test_response_framing_rules() -> None:
+    codec, _ = server()
+    # Headers-only response: content-length: 0 added.
+    out = codec.encode_headers(ResponseHeaders(404, [(b"server", b"envoy")]), True)
+    assert out == b"HTTP/1.1 404 Not Found\r\nserver: envoy\r\ncontent-length: 0\r\n\r\n"
+    # 204: nothing added.
+    out = codec.encode_headers(ResponseHeaders(204, []), True)
+    assert out == b"HTTP/1.1 204 No Content\r\n\r\n"
+    # Body without length: chunked.
+    out = codec.encode_headers(ResponseHeaders(200, []), False)
+    assert out.endswith(b"transfer-encoding: chunked\r\n\r\n")
+    assert codec.encode_data(b"hi", False) == b"2\r\nhi\r\n"
+    assert codec.encode_data(b"", True) == b"0\r\n\r\n"
+    # HEAD: chunked announced, no chunk framing.
+    out = codec.encode_headers(ResponseHeaders(200, []), False, head_request=True)
+    assert b"transfer-encoding: chunked" in out
+    assert codec.encode_data(b"", True) == b""
+    # HTTP/1.0 client: status line 1.0, no chunking.
+    out = codec.encode_headers(ResponseHeaders(200, []), False, http10=True)
+    assert out.startswith(b"HTTP/1.0 200 OK\r\n") and b"chunked" not in out
+    # Unknown code: Envoy says "Unknown".
+    assert codec.encode_headers(ResponseHeaders(299, []), True).startswith(b"HTTP/1.1 299 Unknown")
+
+
+def client() -> tuple[Http1ClientCodec, ClientEvents]:
+    ev = ClientEvents()
+    return Http1ClientCodec(ev), ev  # type: ignore[arg-type]
+
+
+def test_client_parses_response_and_strips_hop_by_hop() -> None:
+    codec, ev = client()
+    codec.feed(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-A: b\r\n\r\nok"
+    )
+    status, items, end = ev.events[0][1]  # type: ignore[misc]
+    assert status == 200 and not end
+    assert items == [(b"content-length", b"2"), (b"x-a", b"b")]
+    assert ev.events[1] == ("body", b"ok")
+    assert ev.events[2] == ("complete", None)
+    assert codec.keep_alive
+
+
+def test_client_head_response_has_no_body_and_connection_stays_usable() -> None:
+    codec, ev = client()
+    codec.head_request = True
+    codec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    assert ev.events == [("headers", (200, [(b"content-length", b"1000")], True)),
+                         ("complete", None)]
+    codec.head_request = False
+    codec.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert ev.events[-1] == ("complete", None)
+    assert ev.events[-2][1][0] == 204  # type: ignore[index]
+
+
+def test_client_close_delimited_body_completes_at_eof() -> None:
+    codec, ev = client()
+    codec.feed(b"HTTP/1.1 200 OK\r\n\r\nsome body")
+    assert ("body", b"some body") in ev.events
+    assert not any(k == "complete" for k, _ in ev.events)
+    assert not codec.keep_alive
+    assert codec.eof() is True
+    assert ev.events[-1] == ("complete", None)
+
+
+def test_client_truncated_body_is_not_completed_by_eof() -> None:
+    codec, ev = client()
+    codec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+    assert codec.eof() is False
+    assert not any(k == "complete" for k, _ in ev.events)
+
+
+def test_client_informational_then_final() -> None:
+    codec, ev = client()
+    codec.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert ev.events[0] == ("1xx", 100)
+    assert ev.events[1][0] == "headers" and ev.events[-1] == ("complete", None)
+
+
+def test_client_garbage_is_a_protocol_error() -> None:
+    codec, _ = client()
+    with pytest.raises(CodecError):
+        codec.feed(b"this is not http\r\n\r\n")
+
+
+def test_client_chunked_response_with_trailers() -> None:
+    codec, ev = client()
+    codec.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n")
+    status, items, _ = ev.events[0][1]  # type: ignore[misc]
+    assert items == []  # transfer-encoding is the hop's, not the message's
+    assert ev.events[-1] == ("complete", [(b"x-t", b"1")])
