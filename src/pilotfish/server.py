@@ -143,7 +143,7 @@ class Server:
         s.counter("envoy_notifications")
         s.counter("dynamic_unknown_fields")
         s.counter("static_unknown_fields")
-        s.counter("wip_protos")
+        s.counter("wip_protos").inc(0)
         s.counter("dropped_stat_flushes")
         s.gauge("stats_recent_lookups")
         s.text_readout("version").value = f"{__version__}/{ENVOY_API_VERSION}"

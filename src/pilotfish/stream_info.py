@@ -186,6 +186,15 @@ class StreamInfo:
     filter_state: dict[str, Any] | None = None
     dynamic_metadata: dict[str, Any] | None = None
 
+    # Read by access-log commands when set (defaults print "-").
+    upstream_protocol: str = ""
+    upstream_host_name: str = ""
+    upstream_remote_address: str = ""
+    upstream_connection_id: int = 0
+    downstream_direct_local_address: str = ""
+    filter_chain_name: str = ""
+    local_reply_body: str = ""
+
     request_headers: HeaderLookup | None = None
     response_headers: HeaderLookup | None = None
     response_trailers: HeaderLookup | None = None

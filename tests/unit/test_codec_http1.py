@@ -126,7 +126,9 @@ def test_pipelined_requests_arrive_in_order() -> None:
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", 400, "http1.codec_error"),
     ],
 )
-def test_smuggling_and_malformed_requests_are_rejected(wire: bytes, status: int, details: str) -> None:
+def test_smuggling_and_malformed_requests_are_rejected(
+    wire: bytes, status: int, details: str
+) -> None:
     codec, ev = server()
     with pytest.raises(CodecError) as info:
         codec.feed(wire)
@@ -287,7 +289,9 @@ def test_client_garbage_is_a_protocol_error() -> None:
 
 def test_client_chunked_response_with_trailers() -> None:
     codec, ev = client()
-    codec.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n")
-    status, items, _ = ev.events[0][1]  # type: ignore[misc]
+    codec.feed(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n"
+    )
+    _, items, _ = ev.events[0][1]  # type: ignore[misc]
     assert items == []  # transfer-encoding is the hop's, not the message's
     assert ev.events[-1] == ("complete", [(b"x-t", b"1")])

@@ -38,18 +38,23 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 
 
 class Counter:
-    __slots__ = ("name", "value")
+    """Hot code does ``counter.value += 1``; ``inc`` also marks the counter used when adding 0
+    (Envoy lists such counters under ``usedonly``)."""
+
+    __slots__ = ("_used", "name", "value")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.value = 0
+        self._used = False
 
     def inc(self, n: int = 1) -> None:
         self.value += n
+        self._used = True
 
     @property
     def used(self) -> bool:
-        return self.value != 0
+        return self._used or self.value != 0
 
 
 class Gauge:
@@ -149,15 +154,25 @@ class Histogram:
 
 
 class TextReadout:
-    __slots__ = ("name", "value")
+    __slots__ = ("_used", "_value", "name")
 
     def __init__(self, name: str, value: str = "") -> None:
         self.name = name
-        self.value = value
+        self._value = value
+        self._used = False
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    @value.setter
+    def value(self, value: str) -> None:
+        self._value = value
+        self._used = True
 
     @property
     def used(self) -> bool:
-        return bool(self.value)
+        return self._used
 
 
 def _matcher_accepts(m: StatsMatcher, name: str) -> bool:
