@@ -82,14 +82,6 @@ def _fill_histogram(store: Store, stat: dict[str, Any]) -> None:
     h.sum = float(stat["sum"])
 
 
-def _without_names(text: str, names: set[str]) -> str:
-    return "".join(ln for ln in text.splitlines(keepends=True) if ln.split(": ")[0] not in names)
-
-
-# --- against captured Envoy output -----------------------------------------------------------
-
-
-@pytest.mark.parametrize("mode", MODES)
 def test_prometheus_is_envoys(mode: str) -> None:
     data = _load(mode)
     got = render_prometheus(store_from(data), _extractor(data), text_readouts=True)
