@@ -82,6 +82,7 @@ def _fill_histogram(store: Store, stat: dict[str, Any]) -> None:
     h.sum = float(stat["sum"])
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_prometheus_is_envoys(mode: str) -> None:
     data = _load(mode)
     got = render_prometheus(store_from(data), _extractor(data), text_readouts=True)
