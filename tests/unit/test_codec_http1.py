@@ -25,8 +25,14 @@ class ServerEvents:
         assert self.codec is not None
         c = self.codec
         self.framing.append(
-            {"version": c.version, "keep_alive": c.keep_alive, "length": c.content_length,
-             "chunked": c.chunked, "expect": c.expect_continue, "upgrade": c.upgrade}
+            {
+                "version": c.version,
+                "keep_alive": c.keep_alive,
+                "length": c.content_length,
+                "chunked": c.chunked,
+                "expect": c.expect_continue,
+                "upgrade": c.upgrade,
+            }
         )
         self.events.append(("headers", headers))
 
@@ -93,8 +99,11 @@ def test_chunked_request_with_trailers_and_split_feeds() -> None:
     req = RequestHeaders(b"POST", b"/c", b"svc", [])
     head, chunked = encode_request_head(req, end_stream=False)
     assert chunked and b"transfer-encoding: chunked" in head
-    wire = head + encode_chunk(b"abc") + encode_chunk(b"defg") + encode_last_chunk(
-        HeaderMap([(b"x-checksum", b"42")])
+    wire = (
+        head
+        + encode_chunk(b"abc")
+        + encode_chunk(b"defg")
+        + encode_last_chunk(HeaderMap([(b"x-checksum", b"42")]))
     )
     codec, ev = server()
     for i in range(len(wire)):  # one byte at a time: the parser must not care
@@ -115,12 +124,21 @@ def test_pipelined_requests_arrive_in_order() -> None:
 @pytest.mark.parametrize(
     ("wire", "status", "details"),
     [
-        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-         400, "http1.content_length_and_chunked_not_allowed"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
-         "http1.invalid_transfer_encoding"),
-        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400,
-         "http1.codec_error"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "http1.content_length_and_chunked_not_allowed",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+            "http1.invalid_transfer_encoding",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+            "http1.codec_error",
+        ),
         (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400, "http1.codec_error"),
         (b"this is not http\r\n\r\n", 400, "http1.codec_error"),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", 400, "http1.codec_error"),
@@ -249,8 +267,10 @@ def test_client_head_response_has_no_body_and_connection_stays_usable() -> None:
     codec, ev = client()
     codec.head_request = True
     codec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-    assert ev.events == [("headers", (200, [(b"content-length", b"1000")], True)),
-                         ("complete", None)]
+    assert ev.events == [
+        ("headers", (200, [(b"content-length", b"1000")], True)),
+        ("complete", None),
+    ]
     codec.head_request = False
     codec.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert ev.events[-1] == ("complete", None)

@@ -673,8 +673,15 @@ class ActiveStream(StreamInfo):
             internal = not had_xff and hcm.is_internal(remote_ip)
             edge = not internal
             self.downstream_remote_address = self.conn.info.remote_address
-        elif headers.get(b"x-forwarded-proto") is None:
-            items.append((b"x-forwarded-proto", b"http"))
+        else:
+            if headers.get(b"x-forwarded-proto") is None:
+                items.append((b"x-forwarded-proto", b"http"))
+            xff = headers.get(b"x-forwarded-for")
+            if xff is not None:
+                # The client address for logs is the XFF entry after the trusted hops.
+                address = _xff_address(xff, cfg.xff_num_trusted_hops)
+                if address is not None:
+                    self.downstream_remote_address = address
         if internal:
             headers.set(b"x-envoy-internal", b"true")
         else:
@@ -1100,6 +1107,19 @@ class ActiveStream(StreamInfo):
                 return None
             deadlines.append(d)
         return min(deadlines) if deadlines else None
+
+
+def _xff_address(xff: bytes, skip: int) -> str | None:
+    """Envoy's getLastAddressFromXFF: the entry ``skip`` places from the end, as "ip:0"."""
+    parts = [p.strip() for p in xff.split(b",")]
+    if skip >= len(parts):
+        return None
+    text = parts[-1 - skip].decode("latin-1")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return f"[{ip}]:0" if ip.version == 6 else f"{ip}:0"
 
 
 def _append_xff(headers: RequestHeaders, address: bytes) -> None:
