@@ -173,6 +173,7 @@ class StreamInfo:
     upstream_host: str = ""  # the selected host
     upstream_local_address: str = ""
     upstream_cluster: str = ""
+    upstream_cluster_observability_name: str = ""
     upstream_transport_failure_reason: str = ""
     upstream_request_attempt_count: int = 0
     requested_server_name: str = ""

@@ -84,11 +84,12 @@ class _Closed(Exception):
 class _Reader:
     """Buffered reads from a socket."""
 
-    def __init__(self, sock: socket.socket, wire: bytearray) -> None:
+    def __init__(self, sock: socket.socket, wire: bytearray, lock: threading.Lock) -> None:
         self._sock = sock
         self._buf = bytearray()
         self._taken = bytearray()
-        self._wire = wire  # everything ever received on this connection
+        self._wire = wire  # everything received on this connection (shared, guarded by lock)
+        self._lock = lock
 
     def take_raw(self) -> bytes:
         """Every byte handed out since the previous call."""
@@ -104,7 +105,8 @@ class _Reader:
         if not data:
             raise _Closed
         self._buf += data
-        self._wire += data
+        with self._lock:
+            self._wire += data
 
     def read_until(self, delim: bytes, limit: int) -> bytes:
         """Bytes up to and including ``delim``."""
@@ -282,7 +284,7 @@ class EchoBackend:
     def _serve(self, sock: socket.socket, conn_id: int) -> None:
         with self._lock:
             wire = self._wire[conn_id]
-        reader = _Reader(sock, wire)
+        reader = _Reader(sock, wire, self._lock)
         abortive = False
         try:
             while not self._stopping.is_set():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from pilotfish.codec.http1 import (
@@ -17,7 +19,7 @@ from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 
 class ServerEvents:
     def __init__(self) -> None:
-        self.events: list[tuple[str, object]] = []
+        self.events: list[tuple[str, Any]] = []
         self.framing: list[dict[str, object]] = []
         self.codec: Http1ServerCodec | None = None
 
@@ -43,7 +45,7 @@ class ServerEvents:
         self.events.append(("complete", trailers))
 
     def body(self) -> bytes:
-        return b"".join(v for k, v in self.events if k == "body")  # type: ignore[misc]
+        return b"".join(v for k, v in self.events if k == "body")
 
 
 def server(**kw: object) -> tuple[Http1ServerCodec, ServerEvents]:
@@ -55,7 +57,7 @@ def server(**kw: object) -> tuple[Http1ServerCodec, ServerEvents]:
 
 class ClientEvents:
     def __init__(self) -> None:
-        self.events: list[tuple[str, object]] = []
+        self.events: list[tuple[str, Any]] = []
 
     def on_response_headers(self, headers: ResponseHeaders, end_stream: bool) -> None:
         self.events.append(("headers", (headers.status, list(headers.items), end_stream)))
@@ -117,7 +119,7 @@ def test_chunked_request_with_trailers_and_split_feeds() -> None:
 def test_pipelined_requests_arrive_in_order() -> None:
     codec, ev = server()
     codec.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
-    paths = [h.path for k, h in ev.events if k == "headers"]  # type: ignore[union-attr]
+    paths = [h.path for k, h in ev.events if k == "headers"]
     assert paths == [b"/1", b"/2"]
 
 
@@ -247,7 +249,7 @@ def test_response_framing_rules() -> None:
 
 def client() -> tuple[Http1ClientCodec, ClientEvents]:
     ev = ClientEvents()
-    return Http1ClientCodec(ev), ev  # type: ignore[arg-type]
+    return Http1ClientCodec(ev), ev
 
 
 def test_client_parses_response_and_strips_hop_by_hop() -> None:
@@ -255,7 +257,7 @@ def test_client_parses_response_and_strips_hop_by_hop() -> None:
     codec.feed(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-A: b\r\n\r\nok"
     )
-    status, items, end = ev.events[0][1]  # type: ignore[misc]
+    status, items, end = ev.events[0][1]
     assert status == 200 and not end
     assert items == [(b"content-length", b"2"), (b"x-a", b"b")]
     assert ev.events[1] == ("body", b"ok")
@@ -274,7 +276,7 @@ def test_client_head_response_has_no_body_and_connection_stays_usable() -> None:
     codec.head_request = False
     codec.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
     assert ev.events[-1] == ("complete", None)
-    assert ev.events[-2][1][0] == 204  # type: ignore[index]
+    assert ev.events[-2][1][0] == 204
 
 
 def test_client_close_delimited_body_completes_at_eof() -> None:
@@ -312,6 +314,6 @@ def test_client_chunked_response_with_trailers() -> None:
     codec.feed(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n"
     )
-    _, items, _ = ev.events[0][1]  # type: ignore[misc]
+    _, items, _ = ev.events[0][1]
     assert items == []  # transfer-encoding is the hop's, not the message's
     assert ev.events[-1] == ("complete", [(b"x-t", b"1")])

@@ -203,9 +203,9 @@ def json_dumps(v: Any) -> str:
     if t is float:
         return json_double(v)
     if isinstance(v, dict):
-        return "{" + ",".join(
-            f'"{json_escape(str(k))}":{json_dumps(v[k])}' for k in sorted(v)
-        ) + "}"
+        return (
+            "{" + ",".join(f'"{json_escape(str(k))}":{json_dumps(v[k])}' for k in sorted(v)) + "}"
+        )
     if isinstance(v, list | tuple):
         return "[" + ",".join(json_dumps(x) for x in v) + "]"
     return '"' + json_escape(_wire(str(v))) + '"'
@@ -658,14 +658,41 @@ def _headers_bytes(attr: str) -> _Command:
 
 # gRPC status names: Grpc::Utility::grpcStatusToString and absl::StatusCodeToString.
 _GRPC_CAMEL = (
-    "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
-    "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted",
-    "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
 )
 _GRPC_SNAKE = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
     "UNAUTHENTICATED",
 )
 _HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
@@ -858,8 +885,17 @@ _TLS_ATTRS = {
 }
 # Envoy offers fewer of them on the upstream side.
 _UPSTREAM_TLS = (
-    "TLS_CIPHER", "TLS_VERSION", "TLS_SESSION_ID", "PEER_ISSUER", "PEER_CERT", "PEER_SUBJECT",
-    "PEER_URI_SAN", "PEER_DNS_SAN", "PEER_IP_SAN", "LOCAL_URI_SAN", "LOCAL_DNS_SAN",
+    "TLS_CIPHER",
+    "TLS_VERSION",
+    "TLS_SESSION_ID",
+    "PEER_ISSUER",
+    "PEER_CERT",
+    "PEER_SUBJECT",
+    "PEER_URI_SAN",
+    "PEER_DNS_SAN",
+    "PEER_IP_SAN",
+    "LOCAL_URI_SAN",
+    "LOCAL_DNS_SAN",
     "LOCAL_IP_SAN",
 )
 
@@ -957,8 +993,9 @@ def _build_table() -> dict[str, tuple[int, Builder]]:
     add(
         "UPSTREAM_CLUSTER",
         _string_command(
-            lambda info: getattr(info, "upstream_cluster_observability_name", "")
-            or info.upstream_cluster
+            lambda info: (
+                getattr(info, "upstream_cluster_observability_name", "") or info.upstream_cluster
+            )
         ),
     )
     add("UPSTREAM_CLUSTER_RAW", _attr_string("upstream_cluster"))
@@ -978,8 +1015,10 @@ def _build_table() -> dict[str, tuple[int, Builder]]:
         ("DOWNSTREAM_LOCAL", _field("downstream_local_address")),
         (
             "DOWNSTREAM_DIRECT_LOCAL",
-            lambda info: getattr(info, "downstream_direct_local_address", "")
-            or info.downstream_local_address,
+            lambda info: (
+                getattr(info, "downstream_direct_local_address", "")
+                or info.downstream_local_address
+            ),
         ),
     ):
         full, no_port, port = _address_commands(get)
@@ -1025,10 +1064,12 @@ def _build_table() -> dict[str, tuple[int, Builder]]:
     for side in ("DOWNSTREAM", "UPSTREAM"):
         attr = f"{side.lower()}_tls"
         t[f"{side}_PEER_CERT_V_START"] = (
-            _PARAMS_OPTIONAL, _time_command(_tls_time(attr, "peer_cert_valid_from"))
+            _PARAMS_OPTIONAL,
+            _time_command(_tls_time(attr, "peer_cert_valid_from")),
         )
         t[f"{side}_PEER_CERT_V_END"] = (
-            _PARAMS_OPTIONAL, _time_command(_tls_time(attr, "peer_cert_valid_to"))
+            _PARAMS_OPTIONAL,
+            _time_command(_tls_time(attr, "peer_cert_valid_to")),
         )
 
     # Metadata, filter state, environment.
@@ -1067,15 +1108,32 @@ _EXTENSION_COMMANDS: dict[str, tuple[int, Builder]] = {
 
 # Envoy 1.40 commands that pilotfish does not implement: a clear error rather than Envoy's
 # "Not supported field" (which would suggest a typo).
-_NOT_IMPLEMENTED = frozenset({
-    "METADATA", "CEL", "QUERY_PARAM", "PATH", "TRACE_ID", "SPAN_ID", "XFCC_VALUE",
-    "STREAM_INFO_REQ", "UPSTREAM_FILTER_STATE", "CUSTOM_FLAGS", "TLS_JA3_FINGERPRINT",
-    "TLS_JA4_FINGERPRINT", "BYTES_RETRANSMITTED", "PACKETS_RETRANSMITTED",
-    "UPSTREAM_CONNECTION_POOL_READY_DURATION", "UPSTREAM_DETECTED_CLOSE_TYPE",
-    "DOWNSTREAM_DETECTED_CLOSE_TYPE", "UPSTREAM_LOCAL_CLOSE_REASON",
-    "UPSTREAM_DECOMPRESSED_HEADER_BYTES_SENT", "UPSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
-    "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_SENT", "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
-})
+_NOT_IMPLEMENTED = frozenset(
+    {
+        "METADATA",
+        "CEL",
+        "QUERY_PARAM",
+        "PATH",
+        "TRACE_ID",
+        "SPAN_ID",
+        "XFCC_VALUE",
+        "STREAM_INFO_REQ",
+        "UPSTREAM_FILTER_STATE",
+        "CUSTOM_FLAGS",
+        "TLS_JA3_FINGERPRINT",
+        "TLS_JA4_FINGERPRINT",
+        "BYTES_RETRANSMITTED",
+        "PACKETS_RETRANSMITTED",
+        "UPSTREAM_CONNECTION_POOL_READY_DURATION",
+        "UPSTREAM_DETECTED_CLOSE_TYPE",
+        "DOWNSTREAM_DETECTED_CLOSE_TYPE",
+        "UPSTREAM_LOCAL_CLOSE_REASON",
+        "UPSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
+        "UPSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
+        "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_SENT",
+        "DOWNSTREAM_DECOMPRESSED_HEADER_BYTES_RECEIVED",
+    }
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1113,8 +1171,9 @@ def _parse(fmt: str, path: str, extra_commands: Collection[str] = ()) -> list[Pi
             pieces.append(_wire("".join(literal)))
         literal = []
         name, sub, length = m.group(1), m.group(2) or "", m.group(3)
-        pieces.append(_command(name, sub, None if length is None else int(length), path,
-                               extra_commands))
+        pieces.append(
+            _command(name, sub, None if length is None else int(length), path, extra_commands)
+        )
         pos = m.end()
     if any(literal) or not pieces:
         pieces.append(_wire("".join(literal)))
@@ -1162,8 +1221,7 @@ class TextFormatter(Formatter):
 
     def __init__(self, pieces: Sequence[Piece], empty: str) -> None:
         self._template = "".join(
-            p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{}"
-            for p in pieces
+            p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{}" for p in pieces
         )
         self._fns = tuple(p.text for p in pieces if not isinstance(p, str))
         self._empty = empty
@@ -1285,10 +1343,14 @@ class _JsonBuilder:
             return f'"{json_escape(only)}"' if isinstance(only, str) else _typed_slot(only)
         # Text and commands mixed: a string. Each piece is escaped on its own (as Envoy: UTF-8
         # validity is judged per piece); missing values print "-" (or nothing).
-        template = '"' + "".join(
-            json_escape(p).replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{}"
-            for p in pieces
-        ) + '"'
+        template = (
+            '"'
+            + "".join(
+                json_escape(p).replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{}"
+                for p in pieces
+            )
+            + '"'
+        )
         texts = tuple(p.text for p in pieces if not isinstance(p, str))
         empty = "" if self._omit else _DASH
 

@@ -116,23 +116,42 @@ class ClientHandler(Protocol):
     def on_informational(self, headers: ResponseHeaders) -> None: ...
 
 
-# Request headers the codec consumes instead of passing on: they describe this hop only.
-_HOP = 1
+# Request headers the codec treats specially. The low byte of each value says what to do with
+# the header; the high bits are the ``seen`` flag it sets, which the connection manager reads to
+# skip scanning the header list for headers that are not there (the common case).
+_PLAIN = 0  # forwarded, only flagged
+_HOP = 1  # describes this hop only: dropped
 _HOST = 2
 _CONTENT_LENGTH = 3
 _TRANSFER_ENCODING = 4
 _CONNECTION = 5
 _UPGRADE = 6
 _EXPECT = 7
+_TE = 8
+
+SEEN_XFF = 1 << 8
+SEEN_XFP = 1 << 9
+SEEN_REQUEST_ID = 1 << 10
+SEEN_ENVOY = 1 << 11  # any x-envoy-* header
+SEEN_XFCC = 1 << 12
+SEEN_CONTENT_LENGTH = 1 << 13
+SEEN_TE = 1 << 14
+SEEN_HOST_TWICE = 1 << 15
+
 _SPECIAL: dict[bytes, int] = {
     b"host": _HOST,
-    b"content-length": _CONTENT_LENGTH,
+    b"content-length": _CONTENT_LENGTH | SEEN_CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"connection": _CONNECTION,
     b"keep-alive": _HOP,
     b"proxy-connection": _HOP,
     b"upgrade": _UPGRADE,
     b"expect": _EXPECT,
+    b"te": _TE | SEEN_TE,
+    b"x-forwarded-for": SEEN_XFF,
+    b"x-forwarded-proto": SEEN_XFP,
+    b"x-request-id": SEEN_REQUEST_ID,
+    b"x-forwarded-client-cert": SEEN_XFCC,
 }
 
 
@@ -175,6 +194,8 @@ class Http1ServerCodec:
         self.upgrade: bytes | None = None
         self.connection_tokens: bytes = b""
         self.transfer_encoding: bytes | None = None
+        self.seen = 0  # SEEN_* flags of the request being delivered
+        self._check_underscores = underscores != "ALLOW"
         # Response encoding state.
         self._chunked_out = False
         self.messages = 0
@@ -221,8 +242,7 @@ class Http1ServerCodec:
         self._hbytes = 0
         self._in_trailers = False
         self._trailers = None
-        self.content_length = None
-        self.chunked = False
+        self.seen = 0
         self.expect_continue = False
         self.upgrade = None
         self.connection_tokens = b""
@@ -240,66 +260,63 @@ class Http1ServerCodec:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        self._hbytes += len(name) + len(value)
+        hbytes = self._hbytes + len(name) + len(value)
+        self._hbytes = hbytes
+        if hbytes > self.max_header_bytes:
+            self._fail(CodecError("http1.headers_too_large", 431))
         if self._in_trailers:
             if self._trailers is None:
                 self._trailers = []
-            if self._hbytes > self.max_header_bytes:
-                self._fail(CodecError("http1.headers_too_large", 431))
             self._trailers.append((name, value))
             return
-        if self._hbytes > self.max_header_bytes:
-            self._fail(CodecError("http1.headers_too_large", 431))
-        if len(self._items) >= self.max_headers_count:
+        items = self._items
+        if len(items) >= self.max_headers_count:
             self._fail(CodecError("http1.too_many_headers", 431))
-        kind = _SPECIAL.get(name)
-        if kind is None:
-            if b"_" in name and self.underscores != "ALLOW":
+        special = _SPECIAL.get(name)
+        if special is None:
+            if name[:8] == b"x-envoy-":
+                self.seen |= SEEN_ENVOY
+            elif self._check_underscores and b"_" in name:
                 if self.underscores == "DROP_HEADER":
                     return
                 self._fail(CodecError("http1.unexpected_underscore", 400))
-            self._items.append((name, value))
+            items.append((name, value))
+            return
+        self.seen |= special
+        kind = special & 0xFF
+        if kind in (_PLAIN, _CONTENT_LENGTH, _TE):
+            items.append((name, value))
         elif kind == _HOST:
             if self._host is None:
                 self._host = value
             else:
-                self._items.append((name, value))  # a second Host: left for the HCM to judge
-        elif kind == _CONTENT_LENGTH:
-            self._items.append((name, value))
+                self.seen |= SEEN_HOST_TWICE
+                self._host += b"," + value  # Envoy joins them (and then matches no domain)
         elif kind == _TRANSFER_ENCODING:
-            self.transfer_encoding = (
-                value if self.transfer_encoding is None else (self.transfer_encoding + b"," + value)
-            )
+            te = self.transfer_encoding
+            self.transfer_encoding = value if te is None else te + b"," + value
         elif kind == _CONNECTION:
-            self.connection_tokens = (
-                value.lower()
-                if not self.connection_tokens
-                else self.connection_tokens + b"," + value.lower()
-            )
+            tokens = self.connection_tokens
+            self.connection_tokens = value.lower() if not tokens else tokens + b"," + value.lower()
         elif kind == _UPGRADE:
             self.upgrade = value
         elif kind == _EXPECT:
             if value.lower() == b"100-continue":
                 self.expect_continue = True
             else:
-                self._items.append((name, value))
+                items.append((name, value))
         # _HOP: dropped
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         self.version = parser.get_http_version()
         self.keep_alive = parser.should_keep_alive()
-        te = self.transfer_encoding
-        if te is not None:
-            if te.lower().rstrip().rsplit(b",", 1)[-1].strip() != b"chunked":
-                self._fail(CodecError("http1.invalid_transfer_encoding", 501))
-            self.chunked = True
-            if not self.allow_chunked_length and any(
-                n == b"content-length" for n, _ in self._items
-            ):
-                self._fail(CodecError("http1.content_length_and_chunked_not_allowed", 400))
-            self._items = [(n, v) for n, v in self._items if n != b"content-length"]
-        else:
+        seen = self.seen
+        self.chunked = False
+        self.content_length = None
+        if self.transfer_encoding is not None:
+            self._framing_chunked()
+        elif seen & SEEN_CONTENT_LENGTH:
             for n, v in self._items:
                 if n == b"content-length":
                     try:
@@ -307,10 +324,13 @@ class Http1ServerCodec:
                     except ValueError:
                         self._fail(CodecError("http1.codec_error", 400))
                     break
-        if not parser.should_upgrade():
+        if self.upgrade is not None and not parser.should_upgrade():
             self.upgrade = None
         if self.connection_tokens:
             self._drop_connection_nominated()
+        if seen & SEEN_TE:
+            # TE is hop-by-hop; Envoy keeps only "trailers".
+            self._items = [(n, v) for n, v in self._items if n != b"te" or v.lower() == b"trailers"]
         method = parser.get_method()
         url = self._url
         host = self._host
@@ -325,8 +345,18 @@ class Http1ServerCodec:
         elif method == b"CONNECT" and host is None:
             host = url
         self.messages += 1
-        self.handler.on_request_headers(RequestHeaders(method, url, host or b"", self._items))
         self._in_trailers = True
+        self.handler.on_request_headers(RequestHeaders(method, url, host or b"", self._items))
+
+    def _framing_chunked(self) -> None:
+        te = self.transfer_encoding or b""
+        if te.lower().rstrip().rsplit(b",", 1)[-1].strip() != b"chunked":
+            self._fail(CodecError("http1.invalid_transfer_encoding", 501))
+        self.chunked = True
+        if self.seen & SEEN_CONTENT_LENGTH:
+            if not self.allow_chunked_length:
+                self._fail(CodecError("http1.content_length_and_chunked_not_allowed", 400))
+            self._items = [(n, v) for n, v in self._items if n != b"content-length"]
 
     def _drop_connection_nominated(self) -> None:
         """Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1), as is a TE other
@@ -358,23 +388,23 @@ class Http1ServerCodec:
         (close-delimited for HTTP/1.0 clients)."""
         status = headers.status
         line = status_line(status)
-        parts = [b"HTTP/1.0" + line[8:] if http10 else line]
-        saw_length = False
-        for n, v in headers.items:
-            if n == b"content-length":
-                saw_length = True
-            parts.append(n + b": " + v + b"\r\n")
+        if http10:
+            line = b"HTTP/1.0" + line[8:]
+        items = headers.items
+        block = b"\r\n".join([b": ".join(item) for item in items])
+        framing = b""
         chunked = False
-        if not saw_length:
+        if not any(n == b"content-length" for n, _ in items):
             if end_stream:
                 if not head_request and status >= 200 and status != 204 and status != 304:
-                    parts.append(b"content-length: 0\r\n")
+                    framing = b"content-length: 0\r\n"
             elif status >= 200 and status != 204 and status != 304 and not http10:
-                parts.append(b"transfer-encoding: chunked\r\n")
+                framing = b"transfer-encoding: chunked\r\n"
                 chunked = not head_request
         self._chunked_out = chunked
-        parts.append(b"\r\n")
-        return b"".join(parts)
+        if block:
+            return line + block + b"\r\n" + framing + b"\r\n"
+        return line + framing + b"\r\n"
 
     def encode_data(self, data: bytes, end_stream: bool) -> bytes:
         if self._chunked_out:
@@ -394,18 +424,14 @@ class Http1ServerCodec:
 def encode_request_head(headers: RequestHeaders, end_stream: bool) -> tuple[bytes, bool]:
     """An upstream request head, and whether its body is chunked. ``host`` goes first, as
     Envoy encodes ``:authority``; a request without content-length and with a body is chunked."""
-    parts = [headers.method, b" ", headers.path, b" HTTP/1.1\r\nhost: ", headers.authority, b"\r\n"]
-    saw_length = False
-    for n, v in headers.items:
-        if n == b"content-length":
-            saw_length = True
-        parts.append(n + b": " + v + b"\r\n")
-    chunked = False
-    if not saw_length and not end_stream and headers.method != b"CONNECT":
-        parts.append(b"transfer-encoding: chunked\r\n")
-        chunked = True
-    parts.append(b"\r\n")
-    return b"".join(parts), chunked
+    items = headers.items
+    head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (headers.method, headers.path, headers.authority)
+    block = b"\r\n".join([b": ".join(item) for item in items])
+    if block:
+        head += block + b"\r\n"
+    if end_stream or headers.method == b"CONNECT" or any(n == b"content-length" for n, _ in items):
+        return head + b"\r\n", False
+    return head + b"transfer-encoding: chunked\r\n\r\n", True
 
 
 def encode_chunk(data: bytes) -> bytes:
@@ -439,6 +465,9 @@ class Http1ClientCodec:
         self.in_message = False
         self.status = 0
         self.upgraded: bytes | None = None  # bytes after a 101 response: the tunnel's first
+        self.seen = 0
+        self._length = -1
+        self._hop: list[tuple[bytes, bytes]] | None = None
 
     def reset_for(self, handler: ClientHandler, *, head_request: bool) -> None:
         self.handler = handler
@@ -479,11 +508,15 @@ class Http1ClientCodec:
         self._trailers = None
         self.in_message = True
         self.close_delimited = False
+        self.seen = 0
+        self._length = -1
+        self._hop = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        self._hbytes += len(name) + len(value)
-        if self._hbytes > self.max_header_bytes:
+        hbytes = self._hbytes + len(name) + len(value)
+        self._hbytes = hbytes
+        if hbytes > self.max_header_bytes:
             self._error = CodecError("upstream.headers_too_large", 502)
             raise self._error
         if self._in_trailers:
@@ -491,10 +524,27 @@ class Http1ClientCodec:
                 self._trailers = []
             self._trailers.append((name, value))
             return
-        if len(self._items) >= self.max_headers_count:
+        items = self._items
+        if len(items) >= self.max_headers_count:
             self._error = CodecError("upstream.too_many_headers", 502)
             raise self._error
-        self._items.append((name, value))
+        flag = _RESPONSE_SPECIAL.get(name)
+        if flag is not None:
+            self.seen |= flag
+            if flag == RESP_CONTENT_LENGTH:
+                try:
+                    self._length = int(value)
+                except ValueError:
+                    self._length = -1
+            elif flag & RESP_HOP:
+                # Hop-by-hop: not forwarded, except on a 101 (the switched protocol needs them).
+                hop = self._hop
+                if hop is None:
+                    self._hop = [(name, value)]
+                else:
+                    hop.append((name, value))
+                return
+        items.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -502,19 +552,12 @@ class Http1ClientCodec:
         self.status = status
         self.keep_alive = parser.should_keep_alive()
         items = self._items
-        chunked = False
-        length: int | None = None
-        for n, v in items:
-            if n == b"transfer-encoding":
-                chunked = True
-            elif n == b"content-length":
-                try:
-                    length = int(v)
-                except ValueError:
-                    length = None
-        if status != 101 and (chunked or any(n in _RESPONSE_HOP for n, _ in items)):
-            items = [(n, v) for n, v in items if n not in _RESPONSE_HOP]
+        seen = self.seen
+        chunked = bool(seen & RESP_CHUNKED)
+        if status == 101 and self._hop is not None:
+            items.extend(self._hop)
         headers = ResponseHeaders(status, items)
+        headers.seen = seen
         if status < 200:
             if status == 101:
                 self.handler.on_response_headers(headers, False)
@@ -529,11 +572,11 @@ class Http1ClientCodec:
             if self.head_request:
                 raise _HeadResponseDone()
             return
-        end_stream = length == 0 and not chunked
-        self.close_delimited = not chunked and length is None
+        length = self._length
+        self.close_delimited = not chunked and length < 0
         if self.close_delimited:
             self.keep_alive = False
-        self.handler.on_response_headers(headers, end_stream)
+        self.handler.on_response_headers(headers, length == 0 and not chunked)
 
     def on_body(self, body: bytes) -> None:
         self.handler.on_response_body(body)
@@ -548,6 +591,20 @@ class Http1ClientCodec:
         self.handler.on_response_complete(HeaderMap(trailers) if trailers else None)
 
 
-_RESPONSE_HOP = frozenset(
-    (b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection", b"upgrade")
-)
+# Response headers the client codec flags (ResponseHeaders.seen), so that the connection
+# manager knows without scanning whether date/server are there.
+RESP_DATE = 1
+RESP_SERVER = 2
+RESP_CONTENT_LENGTH = 4
+RESP_CHUNKED = 8
+RESP_HOP = 16
+_RESPONSE_SPECIAL = {
+    b"date": RESP_DATE,
+    b"server": RESP_SERVER,
+    b"content-length": RESP_CONTENT_LENGTH,
+    b"transfer-encoding": RESP_CHUNKED | RESP_HOP,
+    b"connection": RESP_HOP,
+    b"keep-alive": RESP_HOP,
+    b"proxy-connection": RESP_HOP,
+    b"upgrade": RESP_HOP,
+}

@@ -18,12 +18,23 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from pilotfish.codec.http1 import CodecError, Http1ServerCodec
+from pilotfish.codec.http1 import (
+    RESP_DATE,
+    RESP_SERVER,
+    SEEN_ENVOY,
+    SEEN_REQUEST_ID,
+    SEEN_XFCC,
+    SEEN_XFF,
+    SEEN_XFP,
+    CodecError,
+    Http1ServerCodec,
+)
 from pilotfish.context import ServerContext
 from pilotfish.http import filter as hf
 from pilotfish.http.date import DATE
 from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 from pilotfish.http.request_id import new_request_id
+from pilotfish.http.router import RouterSettings, apply_response_mutations, route_request
 from pilotfish.model.http import HttpConnectionManagerConfig
 from pilotfish.router.matcher import RouteTable, VirtualHostEntry
 from pilotfish.stats.store import Gauge, Histogram, Scope
@@ -45,6 +56,7 @@ _EDGE_ONLY_REMOVALS = (
 # Envoy's cleanInternalHeaders: control headers only an internal request may carry.
 _EXTERNAL_REMOVALS = frozenset(
     (
+        b"x-envoy-internal",
         b"x-envoy-retriable-status-codes",
         b"x-envoy-retriable-header-names",
         b"x-envoy-retry-on",
@@ -61,6 +73,7 @@ _EXTERNAL_REMOVALS = frozenset(
         b"x-envoy-hedge-on-per-try-timeout",
     )
 )
+_EDGE_REMOVALS = _EXTERNAL_REMOVALS | frozenset(_EDGE_ONLY_REMOVALS)
 
 
 class HcmStats:
@@ -146,8 +159,6 @@ class HttpConnectionManager:
         listener_stat_prefix: str = "",
         route_table: RouteTable | None = None,
     ) -> None:
-        from pilotfish.http.router import RouterSettings
-
         self.config = config
         self.ctx = ctx
         self.loop = ctx.loop
@@ -180,6 +191,9 @@ class HttpConnectionManager:
         ]
         self.server_name = config.server_name
         self.upgrades = {u.upgrade_type: u.enabled for u in config.upgrade_configs}
+        self.internal_only_headers = (
+            self.route_table.config.internal_only_headers if self.route_table is not None else ()
+        )
         self._internal_nets: tuple[Any, ...] = tuple(
             ipaddress.ip_network(c) for c in (config.internal_address_cidrs or ())
         )
@@ -245,12 +259,12 @@ class HttpConnection(asyncio.Protocol):
         s.downstream_cx_http1_active.value += 1
         hcm.connections.add(self)
         now = hcm.loop.time()
-        self.opened_at = self.last_activity = now
+        self.opened_at = self.last_activity = self.now = now
         self._arm(now + self._idle_timeout())
 
     def data_received(self, data: bytes) -> None:
         self.hcm.stats.downstream_cx_rx_bytes_total.value += len(data)
-        self.last_activity = self.hcm.loop.time()
+        self.now = self.last_activity = self.hcm.loop.time()
         if self.tunnel is not None:
             self.tunnel.downstream_data(data)
             return
@@ -523,51 +537,64 @@ def _reason_body(status: int) -> bytes:
 
 
 class ActiveStream(StreamInfo):
-    """One request/response exchange. It is its own StreamInfo (access logs read it)."""
+    """One request/response exchange. It is its own StreamInfo (access logs read it).
+
+    Per-request state that most requests never change lives in class attributes, so creating
+    a stream sets a dozen attributes, not fifty."""
 
     request_headers: RequestHeaders
-    response_headers: ResponseHeaders | None
+    response_headers: ResponseHeaders | None = None
+    request_complete = False
+    response_started = False
+    done = False
+    started = False
+    protocol_error = False
+    deferred_error: CodecError | None = None
+    pending: list[tuple[int, Any]] | None = None  # request events before start()
+    route: Any = None  # the matched CompiledRoute
+    vhost: VirtualHostEntry | None = None
+    router: Any = None
+    filters: list[hf.HttpFilter] | None = None
+    decoder_stopped = -1
+    encoder_stopped = -1
+    decode_buffer: list[Any] | None = None
+    encode_buffer: list[Any] | None = None
+    http_version = "1.1"
+    keep_alive = True
+    has_body = False
+    expect_continue = False
+    upgrade: bytes | None = None
+    seen = 0  # the codec's SEEN_* flags for these request headers
+    internal = False  # an internal request (x-envoy-internal set by this proxy)
 
     def __init__(
         self, conn: HttpConnection, headers: RequestHeaders, *, headerless: bool = False
     ) -> None:
         self.conn = conn
-        hcm = conn.hcm
-        self.hcm = hcm
+        hcm = self.hcm = conn.hcm
         self.request_headers = headers
-        loop_time = hcm.loop.time()
-        self.start_monotonic = loop_time
+        self.start_monotonic = conn.now
         self.start_time = time.time()
-        codec = conn.codec
-        self.http_version = "1.1" if headerless else codec.version
-        self.protocol = "HTTP/1.0" if self.http_version == "1.0" else "HTTP/1.1"
-        self.keep_alive = True if headerless else codec.keep_alive
-        self.has_body = not headerless and (codec.chunked or bool(codec.content_length))
-        self.expect_continue = not headerless and codec.expect_continue
-        self.upgrade = None if headerless else codec.upgrade
-        self.connection_tokens = b"" if headerless else codec.connection_tokens
         self.is_head = headers.method == b"HEAD"
-        self.request_complete = False
-        self.response_started = False
-        self.done = False
-        self.started = False
-        self.protocol_error = False
-        self.deferred_error: CodecError | None = None
-        self.pending: list[tuple[int, Any]] | None = None  # events before start()
-        self.deadline: float | None = None
-        self.route: Any = None
-        self.vhost: VirtualHostEntry | None = None
-        self.router: Any = None
-        self.filters: list[hf.HttpFilter] | None = None
-        self.decoder_stopped: int = -1
-        self.encoder_stopped: int = -1
-        self.decode_buffer: list[Any] | None = None
-        self.encode_buffer: list[Any] | None = None
-        self.response_headers: ResponseHeaders | None = None
-        self.connection_id = conn.info.connection_id
-        self.downstream_remote_address = conn.info.remote_address
-        self.downstream_direct_remote_address = conn.info.remote_address
-        self.downstream_local_address = conn.info.local_address
+        info = conn.info
+        self.connection_id = info.connection_id
+        self.downstream_remote_address = self.downstream_direct_remote_address = info.remote_address
+        self.downstream_local_address = info.local_address
+        if not headerless:
+            codec = conn.codec
+            version = codec.version
+            if version != "1.1":
+                self.http_version = version
+                self.protocol = "HTTP/1.0" if version == "1.0" else f"HTTP/{version}"
+            if not codec.keep_alive:
+                self.keep_alive = False
+            if codec.chunked or codec.content_length:
+                self.has_body = True
+            if codec.expect_continue:
+                self.expect_continue = True
+            if codec.upgrade is not None:
+                self.upgrade = codec.upgrade
+            self.seen = codec.seen
         s = hcm.stats
         s.downstream_rq_total.value += 1
         s.downstream_rq_http1_total.value += 1
@@ -578,60 +605,30 @@ class ActiveStream(StreamInfo):
     def start(self) -> None:
         """Begin processing (immediately, or when an earlier pipelined response is done)."""
         self.started = True
-        conn = self.conn
-        if self.deferred_error is not None:
-            e = self.deferred_error
-            self.send_local_reply(
-                e.status, _reason_body(e.status), e.details, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
-            )
-            return
-        if self.protocol_error:
-            return
-        cfg = self.hcm.config
-        if self.http_version != "1.1":
-            if self.http_version == "1.0" and cfg.accept_http_10:
-                headers = self.request_headers
-                if not headers.authority and cfg.default_host_for_http_10:
-                    headers.authority = cfg.default_host_for_http_10
-            else:
-                conn.closing = True
-                self.send_local_reply(
-                    426, b"Upgrade Required", "low_version", ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
-                )
-                return
-        if not self.keep_alive:
-            conn.closing = True
         headers = self.request_headers
         path = headers.path
-        if path[:1] != b"/" and headers.method != b"CONNECT":
-            # OPTIONS * and the like: Envoy answers 404 and keeps the connection.
-            self.send_local_reply(404, b"", "absolute_path_rejected", 0)
-            return
-        if b"#" in path:
-            # Envoy's default (reject_path_with_fragment): the fragment is never forwarded.
-            conn.closing = True
-            self.send_local_reply(400, b"", "path_normalization_failed", 0)
-            return
-        if not headers.authority:
-            if self.http_version == "1.1" or not cfg.accept_http_10:
-                conn.closing = True
-                self.send_local_reply(400, b"", "missing_host_header", 0)
+        if (
+            self.http_version != "1.1"
+            or not self.keep_alive
+            or path[:1] != b"/"
+            or not headers.authority
+            or self.upgrade is not None
+            or self.expect_continue
+            or self.deferred_error is not None
+            or self.protocol_error
+            or b"#" in path
+        ):
+            if not self._start_checks():
                 return
-        if self.upgrade is not None:
-            upgrade_type = self.upgrade.lower()
-            if not self.hcm.upgrades.get(upgrade_type, False) and upgrade_type != b"h2c":
-                conn.closing = True
-                self.send_local_reply(403, b"", "upgrade_failed", 0)
-                return
-        if self.expect_continue:
-            if cfg.proxy_100_continue:
-                headers.items.append((b"expect", b"100-continue"))
-            else:
-                conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._mutate_request_headers()
-        conn.arm_deadline(self.start_monotonic + (cfg.stream_idle_timeout or 1e9))
-        self._resolve_route()
-        factories = self.hcm.filter_factories
+        hcm = self.hcm
+        table = hcm.route_table
+        if table is not None:
+            self.vhost, route = table.route(headers)
+            if route is not None:
+                self.route = route
+                self.route_name = route.name
+        factories = hcm.filter_factories
         if factories:
             filters = []
             for _, make in factories:
@@ -639,7 +636,9 @@ class ActiveStream(StreamInfo):
                 f.stream = self
                 filters.append(f)
             self.filters = filters
-        self._decode_headers(0, not self.has_body)
+            self._decode_headers(0, not self.has_body)
+        else:
+            route_request(self, not self.has_body)
         pending = self.pending
         if pending is not None:
             self.pending = None
@@ -651,12 +650,68 @@ class ActiveStream(StreamInfo):
                 else:
                     self._complete_request(value)
 
+    def _start_checks(self) -> bool:
+        """The unusual requests: answer or adjust them. False if the stream is over."""
+        conn = self.conn
+        if self.deferred_error is not None:
+            e = self.deferred_error
+            self.send_local_reply(
+                e.status, _reason_body(e.status), e.details, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
+            )
+            return False
+        if self.protocol_error:
+            return False
+        cfg = self.hcm.config
+        headers = self.request_headers
+        if self.http_version != "1.1":
+            if self.http_version == "1.0" and cfg.accept_http_10:
+                if not headers.authority and cfg.default_host_for_http_10:
+                    headers.authority = cfg.default_host_for_http_10
+            else:
+                conn.closing = True
+                self.send_local_reply(
+                    426, b"Upgrade Required", "low_version", ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
+                )
+                return False
+        if not self.keep_alive:
+            conn.closing = True
+        path = headers.path
+        if path[:1] != b"/" and headers.method != b"CONNECT":
+            # OPTIONS * and the like: Envoy answers 404 and keeps the connection.
+            self.send_local_reply(404, b"", "absolute_path_rejected", 0)
+            return False
+        if b"#" in path:
+            # Envoy's default (reject_path_with_fragment): the fragment is never forwarded.
+            conn.closing = True
+            self.send_local_reply(400, b"", "path_normalization_failed", 0)
+            return False
+        if not headers.authority and (self.http_version == "1.1" or not cfg.accept_http_10):
+            conn.closing = True
+            self.send_local_reply(400, b"", "missing_host_header", 0)
+            return False
+        if self.upgrade is not None:
+            upgrade_type = self.upgrade.lower()
+            if upgrade_type == b"h2c":
+                self.upgrade = None  # Envoy ignores h2c upgrades on HTTP/1.1
+            elif not self.hcm.upgrades.get(upgrade_type, False):
+                conn.closing = True
+                self.send_local_reply(403, b"", "upgrade_failed", 0)
+                return False
+        if self.expect_continue:
+            if cfg.proxy_100_continue:
+                headers.items.append((b"expect", b"100-continue"))
+            else:
+                conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
     def _mutate_request_headers(self) -> None:
-        """Envoy's ConnectionManagerUtility::mutateRequestHeaders, HTTP/1 plain-text part."""
+        """Envoy's ConnectionManagerUtility::mutateRequestHeaders, HTTP/1 plain-text part. The
+        codec's ``seen`` flags say which headers exist, so the common case scans nothing."""
         headers = self.request_headers
         hcm = self.hcm
         cfg = hcm.config
         items = headers.items
+        seen = self.seen
         if self.upgrade is not None:
             # Forwarded verbatim to the upstream (Connection and Upgrade).
             items.append((b"connection", b"Upgrade"))
@@ -664,37 +719,33 @@ class ActiveStream(StreamInfo):
         edge = False
         internal = False
         if cfg.use_remote_address:
-            had_xff = any(n == b"x-forwarded-for" for n, _ in items)
-            remote_ip = self.conn.info.remote_ip
+            info = self.conn.info
+            remote_ip = info.remote_ip
             if not cfg.skip_xff_append:
-                appended = hcm.ctx.local_address if self.conn.info.remote_is_loopback else remote_ip
-                _append_xff(headers, appended.encode())
+                appended = hcm.ctx.local_address if info.remote_is_loopback else remote_ip
+                _append_header(headers, b"x-forwarded-for", appended.encode())
             headers.set(b"x-forwarded-proto", b"http")
-            internal = not had_xff and hcm.is_internal(remote_ip)
+            internal = not seen & SEEN_XFF and hcm.is_internal(remote_ip)
             edge = not internal
-            self.downstream_remote_address = self.conn.info.remote_address
         else:
-            if headers.get(b"x-forwarded-proto") is None:
+            if not seen & SEEN_XFP:
                 items.append((b"x-forwarded-proto", b"http"))
-            xff = headers.get(b"x-forwarded-for")
-            if xff is not None:
+            if seen & SEEN_XFF:
                 # The client address for logs is the XFF entry after the trusted hops.
-                address = _xff_address(xff, cfg.xff_num_trusted_hops)
+                address = _xff_address(
+                    headers.get(b"x-forwarded-for") or b"", cfg.xff_num_trusted_hops
+                )
                 if address is not None:
                     self.downstream_remote_address = address
         if internal:
+            self.internal = True
             headers.set(b"x-envoy-internal", b"true")
         else:
-            if any(n[:8] == b"x-envoy-" for n, _ in items):
-                removals = (
-                    _EXTERNAL_REMOVALS | set(_EDGE_ONLY_REMOVALS) if edge else _EXTERNAL_REMOVALS
-                )
+            if seen & SEEN_ENVOY:
+                removals = _EDGE_REMOVALS if edge else _EXTERNAL_REMOVALS
                 headers.items = items = [(n, v) for n, v in items if n not in removals]
-                if not edge:
-                    headers.remove(b"x-envoy-internal")
-            table = hcm.route_table
-            if table is not None and table.config.internal_only_headers:
-                for name in table.config.internal_only_headers:
+            if hcm.internal_only_headers:
+                for name in hcm.internal_only_headers:
                     headers.remove(name)
         if cfg.via:
             _append_header(headers, b"via", cfg.via)
@@ -703,9 +754,9 @@ class ActiveStream(StreamInfo):
         if cfg.generate_request_id:
             if edge and not cfg.preserve_external_request_id:
                 headers.set(b"x-request-id", new_request_id())
-            elif headers.get(b"x-request-id") is None:
-                headers.items.append((b"x-request-id", new_request_id()))
-        if cfg.forward_client_cert_details != "ALWAYS_FORWARD_ONLY":
+            elif not seen & SEEN_REQUEST_ID:
+                items.append((b"x-request-id", new_request_id()))
+        if seen & SEEN_XFCC and cfg.forward_client_cert_details != "ALWAYS_FORWARD_ONLY":
             # Plain text: no client certificate, so x-forwarded-client-cert is not trusted.
             headers.remove(b"x-forwarded-client-cert")
 
@@ -735,7 +786,7 @@ class ActiveStream(StreamInfo):
         self._decode_data_from(0, data, False)
 
     def on_downstream_complete(self, trailers: HeaderMap | None) -> None:
-        self.last_downstream_rx = self.hcm.loop.time()
+        self.last_downstream_rx = self.conn.now
         if not self.started:
             if self.pending is None:
                 self.pending = []
@@ -770,8 +821,6 @@ class ActiveStream(StreamInfo):
                     return
                 if self.done:
                     return
-        from pilotfish.http.router import route_request
-
         route_request(self, end_stream)
 
     def _decode_data_from(self, start: int, data: bytes, end_stream: bool) -> None:
@@ -854,38 +903,43 @@ class ActiveStream(StreamInfo):
         self.response_headers = headers
         self.response_code = headers.status
         conn = self.conn
-        cfg = self.hcm.config
+        hcm = self.hcm
+        cfg = hcm.config
         items = headers.items
-        if not any(n == b"date" for n, _ in items):
+        # The upstream's flags say what is there; -1 (unknown) means look.
+        seen = headers.seen if self.filters is None else -1
+        if seen < 0:
+            seen = (RESP_DATE if b"date" in headers else 0) | (
+                RESP_SERVER if b"server" in headers else 0
+            )
+        if not seen & RESP_DATE:
             items.append((b"date", DATE.get()))
         transform = cfg.server_header_transformation
         if transform == "OVERWRITE":
-            headers.set(b"server", self.hcm.server_name)
-        elif transform == "APPEND_IF_ABSENT":
-            headers.set_default(b"server", self.hcm.server_name)
+            if seen & RESP_SERVER:
+                headers.set(b"server", hcm.server_name)
+            else:
+                items.append((b"server", hcm.server_name))
+        elif transform == "APPEND_IF_ABSENT" and not seen & RESP_SERVER:
+            items.append((b"server", hcm.server_name))
         if cfg.always_set_request_id_in_response:
             rid = self.request_headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)
-        if self.hcm.ctx.draining or conn.hcm.ctx.draining:
+        if hcm.ctx.draining:
             conn.closing = True
+        http10 = self.http_version == "1.0"
         if headers.status == 101 and self.upgrade is not None:
             pass  # connection/upgrade headers go through for a switched protocol
-        elif self.http_version == "1.0" and not conn.closing:
-            headers.set(b"connection", b"keep-alive")
         elif conn.closing:
             headers.set(b"connection", b"close")
-        if (
-            not end_stream
-            and headers.get(b"content-length") is None
-            and (self.http_version == "1.0")
-        ):
+        elif http10:
+            headers.set(b"connection", b"keep-alive")
+        if http10 and not end_stream and headers.get(b"content-length") is None:
             conn.closing = True  # a close-delimited body
-        self.first_downstream_tx = self.hcm.loop.time()
+        self.first_downstream_tx = conn.now
         conn.write(
-            conn.codec.encode_headers(
-                headers, end_stream, head_request=self.is_head, http10=self.http_version == "1.0"
-            )
+            conn.codec.encode_headers(headers, end_stream, head_request=self.is_head, http10=http10)
         )
         if end_stream:
             self._response_complete(None)
@@ -926,9 +980,12 @@ class ActiveStream(StreamInfo):
     def _write_data(self, data: bytes, end_stream: bool) -> None:
         if not self.is_head:
             self.bytes_sent += len(data)
-            out = self.conn.codec.encode_data(data, end_stream)
-            if out:
-                self.conn.write(out)
+            conn = self.conn
+            codec = conn.codec
+            if codec._chunked_out:
+                data = codec.encode_data(data, end_stream)
+            if data:
+                conn.write(data)
         if end_stream:
             self._response_complete(None)
 
@@ -1002,9 +1059,7 @@ class ActiveStream(StreamInfo):
             items.append((b"content-type", b"text/plain"))
         headers = ResponseHeaders(status, items)
         route = self.route
-        if route is not None and details in ("direct_response",):
-            from pilotfish.http.router import apply_response_mutations
-
+        if route is not None and details == "direct_response":
             apply_response_mutations(self, headers, route, None)
         if not self.request_complete:
             # The rest of the request will not be read: the connection can't be reused.

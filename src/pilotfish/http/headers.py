@@ -42,13 +42,15 @@ class HeaderMap:
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every value of ``name`` by one (in the first one's place), or append."""
         items = self.items
-        for i, (n, _) in enumerate(items):
-            if n == name:
-                items[i] = (name, value)
-                if any(n2 == name for n2, _ in items[i + 1 :]):
-                    items[i + 1 :] = [(n2, v2) for n2, v2 in items[i + 1 :] if n2 != name]
-                return
-        items.append((name, value))
+        names = [n for n, _ in items]
+        try:
+            i = names.index(name)
+        except ValueError:
+            items.append((name, value))
+            return
+        items[i] = (name, value)
+        if names.count(name) > 1:
+            self.items = items[: i + 1] + [x for x in items[i + 1 :] if x[0] != name]
 
     def set_default(self, name: bytes, value: bytes) -> None:
         if not any(n == name for n, _ in self.items):
@@ -130,11 +132,15 @@ class RequestHeaders(HeaderMap):
 
 
 class ResponseHeaders(HeaderMap):
-    __slots__ = ("status",)
+    """``seen``: which of date/server/... the upstream sent (codec.http1.RESP_* flags), or -1 if
+    unknown (a filter may have changed the headers): lets the common path skip scans."""
+
+    __slots__ = ("seen", "status")
 
     def __init__(self, status: int, items: list[tuple[bytes, bytes]] | None = None) -> None:
         self.status = status
         self.items = items if items is not None else []
+        self.seen = -1
 
     def get(self, name: bytes) -> bytes | None:
         if name == b":status":

@@ -11,7 +11,13 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from pilotfish.codec.http1 import CodecError, encode_chunk, encode_last_chunk, encode_request_head
+from pilotfish.codec.http1 import (
+    SEEN_ENVOY,
+    CodecError,
+    encode_chunk,
+    encode_last_chunk,
+    encode_request_head,
+)
 from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 from pilotfish.model.common import AppendAction, HeaderMutations
 from pilotfish.model.route import (
@@ -28,6 +34,7 @@ from pilotfish.upstream.conn_pool import Http1ConnPool, UpstreamConnection
 if TYPE_CHECKING:
     from pilotfish.context import ServerContext
     from pilotfish.http.conn_manager import ActiveStream
+    from pilotfish.router.matcher import CompiledRoute
     from pilotfish.upstream.cluster import Cluster
     from pilotfish.upstream.host import Host
 
@@ -66,12 +73,8 @@ def _apply(headers: HeaderMap, mutations: HeaderMutations, stream: Any) -> None:
     for name in mutations.remove:
         headers.remove(name)
     for opt in mutations.add:
-        if opt.dynamic:
-            value = _render_dynamic(opt.value, stream)
-            if not value and not opt.keep_empty_value:
-                continue
-        else:
-            value = opt.value
+        render = opt.render
+        value = render(stream) if render is not None else opt.value
         if not value and not opt.keep_empty_value:
             continue
         raw = value.encode("latin-1", "replace")
@@ -86,54 +89,31 @@ def _apply(headers: HeaderMap, mutations: HeaderMutations, stream: Any) -> None:
             headers.set(opt.name, raw)
 
 
-_dynamic_cache: dict[str, Any] = {}
-
-
-def _render_dynamic(template: str, stream: Any) -> str:
-    render = _dynamic_cache.get(template)
-    if render is None:
-        from pilotfish.accesslog.formatter import compile_header_value
-
-        render = _dynamic_cache[template] = compile_header_value(template, "")
-    return str(render(stream))
-
-
-def apply_request_mutations(stream: ActiveStream, route: Route, wc: WeightedCluster | None) -> None:
-    """Route-config, virtual host, route and weighted-cluster header changes, in Envoy's order:
-    most specific first, so that a less specific OVERWRITE wins unless
-    most_specific_header_mutations_wins."""
+def apply_request_mutations(
+    stream: ActiveStream, cr: CompiledRoute, wc: WeightedCluster | None
+) -> None:
+    """Weighted-cluster, route, virtual host and route-config header changes, most specific
+    first (so a less specific OVERWRITE wins) unless most_specific_header_mutations_wins."""
     headers = stream.request_headers
-    vhost = stream.vhost.vhost if stream.vhost is not None else None
-    table = stream.hcm.route_table
-    levels = [
-        wc.headers if wc is not None else None,
-        route.request_headers,
-        vhost.request_headers if vhost is not None else None,
-        table.config.request_headers if table is not None else None,
-    ]
-    if table is not None and table.config.most_specific_header_mutations_wins:
-        levels.reverse()
-    for m in levels:
-        if m:
-            _apply(headers, m, stream)
+    extra = wc.headers if wc is not None else None
+    if extra and not cr.most_specific_wins:
+        _apply(headers, extra, stream)
+    for m in cr.request_mutations:
+        _apply(headers, m, stream)
+    if extra and cr.most_specific_wins:
+        _apply(headers, extra, stream)
 
 
 def apply_response_mutations(
-    stream: ActiveStream, headers: ResponseHeaders, route: Route, wc: WeightedCluster | None
+    stream: ActiveStream, headers: ResponseHeaders, cr: CompiledRoute, wc: WeightedCluster | None
 ) -> None:
-    vhost = stream.vhost.vhost if stream.vhost is not None else None
-    table = stream.hcm.route_table
-    levels = [
-        wc.response_headers if wc is not None else None,
-        route.response_headers,
-        vhost.response_headers if vhost is not None else None,
-        table.config.response_headers if table is not None else None,
-    ]
-    if table is not None and table.config.most_specific_header_mutations_wins:
-        levels.reverse()
-    for m in levels:
-        if m:
-            _apply(headers, m, stream)
+    extra = wc.response_headers if wc is not None else None
+    if extra and not cr.most_specific_wins:
+        _apply(headers, extra, stream)
+    for m in cr.response_mutations:
+        _apply(headers, m, stream)
+    if extra and cr.most_specific_wins:
+        _apply(headers, extra, stream)
 
 
 # -- the decision -------------------------------------------------------------------------------
@@ -141,28 +121,47 @@ def apply_response_mutations(
 
 def route_request(stream: ActiveStream, end_stream: bool) -> None:
     hcm = stream.hcm
-    route = stream.route
+    cr = stream.route
     hcm.stats.rq_total.value += 1
-    if route is None:
+    if cr is None:
         hcm.stats.no_route.value += 1
         stream.send_local_reply(404, b"", "route_not_found", ResponseFlag.NO_ROUTE_FOUND)
         return
-    action = route.action
-    if isinstance(action, RouteAction):
-        _forward(stream, route, action, end_stream)
+    action = cr.action
+    if cr.cluster:
+        # The common case: a route to one named cluster.
+        cluster = hcm.router.cluster_manager.clusters.get(cr.cluster)
+        if cluster is None:
+            _no_cluster(stream, action)
+            return
+        stream.upstream_cluster = cr.cluster
+        router = stream.router = Router(stream, hcm.router, cr, cluster, None)
+        router.start(end_stream)
+    elif isinstance(action, RouteAction):
+        _forward(stream, cr, action, end_stream)
     elif isinstance(action, DirectResponseAction):
         hcm.stats.rq_direct_response.value += 1
         body = action.body or b""
         stream.send_local_reply(action.status, body, "direct_response", 0)
     elif isinstance(action, RedirectAction):
         hcm.stats.rq_redirect.value += 1
-        location = redirect_location(stream.request_headers, action, route)
+        location = redirect_location(stream.request_headers, action, cr.route)
         stream.send_local_reply(
             action.response_code, b"", "direct_response", 0, extra_headers=[(b"location", location)]
         )
     else:
         hcm.stats.no_route.value += 1
         stream.send_local_reply(404, b"", "route_not_found", ResponseFlag.NO_ROUTE_FOUND)
+
+
+def _no_cluster(stream: ActiveStream, action: Any) -> None:
+    stream.hcm.stats.no_cluster.value += 1
+    stream.send_local_reply(
+        action.cluster_not_found_response_code,
+        b"",
+        "cluster_not_found",
+        ResponseFlag.NO_CLUSTER_FOUND,
+    )
 
 
 def redirect_location(headers: RequestHeaders, action: RedirectAction, route: Route) -> bytes:
@@ -235,27 +234,24 @@ def _pick_cluster(stream: ActiveStream, action: RouteAction) -> tuple[str, Weigh
     return wc.name, wc
 
 
-def _forward(stream: ActiveStream, route: Route, action: RouteAction, end_stream: bool) -> None:
+def _forward(
+    stream: ActiveStream, cr: CompiledRoute, action: RouteAction, end_stream: bool
+) -> None:
+    """A route whose cluster comes from a header or a weighted choice."""
     hcm = stream.hcm
     settings = hcm.router
     name, wc = _pick_cluster(stream, action)
-    cluster = settings.cluster_manager.get(name) if name else None
+    cluster = settings.cluster_manager.clusters.get(name) if name else None
     if cluster is None:
-        hcm.stats.no_cluster.value += 1
-        stream.send_local_reply(
-            action.cluster_not_found_response_code,
-            b"",
-            "cluster_not_found",
-            ResponseFlag.NO_CLUSTER_FOUND,
-        )
+        _no_cluster(stream, action)
         return
-    stream.upstream_cluster = cluster.config.stat_name
-    router = Router(stream, settings, route, action, cluster, wc)
-    stream.router = router
+    stream.upstream_cluster = name
+    router = stream.router = Router(stream, settings, cr, cluster, wc)
     router.start(end_stream)
 
 
 def _rewrite_path(stream: ActiveStream, route: Route, action: RouteAction, suppress: bool) -> None:
+    """prefix_rewrite / regex_rewrite, keeping the original in x-envoy-original-path."""
     headers = stream.request_headers
     original = headers.path
     if action.prefix_rewrite is not None:
@@ -317,83 +313,91 @@ _RESET_CONDITIONS = frozenset(("5xx", "gateway-error", "reset"))
 
 
 class Router:
-    """Routing state of one request: its cluster, timeouts, retries and current attempt."""
+    """Routing state of one request: its cluster, timeouts, retries and current attempt.
+    Defaults are class attributes: a plain request sets only what it uses."""
+
+    upstream: UpstreamRequest | None = None
+    body: list[bytes] | None = None  # request body not yet sent, or kept for retries
+    body_bytes = 0
+    trailers: HeaderMap | None = None
+    request_ended = False
+    per_try_timeout = 0.0
+    global_deadline: float | None = None
+    try_deadline: float | None = None
+    retry_on: frozenset[str] = frozenset()
+    retries_left = 0
+    retry_codes: frozenset[int] = frozenset()
+    retry_policy: RetryPolicy | None = None
+    retry_handle: Any = None
+    attempted_hosts: set[Host] | None = None
+    retained = False  # the body is kept whole for a possible retry
+    retry_configured = False
+    response_started = False
+    cancelled = False
+    downstream_complete_at = 0.0
+    tunnel: Any = None
 
     def __init__(
         self,
         stream: ActiveStream,
         settings: RouterSettings,
-        route: Route,
-        action: RouteAction,
+        cr: CompiledRoute,
         cluster: Cluster,
         wc: WeightedCluster | None,
     ) -> None:
         self.stream = stream
         self.settings = settings
-        self.route = route
-        self.action = action
+        self.cr = cr
+        # A Router only exists for routes whose action is a RouteAction.
+        self.action: RouteAction = cr.action  # type: ignore[assignment]
         self.cluster = cluster
         self.wc = wc
-        self.upstream: UpstreamRequest | None = None
-        self.body: list[bytes] = []  # request body not yet sent, or kept for retries
-        self.body_bytes = 0
-        self.trailers: HeaderMap | None = None
-        self.request_ended = False
-        self.timeout = action.timeout
-        self.per_try_timeout = 0.0
-        self.global_deadline: float | None = None
-        self.try_deadline: float | None = None
-        self.retry_on: frozenset[str] = frozenset()
-        self.retries_left = 0
-        self.retry_codes: frozenset[int] = frozenset()
-        self.retry_policy: RetryPolicy | None = None
-        self.retry_handle: Any = None
-        self.attempted_hosts: set[Host] = set()
-        self.retained = False  # the body is kept whole for a possible retry
-        self.retry_configured = False
-        self.response_started = False
-        self.cancelled = False
-        self.downstream_complete_at = 0.0
-        self.tunnel: Any = None
+        self.timeout = self.action.timeout
+        if cluster.stat_name != cluster.name:
+            stream.upstream_cluster_observability_name = cluster.stat_name
 
     # -- start --------------------------------------------------------------------------------
 
     def start(self, end_stream: bool) -> None:
         stream = self.stream
-        settings = self.settings
         headers = stream.request_headers
-        action = self.action
-        suppress = settings.suppress_envoy_headers
-        internal = headers.get(b"x-envoy-internal") == b"true"
-        policy = action.retry_policy
-        if policy is None and stream.vhost is not None:
-            policy = stream.vhost.vhost.retry_policy
-        self.retry_policy = policy
+        cr = self.cr
+        policy = cr.retry_policy
         if policy is not None:
+            self.retry_policy = policy
             self.retry_on = policy.retry_on
             self.retries_left = policy.num_retries
             self.retry_codes = policy.retriable_status_codes
             self.per_try_timeout = policy.per_try_timeout
-        if internal:
-            self._read_control_headers(headers)
-        if any(n in _ROUTER_CONTROL_HEADERS for n, _ in headers.items):
-            headers.items = [(n, v) for n, v in headers.items if n not in _ROUTER_CONTROL_HEADERS]
-        self.retry_configured = bool(self.retries_left and self.retry_on)
-        self.retained = self.retry_configured
-        apply_request_mutations(stream, self.route, self.wc)
-        _rewrite_path(stream, self.route, action, suppress)
+        expected = cr.expected_timeout
+        if stream.seen & SEEN_ENVOY or stream.internal:
+            if stream.internal:
+                self._read_control_headers(headers)
+                expected = b""
+            if any(n in _ROUTER_CONTROL_HEADERS for n, _ in headers.items):
+                headers.items = [
+                    (n, v) for n, v in headers.items if n not in _ROUTER_CONTROL_HEADERS
+                ]
+        if self.retries_left and self.retry_on:
+            self.retry_configured = self.retained = True
+        if cr.request_mutations or self.wc is not None:
+            apply_request_mutations(stream, cr, self.wc)
+        suppress = self.settings.suppress_envoy_headers
+        if cr.path_rewrite:
+            _rewrite_path(stream, cr.route, self.action, suppress)
         if not suppress:
-            expected = self.per_try_timeout or self.timeout
+            if not expected:
+                t = self.per_try_timeout or self.timeout
+                expected = b"%d" % round(t * 1000) if t else b""
             if expected:
-                headers.items.append(
-                    (b"x-envoy-expected-rq-timeout-ms", b"%d" % round(expected * 1000))
-                )
+                headers.items.append((b"x-envoy-expected-rq-timeout-ms", expected))
         if end_stream:
             self.request_ended = True
             self._start_global_timer()
         self._attempt()
 
     def _read_control_headers(self, headers: RequestHeaders) -> None:
+        """x-envoy-* control headers, honoured on internal requests only (as in Envoy)."""
         raw = headers.get(b"x-envoy-upstream-rq-timeout-ms")
         if raw is not None and raw.isdigit():
             self.timeout = int(raw) / 1000
@@ -415,39 +419,42 @@ class Router:
             self.retry_codes = self.retry_codes | frozenset(codes)
 
     def _start_global_timer(self) -> None:
-        now = self.stream.hcm.loop.time()
+        conn = self.stream.conn
+        now = conn.now
         self.downstream_complete_at = now
         if self.timeout > 0:
-            self.global_deadline = now + self.timeout
-            self.stream.conn.arm_deadline(self.global_deadline)
+            self.global_deadline = deadline = now + self.timeout
+            conn.arm_deadline(deadline)
 
     def _attempt(self) -> None:
         """Pick a host and send the request on one of its pooled connections."""
         stream = self.stream
         cluster = self.cluster
-        original_dst = stream.conn.info.original_dst if cluster.original_dst else None
-        if cluster.original_dst and cluster.config.original_dst.use_http_header:
-            original_dst = _parse_host_port(
-                stream.request_headers.get(cluster.config.original_dst.http_header_name)
-            )
-        exclude = (
-            self.attempted_hosts
-            if (self.retry_policy is not None and self.retry_policy.retry_host_previous_hosts)
-            else frozenset()
-        )
-        host = cluster.choose_host(original_dst, exclude)
+        if cluster.original_dst:
+            host = cluster.choose_host(self._original_destination())
+        elif (
+            self.attempted_hosts is not None
+            and self.retry_policy is not None
+            and (self.retry_policy.retry_host_previous_hosts)
+        ):
+            host = cluster.choose_host(None, self.attempted_hosts)
+        else:
+            host = cluster.choose_host()
         if host is None:
             self._fail_local(
                 503, b"no healthy upstream", "no_healthy_upstream", ResponseFlag.NO_HEALTHY_UPSTREAM
             )
             return
-        self.attempted_hosts.add(host)
+        if self.retry_configured:
+            if self.attempted_hosts is None:
+                self.attempted_hosts = set()
+            self.attempted_hosts.add(host)
         stream.upstream_host = host.address_str
         stream.upstream_request_attempt_count += 1
-        if stream.upstream_request_attempt_count == 1:
+        if self.cr.host_rewrite and stream.upstream_request_attempt_count == 1:
             _rewrite_host(stream, self.action, self.wc, host)
-        resources = cluster.resources[0]
-        if not resources.requests.can_create():
+        requests = cluster.resources[0].requests
+        if requests.count >= requests.limit:
             cluster.stats.upstream_rq_pending_overflow.value += 1
             self._fail_local(
                 503,
@@ -459,14 +466,21 @@ class Router:
         pool = host.pool
         if pool is None:
             pool = host.pool = Http1ConnPool(cluster, host)
-        up = UpstreamRequest(self, host, pool)
-        self.upstream = up
-        cluster.stats.upstream_rq_total.value += 1
-        cluster.stats.upstream_rq_active.value += 1
-        resources.requests.inc()
+        up = self.upstream = UpstreamRequest(self, host, pool)
+        stats = cluster.stats
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        requests.count += 1
         host.rq_active += 1
         host.rq_total += 1
         pool.new_stream(up)
+
+    def _original_destination(self) -> tuple[str, int] | None:
+        stream = self.stream
+        od = self.cluster.config.original_dst
+        if od.use_http_header:
+            return _parse_host_port(stream.request_headers.get(od.http_header_name))
+        return stream.conn.info.original_dst
 
     # -- request body -------------------------------------------------------------------------
 
@@ -486,11 +500,17 @@ class Router:
         if up is not None and up.conn is not None:
             up.send_data(data, end_stream)
             if self.retained and data:
-                self.body.append(data)
+                self._keep(data)
         elif data:
-            self.body.append(data)
+            self._keep(data)
             if self.body_bytes > self.stream.conn.info.buffer_limit:
                 self.stream.conn.pause_reading(4)  # PAUSE_BUFFER until connected
+
+    def _keep(self, data: bytes) -> None:
+        if self.body is None:
+            self.body = [data]
+        else:
+            self.body.append(data)
 
     def decode_trailers(self, trailers: HeaderMap) -> None:
         if self.cancelled:
@@ -506,7 +526,7 @@ class Router:
         if self.tunnel is not None:
             self.tunnel.downstream_data(data)
         elif data:
-            self.body.append(data)
+            self._keep(data)
 
     # -- responses ----------------------------------------------------------------------------
 
@@ -527,10 +547,11 @@ class Router:
             cluster.stats.upstream_rq_retry_success.value += 1
         self.response_started = True
         self.try_deadline = None
-        now = stream.hcm.loop.time()
+        now = stream.conn.now
         stream.first_upstream_rx = now
         stream.response_code_details = "via_upstream"
-        apply_response_mutations(stream, headers, self.route, self.wc)
+        if self.cr.response_mutations or self.wc is not None:
+            apply_response_mutations(stream, headers, self.cr, self.wc)
         if not self.settings.suppress_envoy_headers:
             start = self.downstream_complete_at or up.started_at
             headers.items.append(
@@ -542,7 +563,7 @@ class Router:
 
     def on_upstream_complete(self, up: UpstreamRequest, trailers: HeaderMap | None) -> None:
         stream = self.stream
-        stream.last_upstream_rx = stream.hcm.loop.time()
+        stream.last_upstream_rx = stream.conn.now
         if trailers is not None:
             stream.encode_trailers(trailers)
         else:
@@ -735,9 +756,9 @@ class Router:
             return
         self.tunnel = Tunnel(self.stream, conn)
         up.finish_for_tunnel()
-        for chunk in self.body:
+        for chunk in self.body or ():
             self.tunnel.downstream_data(chunk)
-        self.body = []
+        self.body = None
 
 
 def _parse_host_port(value: bytes | None) -> tuple[str, int] | None:
@@ -778,7 +799,7 @@ class UpstreamRequest:
         self.chunked = False
         self.sent_end = False
         self.done = False
-        self.started_at = router.stream.hcm.loop.time()
+        self.started_at = router.stream.conn.now
         self.status = 0
 
     # -- pool callbacks -----------------------------------------------------------------------
@@ -791,25 +812,28 @@ class UpstreamRequest:
         now = stream.hcm.loop.time()
         no_body = not stream.has_body and stream.upgrade is None
         head, self.chunked = encode_request_head(stream.request_headers, no_body)
-        parts = [head]
-        if router.body:
-            for chunk in router.body:
-                parts.append(encode_chunk(chunk) if self.chunked else chunk)
-            if not router.retained:
-                router.body = []
-            stream.conn.resume_reading(4)
-        if router.request_ended and not no_body:
-            if self.chunked:
-                parts.append(encode_last_chunk(router.trailers))
+        body = router.body
+        if no_body and not body:
+            conn.write(head)
             self.sent_end = True
-        elif no_body:
-            self.sent_end = True
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        conn.write(data)
+        else:
+            parts = [head]
+            if body:
+                for chunk in body:
+                    parts.append(encode_chunk(chunk) if self.chunked else chunk)
+                if not router.retained:
+                    router.body = None
+                stream.conn.resume_reading(4)
+            if router.request_ended or no_body:
+                if self.chunked and not no_body:
+                    parts.append(encode_last_chunk(router.trailers))
+                self.sent_end = True
+            conn.write(b"".join(parts))
         stream.first_upstream_tx = now
         if self.sent_end:
             stream.last_upstream_tx = now
-            self._start_try_timer(now)
+            if router.per_try_timeout:
+                self._start_try_timer(now)
 
     def _start_try_timer(self, now: float) -> None:
         router = self.router
@@ -870,24 +894,36 @@ class UpstreamRequest:
     def on_response_body(self, data: bytes) -> None:
         if self.done:
             return
-        self.router.stream.encode_data(data, False)
+        stream = self.router.stream
+        if stream.filters is None:
+            stream._write_data(data, False)
+        else:
+            stream.encode_data(data, False)
 
     def on_response_complete(self, trailers: HeaderMap | None) -> None:
         if self.done:
             return
         conn = self.conn
         self._finish_attempt()
-        if self.status >= 500:
-            self.host.rq_error += 1
+        host = self.host
+        status = self.status
+        if status >= 500:
+            host.rq_error += 1
         else:
-            self.host.rq_success += 1
-        self.cluster.stats.response_code(self.status)
-        self.cluster.stats.upstream_rq_time.record(
-            (self.router.stream.hcm.loop.time() - self.started_at) * 1000
-        )
+            host.rq_success += 1
+        router = self.router
+        stream = router.stream
+        now = stream.conn.now
+        stats = self.cluster.stats
+        stats.response_code(status)
+        stats.upstream_rq_time.record((now - self.started_at) * 1000)
         if conn is not None:
             conn.done(reusable=self.sent_end)
-        self.router.on_upstream_complete(self, trailers)
+        stream.last_upstream_rx = now
+        if trailers is None and stream.filters is None:
+            stream._write_data(b"", True)
+        else:
+            router.on_upstream_complete(self, trailers)
 
     def on_upstream_reset(self, reason: str) -> None:
         if self.done:
@@ -920,7 +956,10 @@ class UpstreamRequest:
             conn.pause_reading(2)
 
     def begin_upstream_read(self) -> None:
-        self.router.stream.conn.begin_batch()
+        conn = self.router.stream.conn
+        conn.now = conn.hcm.loop.time()
+        if conn.batch is None:
+            conn.batch = []
 
     def after_upstream_read(self) -> None:
         self.router.stream.conn.end_batch()

@@ -61,13 +61,14 @@ class AppendAction(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class HeaderValueOption:
     """A header to add: ``value`` may hold substitution commands (``%START_TIME%``), in which
-    case ``dynamic`` is true and the value is rendered per request."""
+    case ``render`` produces it per request."""
 
     name: bytes
     value: str
     action: AppendAction = AppendAction.APPEND_IF_EXISTS_OR_ADD
     keep_empty_value: bool = False
-    dynamic: bool = False
+    # For a value with substitution commands: renders it for a request (a StreamInfo).
+    render: Callable[[Any], str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from pilotfish.model.route import (
     PathMatchKind,
     QueryParameterMatcher,
     Route,
+    RouteAction,
     RouteConfiguration,
     RouteMatch,
     VirtualHost,
@@ -154,10 +155,36 @@ def compile_path_match(m: RouteMatch) -> Predicate:
 
 
 class CompiledRoute:
-    __slots__ = ("is_connect", "match", "needs_random", "route")
+    """A route ready for requests: its match as one closure, and what the router would
+    otherwise work out per request (header mutations of every level in order, retry policy,
+    the expected-timeout header)."""
 
-    def __init__(self, route: Route) -> None:
+    __slots__ = (
+        "action",
+        "cluster",
+        "expected_timeout",
+        "host_rewrite",
+        "is_connect",
+        "match",
+        "most_specific_wins",
+        "name",
+        "needs_random",
+        "path_rewrite",
+        "request_mutations",
+        "response_mutations",
+        "retry_policy",
+        "route",
+    )
+
+    def __init__(
+        self,
+        route: Route,
+        vhost: VirtualHost | None = None,
+        config: RouteConfiguration | None = None,
+    ) -> None:
         self.route = route
+        self.name = route.name
+        self.action = route.action
         m = route.match
         checks: list[Predicate] = [compile_path_match(m)]
         checks.extend(compile_header_matcher(hm) for hm in m.headers)
@@ -184,19 +211,65 @@ class CompiledRoute:
             self.match = lambda h: a(h) and b(h)
         else:
             self.match = lambda h: all(c(h) for c in checks)
+        # Header mutations: most specific first, so that a less specific OVERWRITE wins
+        # (Envoy), unless most_specific_header_mutations_wins.
+        req = [
+            route.request_headers,
+            vhost.request_headers if vhost else None,
+            config.request_headers if config else None,
+        ]
+        resp = [
+            route.response_headers,
+            vhost.response_headers if vhost else None,
+            config.response_headers if config else None,
+        ]
+        self.most_specific_wins = bool(config and config.most_specific_header_mutations_wins)
+        if self.most_specific_wins:
+            req.reverse()
+            resp.reverse()
+        self.request_mutations = tuple(x for x in req if x)
+        self.response_mutations = tuple(x for x in resp if x)
+        action = route.action
+        if isinstance(action, RouteAction):
+            self.cluster = action.cluster
+            self.retry_policy = action.retry_policy or (vhost.retry_policy if vhost else None)
+            per_try = self.retry_policy.per_try_timeout if self.retry_policy else 0.0
+            expected = per_try or action.timeout
+            self.expected_timeout = b"%d" % round(expected * 1000) if expected else b""
+            self.path_rewrite = (
+                action.prefix_rewrite is not None or action.regex_rewrite is not None
+            )
+            self.host_rewrite = bool(
+                action.host_rewrite_literal
+                or action.auto_host_rewrite
+                or action.host_rewrite_header
+                or action.host_rewrite_path_regex
+                or (
+                    action.weighted_clusters
+                    and any(wc.host_rewrite_literal for wc in action.weighted_clusters.clusters)
+                )
+            )
+        else:
+            self.cluster = ""
+            self.retry_policy = None
+            self.expected_timeout = b""
+            self.path_rewrite = False
+            self.host_rewrite = False
 
 
 class VirtualHostEntry:
     __slots__ = ("connect_routes", "routes", "vhost")
 
-    def __init__(self, vhost: VirtualHost) -> None:
+    def __init__(self, vhost: VirtualHost, config: RouteConfiguration | None = None) -> None:
         self.vhost = vhost
-        compiled = [CompiledRoute(r) for r in vhost.routes]
+        compiled = [CompiledRoute(r, vhost, config) for r in vhost.routes]
         # CONNECT requests only match connect_matcher routes, and those match nothing else.
         self.routes = tuple(cr for cr in compiled if not cr.is_connect)
         self.connect_routes = tuple(cr for cr in compiled if cr.is_connect)
 
-    def find_route(self, headers: RequestHeaders, random_value: int | None = None) -> Route | None:
+    def find_route(
+        self, headers: RequestHeaders, random_value: int | None = None
+    ) -> CompiledRoute | None:
         routes = self.connect_routes if headers.method == b"CONNECT" else self.routes
         for cr in routes:
             if cr.match(headers):
@@ -208,7 +281,7 @@ class VirtualHostEntry:
                     d = frac.default
                     if random_value % d.denominator >= d.numerator:
                         continue
-                return cr.route
+                return cr
         return None
 
 
@@ -229,7 +302,7 @@ class RouteTable:
         prefixes: list[tuple[bytes, VirtualHostEntry]] = []
         self._default: VirtualHostEntry | None = None
         for vh in config.virtual_hosts:
-            entry = VirtualHostEntry(vh)
+            entry = VirtualHostEntry(vh, config)
             for domain in vh.domains:
                 d = domain.lower().encode()
                 if d == b"*":
@@ -272,7 +345,9 @@ class RouteTable:
                 return e
         return self._default
 
-    def route(self, headers: RequestHeaders) -> tuple[VirtualHostEntry | None, Route | None]:
+    def route(
+        self, headers: RequestHeaders
+    ) -> tuple[VirtualHostEntry | None, CompiledRoute | None]:
         vh = self.find_virtual_host(headers.authority)
         if vh is None:
             return None, None

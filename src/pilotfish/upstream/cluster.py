@@ -238,6 +238,7 @@ class Cluster:
         self.name = config.name
         self.loop = loop
         self.store = store
+        self.stat_name = config.stat_name
         self.stats_prefix = f"cluster.{config.stat_name}."
         scope = store.scope(self.stats_prefix)
         self.stats = ClusterStats(scope)

@@ -201,13 +201,18 @@ def header_value_options(options: Any, path: str) -> tuple[HeaderValueOption, ..
             )
         else:
             action = AppendAction(opt.append_action)
+        render = None
+        if "%" in value:
+            from pilotfish.accesslog.formatter import compile_header_value
+
+            render = compile_header_value(value, f"{p}.header.value")
         out.append(
             HeaderValueOption(
                 name=lower.encode(),
                 value=value,
                 action=action,
                 keep_empty_value=opt.keep_empty_value,
-                dynamic="%" in value,
+                render=render,
             )
         )
     return tuple(out)
