@@ -38,7 +38,7 @@ $(APT_STAMP):
 apt: $(APT_STAMP)
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 
 typecheck: install
 	$(BIN)/mypy

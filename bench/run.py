@@ -840,6 +840,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.duration < 1 or args.runs < 1:
         ap.error("--duration must be ≥ 1 and --runs ≥ 1")
 
+    # Explicitly: a shell starting this in the background would have SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     procs = Processes()
