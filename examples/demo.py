@@ -110,13 +110,9 @@ def main() -> int:
         status, _, body = get(front, "/health")
         print(f"GET /health (direct response)               -> {status} {body.decode().strip()}")
         status, headers, _ = get(front, "/old")
-        print(
-            f"GET /old (redirect)                         -> {status} location: {headers['location']}"
-        )
+        print(f"GET /old (redirect)                         -> {status} to {headers['location']}")
         status, headers, _ = get(front, "/nowhere", {"host": "unknown"})
-        print(
-            f"GET /nowhere (no route)                     -> {status}, server: {headers.get('server')}"
-        )
+        print(f"GET /nowhere (no route)                     -> {status} {headers.get('server')}")
         _, _, stats = get(
             admin,
             "/stats?filter=^(cluster\\.v[12]\\.upstream_rq_total|http\\.front\\.downstream_rq_[245]xx)$",
