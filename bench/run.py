@@ -290,7 +290,9 @@ def start_nginx(procs: Processes, tmp: Path) -> Backend:
         f"""
 worker_processes 1;
 daemon off;
-master_process on;
+# One process doing the worker's job: it dies with this script (PR_SET_PDEATHSIG) even if
+# the script is SIGKILLed, where a master's worker would be orphaned.
+master_process off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}
