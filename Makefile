@@ -12,10 +12,13 @@ ENVOY_VERSION := 1.40.0
 
 all: install
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+# The request path is compiled with mypyc (setup.py): the build runs again when it changes.
+COMPILED_SOURCES := $(shell sed -n 's/^    "\(src\/.*\.py\)",$$/\1/p' setup.py)
+
+$(STAMP): pyproject.toml setup.py $(COMPILED_SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q setuptools==65.5.0 wheel==0.48.0 mypy==2.4.1 mypy_extensions==1.2.0
+	$(BIN)/pip install -q --no-build-isolation -e '.[dev]'
 	touch $@
 
 install: $(STAMP)

@@ -743,9 +743,9 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
                   + (f" (errors: {w.errors})" if w.errors else ""), flush=True)
 
     raw: dict[str, dict[str, list[Run]]] = {c.name: {n: [] for n in PROXIES} for c in CASES}
-    for case in CASES:
+    for n, case in enumerate(CASES):
         for i in range(args.runs):
-            order = PROXIES if i % 2 == 0 else PROXIES[::-1]
+            order = PROXIES if (n + i) % 2 == 0 else PROXIES[::-1]
             for name in order:
                 r = measure(procs, proxies[name], case, args.duration, tmp, ours)
                 raw[case.name][name].append(r)

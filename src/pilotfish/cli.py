@@ -156,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     from pilotfish.xds.bootstrap import BootstrapSource, load_bootstrap
 
     log = logging.getLogger("pilotfish.main")
+    from pilotfish._build import stale_compiled_modules
+
+    stale = stale_compiled_modules()
+    if stale:
+        log.warning("compiled modules are older than their sources (run `make install`): %s",
+                    ", ".join(stale))
     origin = options.config_path or "--config-yaml"
     try:
         loaded = load_bootstrap(

@@ -7,42 +7,44 @@ fields a request never touches (the HTTP stream object is itself a StreamInfo).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+from mypy_extensions import mypyc_attr
 
 
 class ResponseFlag:
     """Envoy's response flags as bits, in Envoy's order (the order %RESPONSE_FLAGS% prints)."""
 
-    FAILED_LOCAL_HEALTH_CHECK = 1 << 0  # LH
-    NO_HEALTHY_UPSTREAM = 1 << 1  # UH
-    UPSTREAM_REQUEST_TIMEOUT = 1 << 2  # UT
-    LOCAL_RESET = 1 << 3  # LR
-    UPSTREAM_REMOTE_RESET = 1 << 4  # UR
-    UPSTREAM_CONNECTION_FAILURE = 1 << 5  # UF
-    UPSTREAM_CONNECTION_TERMINATION = 1 << 6  # UC
-    UPSTREAM_OVERFLOW = 1 << 7  # UO
-    NO_ROUTE_FOUND = 1 << 8  # NR
-    DELAY_INJECTED = 1 << 9  # DI
-    FAULT_INJECTED = 1 << 10  # FI
-    RATE_LIMITED = 1 << 11  # RL
-    UNAUTHORIZED_EXTERNAL_SERVICE = 1 << 12  # UAEX
-    RATE_LIMIT_SERVICE_ERROR = 1 << 13  # RLSE
-    DOWNSTREAM_CONNECTION_TERMINATION = 1 << 14  # DC
-    UPSTREAM_RETRY_LIMIT_EXCEEDED = 1 << 15  # URX
-    STREAM_IDLE_TIMEOUT = 1 << 16  # SI
-    INVALID_ENVOY_REQUEST_HEADERS = 1 << 17  # IH
-    DOWNSTREAM_PROTOCOL_ERROR = 1 << 18  # DPE
-    UPSTREAM_MAX_STREAM_DURATION_REACHED = 1 << 19  # UMSDR
-    RESPONSE_FROM_CACHE_FILTER = 1 << 20  # RFCF
-    NO_FILTER_CONFIG_FOUND = 1 << 21  # NFCF
-    DURATION_TIMEOUT = 1 << 22  # DT
-    UPSTREAM_PROTOCOL_ERROR = 1 << 23  # UPE
-    NO_CLUSTER_FOUND = 1 << 24  # NC
-    OVERLOAD_MANAGER = 1 << 25  # OM
-    DNS_RESOLUTION_FAILED = 1 << 26  # DF
-    DROP_OVERLOAD = 1 << 27  # DO
-    DOWNSTREAM_REMOTE_RESET = 1 << 28  # DR
-    UNCONDITIONAL_DROP_OVERLOAD = 1 << 29  # UDO
+    FAILED_LOCAL_HEALTH_CHECK: Final = 1 << 0  # LH
+    NO_HEALTHY_UPSTREAM: Final = 1 << 1  # UH
+    UPSTREAM_REQUEST_TIMEOUT: Final = 1 << 2  # UT
+    LOCAL_RESET: Final = 1 << 3  # LR
+    UPSTREAM_REMOTE_RESET: Final = 1 << 4  # UR
+    UPSTREAM_CONNECTION_FAILURE: Final = 1 << 5  # UF
+    UPSTREAM_CONNECTION_TERMINATION: Final = 1 << 6  # UC
+    UPSTREAM_OVERFLOW: Final = 1 << 7  # UO
+    NO_ROUTE_FOUND: Final = 1 << 8  # NR
+    DELAY_INJECTED: Final = 1 << 9  # DI
+    FAULT_INJECTED: Final = 1 << 10  # FI
+    RATE_LIMITED: Final = 1 << 11  # RL
+    UNAUTHORIZED_EXTERNAL_SERVICE: Final = 1 << 12  # UAEX
+    RATE_LIMIT_SERVICE_ERROR: Final = 1 << 13  # RLSE
+    DOWNSTREAM_CONNECTION_TERMINATION: Final = 1 << 14  # DC
+    UPSTREAM_RETRY_LIMIT_EXCEEDED: Final = 1 << 15  # URX
+    STREAM_IDLE_TIMEOUT: Final = 1 << 16  # SI
+    INVALID_ENVOY_REQUEST_HEADERS: Final = 1 << 17  # IH
+    DOWNSTREAM_PROTOCOL_ERROR: Final = 1 << 18  # DPE
+    UPSTREAM_MAX_STREAM_DURATION_REACHED: Final = 1 << 19  # UMSDR
+    RESPONSE_FROM_CACHE_FILTER: Final = 1 << 20  # RFCF
+    NO_FILTER_CONFIG_FOUND: Final = 1 << 21  # NFCF
+    DURATION_TIMEOUT: Final = 1 << 22  # DT
+    UPSTREAM_PROTOCOL_ERROR: Final = 1 << 23  # UPE
+    NO_CLUSTER_FOUND: Final = 1 << 24  # NC
+    OVERLOAD_MANAGER: Final = 1 << 25  # OM
+    DNS_RESOLUTION_FAILED: Final = 1 << 26  # DF
+    DROP_OVERLOAD: Final = 1 << 27  # DO
+    DOWNSTREAM_REMOTE_RESET: Final = 1 << 28  # DR
+    UNCONDITIONAL_DROP_OVERLOAD: Final = 1 << 29  # UDO
 
 
 RESPONSE_FLAG_SHORT = (
@@ -137,6 +139,7 @@ class HeaderLookup(Protocol):
     def get(self, name: bytes) -> bytes | None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class StreamInfo:
     """Times are ``time.monotonic()`` seconds except ``start_time`` (``time.time()``)."""
 
@@ -195,10 +198,22 @@ class StreamInfo:
     downstream_direct_local_address: str = ""
     filter_chain_name: str = ""
     local_reply_body: str = ""
+    access_log_type: str = "NotSet"
+    downstream_transport_failure_reason: str = ""
+    downstream_wire_bytes_received: int = 0
+    downstream_wire_bytes_sent: int = 0
+    downstream_handshake_complete: float | None = None
+    upstream_handshake_complete: float | None = None
+    upstream_connect_start: float | None = None
+    upstream_connect_complete: float | None = None
+    first_upstream_rx_body: float | None = None
+    upstream_cluster_metadata: dict[str, Any] | None = None
+    upstream_host_metadata: dict[str, Any] | None = None
 
-    request_headers: HeaderLookup | None = None
-    response_headers: HeaderLookup | None = None
-    response_trailers: HeaderLookup | None = None
+    # HeaderLookup objects (RequestHeaders, ResponseHeaders, HeaderMap) or None.
+    request_headers: Any = None
+    response_headers: Any = None
+    response_trailers: Any = None
 
     def set_response_flag(self, flag: int) -> None:
         if self.response_flags & flag:

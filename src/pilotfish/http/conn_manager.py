@@ -217,8 +217,9 @@ class HttpConnectionManager:
             conn.start_drain()
 
 
-class HttpConnection(asyncio.Protocol):
-    """One downstream HTTP/1.1 connection."""
+class HttpConnection:
+    """One downstream HTTP/1.1 connection (an asyncio protocol, by duck typing so that it can
+    be compiled)."""
 
     def __init__(self, hcm: HttpConnectionManager, info: Any) -> None:
         self.hcm = hcm
@@ -542,8 +543,6 @@ class ActiveStream(StreamInfo):
     Per-request state that most requests never change lives in class attributes, so creating
     a stream sets a dozen attributes, not fifty."""
 
-    request_headers: RequestHeaders
-    response_headers: ResponseHeaders | None = None
     request_complete = False
     response_started = False
     done = False

@@ -310,6 +310,8 @@ def _retriable_status(
 
 
 _RESET_CONDITIONS = frozenset(("5xx", "gateway-error", "reset"))
+_NO_RETRY_ON: frozenset[str] = frozenset()
+_NO_CODES: frozenset[int] = frozenset()
 
 
 class Router:
@@ -324,9 +326,7 @@ class Router:
     per_try_timeout = 0.0
     global_deadline: float | None = None
     try_deadline: float | None = None
-    retry_on: frozenset[str] = frozenset()
     retries_left = 0
-    retry_codes: frozenset[int] = frozenset()
     retry_policy: RetryPolicy | None = None
     retry_handle: Any = None
     attempted_hosts: set[Host] | None = None
@@ -353,6 +353,8 @@ class Router:
         self.cluster = cluster
         self.wc = wc
         self.timeout = self.action.timeout
+        self.retry_on: frozenset[str] = _NO_RETRY_ON
+        self.retry_codes: frozenset[int] = _NO_CODES
         if cluster.stat_name != cluster.name:
             stream.upstream_cluster_observability_name = cluster.stat_name
 

@@ -32,7 +32,7 @@ def _failure_reason(exc: BaseException) -> str:
 
 
 async def open_connection(
-    cluster: Cluster, host: Host, factory: Callable[[], asyncio.Protocol]
+    cluster: Cluster, host: Host, factory: Callable[[], Any]
 ) -> tuple[asyncio.Transport, Any]:
     """Connect to ``host`` within the cluster's connect timeout. Raises ConnectFailure."""
     loop = cluster.loop
@@ -90,8 +90,9 @@ class PoolClient(Protocol):
     def after_upstream_read(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection to a host. The request being served is the codec's handler."""
+class UpstreamConnection:
+    """One HTTP/1.1 connection to a host (an asyncio protocol, by duck typing so that it can
+    be compiled). The request being served is the codec's handler."""
 
     def __init__(self, pool: Http1ConnPool) -> None:
         self.pool = pool
@@ -245,10 +246,17 @@ class _IdleHandler:
     def __init__(self, conn: UpstreamConnection) -> None:
         self.conn = conn
 
-    def _unexpected(self, *args: Any) -> None:
+    def on_response_headers(self, headers: ResponseHeaders, end_stream: bool) -> None:
         self.conn.close()
 
-    on_response_headers = on_response_body = on_response_complete = on_informational = _unexpected
+    def on_response_body(self, data: bytes) -> None:
+        self.conn.close()
+
+    def on_response_complete(self, trailers: HeaderMap | None) -> None:
+        self.conn.close()
+
+    def on_informational(self, headers: ResponseHeaders) -> None:
+        self.conn.close()
 
 
 class Http1ConnPool:
