@@ -12,7 +12,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 def compiled_modules() -> list[Path]:
     """Extension modules next to their .py sources in this package."""
-    out = []
+    out: list[Path] = []
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         out.extend(PACKAGE_DIR.rglob(f"*{suffix}"))
     return sorted(out)

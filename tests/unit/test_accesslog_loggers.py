@@ -380,7 +380,7 @@ def test_format_errors_are_counted_not_raised(tmp_path: Path) -> None:
     manager = AccessLogManager()
     logger, path = logger_for(tmp_path, manager, "%REQ(:PATH)%\n")
     info = make_info()
-    info.request_headers = "not a header map"  # type: ignore[assignment]
+    info.request_headers = "not a header map"
     logger.log(info)
     assert logger.format_errors == 1
     manager.close()
