@@ -598,7 +598,9 @@ RESP_SERVER = 2
 RESP_CONTENT_LENGTH = 4
 RESP_CHUNKED = 8
 RESP_HOP = 16
+RESP_SERVICE_TIME = 32
 _RESPONSE_SPECIAL = {
+    b"x-envoy-upstream-service-time": RESP_SERVICE_TIME,
     b"date": RESP_DATE,
     b"server": RESP_SERVER,
     b"content-length": RESP_CONTENT_LENGTH,

@@ -1050,16 +1050,17 @@ class ActiveStream(StreamInfo):
             return
         if self.router is not None:
             self.router.cancel()
-        items: list[tuple[bytes, bytes]] = []
-        if extra_headers:
-            items.extend(extra_headers)
-        if body:
-            items.append((b"content-length", str(len(body)).encode()))
-            items.append((b"content-type", b"text/plain"))
-        headers = ResponseHeaders(status, items)
+        headers = ResponseHeaders(status, list(extra_headers) if extra_headers else [])
         route = self.route
-        if route is not None and details == "direct_response":
-            apply_response_mutations(self, headers, route, None)
+        if route is not None and (route.response_mutations or self.router is not None):
+            # After route selection, the route's response headers apply (before the body's).
+            wc = self.router.wc if self.router is not None else None
+            apply_response_mutations(self, headers, route, wc)
+        if body:
+            headers.items.append((b"content-length", str(len(body)).encode()))
+            headers.items.append((b"content-type", b"text/plain"))
+        if self.http_version != "1.1":
+            self.conn.closing = True  # every local reply to HTTP/1.0 closes (Envoy)
         if not self.request_complete:
             # The rest of the request will not be read: the connection can't be reused.
             self.conn.closing = True
@@ -1146,10 +1147,12 @@ class ActiveStream(StreamInfo):
             d = self.conn.last_activity + idle
             if now >= d:
                 self.hcm.stats.downstream_rq_idle_timeout.value += 1
-                self.conn.closing = True
-                self.send_local_reply(
-                    408, b"stream timeout", "stream_idle_timeout", ResponseFlag.STREAM_IDLE_TIMEOUT
-                )
+                # Waiting for the upstream: 504; still receiving the request: 408 (and close).
+                status = 504 if self.request_complete else 408
+                if status == 408:
+                    self.conn.closing = True
+                flag = ResponseFlag.STREAM_IDLE_TIMEOUT
+                self.send_local_reply(status, b"stream timeout", "stream_idle_timeout", flag)
                 return None
             deadlines.append(d)
         if cfg.request_timeout and not self.request_complete:

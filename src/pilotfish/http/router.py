@@ -12,6 +12,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from pilotfish.codec.http1 import (
+    RESP_SERVICE_TIME,
     SEEN_ENVOY,
     CodecError,
     encode_chunk,
@@ -70,23 +71,37 @@ class RouterSettings:
 
 
 def _apply(headers: HeaderMap, mutations: HeaderMutations, stream: Any) -> None:
+    """One level's changes, in Envoy's order: removals, then overwrites (old values removed,
+    the new one appended at the end), then appends."""
     for name in mutations.remove:
         headers.remove(name)
-    for opt in mutations.add:
+    adds = mutations.add
+    for opt in adds:
+        action = opt.action
+        if action is not AppendAction.OVERWRITE_IF_EXISTS_OR_ADD and (
+            action is not AppendAction.OVERWRITE_IF_EXISTS
+        ):
+            continue
+        if action is AppendAction.OVERWRITE_IF_EXISTS and opt.name not in headers:
+            continue
         render = opt.render
         value = render(stream) if render is not None else opt.value
         if not value and not opt.keep_empty_value:
             continue
-        raw = value.encode("latin-1", "replace")
+        headers.remove(opt.name)
+        headers.items.append((opt.name, value.encode("latin-1", "replace")))
+    for opt in adds:
         action = opt.action
-        if action is AppendAction.APPEND_IF_EXISTS_OR_ADD:
-            headers.add(opt.name, raw)
-        elif action is AppendAction.OVERWRITE_IF_EXISTS_OR_ADD:
-            headers.set(opt.name, raw)
-        elif action is AppendAction.ADD_IF_ABSENT:
-            headers.set_default(opt.name, raw)
-        elif opt.name in headers:  # OVERWRITE_IF_EXISTS
-            headers.set(opt.name, raw)
+        if action is AppendAction.ADD_IF_ABSENT:
+            if opt.name in headers:
+                continue
+        elif action is not AppendAction.APPEND_IF_EXISTS_OR_ADD:
+            continue
+        render = opt.render
+        value = render(stream) if render is not None else opt.value
+        if not value and not opt.keep_empty_value:
+            continue
+        headers.items.append((opt.name, value.encode("latin-1", "replace")))
 
 
 def apply_request_mutations(
@@ -552,13 +567,15 @@ class Router:
         now = stream.conn.now
         stream.first_upstream_rx = now
         stream.response_code_details = "via_upstream"
-        if self.cr.response_mutations or self.wc is not None:
-            apply_response_mutations(stream, headers, self.cr, self.wc)
         if not self.settings.suppress_envoy_headers:
             start = self.downstream_complete_at or up.started_at
-            headers.items.append(
-                (b"x-envoy-upstream-service-time", b"%d" % int((now - start) * 1000))
-            )
+            value = b"%d" % int((now - start) * 1000)
+            if headers.seen & RESP_SERVICE_TIME:
+                headers.set(b"x-envoy-upstream-service-time", value)
+            else:
+                headers.items.append((b"x-envoy-upstream-service-time", value))
+        if self.cr.response_mutations or self.wc is not None:
+            apply_response_mutations(stream, headers, self.cr, self.wc)
         if status == 101:
             self._start_tunnel(up)
         stream.encode_headers(headers, end_stream and status != 101)
