@@ -18,7 +18,9 @@ COMPILED_SOURCES := $(shell sed -n 's/^    "\(src\/.*\.py\)",$$/\1/p' setup.py)
 $(STAMP): pyproject.toml setup.py $(COMPILED_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q setuptools==65.5.0 wheel==0.48.0 mypy==2.4.1 mypy_extensions==1.2.0
-	$(BIN)/pip install -q --no-build-isolation -e '.[dev]'
+	# Dependencies first (pure Python), then the mypyc build, which type-checks against them.
+	PILOTFISH_PURE_PYTHON=1 $(BIN)/pip install -q --no-build-isolation -e '.[dev]'
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 install: $(STAMP)
