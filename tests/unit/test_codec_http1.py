@@ -97,7 +97,22 @@ def test_request_round_trip_through_client_encoder() -> None:
     assert ev.framing[0]["length"] == 5
 
 
-def test_chunked_request_with_trailers_and_split_feeds() -> None:
+@pytest.mark.parametrize(
+    ("method", "framing"),
+    [(b"GET", b""), (b"HEAD", b""), (b"DELETE", b""), (b"TRACE", b""),
+     (b"POST", b"content-length: 0\r\n"), (b"PUT", b"content-length: 0\r\n"),
+     (b"OPTIONS", b"content-length: 0\r\n"), (b"PATCH", b"content-length: 0\r\n")],
+)
+def test_bodiless_request_framing_follows_envoy(method: bytes, framing: bytes) -> None:
+    # Observed on Envoy 1.40: a headers-only POST/PUT/OPTIONS/PATCH gets an explicit
+    # content-length: 0 upstream; GET/HEAD/DELETE/TRACE get no framing header.
+    head, chunked = encode_request_head(RequestHeaders(method, b"/", b"svc", [(b"x", b"1")]), True)
+    assert not chunked
+    assert head == method + b" / HTTP/1.1\r\nhost: svc\r\nx: 1\r\n" + framing + b"\r\n"
+
+
+@pytest.mark.parametrize("enable_trailers", [True, False])
+def test_chunked_request_with_trailers_and_split_feeds(enable_trailers: bool) -> None:
     req = RequestHeaders(b"POST", b"/c", b"svc", [])
     head, chunked = encode_request_head(req, end_stream=False)
     assert chunked and b"transfer-encoding: chunked" in head
@@ -107,12 +122,15 @@ def test_chunked_request_with_trailers_and_split_feeds() -> None:
         + encode_chunk(b"defg")
         + encode_last_chunk(HeaderMap([(b"x-checksum", b"42")]))
     )
-    codec, ev = server()
+    codec, ev = server(enable_trailers=enable_trailers)
     for i in range(len(wire)):  # one byte at a time: the parser must not care
         codec.feed(wire[i : i + 1])
     assert ev.body() == b"abcdefg"
     trailers = ev.events[-1][1]
-    assert isinstance(trailers, HeaderMap) and trailers.items == [(b"x-checksum", b"42")]
+    if enable_trailers:
+        assert isinstance(trailers, HeaderMap) and trailers.items == [(b"x-checksum", b"42")]
+    else:  # Envoy's default: parsed, then dropped
+        assert trailers is None
     assert ev.framing[0]["chunked"] is True
 
 
@@ -247,9 +265,9 @@ def test_response_framing_rules() -> None:
     assert codec.encode_headers(ResponseHeaders(299, []), True).startswith(b"HTTP/1.1 299 Unknown")
 
 
-def client() -> tuple[Http1ClientCodec, ClientEvents]:
+def client(enable_trailers: bool = False) -> tuple[Http1ClientCodec, ClientEvents]:
     ev = ClientEvents()
-    return Http1ClientCodec(ev), ev
+    return Http1ClientCodec(ev, enable_trailers=enable_trailers), ev
 
 
 def test_client_parses_response_and_strips_hop_by_hop() -> None:
@@ -309,11 +327,34 @@ def test_client_garbage_is_a_protocol_error() -> None:
         codec.feed(b"this is not http\r\n\r\n")
 
 
-def test_client_chunked_response_with_trailers() -> None:
-    codec, ev = client()
+@pytest.mark.parametrize("enable_trailers", [True, False])
+def test_client_chunked_response_with_trailers(enable_trailers: bool) -> None:
+    codec, ev = client(enable_trailers)
     codec.feed(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n"
     )
     _, items, _ = ev.events[0][1]
     assert items == []  # transfer-encoding is the hop's, not the message's
-    assert ev.events[-1] == ("complete", [(b"x-t", b"1")])
+    assert ev.events[-1] == ("complete", [(b"x-t", b"1")] if enable_trailers else None)
+
+
+@pytest.mark.parametrize("enable_trailers", [True, False])
+def test_response_trailers_are_encoded_only_when_enabled(enable_trailers: bool) -> None:
+    codec, _ = server(enable_trailers=enable_trailers)
+    codec.feed(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    head = codec.encode_headers(ResponseHeaders(200, []), False)
+    assert b"transfer-encoding: chunked" in head
+    end = codec.encode_trailers(HeaderMap([(b"grpc-status", b"0")]))
+    assert end == (b"0\r\ngrpc-status: 0\r\n\r\n" if enable_trailers else b"0\r\n\r\n")
+
+
+def test_in_head_tracks_an_incomplete_request_head_and_stop_ends_parsing() -> None:
+    codec, ev = server()
+    assert not codec.in_head
+    codec.feed(b"GET / HT")
+    assert codec.in_head  # request_headers_timeout runs while this is true
+    codec.feed(b"TP/1.1\r\nhost: a\r\n\r\n")
+    assert not codec.in_head and len(ev.events) == 2  # headers, complete
+    codec.stop()
+    codec.feed(b"GET /2 HTTP/1.1\r\nhost: a\r\n\r\n")
+    assert len(ev.events) == 2  # nothing more is parsed after a protocol error

@@ -140,7 +140,7 @@ def _routes_dump(server: Server) -> Any:
 
 
 def _secrets_dump(server: Server) -> Any:
-    dump = config_dump_shared_pb2.SecretsConfigDump()
+    dump = config_dump_pb2.SecretsConfigDump()
     for secret in server.bootstrap.proto.static_resources.secrets:
         item = dump.static_secrets.add()
         item.name = secret.name

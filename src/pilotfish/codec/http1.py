@@ -167,8 +167,11 @@ class Http1ServerCodec:
         allow_chunked_length: bool = False,
         underscores: str = "ALLOW",
         allow_absolute_url: bool = True,
+        enable_trailers: bool = False,
     ) -> None:
         self.handler = handler
+        # Envoy parses trailers but drops them unless http_protocol_options.enable_trailers.
+        self.enable_trailers = enable_trailers
         self.max_header_bytes = max_headers_kb * 1024
         self.max_headers_count = max_headers_count
         self.allow_chunked_length = allow_chunked_length
@@ -185,6 +188,8 @@ class Http1ServerCodec:
         self._in_trailers = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._error: CodecError | None = None
+        self.in_head = False  # a request has begun and its headers are not complete yet
+        self.stopped = False  # after a protocol error or timeout nothing more is parsed
         # Framing of the request being delivered (read by the handler in on_request_headers).
         self.version = "1.1"
         self.keep_alive = True
@@ -205,6 +210,8 @@ class Http1ServerCodec:
     def feed(self, data: bytes) -> bytes | None:
         """Parse ``data``. Returns the bytes after an upgrade request's headers (the tunnel's
         first bytes) if the request upgraded the connection, else None. Raises CodecError."""
+        if self.stopped:
+            return None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -235,7 +242,13 @@ class Http1ServerCodec:
             return CodecError("low_version", 426)
         return CodecError("http1.codec_error", 400)
 
+    def stop(self) -> None:
+        """Parse nothing more on this connection."""
+        self.stopped = True
+        self.in_head = False
+
     def on_message_begin(self) -> None:
+        self.in_head = True
         self._url = b""
         self._items = []
         self._host = None
@@ -265,6 +278,8 @@ class Http1ServerCodec:
         if hbytes > self.max_header_bytes:
             self._fail(CodecError("http1.headers_too_large", 431))
         if self._in_trailers:
+            if not self.enable_trailers:
+                return
             if self._trailers is None:
                 self._trailers = []
             self._trailers.append((name, value))
@@ -308,6 +323,7 @@ class Http1ServerCodec:
         # _HOP: dropped
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         parser = self._parser
         self.version = parser.get_http_version()
         self.keep_alive = parser.should_keep_alive()
@@ -413,10 +429,11 @@ class Http1ServerCodec:
         return data
 
     def encode_trailers(self, trailers: HeaderMap | None) -> bytes:
-        """End of a response body with trailers (dropped unless the body is chunked)."""
+        """End of a response body with trailers (dropped unless the body is chunked and
+        trailers are enabled)."""
         if not self._chunked_out:
             return b""
-        if not trailers:
+        if not trailers or not self.enable_trailers:
             return b"0\r\n\r\n"
         return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers.items) + b"\r\n"
 
@@ -429,9 +446,19 @@ def encode_request_head(headers: RequestHeaders, end_stream: bool) -> tuple[byte
     block = b"\r\n".join([b": ".join(item) for item in items])
     if block:
         head += block + b"\r\n"
-    if end_stream or headers.method == b"CONNECT" or any(n == b"content-length" for n, _ in items):
+    method = headers.method
+    if method == b"CONNECT" or any(n == b"content-length" for n, _ in items):
         return head + b"\r\n", False
+    if end_stream:
+        # Envoy frames a bodiless POST, PUT, PATCH... explicitly (RFC 9110 §8.6).
+        if method in _BODILESS_METHODS:
+            return head + b"\r\n", False
+        return head + b"content-length: 0\r\n\r\n", False
     return head + b"transfer-encoding: chunked\r\n\r\n", True
+
+
+# Requests that carry no body by definition get no ``content-length: 0`` (as in Envoy).
+_BODILESS_METHODS = frozenset((b"GET", b"HEAD", b"DELETE", b"TRACE", b"CONNECT"))
 
 
 def encode_chunk(data: bytes) -> bytes:
@@ -448,9 +475,15 @@ class Http1ClientCodec:
     """Client side of one upstream connection: parses responses to the requests sent on it."""
 
     def __init__(
-        self, handler: ClientHandler, *, max_headers_count: int = 100, max_headers_kb: int = 60
+        self,
+        handler: ClientHandler,
+        *,
+        max_headers_count: int = 100,
+        max_headers_kb: int = 60,
+        enable_trailers: bool = False,
     ) -> None:
         self.handler = handler
+        self.enable_trailers = enable_trailers
         self.max_headers_count = max_headers_count
         self.max_header_bytes = max_headers_kb * 1024
         self._parser: Any = httptools.HttpResponseParser(self)
@@ -520,6 +553,8 @@ class Http1ClientCodec:
             self._error = CodecError("upstream.headers_too_large", 502)
             raise self._error
         if self._in_trailers:
+            if not self.enable_trailers:
+                return
             if self._trailers is None:
                 self._trailers = []
             self._trailers.append((name, value))

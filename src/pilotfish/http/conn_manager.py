@@ -232,6 +232,7 @@ class HttpConnection:
             allow_chunked_length=cfg.allow_chunked_length,
             underscores=cfg.headers_with_underscores_action,
             allow_absolute_url=cfg.allow_absolute_url,
+            enable_trailers=cfg.enable_trailers,
         )
         self.transport: asyncio.Transport | None = None
         self.active: ActiveStream | None = None  # the stream whose response is being produced
@@ -246,6 +247,7 @@ class HttpConnection:
         self.last_activity = 0.0
         self.opened_at = 0.0
         self.watchdog: asyncio.TimerHandle | None = None
+        self.head_started = 0.0  # when the request whose headers are incomplete began
         self.tunnel: Any = None  # set when an upgrade switched the connection to a TCP tunnel
 
     # -- transport events --------------------------------------------------------------------
@@ -277,6 +279,10 @@ class HttpConnection:
             rest = self.codec.feed(data)
             if rest is not None and self.active is not None:
                 self.active.on_upgrade_data(rest)
+            timeout = self.hcm.config.request_headers_timeout
+            if timeout and not self.head_started and self.codec.in_head:
+                self.head_started = self.now
+                self._arm(self.now + timeout)
         except CodecError as e:
             self._protocol_error(e)
         finally:
@@ -339,6 +345,7 @@ class HttpConnection:
     # -- codec callbacks ----------------------------------------------------------------------
 
     def on_request_headers(self, headers: RequestHeaders) -> None:
+        self.head_started = 0.0
         stream = ActiveStream(self, headers)
         self.parsing = stream
         self.requests += 1
@@ -440,7 +447,7 @@ class HttpConnection:
         """A request the codec rejected: Envoy's local reply, then close."""
         s = self.hcm.stats
         s.downstream_cx_protocol_error.value += 1
-        self.codec = _DeadCodec()  # type: ignore[assignment]
+        self.codec.stop()
         stream = self.parsing
         if stream is None or stream.response_started:
             if self.active is None or not self.active.response_started:
@@ -464,6 +471,16 @@ class HttpConnection:
             error.details,
             ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR,
         )
+
+    def _request_headers_timeout(self) -> None:
+        """request_headers_timeout: the request's headers did not arrive in time."""
+        self.head_started = 0.0
+        self.codec.stop()
+        self.closing = True
+        stream = ActiveStream(self, RequestHeaders(b"GET", b"/", b""), headerless=True)
+        self.active = stream
+        stream.request_complete = True
+        stream.send_local_reply(408, b"request header timeout", "request_header_timeout", 0)
 
     # -- timeouts -----------------------------------------------------------------------------
 
@@ -491,6 +508,16 @@ class HttpConnection:
         cfg = self.hcm.config
         self.begin_batch()
         try:
+            if self.head_started:
+                if self.active is not None:
+                    # Envoy reads no further request while a response is pending: the next
+                    # request's clock starts when it can be read.
+                    self.head_started = now
+                deadline = self.head_started + cfg.request_headers_timeout
+                if now >= deadline:
+                    self._request_headers_timeout()
+                    return
+                self._arm(deadline)
             stream = self.active
             if stream is not None:
                 nxt = stream.check_timeouts(now)
@@ -522,13 +549,6 @@ class HttpConnection:
             self._arm(deadline)
         finally:
             self.end_batch()
-
-
-class _DeadCodec:
-    """After a protocol error nothing more is parsed."""
-
-    def feed(self, data: bytes) -> None:
-        return None
 
 
 def _reason_body(status: int) -> bytes:

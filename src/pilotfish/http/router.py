@@ -624,31 +624,36 @@ class Router:
             detail_reason = reason.replace(" ", "_")
             self._fail_local(
                 503,
-                _RESET_BODY + b"reset reason: remote connection failure",
+                self._reset_body(b"remote connection failure"),
                 f"upstream_reset_before_response_started{{remote_connection_failure|{detail_reason}}}",
                 0,
             )
         elif kind == "overflow":
             self._fail_local(
                 503,
-                _RESET_BODY + b"reset reason: overflow",
+                self._reset_body(b"overflow"),
                 "upstream_reset_before_response_started{overflow}",
                 ResponseFlag.UPSTREAM_OVERFLOW,
             )
         elif kind == "protocol_error":
             self._fail_local(
                 502,
-                _RESET_BODY + b"reset reason: protocol error",
+                self._reset_body(b"protocol error"),
                 "upstream_reset_before_response_started{protocol_error}",
                 ResponseFlag.UPSTREAM_PROTOCOL_ERROR,
             )
         else:
             self._fail_local(
                 503,
-                _RESET_BODY + b"reset reason: connection termination",
+                self._reset_body(b"connection termination"),
                 "upstream_reset_before_response_started{connection_termination}",
                 ResponseFlag.UPSTREAM_CONNECTION_TERMINATION,
             )
+
+    def _reset_body(self, reason: bytes) -> bytes:
+        if self.stream.upstream_request_attempt_count > 1:
+            return _RESET_BODY + b"retried and the latest reset reason: " + reason
+        return _RESET_BODY + b"reset reason: " + reason
 
     def _fail_local(self, status: int, body: bytes, details: str, flag: int) -> None:
         self.upstream = None
@@ -845,7 +850,8 @@ class UpstreamRequest:
                 stream.conn.resume_reading(4)
             if router.request_ended or no_body:
                 if self.chunked and not no_body:
-                    parts.append(encode_last_chunk(router.trailers))
+                    trailers = router.trailers if conn.codec.enable_trailers else None
+                    parts.append(encode_last_chunk(trailers))
                 self.sent_end = True
             conn.write(b"".join(parts))
         stream.first_upstream_tx = now
@@ -894,7 +900,7 @@ class UpstreamRequest:
         conn = self.conn
         assert conn is not None
         if self.chunked:
-            conn.write(encode_last_chunk(trailers))
+            conn.write(encode_last_chunk(trailers if conn.codec.enable_trailers else None))
         self.sent_end = True
         self._start_try_timer(self.router.stream.hcm.loop.time())
 

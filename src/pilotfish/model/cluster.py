@@ -81,6 +81,7 @@ class HttpProtocolOptions:
     max_connection_duration: float = 0.0
     max_headers_count: int = 100
     header_key_format_preserve: bool = False
+    enable_trailers: bool = False
     request_headers: HeaderMutations = NO_MUTATIONS
 
 

@@ -52,6 +52,7 @@ class HttpConnectionManagerConfig:
     default_host_for_http_10: bytes = b""
     allow_absolute_url: bool = True
     allow_chunked_length: bool = False
+    enable_trailers: bool = False
     preserve_header_case: bool = False
     upgrade_configs: tuple[UpgradeConfig, ...] = ()
     proxy_100_continue: bool = False

@@ -97,8 +97,11 @@ class UpstreamConnection:
     def __init__(self, pool: Http1ConnPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        http = pool.cluster.config.http
         self.codec = Http1ClientCodec(
-            _IdleHandler(self), max_headers_count=pool.cluster.config.http.max_headers_count
+            _IdleHandler(self),
+            max_headers_count=http.max_headers_count,
+            enable_trailers=http.enable_trailers,
         )
         self.client: PoolClient | None = None
         self.requests = 0

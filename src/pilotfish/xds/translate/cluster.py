@@ -239,6 +239,8 @@ def http_protocol_options(msg: Any, ctx: TranslateContext, pre: str) -> HttpProt
     max_duration = 0.0
     max_headers = 100
     preserve = False
+    # The deprecated inline Http1ProtocolOptions, overridden by the typed extension options.
+    trailers = msg.http_protocol_options.enable_trailers
     for key, value in msg.typed_extension_protocol_options.items():
         opath = f"{pre}typed_extension_protocol_options[{key}]"
         if key == TCP_PROTOCOL_OPTIONS or value.type_url.endswith(TCP_PROTOCOL_OPTIONS):
@@ -268,6 +270,7 @@ def http_protocol_options(msg: Any, ctx: TranslateContext, pre: str) -> HttpProt
             }.get(pkind or "", "HTTP1")
             if pkind == "http_protocol_options":
                 preserve = ehc.http_protocol_options.HasField("header_key_format")
+                trailers = ehc.http_protocol_options.enable_trailers
         elif which == "use_downstream_protocol_config":
             protocol = "DOWNSTREAM"
         elif which == "auto_config":
@@ -279,6 +282,7 @@ def http_protocol_options(msg: Any, ctx: TranslateContext, pre: str) -> HttpProt
         max_connection_duration=max_duration,
         max_headers_count=max_headers,
         header_key_format_preserve=preserve,
+        enable_trailers=trailers,
     )
 
 

@@ -140,6 +140,7 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             default_host_for_http_10=hpo.default_host_for_http_10.encode(),
             allow_absolute_url=c.bool_value(hpo, "allow_absolute_url", True),
             allow_chunked_length=hpo.allow_chunked_length,
+            enable_trailers=hpo.enable_trailers,
             preserve_header_case=hpo.HasField("header_key_format"),
             upgrade_configs=tuple(upgrades),
             proxy_100_continue=msg.proxy_100_continue,
