@@ -4,6 +4,7 @@ Envoy's server state, and drains and exits on SIGTERM/SIGINT or /quitquitquit.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -101,23 +102,55 @@ class Server:
         if self.admin is not None:
             await self.admin.start()
             self._write_admin_address()
-        self._set_state(ServerState.INITIALIZING)
         for listener in built:
-            await listener.start()
             lm.listeners[listener.name] = listener
             lm.stats_added.value += 1
             lm.stats_create_success.value += 1
         lm.gauge_active.set(len(lm.listeners))
         self._install_signals(loop)
+        # Envoy's order: PRE_INITIALIZING until the cluster manager (static clusters, then
+        # CDS) is initialized, INITIALIZING until listeners (LDS) are, then workers start.
         initialized = asyncio.Event()
         cm.when_initialized(initialized.set)
         await initialized.wait()
-        lm.gauge_workers_started.set(1)
-        self._set_state(ServerState.LIVE)
-        log.info("all clusters initialized; pilotfish is live")
+        dynamic = model.dynamic_resources
+        await self._wait_for_dynamic_resources(dynamic, "cds_config")
+        if not self._shutdown.is_set():
+            self._set_state(ServerState.INITIALIZING)
+            await self._wait_for_dynamic_resources(dynamic, "lds_config")
+        if not self._shutdown.is_set():
+            for listener in built:
+                await listener.start()
+            lm.gauge_workers_started.set(1)
+            self._set_state(ServerState.LIVE)
+            log.info("all clusters initialized; pilotfish is live")
         await self._shutdown.wait()
         await self._drain_and_stop()
         return self.exit_code
+
+    async def _wait_for_dynamic_resources(self, dynamic: Any, field: str) -> None:
+        """Envoy waits for the first CDS (then LDS) response for at most the source's
+        ``initial_fetch_timeout`` (15 s by default; 0 waits for ever). There is no xDS client
+        yet, so nothing arrives: wait as Envoy does when its management server is unreachable."""
+        if dynamic is None or not dynamic.HasField(field):
+            return
+        source = getattr(dynamic, field)
+        wait = 15.0
+        if source.HasField("initial_fetch_timeout"):
+            wait = source.initial_fetch_timeout.ToTimedelta().total_seconds()
+        log.warning(
+            "dynamic_resources.%s: xDS is not implemented yet, nothing will be fetched; "
+            "waiting %s",
+            field,
+            "until shutdown (initial_fetch_timeout 0)" if not wait else f"{wait:g}s",
+        )
+        shutdown = self._shutdown
+        assert shutdown is not None
+        if not wait:
+            await shutdown.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(shutdown.wait(), wait)
 
     # -- state and stats ------------------------------------------------------------------------
 
