@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.support.proxies import KINDS, Proxy, bootstrap, http_listener, static_cluster
 
 
