@@ -566,6 +566,9 @@ class Router:
         self.try_deadline = None
         now = stream.conn.now
         stream.first_upstream_rx = now
+        if stream.upgrade is not None and status != 101:
+            self._upgrade_refused(up, headers)
+            return
         stream.response_code_details = "via_upstream"
         if not self.settings.suppress_envoy_headers:
             start = self.downstream_complete_at or up.started_at
@@ -579,6 +582,23 @@ class Router:
         if status == 101:
             self._start_tunnel(up)
         stream.encode_headers(headers, end_stream and status != 101)
+
+    def _upgrade_refused(self, up: UpstreamRequest, headers: ResponseHeaders) -> None:
+        """The upstream answered an upgrade request with something other than 101. Envoy
+        passes its status and headers on without a body and closes both connections."""
+        stream = self.stream
+        stream.response_code_details = "websocket_handshake_unsuccessful"
+        # As a local reply built from the upstream's headers: the route's response headers
+        # come first (observed on Envoy 1.40), no service time, no response-code stats.
+        reply = ResponseHeaders(headers.status, [])
+        if self.cr.response_mutations or self.wc is not None:
+            apply_response_mutations(stream, reply, self.cr, self.wc)
+        reply.items += [
+            (n, v) for n, v in headers.items if n != b"content-length" and n != b"content-type"
+        ]
+        stream.conn.closing = True
+        up.abandon(reset_connection=False)
+        stream.encode_headers(reply, True)
 
     def on_upstream_complete(self, up: UpstreamRequest, trailers: HeaderMap | None) -> None:
         stream = self.stream
