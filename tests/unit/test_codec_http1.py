@@ -155,6 +155,16 @@ def test_pipelined_requests_arrive_in_order() -> None:
             "http1.invalid_transfer_encoding",
         ),
         (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+            "http1.invalid_transfer_encoding",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nContent-Length: 1\r\n\r\n",
+            400,
+            "http1.content_length_and_chunked_not_allowed",
+        ),
+        (
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             400,
             "http1.codec_error",
@@ -186,9 +196,13 @@ def test_header_count_and_size_limits() -> None:
         codec.feed(b"GET / HTTP/1.1\r\nHost: a\r\nx-big: " + b"v" * 1100 + b"\r\n\r\n")
     assert (info.value.status, info.value.details) == (431, "http1.headers_too_large")
 
+    # Host counts (Envoy counts every header line): Host and two more is the limit of 3.
     codec, ev = server(max_headers_count=3)
-    codec.feed(b"GET / HTTP/1.1\r\nHost: a\r\nx-1: v\r\nx-2: v\r\nx-3: v\r\n\r\n")
+    codec.feed(b"GET / HTTP/1.1\r\nHost: a\r\nx-1: v\r\nConnection: keep-alive\r\n\r\n")
     assert ev.events[-1][0] == "complete"
+    codec, ev = server(max_headers_count=3)
+    with pytest.raises(CodecError):
+        codec.feed(b"GET / HTTP/1.1\r\nHost: a\r\nx-1: v\r\nx-2: v\r\nx-3: v\r\n\r\n")
 
 
 def test_hop_by_hop_headers_are_consumed_and_connection_close_seen() -> None:

@@ -181,19 +181,33 @@ def test_route_matching(request_headers: RequestHeaders, expected: str | None) -
     assert matched(request_headers) == expected
 
 
-def test_multi_valued_header_is_matched_joined() -> None:
-    t = table("""
+@pytest.mark.parametrize(
+    ("matcher", "values", "expected"),
+    [
+        ('{exact: "2"}', [b"1", b"2"], True),  # any one value may match
+        ('{exact: "1,2"}', [b"1", b"2"], False),  # not the joined value (Envoy 1.40)
+        ('{prefix: "1"}', [b"2", b"1"], True),
+        ('{safe_regex: {regex: "[3-9]"}}', [b"1", b"2"], False),
+    ],
+)
+def test_multi_valued_header_matches_any_value(
+    matcher: str, values: list[bytes], expected: bool
+) -> None:
+    t = table(f"""
 virtual_hosts:
 - name: v
   domains: ["*"]
   routes:
-  - name: joined
-    match: {prefix: /, headers: [{name: x-a, string_match: {exact: "1,2"}}]}
-    route: {cluster: c}
+  - name: any
+    match: {{prefix: /, headers: [{{name: x-a, string_match: {matcher}}}]}}
+    route: {{cluster: c}}
+  - name: inverted
+    match: {{prefix: /, headers: [{{name: x-a, string_match: {matcher}, invert_match: true}}]}}
+    route: {{cluster: c}}
 """)
-    r = RequestHeaders(b"GET", b"/", b"h", [(b"x-a", b"1"), (b"x-a", b"2")])
+    r = RequestHeaders(b"GET", b"/", b"h", [(b"x-a", v) for v in values])
     _, route = t.route(r)
-    assert route is not None and route.name == "joined"
+    assert route is not None and route.name == ("any" if expected else "inverted")
 
 
 def test_no_virtual_host_without_default() -> None:

@@ -185,6 +185,7 @@ class Http1ServerCodec:
         self._items: list[tuple[bytes, bytes]] = []
         self._host: bytes | None = None
         self._hbytes = 0
+        self._count = 0
         self._in_trailers = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._error: CodecError | None = None
@@ -228,12 +229,12 @@ class Http1ServerCodec:
     def _classify(self, reason: str) -> CodecError:
         if self._error is not None:
             return self._error
-        te = self.transfer_encoding
-        if te is not None and b"chunked" not in te.lower():
-            return CodecError("http1.invalid_transfer_encoding", 501)
         lower = reason.lower()
         if "can't be present with" in lower:  # content-length and transfer-encoding both
             return CodecError("http1.content_length_and_chunked_not_allowed", 400)
+        te = self.transfer_encoding
+        if te is not None and te.strip().lower() != b"chunked":
+            return CodecError("http1.invalid_transfer_encoding", 501)
         if "transfer-encoding" in lower:
             return CodecError("http1.invalid_transfer_encoding", 501)
         if "header value char" in lower:
@@ -250,6 +251,7 @@ class Http1ServerCodec:
     def on_message_begin(self) -> None:
         self.in_head = True
         self._url = b""
+        self._count = 0
         self._items = []
         self._host = None
         self._hbytes = 0
@@ -284,9 +286,11 @@ class Http1ServerCodec:
                 self._trailers = []
             self._trailers.append((name, value))
             return
-        items = self._items
-        if len(items) >= self.max_headers_count:
+        count = self._count + 1  # every header counts, host and hop-by-hop ones included
+        self._count = count
+        if count > self.max_headers_count:
             self._fail(CodecError("http1.too_many_headers", 431))
+        items = self._items
         special = _SPECIAL.get(name)
         if special is None:
             if name[:8] == b"x-envoy-":
@@ -365,8 +369,9 @@ class Http1ServerCodec:
         self.handler.on_request_headers(RequestHeaders(method, url, host or b"", self._items))
 
     def _framing_chunked(self) -> None:
+        # Envoy accepts exactly "chunked": any other coding, even "gzip, chunked", is 501.
         te = self.transfer_encoding or b""
-        if te.lower().rstrip().rsplit(b",", 1)[-1].strip() != b"chunked":
+        if te.strip().lower() != b"chunked" or self._parser.get_method() == b"CONNECT":
             self._fail(CodecError("http1.invalid_transfer_encoding", 501))
         self.chunked = True
         if self.seen & SEEN_CONTENT_LENGTH:
@@ -400,8 +405,8 @@ class Http1ServerCodec:
         http10: bool = False,
     ) -> bytes:
         """The response head. Framing follows Envoy: a content-length is kept; a headers-only
-        response gets ``content-length: 0`` (not for 204, 304, 1xx or HEAD); otherwise chunked
-        (close-delimited for HTTP/1.0 clients)."""
+        response gets ``content-length: 0`` (not for 204, 304, 1xx); otherwise, and for any HEAD
+        response without a content-length, chunked (close-delimited for HTTP/1.0 clients)."""
         status = headers.status
         line = status_line(status)
         if http10:
@@ -410,11 +415,12 @@ class Http1ServerCodec:
         block = b"\r\n".join([b": ".join(item) for item in items])
         framing = b""
         chunked = False
-        if not any(n == b"content-length" for n, _ in items):
-            if end_stream:
-                if not head_request and status >= 200 and status != 204 and status != 304:
-                    framing = b"content-length: 0\r\n"
-            elif status >= 200 and status != 204 and status != 304 and not http10:
+        if status >= 200 and status != 204 and status != 304:
+            if any(n == b"content-length" for n, _ in items):
+                pass
+            elif end_stream and not head_request:
+                framing = b"content-length: 0\r\n"
+            elif not http10:
                 framing = b"transfer-encoding: chunked\r\n"
                 chunked = not head_request
         self._chunked_out = chunked

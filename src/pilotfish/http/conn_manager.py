@@ -613,6 +613,10 @@ class ActiveStream(StreamInfo):
                 self.expect_continue = True
             if codec.upgrade is not None:
                 self.upgrade = codec.upgrade
+            elif not self.has_body and headers.method != b"CONNECT":
+                # Envoy decodes a headers-only request with end_stream: it is complete now, so a
+                # local reply sent at once keeps the connection.
+                self.request_complete = True
             self.seen = codec.seen
         s = hcm.stats
         s.downstream_rq_total.value += 1
@@ -947,7 +951,8 @@ class ActiveStream(StreamInfo):
                 headers.set(b"x-request-id", rid)
         if hcm.ctx.draining:
             conn.closing = True
-        http10 = self.http_version == "1.0"
+        # Envoy answers in HTTP/1.0 only when it accepts HTTP/1.0 (else: HTTP/1.1 426).
+        http10 = self.http_version == "1.0" and cfg.accept_http_10
         if headers.status == 101 and self.upgrade is not None:
             pass  # connection/upgrade headers go through for a switched protocol
         elif conn.closing:

@@ -27,7 +27,7 @@ class HeaderMap:
         return [v for n, v in self.items if n == name]
 
     def get_joined(self, name: bytes) -> bytes | None:
-        """All values of ``name`` joined with "," (how Envoy matches multi-valued headers)."""
+        """All values of ``name`` joined with "," (as Envoy formats multi-valued headers)."""
         values = [v for n, v in self.items if n == name]
         if not values:
             return None
@@ -121,6 +121,12 @@ class RequestHeaders(HeaderMap):
         if name[:1] == b":" or name == b"host":
             return self.get(name)
         return HeaderMap.get_joined(self, name)
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        if name[:1] == b":" or name == b"host":
+            v = self.get(name)
+            return [] if v is None else [v]
+        return HeaderMap.get_all(self, name)
 
     def byte_size(self) -> int:
         return (

@@ -291,8 +291,10 @@ def _rewrite_host(
     headers = stream.request_headers
     new: bytes | None = None
     if wc is not None and wc.host_rewrite_literal:
-        new = wc.host_rewrite_literal.encode()
-    elif action.host_rewrite_literal:
+        # A weighted cluster's rewrite is a plain header change: no x-envoy-original-host.
+        headers.authority = wc.host_rewrite_literal.encode()
+        return
+    if action.host_rewrite_literal:
         new = action.host_rewrite_literal
     elif action.host_rewrite_header:
         new = headers.get(action.host_rewrite_header) or None
@@ -397,17 +399,18 @@ class Router:
                 ]
         if self.retries_left and self.retry_on:
             self.retry_configured = self.retained = True
-        if cr.request_mutations or self.wc is not None:
-            apply_request_mutations(stream, cr, self.wc)
+        # Envoy's order: the timeout header, then the route's header mutations, then rewrites.
         suppress = self.settings.suppress_envoy_headers
-        if cr.path_rewrite:
-            _rewrite_path(stream, cr.route, self.action, suppress)
         if not suppress:
             if not expected:
                 t = self.per_try_timeout or self.timeout
                 expected = b"%d" % round(t * 1000) if t else b""
             if expected:
                 headers.items.append((b"x-envoy-expected-rq-timeout-ms", expected))
+        if cr.request_mutations or self.wc is not None:
+            apply_request_mutations(stream, cr, self.wc)
+        if cr.path_rewrite:
+            _rewrite_path(stream, cr.route, self.action, suppress)
         if end_stream:
             self.request_ended = True
             self._start_global_timer()
@@ -578,6 +581,7 @@ class Router:
             else:
                 headers.items.append((b"x-envoy-upstream-service-time", value))
         if self.cr.response_mutations or self.wc is not None:
+            stream.response_code = status  # for %RESPONSE_CODE% in the added headers
             apply_response_mutations(stream, headers, self.cr, self.wc)
         if status == 101:
             self._start_tunnel(up)

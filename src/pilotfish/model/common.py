@@ -110,7 +110,8 @@ def _compile_string_matcher(m: StringMatcher) -> Callable[[bytes], bool]:
     kind = m.kind
     if kind is StringMatchKind.SAFE_REGEX:
         # Envoy: safe_regex is a full match and ignore_case does not apply to it.
-        return compile_regex(m.value).fullmatch  # type: ignore[return-value]
+        fullmatch = compile_regex(m.value).fullmatch
+        return lambda s: fullmatch(s) is not None
     v = m.value.encode()
     if m.ignore_case:
         v = v.lower()

@@ -74,12 +74,15 @@ def compile_header_matcher(m: HeaderMatcher) -> Predicate:
             return string_match(v)
 
     def match(headers: RequestHeaders) -> bool:
-        v = headers.get_joined(name)
-        if v is None:
+        # A header sent more than once matches if any one of its values does (Envoy 1.40).
+        values = headers.get_all(name)
+        if not values:
             if not treat_missing:
                 return missing_result
-            v = b""
-        return value_match(v) != invert
+            return value_match(b"") != invert
+        if len(values) == 1:
+            return value_match(values[0]) != invert
+        return any(value_match(v) for v in values) != invert
 
     return match
 

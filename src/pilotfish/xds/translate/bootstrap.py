@@ -60,7 +60,8 @@ def bootstrap(msg: Any, ctx: TranslateContext) -> Bootstrap:
             )
         lnames.add(model_l.name)
         key = str(model_l.address)
-        if model_l.bind_to_port and key in addresses:
+        # Port 0 asks the kernel for a fresh port: two such listeners do not collide.
+        if model_l.bind_to_port and key in addresses and getattr(model_l.address, "port", 1) != 0:
             raise ConfigError(
                 f"{path}.address",
                 f"error adding listener '{key}': listener '{addresses[key]}' already uses "
