@@ -1,0 +1,773 @@
+"""envoy.filters.network.tcp_proxy and filter chain matching, pilotfish and real Envoy on the
+same bootstrap.
+
+Every test runs twice, against pilotfish and against Envoy 1.40 (the oracle): a test states what
+Envoy does, and a pilotfish parameter that differs is marked ``xfail(strict=True)`` with the
+difference as its reason. Each test starts its own proxy (one listener, port 0) in front of small
+TCP servers on loopback:
+
+* an echo server (echoes until EOF, then half-closes),
+* a "banner" server (sends its name and half-closes at once, then records what it receives),
+* name servers ``A``..``D`` (send ``name:<X>\\n`` on accept, then read until EOF), which tell the
+  client which cluster, and so which filter chain, took the connection.
+
+Filter chain matching is tested with what loopback allows: all of 127/8 is local, so a listener
+on 127.0.0.2 and a client bound to 127.0.0.3 give distinct destination and source addresses; a
+destination port can only fail to match (listeners bind port 0).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[2]
+for _p in (_ROOT, _ROOT / "src"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from tests.support.proxies import ENVOY_BIN, ProxyProcess  # noqa: E402
+
+LOCALHOST = "127.0.0.1"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+TLS_INSPECTOR = (
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
+
+_ENVOY_MARKS = [
+    pytest.mark.envoy,
+    pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
+]
+
+
+def kinds(pilotfish_differs: str | None = None) -> list[Any]:
+    """("pilotfish", "envoy") for parametrize; ``pilotfish_differs`` marks pilotfish xfail."""
+    pf_marks = (
+        [pytest.mark.xfail(reason=f"pilotfish: {pilotfish_differs}", strict=True)]
+        if pilotfish_differs
+        else []
+    )
+    return [
+        pytest.param("pilotfish", marks=pf_marks, id="pilotfish"),
+        pytest.param("envoy", marks=_ENVOY_MARKS, id="envoy"),
+    ]
+
+
+# --- TCP servers -------------------------------------------------------------------------------
+
+
+class TcpServer:
+    """A threaded TCP server on 127.0.0.1:0; ``serve`` handles one connection."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.listen(128)
+        self.sock.settimeout(0.05)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.finished: list[bytes] = []  # what each connection received, once it ended
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._accept, name=f"tcp-{name}", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(30)
+            with self._lock:
+                self.accepted += 1
+                self._conns.append(conn)
+                thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
+                self._threads.append(thread)
+            thread.start()
+
+    def _run(self, conn: socket.socket) -> None:
+        received = bytearray()
+        try:
+            self.serve(conn, received)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self.finished.append(bytes(received))
+            conn.close()
+
+    def serve(self, conn: socket.socket, received: bytearray) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def read_to_eof(conn: socket.socket, received: bytearray, echo: bool = False) -> None:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            received += data
+            if echo:
+                conn.sendall(data)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+        with self._lock:
+            conns, threads = list(self._conns), list(self._threads)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(5)
+
+
+class EchoServer(TcpServer):
+    """Echoes every byte; on EOF, half-closes its side too."""
+
+    def serve(self, conn: socket.socket, received: bytearray) -> None:
+        self.read_to_eof(conn, received, echo=True)
+        conn.shutdown(socket.SHUT_WR)
+
+
+class BannerServer(TcpServer):
+    """Sends ``name:<name>\\n`` on accept; ``half_close``: then shuts its side at once. Reads
+    until EOF either way."""
+
+    def __init__(self, name: str, *, half_close: bool = False) -> None:
+        self.half_close = half_close
+        super().__init__(name)
+
+    def serve(self, conn: socket.socket, received: bytearray) -> None:
+        conn.sendall(f"name:{self.name}\n".encode())
+        if self.half_close:
+            conn.shutdown(socket.SHUT_WR)
+        self.read_to_eof(conn, received)
+
+
+class Servers:
+    def __init__(self) -> None:
+        self.echo = EchoServer("echo")
+        self.half = BannerServer("half", half_close=True)
+        self.named = {n: BannerServer(n) for n in "ABCD"}
+        self.refused = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.refused.bind((LOCALHOST, 0))  # bound, never listening: connections are refused
+        self.refused_port: int = self.refused.getsockname()[1]
+        self.blackhole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.blackhole.bind((LOCALHOST, 0))
+        self.blackhole.listen(0)
+        self.blackhole_port: int = self.blackhole.getsockname()[1]
+        self.fillers = self._fill(self.blackhole_port)
+
+    @staticmethod
+    def _fill(port: int) -> list[socket.socket]:
+        """Fill the accept queue: further SYNs are dropped, connecting times out."""
+        fillers: list[socket.socket] = []
+        for _ in range(8):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(0.3)
+            try:
+                s.connect((LOCALHOST, port))
+            except TimeoutError:
+                s.close()
+                return fillers
+            fillers.append(s)
+        for s in fillers:
+            s.close()
+        raise RuntimeError("could not fill the blackhole's accept queue")
+
+    def clusters(self) -> list[dict[str, Any]]:
+        out = [
+            _cluster("echo", self.echo.port),
+            _cluster("half", self.half.port),
+            _cluster("refused", self.refused_port),
+            _cluster("blackhole", self.blackhole_port, connect_timeout="0.5s"),
+            {"name": "empty", "type": "STATIC", "connect_timeout": "1s"},
+        ]
+        out += [_cluster(name, server.port) for name, server in self.named.items()]
+        return out
+
+    def close(self) -> None:
+        for server in [self.echo, self.half, *self.named.values()]:
+            server.stop()
+        for s in [self.refused, self.blackhole, *self.fillers]:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    s = Servers()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# --- bootstraps and proxies --------------------------------------------------------------------
+
+
+def _address(port: int, host: str = LOCALHOST) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
+        },
+    }
+    cluster.update(extra)
+    return cluster
+
+
+def tcp_chain(
+    stat_prefix: str, match: dict[str, Any] | None = None, **proxy: Any
+) -> dict[str, Any]:
+    """A filter chain with only a tcp_proxy; ``proxy`` gives cluster or weighted_clusters."""
+    if "cluster" not in proxy and "weighted_clusters" not in proxy:
+        proxy["cluster"] = stat_prefix
+    config = {"@type": TCP_PROXY, "stat_prefix": stat_prefix, **proxy}
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": config}]
+    }
+    if match is not None:
+        chain["filter_chain_match"] = match
+    return chain
+
+
+def listener(
+    name: str,
+    chains: Sequence[dict[str, Any]],
+    *,
+    host: str = LOCALHOST,
+    default: dict[str, Any] | None = None,
+    tls_inspector: bool = False,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": name,
+        "address": _address(0, host),
+        "filter_chains": list(chains),
+    }
+    if default is not None:
+        out["default_filter_chain"] = default
+    if tls_inspector:
+        out["listener_filters"] = [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": TLS_INSPECTOR},
+            }
+        ]
+    return out
+
+
+def bootstrap(servers: Servers, *listeners: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "admin": {"address": _address(0)},
+        "static_resources": {"listeners": list(listeners), "clusters": servers.clusters()},
+    }
+
+
+@contextlib.contextmanager
+def running(kind: str, config: dict[str, Any], tmp_path: Path) -> Iterator[ProxyProcess]:
+    proxy = ProxyProcess(kind, config, tmp_path)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def stats(proxy: ProxyProcess, prefix: str) -> dict[str, int]:
+    """Counters and gauges whose name starts with ``prefix``, without it."""
+    query = urllib.parse.quote("^" + re.escape(prefix))
+    status, body = proxy.admin_get(f"/stats?filter={query}")
+    assert status == 200, body
+    out = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.partition(": ")
+        if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
+            out[name[len(prefix) :]] = int(value)
+    return out
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+# --- clients -----------------------------------------------------------------------------------
+
+
+def connect(port: int, *, host: str = LOCALHOST, source: str | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    if source is not None:
+        sock.bind((source, 0))
+    sock.connect((host, port))
+    return sock
+
+
+def read_until_end(sock: socket.socket) -> tuple[bytes, str]:
+    """Everything until the peer closes; and how it closed: "FIN", "RST" (or the error, such
+    as "TimeoutError", when it did not close)."""
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(data), "RST"
+        except OSError as e:  # a timeout, or the socket closed under us
+            return bytes(data), type(e).__name__
+        if not chunk:
+            return bytes(data), "FIN"
+        data += chunk
+
+
+def which_upstream(
+    port: int, *, host: str = LOCALHOST, source: str | None = None, first: bytes = b""
+) -> str | None:
+    """The name server that took the connection (so the chain and cluster), or None when the
+    connection was closed without one."""
+    with connect(port, host=host, source=source) as sock:
+        if first:
+            sock.sendall(first)
+        data = bytearray()
+        while not data.endswith(b"\n"):
+            try:
+                chunk = sock.recv(100)
+            except ConnectionResetError:
+                return None
+            if not chunk:
+                return None
+            data += chunk
+    text = data.decode()
+    assert text.startswith("name:"), text
+    return text[5:].strip()
+
+
+def client_hello(server_name: str) -> bytes:
+    """The first TLS flight of a client asking for ``server_name`` (no network involved)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+# --- relaying ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_relays_a_large_payload_both_ways_and_a_downstream_half_close(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    payload = os.urandom(4 * 1024 * 1024)
+    config = bootstrap(servers, listener("tcp", [tcp_chain("relay", cluster="echo")]))
+    with running(kind, config, tmp_path) as proxy:
+        sock = connect(proxy.port("tcp"))
+        received: list[tuple[bytes, str]] = []
+        reader = threading.Thread(target=lambda: received.append(read_until_end(sock)))
+        reader.start()
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)  # the echo server sees EOF only through the proxy
+        reader.join(30)
+        sock.close()
+        assert received, "no EOF from the proxy"
+        data, how = received[0]
+        assert len(data) == len(payload) and data == payload
+        assert how == "FIN"
+
+        size = len(payload)
+        expected = {
+            "downstream_cx_total": 1,
+            "downstream_cx_rx_bytes_total": size,
+            "downstream_cx_tx_bytes_total": size,
+        }
+        wait_for(
+            lambda: {k: stats(proxy, "tcp.relay.").get(k) for k in expected} == expected,
+            "tcp.relay.* byte counts",
+        )
+        cluster = stats(proxy, "cluster.echo.")
+        assert cluster["upstream_cx_total"] == 1
+        assert cluster["upstream_cx_tx_bytes_total"] == size
+        assert cluster["upstream_cx_rx_bytes_total"] == size
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_upstream_half_close_leaves_the_other_direction_open(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(servers, listener("tcp", [tcp_chain("half", cluster="half")]))
+    with running(kind, config, tmp_path) as proxy:
+        before = len(servers.half.finished)
+        with connect(proxy.port("tcp")) as sock:
+            data = bytearray()
+            while chunk := sock.recv(100):  # until the upstream's FIN arrives
+                data += chunk
+            assert bytes(data) == b"name:half\n"
+            sock.sendall(b"still talking after the upstream's FIN")
+            sock.shutdown(socket.SHUT_WR)
+            wait_for(lambda: len(servers.half.finished) > before, "the upstream to see EOF")
+            assert servers.half.finished[-1] == b"still talking after the upstream's FIN"
+            assert read_until_end(sock) == (b"", "FIN")
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_weighted_clusters_split_connections_by_weight(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    weighted = {"clusters": [{"name": "A", "weight": 1}, {"name": "B", "weight": 3}]}
+    config = bootstrap(servers, listener("tcp", [tcp_chain("split", weighted_clusters=weighted)]))
+    with running(kind, config, tmp_path) as proxy:
+        port = proxy.port("tcp")
+        counts = collections.Counter(which_upstream(port) for _ in range(60))
+        assert set(counts) == {"A", "B"}
+        assert 5 <= counts["A"] <= 27, counts  # 15 expected
+        assert stats(proxy, "tcp.split.")["downstream_cx_total"] == 60
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_two_tcp_listeners_on_port_zero_get_their_own_ports(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(
+        servers,
+        listener("first", [tcp_chain("first", cluster="A")]),
+        listener("second", [tcp_chain("second", cluster="B")]),
+    )
+    with running(kind, config, tmp_path) as proxy:
+        assert proxy.port("first") != proxy.port("second")
+        assert which_upstream(proxy.port("first")) == "A"
+        assert which_upstream(proxy.port("second")) == "B"
+
+
+# --- timeouts and failures ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_idle_timeout_closes_an_idle_connection_only(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(
+        servers, listener("tcp", [tcp_chain("idle", cluster="echo", idle_timeout="1s")])
+    )
+    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+        for _ in range(4):  # 1.6 s of traffic, never 1 s apart: the connection stays
+            time.sleep(0.4)
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"x"
+        silent_since = time.monotonic()
+        assert read_until_end(sock) == (b"", "FIN")
+        assert 0.5 <= time.monotonic() - silent_since < 6
+        wait_for(lambda: stats(proxy, "tcp.idle.")["idle_timeout"] == 1, "tcp.idle.idle_timeout")
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_refused_upstream_closes_the_downstream_connection(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(servers, listener("tcp", [tcp_chain("refused", cluster="refused")]))
+    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+        data, _ = read_until_end(sock)
+        assert data == b""
+        wait_for(
+            lambda: stats(proxy, "cluster.refused.")["upstream_cx_connect_fail"] == 1,
+            "cluster.refused.upstream_cx_connect_fail",
+        )
+        assert stats(proxy, "tcp.refused.")["downstream_cx_total"] == 1
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_max_connect_attempts_tries_the_upstream_again(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    chain = tcp_chain("attempts", cluster="refused", max_connect_attempts=3)
+    config = bootstrap(servers, listener("tcp", [chain]))
+    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+        assert read_until_end(sock)[0] == b""
+        wait_for(
+            lambda: stats(proxy, "cluster.refused.")["upstream_cx_connect_fail"] == 3,
+            "three connect failures",
+        )
+        assert stats(proxy, "cluster.refused.")["upstream_cx_total"] == 3
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_upstream_connect_timeout_closes_the_downstream_connection(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(servers, listener("tcp", [tcp_chain("slow", cluster="blackhole")]))
+    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+        started = time.monotonic()
+        assert read_until_end(sock)[0] == b""
+        assert 0.4 <= time.monotonic() - started < 5  # connect_timeout: 0.5s
+        cluster = stats(proxy, "cluster.blackhole.")
+        assert (cluster["upstream_cx_connect_timeout"], cluster["upstream_cx_connect_fail"]) == (
+            1,
+            1,
+        )
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "reads downstream bytes while the upstream connection is being made, so they are "
+        "counted in downstream_cx_rx_bytes_total and the failed connection ends with FIN "
+        "instead of RST"
+    ),
+)
+def test_bytes_sent_before_the_upstream_connects_are_left_unread(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(servers, listener("tcp", [tcp_chain("early", cluster="blackhole")]))
+    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+        sock.sendall(b"early bytes")
+        # The connect attempt times out with the bytes still unread: the close is a reset.
+        assert read_until_end(sock) == (b"", "RST")
+        assert stats(proxy, "tcp.early.")["downstream_cx_rx_bytes_total"] == 0
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_unknown_cluster_closes_and_counts_no_route(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(servers, listener("tcp", [tcp_chain("noroute", cluster="no-such")]))
+    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+        assert read_until_end(sock)[0] == b""
+        wait_for(
+            lambda: stats(proxy, "tcp.noroute.")["downstream_cx_no_route"] == 1,
+            "tcp.noroute.downstream_cx_no_route",
+        )
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_empty_cluster_closes_and_counts_none_healthy(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(servers, listener("tcp", [tcp_chain("nohost", cluster="empty")]))
+    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+        assert read_until_end(sock)[0] == b""
+        wait_for(
+            lambda: stats(proxy, "cluster.empty.")["upstream_cx_none_healthy"] == 1,
+            "cluster.empty.upstream_cx_none_healthy",
+        )
+
+
+# Every stat Envoy 1.40 creates for a tcp_proxy (tcp.<stat_prefix>.*).
+ENVOY_TCP_PROXY_STATS = {
+    "downstream_cx_drain_close",
+    "downstream_cx_no_route",
+    "downstream_cx_overload_close",
+    "downstream_cx_rx_bytes_buffered",
+    "downstream_cx_rx_bytes_total",
+    "downstream_cx_total",
+    "downstream_cx_tx_bytes_buffered",
+    "downstream_cx_tx_bytes_total",
+    "downstream_flow_control_paused_reading_total",
+    "downstream_flow_control_resumed_reading_total",
+    "early_data_received_count_total",
+    "idle_timeout",
+    "max_downstream_connection_duration",
+    "route_delayed_total",
+    "upstream_flush_active",
+    "upstream_flush_total",
+}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "tcp.<stat_prefix>.downstream_cx_drain_close, downstream_cx_overload_close, "
+        "early_data_received_count_total and route_delayed_total do not exist"
+    ),
+)
+def test_tcp_proxy_creates_envoys_stats(kind: str, servers: Servers, tmp_path: Path) -> None:
+    config = bootstrap(servers, listener("tcp", [tcp_chain("names", cluster="echo")]))
+    with running(kind, config, tmp_path) as proxy:
+        names = stats(proxy, "tcp.names.")
+        assert set(names) == ENVOY_TCP_PROXY_STATS
+        assert set(names.values()) == {0}
+
+
+# --- filter chain matching ---------------------------------------------------------------------
+
+
+def _prefix(address: str, length: int) -> dict[str, Any]:
+    return {"address_prefix": address, "prefix_len": length}
+
+
+def _listener_stats(proxy: ProxyProcess, name: str, host: str = LOCALHOST) -> dict[str, int]:
+    return stats(proxy, f"listener.{host}_{proxy.port(name)}.")
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_a_destination_port_that_differs_falls_to_the_chain_without_one(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    chains = [tcp_chain("A", {"destination_port": 1}), tcp_chain("B")]
+    with running(kind, bootstrap(servers, listener("fc", chains)), tmp_path) as proxy:
+        assert which_upstream(proxy.port("fc")) == "B"
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_default_filter_chain_takes_what_no_chain_matches(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(
+        servers,
+        listener("fc", [tcp_chain("A", {"destination_port": 1})], default=tcp_chain("D")),
+    )
+    with running(kind, config, tmp_path) as proxy:
+        assert which_upstream(proxy.port("fc")) == "D"
+        assert _listener_stats(proxy, "fc")["no_filter_chain_match"] == 0
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_no_matching_chain_closes_and_counts_no_filter_chain_match(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(servers, listener("fc", [tcp_chain("A", {"destination_port": 1})]))
+    with running(kind, config, tmp_path) as proxy:
+        accepted = servers.named["A"].accepted
+        assert which_upstream(proxy.port("fc")) is None
+        wait_for(
+            lambda: _listener_stats(proxy, "fc")["no_filter_chain_match"] == 1,
+            "no_filter_chain_match",
+        )
+        assert _listener_stats(proxy, "fc")["downstream_cx_total"] == 0
+        assert servers.named["A"].accepted == accepted
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_destination_ip_longest_prefix_wins(kind: str, servers: Servers, tmp_path: Path) -> None:
+    chains = [
+        tcp_chain("A", {"prefix_ranges": [_prefix("127.0.0.0", 8)]}),
+        tcp_chain("B", {"prefix_ranges": [_prefix("127.0.0.2", 32)]}),
+        tcp_chain("C", {"prefix_ranges": [_prefix("127.0.0.1", 32)]}),
+        tcp_chain("D", {"prefix_ranges": [_prefix("10.0.0.0", 8)]}),
+    ]
+    config = bootstrap(servers, listener("fc", chains, host="127.0.0.2"))
+    with running(kind, config, tmp_path) as proxy:
+        assert which_upstream(proxy.port("fc"), host="127.0.0.2") == "B"
+        assert _listener_stats(proxy, "fc", "127.0.0.2")["downstream_cx_total"] == 1
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_source_ip_longest_prefix_wins(kind: str, servers: Servers, tmp_path: Path) -> None:
+    chains = [
+        tcp_chain("A", {"source_prefix_ranges": [_prefix("127.0.0.3", 32)]}),
+        tcp_chain("B", {"source_prefix_ranges": [_prefix("127.0.0.0", 8)]}),
+        tcp_chain("C"),
+    ]
+    with running(kind, bootstrap(servers, listener("fc", chains)), tmp_path) as proxy:
+        port = proxy.port("fc")
+        assert which_upstream(port, source="127.0.0.3") == "A"
+        assert which_upstream(port, source="127.0.0.1") == "B"
+        assert which_upstream(port, source="127.0.0.4") == "B"
+
+
+SOURCE_TYPE_CHAINS = [
+    tcp_chain("A", {"source_type": "EXTERNAL"}),
+    tcp_chain("B", {"source_type": "SAME_IP_OR_LOOPBACK"}),
+]
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_loopback_or_same_ip_source_matches_same_ip_or_loopback(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    config = bootstrap(servers, listener("fc", SOURCE_TYPE_CHAINS, host="127.0.0.2"))
+    with running(kind, config, tmp_path) as proxy:
+        port = proxy.port("fc")
+        assert which_upstream(port, host="127.0.0.2", source="127.0.0.1") == "B"  # loopback
+        assert which_upstream(port, host="127.0.0.2", source="127.0.0.2") == "B"  # same IP
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "source_type treats every 127/8 source as loopback; Envoy's loopback is 127.0.0.1 "
+        "only, so 127.0.0.5 -> 127.0.0.2 is EXTERNAL"
+    ),
+)
+def test_other_127_sources_are_external(kind: str, servers: Servers, tmp_path: Path) -> None:
+    config = bootstrap(servers, listener("fc", SOURCE_TYPE_CHAINS, host="127.0.0.2"))
+    with running(kind, config, tmp_path) as proxy:
+        assert which_upstream(proxy.port("fc"), host="127.0.0.2", source="127.0.0.5") == "A"
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_a_more_specific_destination_ip_is_kept_even_if_a_later_criterion_fails(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    # Envoy does not backtrack: 127.0.0.1/32 wins the destination-IP level, its source range
+    # does not match, and the chain without destination ranges is not considered any more.
+    chains = [
+        tcp_chain(
+            "A",
+            {
+                "prefix_ranges": [_prefix("127.0.0.1", 32)],
+                "source_prefix_ranges": [_prefix("10.0.0.0", 8)],
+            },
+        ),
+        tcp_chain("B"),
+    ]
+    with running(kind, bootstrap(servers, listener("fc", chains)), tmp_path) as proxy:
+        assert which_upstream(proxy.port("fc")) is None
+        wait_for(
+            lambda: _listener_stats(proxy, "fc")["no_filter_chain_match"] == 1,
+            "no_filter_chain_match",
+        )
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "the envoy.filters.listener.tls_inspector listener filter is not implemented: the "
+        "bootstrap is rejected ('Didn't find a registered implementation'), so server_names "
+        "and transport_protocol 'tls' can never match"
+    ),
+)
+def test_server_names_via_tls_inspector(kind: str, servers: Servers, tmp_path: Path) -> None:
+    chains = [
+        tcp_chain("A", {"server_names": ["a.example.com"]}),
+        tcp_chain("B", {"server_names": ["*.example.com"]}),
+        tcp_chain("C", {"transport_protocol": "tls"}),
+        tcp_chain("D"),
+    ]
+    config = bootstrap(servers, listener("fc", chains, tls_inspector=True))
+    with running(kind, config, tmp_path) as proxy:
+        port = proxy.port("fc")
+        assert which_upstream(port, first=client_hello("a.example.com")) == "A"
+        assert which_upstream(port, first=client_hello("b.example.com")) == "B"
+        assert which_upstream(port, first=client_hello("example.org")) == "C"
+        assert which_upstream(port, first=b"plain text, not TLS\r\n") == "D"

@@ -1,0 +1,1064 @@
+"""Clusters and upstream behaviour, pilotfish and real Envoy on the same bootstrap.
+
+Every test runs twice, against pilotfish and against Envoy 1.40 (the oracle): a test states what
+Envoy does, and a pilotfish parameter that differs is marked ``xfail(strict=True)`` with the
+difference as its reason.
+
+One bootstrap serves the whole module (one process of each kind, started on first use): a single
+HTTP listener routes ``/<cluster>/...`` to the cluster of that name, and every test owns its
+clusters and echo backends, so counts and stats never mix between tests. A file access log keyed
+by an ``x-test-id`` request header gives each request's response flags, attempt count and
+details.
+
+Upstream failures are made on loopback only: a bound socket that never listens (connection
+refused) and a listening socket whose accept queue is full (SYNs are dropped: connect timeout).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import socket
+import sys
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[2]
+for _p in (_ROOT, _ROOT / "src"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from tests.support.echo_backend import EchoBackend  # noqa: E402
+from tests.support.proxies import (  # noqa: E402
+    ENVOY_BIN,
+    Exchange,
+    ProxyProcess,
+    RawResponse,
+    http_exchange,
+    parse_responses,
+)
+
+LOCALHOST = "127.0.0.1"
+ACCESS_LOG_FORMAT = (
+    "%REQ(X-TEST-ID)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT% "
+    "%RESPONSE_CODE_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n"
+)
+RESET_BODY = b"upstream connect error or disconnect/reset before headers. "
+CONNECT_TIMEOUT_S = 0.5
+
+_ENVOY_MARKS = [
+    pytest.mark.envoy,
+    pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
+]
+
+
+def kinds(pilotfish_differs: str | None = None) -> list[Any]:
+    """("pilotfish", "envoy") for parametrize; ``pilotfish_differs`` marks pilotfish xfail."""
+    pf_marks = (
+        [pytest.mark.xfail(reason=f"pilotfish: {pilotfish_differs}", strict=True)]
+        if pilotfish_differs
+        else []
+    )
+    return [
+        pytest.param("pilotfish", marks=pf_marks, id="pilotfish"),
+        pytest.param("envoy", marks=_ENVOY_MARKS, id="envoy"),
+    ]
+
+
+# --- loopback failure makers -----------------------------------------------------------------
+
+
+class RefusedPort:
+    """A port bound without listening: connecting is refused, and nothing else can take it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((LOCALHOST, 0))
+        self.port: int = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Blackhole:
+    """A listening socket whose accept queue is full and never drained: the kernel drops new
+    SYNs, so a connect attempt neither succeeds nor fails until its own timeout."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.listen(0)
+        self.port: int = self.sock.getsockname()[1]
+        self.fillers: list[socket.socket] = []
+        for _ in range(8):
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.settimeout(0.3)
+            try:
+                filler.connect((LOCALHOST, self.port))
+            except TimeoutError:
+                filler.close()
+                return  # the queue is full: this SYN was dropped
+            self.fillers.append(filler)
+        self.close()
+        raise RuntimeError("could not fill the accept queue of the blackhole socket")
+
+    def close(self) -> None:
+        for s in [*self.fillers, self.sock]:
+            s.close()
+
+
+# --- the bootstrap ---------------------------------------------------------------------------
+
+
+def _address(port: int, host: str = LOCALHOST) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _endpoint(port: int, weight: int | None = None, host: str = LOCALHOST) -> dict[str, Any]:
+    ep: dict[str, Any] = {"endpoint": {"address": _address(port, host)}}
+    if weight is not None:
+        ep["load_balancing_weight"] = weight
+    return ep
+
+
+def _cluster(name: str, lb_endpoints: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": list(lb_endpoints)}] if lb_endpoints else [],
+        },
+    }
+    cluster.update(extra)
+    return cluster
+
+
+def _thresholds(**limits: int) -> dict[str, Any]:
+    return {"thresholds": [limits]}
+
+
+class FlushingProxy(ProxyProcess):
+    """The same command line for both, plus a short access-log flush interval."""
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--file-flush-interval-msec", "50"]
+
+
+@dataclass
+class Result:
+    test_id: str
+    exchange: Exchange
+    elapsed: float
+
+    @property
+    def response(self) -> RawResponse:
+        finals = self.exchange.finals
+        assert finals, f"no response: {self.exchange}"
+        return finals[-1]
+
+
+@dataclass
+class LogEntry:
+    code: str
+    flags: str
+    attempts: str
+    details: str
+    failure_reason: str
+
+
+class InFlight:
+    """A request written on its own connection, its response read later."""
+
+    def __init__(self, port: int, data: bytes) -> None:
+        self.sock = socket.create_connection((LOCALHOST, port), timeout=5)
+        self.sock.sendall(data)
+
+    def response(self, timeout: float = 10.0) -> RawResponse | None:
+        data = b""
+        eof = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            responses, _ = parse_responses(data, eof)
+            finals = [r for r in responses if not r.informational and r.complete]
+            if finals:
+                return finals[0]
+            if eof:
+                return None
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                eof = True
+            data += chunk
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Stack:
+    """Backends, failure makers and one proxy process of ``kind`` serving every cluster."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.backends: dict[str, EchoBackend] = {}
+        self.refused = RefusedPort()
+        self.blackhole: Blackhole | None = None
+        self.access_log = workdir / "access.log"
+        self.proxy: ProxyProcess | None = None
+        try:
+            self.blackhole = Blackhole()
+            clusters, retry_policies = self._clusters()
+            routes = []
+            for c in clusters:
+                route: dict[str, Any] = {"cluster": c["name"]}
+                if c["name"] in retry_policies:
+                    route["retry_policy"] = retry_policies[c["name"]]
+                routes.append({"match": {"prefix": f"/{c['name']}/"}, "route": route})
+            self.proxy = FlushingProxy(kind, self._bootstrap(clusters, routes), workdir)
+            self.proxy.start()
+        except BaseException:
+            self.close()
+            raise
+        self.port = self.proxy.port("main")
+
+    def backend(self, name: str) -> EchoBackend:
+        if name not in self.backends:
+            self.backends[name] = EchoBackend(name).start()
+        return self.backends[name]
+
+    def _ports(self, *names: str) -> list[int]:
+        return [self.backend(n).port for n in names]
+
+    def _clusters(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        assert self.blackhole is not None
+        ep, cl, p = _endpoint, _cluster, self._ports
+        refused, blackhole = self.refused.port, self.blackhole.port
+        three = ("0", "1", "2")
+        clusters = [
+            cl("rr", [ep(x) for x in p(*(f"rr{i}" for i in three))]),
+            cl("rr_ka", [ep(x) for x in p(*(f"rr_ka{i}" for i in three))]),
+            cl("reuse", [ep(x) for x in p("reuse0")]),
+            cl(
+                "sdns",
+                [ep(x, host="localhost") for x in p("sdns0", "sdns1")],
+                type="STRICT_DNS",
+                dns_lookup_family="V4_ONLY",
+            ),
+            cl(
+                "ldns",
+                [ep(x, host="localhost") for x in p("ldns0")],
+                type="LOGICAL_DNS",
+                dns_lookup_family="V4_ONLY",
+            ),
+            {
+                "name": "odst_hdr",
+                "type": "ORIGINAL_DST",
+                "lb_policy": "CLUSTER_PROVIDED",
+                "connect_timeout": "2s",
+                "original_dst_lb_config": {"use_http_header": True},
+            },
+            {
+                "name": "odst_bad",
+                "type": "ORIGINAL_DST",
+                "lb_policy": "CLUSTER_PROVIDED",
+                "connect_timeout": "2s",
+                "original_dst_lb_config": {"use_http_header": True},
+            },
+            {
+                "name": "odst_port",
+                "type": "ORIGINAL_DST",
+                "lb_policy": "CLUSTER_PROVIDED",
+                "connect_timeout": "2s",
+                "original_dst_lb_config": {"upstream_port_override": p("odst_port0")[0]},
+            },
+            cl("weighted", [ep(p("weighted0")[0], 1), ep(p("weighted1")[0], 3)]),
+            cl("random", [ep(x) for x in p(*(f"random{i}" for i in three))], lb_policy="RANDOM"),
+            cl(
+                "least",
+                [ep(x) for x in p(*(f"least{i}" for i in three))],
+                lb_policy="LEAST_REQUEST",
+            ),
+            cl(
+                "least_weighted",
+                [ep(p("least_weighted0")[0], 1), ep(p("least_weighted1")[0], 3)],
+                lb_policy="LEAST_REQUEST",
+            ),
+            cl("timeout", [ep(blackhole)], connect_timeout=f"{CONNECT_TIMEOUT_S}s"),
+            cl("timeout_body", [ep(blackhole)], connect_timeout=f"{CONNECT_TIMEOUT_S}s"),
+            cl("refused", [ep(refused)]),
+            cl("refused_reason", [ep(refused)]),
+            cl("refused_stats", [ep(refused)]),
+            cl("empty", []),
+            cl("empty_open", []),
+            cl("empty_stats", []),
+            cl(
+                "cb_cx",
+                [ep(x) for x in p("cb_cx0")],
+                circuit_breakers=_thresholds(max_connections=1),
+            ),
+            cl(
+                "cb_pending",
+                [ep(x) for x in p("cb_pending0")],
+                circuit_breakers=_thresholds(max_connections=1, max_pending_requests=1),
+            ),
+            cl(
+                "cb_pending_hdr",
+                [ep(x) for x in p("cb_pending_hdr0")],
+                circuit_breakers=_thresholds(max_connections=1, max_pending_requests=1),
+            ),
+            cl("cb_rq", [ep(x) for x in p("cb_rq0")], circuit_breakers=_thresholds(max_requests=1)),
+            cl(
+                "cb_rq_stats",
+                [ep(x) for x in p("cb_rq_stats0")],
+                circuit_breakers=_thresholds(max_requests=1),
+            ),
+            cl("retry_5xx", [ep(x) for x in p("retry_5xx0")]),
+            cl("retry_5xx_stats", [ep(x) for x in p("retry_5xx_stats0")]),
+            cl("retry_reset", [ep(x) for x in p("retry_reset0")]),
+            cl("retry_cf", [ep(refused), ep(p("retry_cf0")[0])]),
+            cl("retry_dead", [ep(refused)]),
+            cl("stats", [ep(x) for x in p("stats0")]),
+            cl("log_timeout", [ep(blackhole)], connect_timeout=f"{CONNECT_TIMEOUT_S}s"),
+            cl("log_refused", [ep(refused)]),
+            cl("log_empty", []),
+            cl("log_reset", [ep(x) for x in p("log_reset0")]),
+            cl("log_dead", [ep(refused)]),
+        ]
+        for name, weighted in (("locality", True), ("locality_off", False)):
+            # Zone a (weight 1) has one host, zone b (weight 3) two.
+            hosts = p(f"{name}0", f"{name}1", f"{name}2")
+            cluster = cl(name, [], lb_policy="ROUND_ROBIN")
+            cluster["load_assignment"]["endpoints"] = [
+                {
+                    "locality": {"zone": "a"},
+                    "load_balancing_weight": 1,
+                    "lb_endpoints": [ep(hosts[0])],
+                },
+                {
+                    "locality": {"zone": "b"},
+                    "load_balancing_weight": 3,
+                    "lb_endpoints": [ep(hosts[1]), ep(hosts[2])],
+                },
+            ]
+            if weighted:
+                cluster["common_lb_config"] = {"locality_weighted_lb_config": {}}
+            clusters.append(cluster)
+        retry_policies = {
+            "retry_5xx": {"retry_on": "5xx", "num_retries": 2},
+            "retry_5xx_stats": {"retry_on": "5xx", "num_retries": 2},
+            "retry_reset": {"retry_on": "reset", "num_retries": 1},
+            "retry_cf": {"retry_on": "connect-failure", "num_retries": 3},
+            "retry_dead": {"retry_on": "connect-failure", "num_retries": 2},
+            "log_reset": {"retry_on": "reset", "num_retries": 1},
+            "log_dead": {"retry_on": "connect-failure", "num_retries": 2},
+        }
+        return clusters, retry_policies
+
+    def _bootstrap(
+        self, clusters: list[dict[str, Any]], routes: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        hcm = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+            "http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "main",
+            "route_config": {
+                "name": "local",
+                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+            },
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    },
+                }
+            ],
+            "access_log": [
+                {
+                    "name": "envoy.access_loggers.file",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+                        "FileAccessLog",
+                        "path": str(self.access_log),
+                        "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+                    },
+                }
+            ],
+        }
+        listener = {
+            "name": "main",
+            "address": _address(0),
+            "filter_chains": [
+                {
+                    "filters": [
+                        {
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "typed_config": hcm,
+                        }
+                    ]
+                }
+            ],
+        }
+        return {
+            "admin": {"address": _address(0)},
+            "static_resources": {"listeners": [listener], "clusters": clusters},
+        }
+
+    # -- requests --------------------------------------------------------------------------------
+
+    @staticmethod
+    def request_bytes(path: str, test_id: str, headers: dict[str, str] | None = None) -> bytes:
+        lines = [f"GET {path} HTTP/1.1", "host: upstream.test", f"x-test-id: {test_id}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def get(
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        *,
+        probe: bool = False,
+        timeout: float = 10.0,
+    ) -> Result:
+        """One request on a new connection; with ``probe``, a second request then tells
+        whether the connection stayed open."""
+        test_id = uuid.uuid4().hex
+        data = self.request_bytes(path, test_id, headers)
+        started = time.monotonic()
+        exchange = http_exchange(
+            self.port,
+            data,
+            timeout=timeout,
+            probe=self.request_bytes(path, test_id + "-probe", headers) if probe else None,
+        )
+        return Result(test_id, exchange, time.monotonic() - started)
+
+    def pipelined(self, path: str, count: int) -> list[RawResponse]:
+        """``count`` requests written at once on one connection."""
+        data = b"".join(self.request_bytes(path, f"p{i}") for i in range(count))
+        exchange = http_exchange(self.port, data, expect=count, timeout=20.0)
+        finals = exchange.finals
+        assert len(finals) == count, f"{len(finals)} of {count} responses: {exchange.raw[-300:]!r}"
+        return finals
+
+    def in_flight(self, path: str, headers: dict[str, str] | None = None) -> InFlight:
+        return InFlight(self.port, self.request_bytes(path, uuid.uuid4().hex, headers))
+
+    # -- observations ------------------------------------------------------------------------------
+
+    def log_entry(self, test_id: str, timeout: float = 10.0) -> LogEntry:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.access_log.read_text() if self.access_log.exists() else ""
+            for line in text.splitlines():
+                fields = line.split(" ")
+                if fields[0] == test_id and len(fields) == 6:
+                    return LogEntry(*fields[1:])
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no access log line for {test_id}: {text[-1000:]}")
+            time.sleep(0.05)
+
+    def stats(self, cluster: str) -> dict[str, int]:
+        """Counters and gauges ``cluster.<cluster>.*``, without the prefix."""
+        assert self.proxy is not None
+        prefix = f"cluster.{cluster}."
+        query = urllib.parse.quote("^" + re.escape(prefix))
+        status, body = self.proxy.admin_get(f"/stats?filter={query}")
+        assert status == 200, body
+        out = {}
+        for line in body.decode().splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
+                out[name[len(prefix) :]] = int(value)
+        return out
+
+    def wait_stat(self, cluster: str, name: str, value: int, timeout: float = 10.0) -> None:
+        wait_for(
+            lambda: self.stats(cluster).get(name) == value, f"{cluster}.{name} == {value}", timeout
+        )
+
+    def clusters_text(self) -> list[str]:
+        assert self.proxy is not None
+        status, body = self.proxy.admin_get("/clusters")
+        assert status == 200
+        return body.decode().splitlines()
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        for backend in self.backends.values():
+            backend.stop()
+        self.refused.close()
+        if self.blackhole is not None:
+            self.blackhole.close()
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Stacks:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: dict[str, Stack] = {}
+
+    def get(self, kind: str) -> Stack:
+        if kind not in self.started:
+            self.started[kind] = Stack(kind, self.tmp / kind)
+        return self.started[kind]
+
+    def close(self) -> None:
+        for stack in self.started.values():
+            stack.close()
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stacks]:
+    pool = Stacks(tmp_path_factory.mktemp("upstream"))
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def stack(stacks: Stacks, kind: str) -> Stack:
+    return stacks.get(kind)
+
+
+def backends_of(responses: Sequence[RawResponse]) -> dict[str, int]:
+    return dict(collections.Counter(r.header("x-backend") or "-" for r in responses))
+
+
+# --- cluster types -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_static_round_robin_splits_fresh_connections_exactly(stack: Stack) -> None:
+    responses = [stack.get("/rr/x").response for _ in range(30)]
+    assert all(r.status == 200 for r in responses)
+    assert backends_of(responses) == {"rr0": 10, "rr1": 10, "rr2": 10}
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_round_robin_on_one_downstream_connection_keeps_one_upstream_connection_per_host(
+    stack: Stack,
+) -> None:
+    responses = stack.pipelined("/rr_ka/x", 30)
+    assert all(r.status == 200 for r in responses)
+    assert backends_of(responses) == {"rr_ka0": 10, "rr_ka1": 10, "rr_ka2": 10}
+    assert [stack.backends[f"rr_ka{i}"].connections_accepted for i in range(3)] == [1, 1, 1]
+    assert stack.stats("rr_ka")["upstream_cx_total"] == 3
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_sequential_requests_reuse_one_keepalive_upstream_connection(stack: Stack) -> None:
+    bodies = []
+    for _ in range(10):
+        response = stack.get("/reuse/x").response  # a new downstream connection each time
+        assert response.status == 200
+        bodies.append(json.loads(response.body))
+    assert stack.backends["reuse0"].connections_accepted == 1
+    assert {b["connection_id"] for b in bodies} == {1}
+    stats = stack.stats("reuse")
+    assert (stats["upstream_cx_total"], stats["upstream_rq_total"]) == (1, 10)
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_strict_dns_resolves_every_endpoint_of_localhost(stack: Stack) -> None:
+    responses = [stack.get("/sdns/x").response for _ in range(4)]
+    assert all(r.status == 200 for r in responses)
+    assert backends_of(responses) == {"sdns0": 2, "sdns1": 2}
+    lines = stack.clusters_text()
+    for name in ("sdns0", "sdns1"):
+        port = stack.backends[name].port
+        assert f"sdns::127.0.0.1:{port}::hostname::localhost" in lines
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_logical_dns_resolves_localhost_to_one_logical_host(stack: Stack) -> None:
+    responses = [stack.get("/ldns/x").response for _ in range(3)]
+    assert all(r.status == 200 for r in responses)
+    assert backends_of(responses) == {"ldns0": 3}
+    assert stack.backends["ldns0"].connections_accepted == 1
+    port = stack.backends["ldns0"].port
+    hosts = {line.split("::")[1] for line in stack.clusters_text() if line.startswith("ldns::")}
+    assert f"127.0.0.1:{port}" in hosts
+    assert f"ldns::127.0.0.1:{port}::hostname::localhost" in stack.clusters_text()
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_original_dst_takes_the_host_from_the_http_header(stack: Stack) -> None:
+    for name in ("odst0", "odst1", "odst0"):
+        port = stack.backend(name).port  # started now: not in the bootstrap
+        response = stack.get(
+            "/odst_hdr/x", {"x-envoy-original-dst-host": f"127.0.0.1:{port}"}
+        ).response
+        assert (response.status, response.header("x-backend")) == (200, name)
+    # The header is passed on to the upstream, and each destination became a host.
+    echoed = json.loads(response.body)["headers"]
+    assert ["x-envoy-original-dst-host", f"127.0.0.1:{stack.backends['odst0'].port}"] in echoed
+    hosts = {line.split("::")[1] for line in stack.clusters_text() if line.startswith("odst_hdr::")}
+    assert {f"127.0.0.1:{stack.backends[n].port}" for n in ("odst0", "odst1")} <= hosts
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_original_dst_without_or_with_a_bad_header_has_no_host(stack: Stack) -> None:
+    for headers in ({}, {"x-envoy-original-dst-host": "not-an-address"}):
+        result = stack.get("/odst_hdr/missing", headers)
+        response = result.response
+        assert (response.status, response.body) == (503, b"no healthy upstream")
+        assert stack.log_entry(result.test_id).flags == "UH"
+
+
+@pytest.mark.parametrize(
+    "kind", kinds("a bad x-envoy-original-dst-host is not counted in original_dst_host_invalid")
+)
+def test_original_dst_bad_header_counts_original_dst_host_invalid(stack: Stack) -> None:
+    for value in ("not-an-address", "127.0.0.1", "127.0.0.1:x"):
+        response = stack.get("/odst_bad/x", {"x-envoy-original-dst-host": value}).response
+        assert response.status == 503
+    assert stack.stats("odst_bad")["original_dst_host_invalid"] == 3
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "without a listener filter that restored the original destination, the ORIGINAL_DST "
+        "cluster uses the listener's own address (here with upstream_port_override: 200 from "
+        "that port) instead of having no host (503 UH)"
+    ),
+)
+def test_original_dst_needs_a_restored_destination_address(stack: Stack) -> None:
+    result = stack.get("/odst_port/x")
+    assert (result.response.status, result.response.body) == (503, b"no healthy upstream")
+    assert stack.log_entry(result.test_id).flags == "UH"
+    assert stack.backends["odst_port0"].connections_accepted == 0
+
+
+# --- load balancing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_round_robin_honours_endpoint_weights(stack: Stack) -> None:
+    counts = backends_of(stack.pipelined("/weighted/x", 40))
+    assert set(counts) == {"weighted0", "weighted1"}
+    assert abs(counts["weighted0"] - 10) <= 1, counts  # weights 1:3
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "locality load_balancing_weight is ignored even with "
+        "common_lb_config.locality_weighted_lb_config (40/40/40 instead of 30/45/45)"
+    ),
+)
+def test_locality_weighted_lb_config_splits_by_locality_weight(stack: Stack) -> None:
+    # Locality a (weight 1) has one host, locality b (weight 3) two: 1/4, 3/8, 3/8.
+    counts = backends_of(stack.pipelined("/locality/x", 120))
+    assert abs(counts.get("locality0", 0) - 30) <= 3, counts
+    assert abs(counts.get("locality1", 0) - 45) <= 3, counts
+    assert abs(counts.get("locality2", 0) - 45) <= 3, counts
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_locality_weights_are_ignored_without_locality_weighted_lb_config(stack: Stack) -> None:
+    counts = backends_of(stack.pipelined("/locality_off/x", 120))
+    assert counts == {"locality_off0": 40, "locality_off1": 40, "locality_off2": 40}
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_random_spreads_over_every_host(stack: Stack) -> None:
+    counts = backends_of(stack.pipelined("/random/x", 60))
+    assert set(counts) == {"random0", "random1", "random2"}
+    assert min(counts.values()) >= 5, counts  # 20 expected each
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_least_request_spreads_over_every_host(stack: Stack) -> None:
+    counts = backends_of(stack.pipelined("/least/x", 60))
+    assert set(counts) == {"least0", "least1", "least2"}
+    assert min(counts.values()) >= 5, counts
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "weighted LEAST_REQUEST always picks the heaviest host when no request is active "
+        "(60 of 60) instead of spreading by weight (15 of 60 to the weight-1 host)"
+    ),
+)
+def test_least_request_honours_endpoint_weights(stack: Stack) -> None:
+    counts = backends_of(stack.pipelined("/least_weighted/x", 60))
+    assert 8 <= counts.get("least_weighted0", 0) <= 22, counts  # weights 1:3, 15 expected
+
+
+# --- connection failures -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_connect_timeout_is_503_uf_connection_timeout(stack: Stack) -> None:
+    result = stack.get("/timeout/x")
+    response = result.response
+    assert response.status == 503
+    assert response.header("content-type") == "text/plain"
+    assert CONNECT_TIMEOUT_S - 0.1 <= result.elapsed < CONNECT_TIMEOUT_S + 4
+    assert stack.log_entry(result.test_id).flags == "UF"
+    stats = stack.stats("timeout")
+    assert (stats["upstream_cx_connect_timeout"], stats["upstream_cx_connect_fail"]) == (1, 1)
+    assert stats["upstream_rq_pending_total"] == 1
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "a connect timeout is reported as 'reset reason: remote connection failure' "
+        "(body and details), not 'connection timeout'"
+    ),
+)
+def test_connect_timeout_reply_says_connection_timeout(stack: Stack) -> None:
+    result = stack.get("/timeout_body/x")
+    assert result.response.status == 503
+    assert result.response.body == RESET_BODY + b"reset reason: connection timeout"
+    entry = stack.log_entry(result.test_id)
+    assert entry.details == "upstream_reset_before_response_started{connection_timeout}"
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_connection_refused_is_503_uf_remote_connection_failure(stack: Stack) -> None:
+    result = stack.get("/refused/x")
+    response = result.response
+    assert response.status == 503
+    assert response.body == RESET_BODY + b"reset reason: remote connection failure"
+    assert stack.log_entry(result.test_id).flags == "UF"
+    stats = stack.stats("refused")
+    assert (stats["upstream_cx_total"], stats["upstream_cx_connect_fail"]) == (1, 1)
+    assert stats["upstream_cx_connect_timeout"] == 0
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds("the transport failure reason gives the errno number ('delayed connect error: 111')"),
+)
+def test_connection_refused_transport_failure_reason_names_the_error(stack: Stack) -> None:
+    entry = stack.log_entry(stack.get("/refused_reason/x").test_id)
+    assert entry.failure_reason == "delayed_connect_error:_Connection_refused"
+    assert entry.details == (
+        "upstream_reset_before_response_started"
+        "{remote_connection_failure|delayed_connect_error:_Connection_refused}"
+    )
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "a request whose connection attempt failed is counted in upstream_rq_total, and "
+        "local 503s are not counted in upstream_rq_503/upstream_rq_5xx/upstream_rq_completed"
+    ),
+)
+def test_local_503s_count_in_response_code_stats_but_not_as_upstream_requests(
+    stack: Stack,
+) -> None:
+    assert stack.get("/refused_stats/x").response.status == 503
+    assert stack.get("/empty_stats/x").response.status == 503
+    refused = stack.stats("refused_stats")
+    assert refused["upstream_rq_pending_total"] == 1
+    assert refused["upstream_rq_total"] == 0  # never bound to a connection
+    assert (refused["upstream_rq_503"], refused["upstream_rq_5xx"]) == (1, 1)
+    assert refused["upstream_rq_completed"] == 1
+    empty = stack.stats("empty_stats")
+    assert (
+        empty["upstream_rq_total"],
+        empty["upstream_rq_503"],
+        empty["upstream_cx_none_healthy"],
+    ) == (0, 1, 1)
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_empty_cluster_is_503_uh_no_healthy_upstream(stack: Stack) -> None:
+    result = stack.get("/empty/x")
+    response = result.response
+    assert (response.status, response.body) == (503, b"no healthy upstream")
+    assert response.header("content-type") == "text/plain"
+    assert stack.log_entry(result.test_id).flags == "UH"
+    stats = stack.stats("empty")
+    assert (stats["upstream_cx_none_healthy"], stats["upstream_cx_total"]) == (1, 0)
+    assert stats["membership_total"] == 0
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds("closes the downstream connection (connection: close) after 'no healthy upstream'"),
+)
+def test_no_healthy_upstream_keeps_the_downstream_connection_open(stack: Stack) -> None:
+    exchange = stack.get("/empty_open/x", probe=True).exchange
+    assert exchange.finals[0].status == 503
+    assert "close" not in exchange.finals[0].connection_tokens()
+    assert not exchange.closed
+    assert exchange.probe_response is not None and exchange.probe_response.status == 503
+
+
+# --- circuit breakers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_max_connections_queues_the_extra_request_on_the_busy_connection(stack: Stack) -> None:
+    first = stack.in_flight("/cb_cx/slow", {"x-echo-delay-ms": "1000"})
+    try:
+        wait_for(lambda: len(stack.backends["cb_cx0"].requests) == 1, "the first request")
+        second = stack.get("/cb_cx/x").response  # waits for the only connection
+        assert (second.status, second.header("x-backend")) == (200, "cb_cx0")
+        first_response = first.response()
+        assert first_response is not None and first_response.status == 200
+    finally:
+        first.close()
+    assert stack.backends["cb_cx0"].connections_accepted == 1
+    stats = stack.stats("cb_cx")
+    assert stats["upstream_cx_overflow"] >= 1
+    assert (stats["upstream_cx_total"], stats["upstream_rq_total"]) == (1, 2)
+    assert stats["upstream_rq_pending_overflow"] == 0
+
+
+def _fill_pending(stack: Stack, cluster: str) -> tuple[InFlight, InFlight]:
+    """One hanging request on the only connection, one more waiting for it."""
+    holder = stack.in_flight(f"/{cluster}/hang", {"x-echo-behavior": "hang"})
+    wait_for(lambda: len(stack.backends[f"{cluster}0"].requests) == 1, "the hanging request")
+    waiting = stack.in_flight(f"/{cluster}/x")
+    stack.wait_stat(cluster, "upstream_rq_pending_active", 1)
+    return holder, waiting
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_max_pending_requests_overflow_is_503_uo(stack: Stack) -> None:
+    holder, waiting = _fill_pending(stack, "cb_pending")
+    try:
+        result = stack.get("/cb_pending/x")
+        response = result.response
+        assert response.status == 503
+        assert response.body == RESET_BODY + b"reset reason: overflow"
+        entry = stack.log_entry(result.test_id)
+        assert (entry.flags, entry.details) == (
+            "UO",
+            "upstream_reset_before_response_started{overflow}",
+        )
+        assert stack.stats("cb_pending")["upstream_rq_pending_overflow"] == 1
+        holder.close()  # the hanging request goes away: the waiting one gets the connection
+        waited = waiting.response()
+        assert waited is not None and waited.status == 200
+    finally:
+        holder.close()
+        waiting.close()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "an overflow 503 has no 'x-envoy-overloaded: true' header and closes the "
+        "downstream connection"
+    ),
+)
+def test_overflow_reply_says_x_envoy_overloaded_and_keeps_the_connection(stack: Stack) -> None:
+    holder, waiting = _fill_pending(stack, "cb_pending_hdr")
+    try:
+        exchange = stack.get("/cb_pending_hdr/x", probe=True).exchange
+        assert exchange.finals[0].status == 503
+        assert exchange.finals[0].header("x-envoy-overloaded") == "true"
+        assert exchange.probe_response is not None and not exchange.closed
+    finally:
+        holder.close()
+        waiting.close()
+
+
+def _hold_one_request(stack: Stack, cluster: str) -> InFlight:
+    holder = stack.in_flight(f"/{cluster}/hang", {"x-echo-behavior": "hang"})
+    wait_for(lambda: len(stack.backends[f"{cluster}0"].requests) == 1, "the hanging request")
+    return holder
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_max_requests_overflow_is_503_uo(stack: Stack) -> None:
+    holder = _hold_one_request(stack, "cb_rq")
+    try:
+        result = stack.get("/cb_rq/x")
+        assert result.response.status == 503
+        assert result.response.body == RESET_BODY + b"reset reason: overflow"
+        assert stack.log_entry(result.test_id).flags == "UO"
+    finally:
+        holder.close()
+    assert len(stack.backends["cb_rq0"].requests) == 1
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "max_requests overflow counts upstream_rq_pending_overflow, not upstream_rq_active_overflow"
+    ),
+)
+def test_max_requests_overflow_counts_upstream_rq_active_overflow(stack: Stack) -> None:
+    holder = _hold_one_request(stack, "cb_rq_stats")
+    try:
+        assert stack.get("/cb_rq_stats/x").response.status == 503
+    finally:
+        holder.close()
+    stats = stack.stats("cb_rq_stats")
+    assert stats.get("upstream_rq_active_overflow") == 1
+    assert stats["upstream_rq_pending_overflow"] == 0
+
+
+# --- retries -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_retry_on_5xx_until_num_retries_then_the_upstream_answer_with_urx(stack: Stack) -> None:
+    result = stack.get("/retry_5xx/x", {"x-echo-status": "503"})
+    response = result.response
+    assert (response.status, response.header("x-backend")) == (503, "retry_5xx0")
+    assert len(stack.backends["retry_5xx0"].requests) == 3
+    entry = stack.log_entry(result.test_id)
+    assert (entry.flags, entry.attempts, entry.details) == ("URX", "3", "via_upstream")
+    stats = stack.stats("retry_5xx")
+    assert (stats["upstream_rq_retry"], stats["upstream_rq_total"]) == (2, 3)
+    assert stats["upstream_rq_retry_success"] == 0
+
+
+@pytest.mark.parametrize(
+    "kind", kinds("upstream_rq_retry_limit_exceeded is not counted when retries run out")
+)
+def test_retries_running_out_count_upstream_rq_retry_limit_exceeded(stack: Stack) -> None:
+    assert stack.get("/retry_5xx_stats/x", {"x-echo-status": "500"}).response.status == 500
+    assert stack.stats("retry_5xx_stats")["upstream_rq_retry_limit_exceeded"] == 1
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_retry_on_connect_failure_reaches_the_live_host(stack: Stack) -> None:
+    # Round robin over (refused, live): every request that starts on the refused host is
+    # retried on the live one; at most the first request starts on the live host.
+    results = [stack.get("/retry_cf/x") for _ in range(4)]
+    assert [r.response.header("x-backend") for r in results] == ["retry_cf0"] * 4
+    attempts = sorted(stack.log_entry(r.test_id).attempts for r in results)
+    assert attempts[1:] == ["2", "2", "2"] and attempts[0] in ("1", "2")
+    stats = stack.stats("retry_cf")
+    retried = attempts.count("2")
+    assert stats["upstream_rq_retry"] == retried
+    assert stats["upstream_rq_retry_success"] == retried
+    assert stats["upstream_cx_connect_fail"] == retried
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_retry_on_reset_exhausted_is_503_with_retried_reset_reason(stack: Stack) -> None:
+    result = stack.get("/retry_reset/x", {"x-echo-behavior": "reset"})
+    response = result.response
+    assert response.status == 503
+    assert response.body == (
+        RESET_BODY + b"retried and the latest reset reason: connection termination"
+    )
+    assert len(stack.backends["retry_reset0"].requests) == 2
+    entry = stack.log_entry(result.test_id)
+    assert set(entry.flags.split(",")) == {"URX", "UC"}
+    assert entry.attempts == "2"
+    assert stack.stats("retry_reset")["upstream_rq_retry"] == 1
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_retry_on_connect_failure_exhausted_is_503_with_retried_reset_reason(
+    stack: Stack,
+) -> None:
+    result = stack.get("/retry_dead/x")
+    response = result.response
+    assert response.status == 503
+    assert response.body == (
+        RESET_BODY + b"retried and the latest reset reason: remote connection failure"
+    )
+    entry = stack.log_entry(result.test_id)
+    assert set(entry.flags.split(",")) == {"URX", "UF"}
+    assert entry.attempts == "3"
+    stats = stack.stats("retry_dead")
+    assert (stats["upstream_rq_retry"], stats["upstream_cx_connect_fail"]) == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    kinds(
+        "access log of failed requests: flags in a different order (UC,URX / UF,URX), "
+        "attempt count 0 for no healthy upstream, connect timeout details "
+        "'{remote_connection_failure|connection_timeout}' and failure reason 'connection_timeout', "
+        "refused reason 'delayed_connect_error:_111'"
+    ),
+)
+def test_access_log_lines_of_failed_requests(stack: Stack) -> None:
+    cases = {
+        "/log_timeout/x": (
+            {},
+            "503 UF 1 upstream_reset_before_response_started{connection_timeout} -",
+        ),
+        "/log_refused/x": (
+            {},
+            "503 UF 1 upstream_reset_before_response_started{remote_connection_failure|"
+            "delayed_connect_error:_Connection_refused} delayed_connect_error:_Connection_refused",
+        ),
+        "/log_empty/x": ({}, "503 UH 1 no_healthy_upstream -"),
+        "/log_reset/x": (
+            {"x-echo-behavior": "reset"},
+            "503 URX,UC 2 upstream_reset_before_response_started{connection_termination} -",
+        ),
+        "/log_dead/x": (
+            {},
+            "503 URX,UF 3 upstream_reset_before_response_started{remote_connection_failure|"
+            "delayed_connect_error:_Connection_refused} delayed_connect_error:_Connection_refused",
+        ),
+    }
+    seen = {}
+    for path, (headers, _) in cases.items():
+        entry = stack.log_entry(stack.get(path, headers).test_id)
+        seen[path] = " ".join(
+            (entry.code, entry.flags, entry.attempts, entry.details, entry.failure_reason)
+        )
+    assert seen == {path: line for path, (_, line) in cases.items()}
+
+
+# --- stats -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_upstream_stats_names_and_values(stack: Stack) -> None:
+    for status in ("200", "200", "200", "404"):
+        assert stack.get("/stats/x", {"x-echo-status": status}).response.status == int(status)
+    stats = stack.stats("stats")
+    expected = {
+        "upstream_rq_total": 4,
+        "upstream_rq_completed": 4,
+        "upstream_rq_200": 3,
+        "upstream_rq_2xx": 3,
+        "upstream_rq_404": 1,
+        "upstream_rq_4xx": 1,
+        "upstream_rq_pending_total": 1,
+        "upstream_rq_active": 0,
+        "upstream_cx_total": 1,
+        "upstream_cx_http1_total": 1,
+        "upstream_cx_active": 1,
+        "upstream_cx_connect_fail": 0,
+        "upstream_cx_connect_timeout": 0,
+        "upstream_rq_retry": 0,
+        "membership_total": 1,
+        "membership_healthy": 1,
+    }
+    assert {name: stats.get(name) for name in expected} == expected
