@@ -46,6 +46,9 @@ TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.T
 TLS_INSPECTOR = (
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 )
+HTTP_INSPECTOR = (
+    "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+)
 
 _ENVOY_MARKS = [
     pytest.mark.envoy,
@@ -265,6 +268,7 @@ def listener(
     host: str = LOCALHOST,
     default: dict[str, Any] | None = None,
     tls_inspector: bool = False,
+    http_inspector: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": name,
@@ -273,13 +277,23 @@ def listener(
     }
     if default is not None:
         out["default_filter_chain"] = default
+    filters = []
     if tls_inspector:
-        out["listener_filters"] = [
+        filters.append(
             {
                 "name": "envoy.filters.listener.tls_inspector",
                 "typed_config": {"@type": TLS_INSPECTOR},
             }
-        ]
+        )
+    if http_inspector:
+        filters.append(
+            {
+                "name": "envoy.filters.listener.http_inspector",
+                "typed_config": {"@type": HTTP_INSPECTOR},
+            }
+        )
+    if filters:
+        out["listener_filters"] = filters
     return out
 
 
@@ -371,11 +385,13 @@ def which_upstream(
     return text[5:].strip()
 
 
-def client_hello(server_name: str) -> bytes:
+def client_hello(server_name: str, alpn: list[str] | None = None) -> bytes:
     """The first TLS flight of a client asking for ``server_name`` (no network involved)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    if alpn:
+        context.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
     with contextlib.suppress(ssl.SSLWantReadError):
@@ -712,13 +728,7 @@ def test_loopback_or_same_ip_source_matches_same_ip_or_loopback(
         assert which_upstream(port, host="127.0.0.2", source="127.0.0.2") == "B"  # same IP
 
 
-@pytest.mark.parametrize(
-    "kind",
-    kinds(
-        "source_type treats every 127/8 source as loopback; Envoy's loopback is 127.0.0.1 "
-        "only, so 127.0.0.5 -> 127.0.0.2 is EXTERNAL"
-    ),
-)
+@pytest.mark.parametrize("kind", kinds())
 def test_other_127_sources_are_external(kind: str, servers: Servers, tmp_path: Path) -> None:
     config = bootstrap(servers, listener("fc", SOURCE_TYPE_CHAINS, host="127.0.0.2"))
     with running(kind, config, tmp_path) as proxy:
@@ -749,14 +759,7 @@ def test_a_more_specific_destination_ip_is_kept_even_if_a_later_criterion_fails(
         )
 
 
-@pytest.mark.parametrize(
-    "kind",
-    kinds(
-        "the envoy.filters.listener.tls_inspector listener filter is not implemented: the "
-        "bootstrap is rejected ('Didn't find a registered implementation'), so server_names "
-        "and transport_protocol 'tls' can never match"
-    ),
-)
+@pytest.mark.parametrize("kind", kinds())
 def test_server_names_via_tls_inspector(kind: str, servers: Servers, tmp_path: Path) -> None:
     chains = [
         tcp_chain("A", {"server_names": ["a.example.com"]}),
@@ -771,3 +774,31 @@ def test_server_names_via_tls_inspector(kind: str, servers: Servers, tmp_path: P
         assert which_upstream(port, first=client_hello("b.example.com")) == "B"
         assert which_upstream(port, first=client_hello("example.org")) == "C"
         assert which_upstream(port, first=b"plain text, not TLS\r\n") == "D"
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_tls_inspector_alpn_and_http_inspector_protocols(
+    kind: str, servers: Servers, tmp_path: Path
+) -> None:
+    # Istio's inbound listener shape: TLS by ALPN, plaintext HTTP/1.1 and h2c by the first
+    # bytes, anything else to the catch-all chain.
+    chains = [
+        tcp_chain("A", {"transport_protocol": "tls", "application_protocols": ["istio"]}),
+        tcp_chain("B", {"application_protocols": ["http/1.1", "http/1.0"]}),
+        tcp_chain("C", {"application_protocols": ["h2c"]}),
+        tcp_chain("D"),
+    ]
+    config = bootstrap(servers, listener("fc", chains, tls_inspector=True, http_inspector=True))
+    with running(kind, config, tmp_path) as proxy:
+        port = proxy.port("fc")
+        assert which_upstream(port, first=client_hello("x.test", ["istio", "h2"])) == "A"
+        assert which_upstream(port, first=b"GET / HTTP/1.1\r\nhost: a\r\n\r\n") == "B"
+        assert which_upstream(port, first=b"PUT /x HTTP/1.0\r\n\r\n") == "B"
+        assert which_upstream(port, first=b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == "C"
+        assert which_upstream(port, first=b"\x00\x01 binary protocol\n") == "D"
+        # Bytes split across reads: the inspectors wait for enough of them.
+        with connect(port) as sock:
+            sock.sendall(b"GET /slow HT")
+            time.sleep(0.2)
+            sock.sendall(b"TP/1.1\r\n\r\n")
+            assert sock.recv(100).startswith(b"name:B")

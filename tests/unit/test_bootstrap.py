@@ -152,6 +152,34 @@ static_resources:
         "static_resources.clusters[1].name",
     ),
     (
+        "route-to-unknown-cluster",
+        """
+static_resources:
+  clusters: [{name: known}]
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          route_config:
+            virtual_hosts:
+            - name: v
+              domains: ["*"]
+              routes:
+              - {match: {prefix: /a}, route: {cluster: known}}
+              - match: {prefix: /}
+                route: {weighted_clusters: {clusters: [{name: known, weight: 1}, {name: nope, weight: 1}]}}
+          http_filters:
+          - {name: r, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+""",
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config"
+        ".virtual_hosts[0].routes[1].route.weighted_clusters.clusters[1].name",
+    ),
+    (
         "ads-unknown-cluster",
         """
 dynamic_resources:

@@ -55,7 +55,9 @@ def builtin_factories() -> list[ExtensionFactory]:
         compressor_libraries,
     )
     from pilotfish.extensions.filters.http.router import RouterFactory
+    from pilotfish.extensions.filters.listener.http_inspector import HttpInspectorFactory
     from pilotfish.extensions.filters.listener.original_dst import OriginalDstFactory
+    from pilotfish.extensions.filters.listener.tls_inspector import TlsInspectorFactory
     from pilotfish.extensions.filters.network.http_connection_manager import (
         HttpConnectionManagerFactory,
     )
@@ -128,6 +130,8 @@ def builtin_factories() -> list[ExtensionFactory]:
         CompressorFactory(),
         *compressor_libraries(),
         OriginalDstFactory(),
+        TlsInspectorFactory(),
+        HttpInspectorFactory(),
         FileAccessLogFactory(),
         StdoutAccessLogFactory(),
         StderrAccessLogFactory(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 from collections.abc import Callable
@@ -42,6 +41,9 @@ def original_destination(sock: Any) -> tuple[str, int] | None:
         return None
 
 
+_LOOPBACK = frozenset(("127.0.0.1", "::1"))
+
+
 class ConnectionInfo:
     __slots__ = (
         "application_protocols",
@@ -69,10 +71,9 @@ class ConnectionInfo:
         self.connection_id = connection_id
         self.local_address, self.local_ip, self.local_port = format_address(sockname)
         self.remote_address, self.remote_ip, self.remote_port = format_address(peername)
-        try:
-            self.remote_is_loopback = ipaddress.ip_address(self.remote_ip).is_loopback
-        except ValueError:
-            self.remote_is_loopback = not self.remote_ip  # Unix sockets count as local
+        # Envoy's isLoopbackAddress: exactly 127.0.0.1 or ::1 (not all of 127/8); Unix sockets
+        # count as local.
+        self.remote_is_loopback = self.remote_ip in _LOOPBACK or not self.remote_ip
         self.original_dst: tuple[str, int] | None = (
             (self.local_ip, self.local_port) if self.local_ip else None
         )

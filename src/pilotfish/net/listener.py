@@ -87,6 +87,8 @@ class ActiveListener:
             for ext in model.listener_filters
             if ext.factory is not None and hasattr(ext.factory, "build")
         ]
+        # Filters that decide from the connection's first bytes (tls_inspector, ...).
+        self.inspecting = any(getattr(lf, "max_read_bytes", 0) for lf in self.listener_filters)
         self.server: asyncio.AbstractServer | None = None
         self.sock: socket.socket | None = None
         self.draining = False
@@ -197,13 +199,17 @@ class ActiveListener:
 
 class AcceptedConnection(asyncio.Protocol):
     """Protocol of a just-accepted socket: runs listener filters, then hands the transport to
-    the chosen filter chain's protocol."""
+    the chosen filter chain's protocol. Filters that inspect the first bytes get them here;
+    the bytes are then replayed to the chain's protocol."""
 
     def __init__(self, listener: ActiveListener) -> None:
         self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.info: ConnectionInfo | None = None
         self.target: asyncio.Protocol | None = None
+        self.inspectors: list[Any] = []  # listener filters still waiting for bytes, in order
+        self.buffer = b""
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -230,23 +236,85 @@ class AcceptedConnection(asyncio.Protocol):
         self.info = info
         for lf in listener.listener_filters:
             lf.on_accept(info, sock)
+        if listener.inspecting:
+            self.inspectors = [lf for lf in listener.listener_filters if lf.max_read_bytes]
+            listener.stats.downstream_pre_cx_active.value += 1
+            timeout = listener.model.listener_filters_timeout
+            if timeout:
+                self.timer = ctx.loop.call_later(timeout, self._inspection_timeout)
+            return
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Pick the filter chain and give it the connection (and any bytes read so far)."""
+        transport, info, listener = self.transport, self.info, self.listener
+        assert transport is not None and info is not None
         target_listener = listener
         if listener.model.use_original_dst and info.original_dst is not None:
             target_listener = listener.manager.find_by_destination(info.original_dst) or listener
-        proto = target_listener.accept(transport, info)  # type: ignore[arg-type]
+        proto = target_listener.accept(transport, info)
         if proto is None:
             transport.close()
             return
         self.target = proto
         transport.set_protocol(proto)
         proto.connection_made(transport)
+        if self.buffer:
+            data, self.buffer = self.buffer, b""
+            proto.data_received(data)
+
+    def _inspection_done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.listener.stats.downstream_pre_cx_active.value -= 1
+        self._hand_over()
+
+    def _inspection_timeout(self) -> None:
+        self.timer = None
+        if not self.inspectors or self.transport is None or self.transport.is_closing():
+            return
+        self.inspectors = []
+        stats = self.listener.stats
+        stats.downstream_pre_cx_timeout.value += 1
+        if self.listener.model.continue_on_listener_filters_timeout:
+            self._inspection_done()
+        else:
+            stats.downstream_pre_cx_active.value -= 1
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        # Only reached if a chain was not chosen (the socket is being closed).
-        return
+        inspectors = self.inspectors
+        if not inspectors:
+            return  # no chain was chosen: the socket is being closed
+        info = self.info
+        assert info is not None
+        self.buffer += data
+        while inspectors:
+            lf = inspectors[0]
+            if lf.on_data(info, self.buffer) or len(self.buffer) >= lf.max_read_bytes:
+                inspectors.pop(0)
+            else:
+                return
+        self._inspection_done()
+
+    def eof_received(self) -> bool:
+        if self.inspectors:
+            # The client gave up before the listener filters could decide (Envoy:
+            # downstream_listener_filter_remote_close).
+            self.inspectors = []
+            stats = self.listener.stats
+            stats.downstream_listener_filter_remote_close.value += 1
+            stats.downstream_pre_cx_active.value -= 1
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.inspectors:
+            self.inspectors = []
+            self.listener.stats.downstream_pre_cx_active.value -= 1
 
 
 class ListenerManager:

@@ -46,6 +46,7 @@ def bootstrap(msg: Any, ctx: TranslateContext) -> Bootstrap:
             raise ConfigError(f"{path}.name", f"cluster manager: duplicate cluster '{model.name}'")
         names.add(model.name)
         clusters.append(model)
+    ctx.static_clusters = names
 
     listeners = []
     lnames: set[str] = set()

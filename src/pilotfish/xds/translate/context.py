@@ -23,6 +23,9 @@ class TranslateContext:
     warnings: list[str] = field(default_factory=list)
     # Names of extensions skipped as telemetry-only, for the stat and /config_dump readers.
     skipped: list[str] = field(default_factory=list)
+    # The bootstrap's clusters, against which static route tables are validated (None: no
+    # validation, e.g. when translating a lone resource).
+    static_clusters: set[str] | None = None
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

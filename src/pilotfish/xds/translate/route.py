@@ -34,8 +34,38 @@ from pilotfish.xds.translate.context import TranslateContext
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 
 
-def route_configuration(msg: Any, ctx: TranslateContext, path: str = "") -> RouteConfiguration:
+def _validate_clusters(msg: Any, known: set[str], pre: str) -> None:
+    """Every cluster a route names must exist (Envoy refuses the table otherwise)."""
+    for i, vh in enumerate(msg.virtual_hosts):
+        for j, r in enumerate(vh.routes):
+            if not r.HasField("route"):
+                continue
+            rpath = f"{pre}virtual_hosts[{i}].routes[{j}].route"
+            action = r.route
+            named = [(f"{rpath}.cluster", action.cluster)] if action.cluster else []
+            named += [
+                (f"{rpath}.weighted_clusters.clusters[{k}].name", wc.name)
+                for k, wc in enumerate(action.weighted_clusters.clusters)
+            ]
+            named += [
+                (f"{rpath}.request_mirror_policies[{k}].cluster", m.cluster)
+                for k, m in enumerate(action.request_mirror_policies)
+                if m.cluster
+            ]
+            for where, name in named:
+                if name not in known:
+                    raise ConfigError(where, f"route: unknown cluster '{name}'")
+
+
+def route_configuration(
+    msg: Any, ctx: TranslateContext, path: str = "", *, inline: bool = False
+) -> RouteConfiguration:
+    """``inline``: the table is part of a listener (not from RDS), so its clusters are
+    validated by default, as Envoy does."""
     pre = f"{path}." if path else ""
+    validate = c.bool_value(msg, "validate_clusters", inline)
+    if validate and ctx.static_clusters is not None:
+        _validate_clusters(msg, ctx.static_clusters, pre)
     vhosts = []
     seen_domains: dict[str, str] = {}
     seen_names: set[str] = set()
@@ -68,7 +98,7 @@ def route_configuration(msg: Any, ctx: TranslateContext, path: str = "") -> Rout
             msg.internal_only_headers, f"{pre}internal_only_headers"
         ),
         most_specific_header_mutations_wins=msg.most_specific_header_mutations_wins,
-        validate_clusters=c.bool_value(msg, "validate_clusters", False),
+        validate_clusters=validate,
         ignore_port_in_host_matching=msg.ignore_port_in_host_matching,
         max_direct_response_body_size_bytes=c.uint32_value(
             msg, "max_direct_response_body_size_bytes", 4096

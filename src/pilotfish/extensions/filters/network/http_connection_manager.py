@@ -62,7 +62,9 @@ class HttpConnectionManagerFactory(ExtensionFactory):
         rds = None
         spec = msg.WhichOneof("route_specifier")
         if spec == "route_config":
-            route_config = route_configuration(msg.route_config, ctx, f"{tc}.route_config")
+            route_config = route_configuration(
+                msg.route_config, ctx, f"{tc}.route_config", inline=True
+            )
         elif spec == "rds":
             if not msg.rds.route_config_name:
                 raise ConfigError(f"{tc}.rds.route_config_name", "value length must be at least 1")
