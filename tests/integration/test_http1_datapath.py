@@ -433,8 +433,7 @@ def test_expect_100_continue(proxy: Deployment, backend: EchoBackend) -> None:
 
 @pytest.mark.parametrize(
     "proxy",
-    on_both("with proxy_100_continue the upstream's 100 Continue is not relayed downstream "
-            "(and `expect` is moved after content-length)"),
+    on_both(),
     indirect=True,
 )
 def test_expect_100_continue_proxied(proxy: Deployment, backend: EchoBackend) -> None:
@@ -466,7 +465,7 @@ def test_upstream_100_continue_swallowed(proxy: Deployment, backend: EchoBackend
 
 
 @pytest.mark.parametrize(
-    "proxy", on_both("the upstream's 100 Continue is dropped with proxy_100_continue"),
+    "proxy", on_both(),
     indirect=True,
 )
 def test_upstream_100_continue_relayed(proxy: Deployment, backend: EchoBackend) -> None:
@@ -553,9 +552,7 @@ def test_websocket_refused_without_upgrade_configs(
 
 @pytest.mark.parametrize(
     "proxy",
-    on_both("the upgrade request is sent upstream as a chunked request (the tunnel bytes "
-            "become its body), the 101 gets x-envoy-upstream-service-time, and the tunnel "
-            "closes when the client sends data"),
+    on_both(),
     indirect=True,
 )
 def test_websocket_tunnel(proxy: Deployment, backend: EchoBackend) -> None:

@@ -168,10 +168,13 @@ class Http1ServerCodec:
         underscores: str = "ALLOW",
         allow_absolute_url: bool = True,
         enable_trailers: bool = False,
+        keep_expect: bool = False,
     ) -> None:
         self.handler = handler
         # Envoy parses trailers but drops them unless http_protocol_options.enable_trailers.
         self.enable_trailers = enable_trailers
+        # proxy_100_continue: "expect: 100-continue" goes upstream, in its place.
+        self.keep_expect = keep_expect
         self.max_header_bytes = max_headers_kb * 1024
         self.max_headers_count = max_headers_count
         self.allow_chunked_length = allow_chunked_length
@@ -200,6 +203,8 @@ class Http1ServerCodec:
         self.upgrade: bytes | None = None
         self.connection_tokens: bytes = b""
         self.transfer_encoding: bytes | None = None
+        # Where Connection/Upgrade stood: an upgrade request forwards them in place.
+        self._hop_items: list[tuple[int, tuple[bytes, bytes]]] | None = None
         self.seen = 0  # SEEN_* flags of the request being delivered
         self._check_underscores = underscores != "ALLOW"
         # Response encoding state.
@@ -262,6 +267,7 @@ class Http1ServerCodec:
         self.upgrade = None
         self.connection_tokens = b""
         self.transfer_encoding = None
+        self._hop_items = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -317,14 +323,23 @@ class Http1ServerCodec:
         elif kind == _CONNECTION:
             tokens = self.connection_tokens
             self.connection_tokens = value.lower() if not tokens else tokens + b"," + value.lower()
+            self._keep_hop(len(items), name, value)
         elif kind == _UPGRADE:
             self.upgrade = value
+            self._keep_hop(len(items), name, value)
         elif kind == _EXPECT:
             if value.lower() == b"100-continue":
                 self.expect_continue = True
+                if self.keep_expect:
+                    items.append((name, value))
             else:
                 items.append((name, value))
         # _HOP: dropped
+
+    def _keep_hop(self, index: int, name: bytes, value: bytes) -> None:
+        if self._hop_items is None:
+            self._hop_items = []
+        self._hop_items.append((index, (name, value)))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -332,6 +347,11 @@ class Http1ServerCodec:
         self.version = parser.get_http_version()
         self.keep_alive = parser.should_keep_alive()
         seen = self.seen
+        hop = self._hop_items
+        if hop is not None and self.upgrade is not None and parser.should_upgrade():
+            items = self._items
+            for k, (index, item) in enumerate(hop):
+                items.insert(index + k, item)
         self.chunked = False
         self.content_length = None
         if self.transfer_encoding is not None:
@@ -444,7 +464,9 @@ class Http1ServerCodec:
         return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers.items) + b"\r\n"
 
 
-def encode_request_head(headers: RequestHeaders, end_stream: bool) -> tuple[bytes, bool]:
+def encode_request_head(
+    headers: RequestHeaders, end_stream: bool, *, upgrade: bool = False
+) -> tuple[bytes, bool]:
     """An upstream request head, and whether its body is chunked. ``host`` goes first, as
     Envoy encodes ``:authority``; a request without content-length and with a body is chunked."""
     items = headers.items
@@ -453,7 +475,8 @@ def encode_request_head(headers: RequestHeaders, end_stream: bool) -> tuple[byte
     if block:
         head += block + b"\r\n"
     method = headers.method
-    if method == b"CONNECT" or any(n == b"content-length" for n, _ in items):
+    if upgrade or method == b"CONNECT" or any(n == b"content-length" for n, _ in items):
+        # An upgrade's bytes after the head belong to the new protocol: no HTTP framing.
         return head + b"\r\n", False
     if end_stream:
         # Envoy frames a bodiless POST, PUT, PATCH... explicitly (RFC 9110 §8.6).

@@ -198,6 +198,9 @@ class HttpConnectionManager:
             ipaddress.ip_network(c) for c in (config.internal_address_cidrs or ())
         )
         self.connections: set[HttpConnection] = set()
+        # A new stream's earliest timeout (stream idle or whole-request), 0 if none.
+        stream_timeouts = [t for t in (config.stream_idle_timeout, config.request_timeout) if t]
+        self.first_stream_timeout = min(stream_timeouts) if stream_timeouts else 0.0
 
     def is_internal(self, address: str) -> bool:
         if not self._internal_nets:
@@ -233,6 +236,7 @@ class HttpConnection:
             underscores=cfg.headers_with_underscores_action,
             allow_absolute_url=cfg.allow_absolute_url,
             enable_trailers=cfg.enable_trailers,
+            keep_expect=cfg.proxy_100_continue,
         )
         self.transport: asyncio.Transport | None = None
         self.active: ActiveStream | None = None  # the stream whose response is being produced
@@ -380,6 +384,7 @@ class HttpConnection:
         transport = self.transport
         if transport is not None and not self.closed:
             self.hcm.stats.downstream_cx_tx_bytes_total.value += len(data)
+            self.last_activity = self.now  # response bytes keep the stream alive too
             transport.write(data)
 
     def begin_batch(self) -> None:
@@ -585,6 +590,7 @@ class ActiveStream(StreamInfo):
     upgrade: bytes | None = None
     seen = 0  # the codec's SEEN_* flags for these request headers
     internal = False  # an internal request (x-envoy-internal set by this proxy)
+    sent_100_continue = False
 
     def __init__(
         self, conn: HttpConnection, headers: RequestHeaders, *, headerless: bool = False
@@ -628,6 +634,11 @@ class ActiveStream(StreamInfo):
     def start(self) -> None:
         """Begin processing (immediately, or when an earlier pipelined response is done)."""
         self.started = True
+        first_timeout = self.hcm.first_stream_timeout
+        if first_timeout:
+            conn = self.conn
+            conn.last_activity = conn.now
+            conn._arm(conn.now + first_timeout)  # no-op when the watchdog is due sooner
         headers = self.request_headers
         path = headers.path
         if (
@@ -716,15 +727,15 @@ class ActiveStream(StreamInfo):
             upgrade_type = self.upgrade.lower()
             if upgrade_type == b"h2c":
                 self.upgrade = None  # Envoy ignores h2c upgrades on HTTP/1.1
+                headers.items = [
+                    (n, v) for n, v in headers.items if n != b"connection" and n != b"upgrade"
+                ]
             elif not self.hcm.upgrades.get(upgrade_type, False):
                 conn.closing = True
                 self.send_local_reply(403, b"", "upgrade_failed", 0)
                 return False
-        if self.expect_continue:
-            if cfg.proxy_100_continue:
-                headers.items.append((b"expect", b"100-continue"))
-            else:
-                conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.expect_continue and not cfg.proxy_100_continue:
+            conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return True
 
     def _mutate_request_headers(self) -> None:
@@ -735,10 +746,6 @@ class ActiveStream(StreamInfo):
         cfg = hcm.config
         items = headers.items
         seen = self.seen
-        if self.upgrade is not None:
-            # Forwarded verbatim to the upstream (Connection and Upgrade).
-            items.append((b"connection", b"Upgrade"))
-            items.append((b"upgrade", self.upgrade))
         edge = False
         internal = False
         if cfg.use_remote_address:

@@ -573,7 +573,7 @@ class Router:
             self._upgrade_refused(up, headers)
             return
         stream.response_code_details = "via_upstream"
-        if not self.settings.suppress_envoy_headers:
+        if not self.settings.suppress_envoy_headers and status != 101:
             start = self.downstream_complete_at or up.started_at
             value = b"%d" % int((now - start) * 1000)
             if headers.seen & RESP_SERVICE_TIME:
@@ -858,8 +858,9 @@ class UpstreamRequest:
         stream = router.stream
         stream.upstream_local_address = conn.local_address
         now = stream.hcm.loop.time()
-        no_body = not stream.has_body and stream.upgrade is None
-        head, self.chunked = encode_request_head(stream.request_headers, no_body)
+        upgrade = stream.upgrade is not None
+        no_body = not stream.has_body and not upgrade
+        head, self.chunked = encode_request_head(stream.request_headers, no_body, upgrade=upgrade)
         body = router.body
         if no_body and not body:
             conn.write(head)
@@ -937,8 +938,18 @@ class UpstreamRequest:
         self.router.on_upstream_headers(self, headers, end_stream)
 
     def on_informational(self, headers: ResponseHeaders) -> None:
-        # 100 Continue was already answered by the connection manager; other 1xx are dropped.
-        return
+        # Without proxy_100_continue the connection manager answered Expect itself; with it,
+        # the upstream's first 100 Continue is relayed (bare, as Envoy does). Other 1xx are
+        # dropped.
+        stream = self.router.stream
+        if (
+            headers.status == 100
+            and stream.hcm.config.proxy_100_continue
+            and not stream.sent_100_continue
+            and not self.done
+        ):
+            stream.sent_100_continue = True
+            stream.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_response_body(self, data: bytes) -> None:
         if self.done:

@@ -138,11 +138,17 @@ class UpstreamConnection:
             self._detach()
             self.close()
             client.on_upstream_protocol_error(e)
-        if self.codec.upgraded is not None and self.tunnel is not None:
+        if self.codec.upgraded is not None:
+            # (Read through a call: type narrowing above would make the compiled code insist
+            # that self.tunnel is still None here.)
+            tunnel = self._tunnel()
             rest, self.codec.upgraded = self.codec.upgraded, None
-            if rest:
-                self.tunnel.upstream_data(rest)
+            if rest and tunnel is not None:
+                tunnel.upstream_data(rest)
         client.after_upstream_read()
+
+    def _tunnel(self) -> Any:
+        return self.tunnel
 
     def _detach(self) -> PoolClient | None:
         client = self.client
