@@ -56,6 +56,7 @@ OPEN_WAIT = 0.3
 def build(echo_port: int) -> tuple[dict[str, Any], dict[str, str]]:
     routes = [
         {"match": {"prefix": "/timeout"}, "route": {"cluster": "A", "timeout": "0.5s"}},
+        {"match": {"prefix": "/route-idle"}, "route": {"cluster": "A", "idle_timeout": "0.5s"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "A"}},
     ]
     base = {"delayed_close_timeout": "0.2s"}
@@ -343,6 +344,20 @@ def test_stream_idle_timeout_waiting_for_upstream(
         conn.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
         assert conn.response().status == 200
     no_connection_left(proxy, "sito")
+
+
+@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+def test_route_idle_timeout_overrides_the_stream_idle_timeout(
+    proxy: Deployment, backend: EchoBackend
+) -> None:
+    """A route's idle_timeout (0.5 s) applies instead of the HCM's stream_idle_timeout (none
+    on ``main``): 504 ``stream timeout`` while the upstream takes 2 s."""
+    with RawConn(proxy.addr("main")) as conn:
+        conn.send(b"GET /route-idle HTTP/1.1\r\nHost: x\r\nx-echo-delay-ms: 2000\r\n\r\n")
+        elapsed, lines, body = timed_response(conn, 0.5)
+        assert lines[0] == "HTTP/1.1 504 Gateway Timeout"
+        assert body == b"stream timeout"
+        assert 0.4 < elapsed < 1.8
 
 
 @pytest.mark.parametrize(

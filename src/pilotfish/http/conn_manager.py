@@ -1175,6 +1175,9 @@ class ActiveStream(StreamInfo):
                     return None
                 deadlines.append(d)
         idle = cfg.stream_idle_timeout
+        router = self.router
+        if router is not None and router.action.idle_timeout is not None:
+            idle = router.action.idle_timeout  # the route's idle_timeout overrides the HCM's
         if idle:
             d = self.conn.last_activity + idle
             if now >= d:

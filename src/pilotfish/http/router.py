@@ -411,6 +411,10 @@ class Router:
             apply_request_mutations(stream, cr, self.wc)
         if cr.path_rewrite:
             _rewrite_path(stream, cr.route, self.action, suppress)
+        idle = self.action.idle_timeout
+        if idle:
+            conn = stream.conn
+            conn.arm_deadline(conn.last_activity + idle)
         if end_stream:
             self.request_ended = True
             self._start_global_timer()
