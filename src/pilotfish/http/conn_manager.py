@@ -662,6 +662,10 @@ class ActiveStream(StreamInfo):
             if route is not None:
                 self.route = route
                 self.route_name = route.name
+        if self.upgrade is not None and not self._upgrade_allowed():
+            self.conn.closing = True
+            self.send_local_reply(403, b"", "upgrade_failed", 0)
+            return
         factories = hcm.filter_factories
         if factories:
             filters = []
@@ -730,13 +734,22 @@ class ActiveStream(StreamInfo):
                 headers.items = [
                     (n, v) for n, v in headers.items if n != b"connection" and n != b"upgrade"
                 ]
-            elif not self.hcm.upgrades.get(upgrade_type, False):
-                conn.closing = True
-                self.send_local_reply(403, b"", "upgrade_failed", 0)
-                return False
         if self.expect_continue and not cfg.proxy_100_continue:
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return True
+
+    def _upgrade_allowed(self) -> bool:
+        """The route's upgrade_configs, if it names the type, decide; else the HCM's (Envoy's
+        table: a route can enable an upgrade the HCM does not list)."""
+        assert self.upgrade is not None
+        upgrade_type = self.upgrade.lower()
+        route = self.route
+        action = route.action if route is not None else None
+        wanted = upgrade_type.decode("latin-1")
+        for name, enabled in getattr(action, "upgrade_configs", ()):
+            if name == wanted:
+                return bool(enabled)
+        return self.hcm.upgrades.get(upgrade_type, False)
 
     def _mutate_request_headers(self) -> None:
         """Envoy's ConnectionManagerUtility::mutateRequestHeaders, HTTP/1 plain-text part. The
