@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import TypeVar
 
+from pilotfish.stats.re2 import compile_re2
 from pilotfish.stats.store import Counter, Gauge, Histogram, Store, TextReadout
-from pilotfish.stats.tags import Tag, TagExtractor, compile_envoy_regex
+from pilotfish.stats.tags import Tag, TagExtractor
 
 __all__ = [
     "STATS_TYPES",
@@ -40,7 +41,8 @@ __all__ = [
     "render_text",
 ]
 
-STATS_TYPES: tuple[str, ...] = ("All", "Counters", "Gauges", "Histograms", "TextReadouts")
+# The ``type`` param, in the order Envoy's help lists them.
+STATS_TYPES: tuple[str, ...] = ("All", "Counters", "Histograms", "Gauges", "TextReadouts")
 Filter = str | re.Pattern[str] | None
 
 _QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
@@ -59,8 +61,9 @@ _S = TypeVar("_S", Counter, Gauge, Histogram, TextReadout)
 def compile_filter(pattern: str) -> re.Pattern[str]:
     """The admin ``filter`` param. Envoy 1.40 compiles it with RE2 (there is no std::regex
     option any more: a lookahead is rejected with 400 "Invalid re2 regex") and uses
-    ``RE2::PartialMatch``, i.e. a search. Raises ``RegexError`` (a ValueError) if invalid."""
-    return compile_envoy_regex(pattern, re2=True)
+    ``RE2::PartialMatch``, i.e. a search. Raises ``RegexError`` (a ValueError) with RE2's error
+    text if invalid."""
+    return compile_re2(pattern)
 
 
 def _matcher(filter_regex: Filter) -> Callable[[str], bool] | None:
