@@ -48,7 +48,9 @@ class Server:
         self.cluster_manager: ClusterManager | None = None
         self.admin: Any = None
         self.stats: Store | None = None
-        self.health_check_failed = False
+        self._stopping = False  # SIGTERM/SIGINT or /quitquitquit: draining to exit
+        self._drain_sequence = False  # /drain_listeners?graceful (or skip_exit) started
+        self._graceful_drain = False  # ... and it drains every listener's connections
 
     def run(self) -> int:
         try:
@@ -191,10 +193,37 @@ class Server:
         self.g_memory_heap_size.set(rss)
         self.g_memory_physical_size.set(rss)
 
+    @property
+    def reported_state(self) -> ServerState:
+        """The state /ready, /server_info and server.state report (Envoy's
+        Utility::serverState): an initialized server fails health checks as DRAINING."""
+        if self.state is ServerState.LIVE and self.ctx is not None and self.ctx.health_check_failed:
+            return ServerState.DRAINING
+        return self.state
+
     def _set_state(self, state: ServerState) -> None:
         self.state = state
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        state = self.reported_state
         self.g_state.set(int(state))
         self.g_live.set(1 if state is ServerState.LIVE else 0)
+
+    def _update_draining(self) -> None:
+        """Connections close after their current response (``connection: close``) while the
+        server exits, drains gracefully, or fails health checks (Envoy's drainClose())."""
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.draining = self._stopping or self._graceful_drain or ctx.health_check_failed
+
+    def fail_health_checks(self, failed: bool) -> None:
+        """/healthcheck/fail and /healthcheck/ok: the server reports DRAINING (server.live 0)
+        and drain-closes connections, but keeps serving."""
+        assert self.ctx is not None
+        self.ctx.health_check_failed = failed
+        self._update_draining()
+        self._publish_state()
 
     def _write_admin_address(self) -> None:
         path = self.options.admin_address_path
@@ -225,12 +254,38 @@ class Server:
         if self._shutdown is not None:
             self._shutdown.set()
 
-    def drain_listeners(self, *, inbound_only: bool = False, graceful: bool = False) -> None:
-        """/drain_listeners: stop accepting; existing connections close after their requests."""
-        assert self.listener_manager is not None and self.ctx is not None
-        if not inbound_only:
-            self._set_state(ServerState.DRAINING)
-        self.listener_manager.drain_all(inbound_only=inbound_only)
+    def drain_listeners(
+        self, *, inbound_only: bool = False, graceful: bool = False, skip_exit: bool = False
+    ) -> None:
+        """/drain_listeners, as Envoy's handler: the server stays LIVE. Without ``graceful``
+        the listeners stop accepting at once (open connections go on). With it (or with
+        ``skip_exit``), a drain sequence starts: connections are drain-closed (after their
+        current response; every listener's, or the inbound ones' with ``inbound_only``) and,
+        unless ``skip_exit``, the listeners stop accepting after ``--drain-time-s``. A second
+        drain sequence is ignored."""
+        lm = self.listener_manager
+        ctx = self.ctx
+        assert lm is not None and ctx is not None
+        if not (graceful or skip_exit):
+            lm.stop_listeners(inbound_only=inbound_only)
+            return
+        if self._drain_sequence:
+            return
+        self._drain_sequence = True
+        if inbound_only:
+            lm.drain_connections(inbound_only=True)
+        else:
+            self._graceful_drain = True
+            self._update_draining()
+        if skip_exit:
+            return
+
+        def stop() -> None:
+            lm.stop_listeners(inbound_only=inbound_only)
+            if inbound_only:  # also the connections accepted during the drain period
+                lm.drain_connections(inbound_only=True)
+
+        ctx.loop.call_later(self.options.drain_time_s, stop)
 
     async def _drain_and_stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded by --drain-time-s), exit."""
@@ -238,7 +293,8 @@ class Server:
         ctx = self.ctx
         lm = self.listener_manager
         assert ctx is not None and lm is not None
-        ctx.draining = True
+        self._stopping = True
+        self._update_draining()
         lm.drain_all()
         deadline = ctx.loop.time() + self.options.drain_time_s
         while lm.total_connections > 0 and ctx.loop.time() < deadline:

@@ -1014,10 +1014,7 @@ def test_drain_listeners_inboundonly(fresh: Proxy) -> None:
     assert get(ingress, "/outbound-still-served") == 200
 
 
-@kinds(
-    pilotfish_xfail="/drain_listeners sets the server DRAINING: /ready answers 503 "
-    "'DRAINING' and server.live 0 (Envoy stays LIVE: only /healthcheck/fail does that)"
-)
+@kinds()
 def test_drain_listeners_keeps_server_live(fresh: Proxy) -> None:
     assert fresh.call("/drain_listeners", "POST").status == 200
     assert wait_until(lambda: refuses_connections(fresh.port("ingress")), timeout=5)
@@ -1029,10 +1026,7 @@ def test_drain_listeners_keeps_server_live(fresh: Proxy) -> None:
     }
 
 
-@kinds(
-    pilotfish_xfail="after /drain_listeners, /listeners reports port 0 (the configured port) "
-    "instead of the port the listener was bound to"
-)
+@kinds()
 def test_drained_listeners_still_listed(fresh: Proxy) -> None:
     before = fresh.call("/listeners?format=json").json()
     assert fresh.call("/drain_listeners", "POST").status == 200
@@ -1040,10 +1034,7 @@ def test_drained_listeners_still_listed(fresh: Proxy) -> None:
     assert fresh.call("/listeners?format=json").json() == before
 
 
-@kinds(
-    pilotfish_xfail="/drain_listeners?graceful stops accepting at once instead of after "
-    "--drain-time-s"
-)
+@kinds()
 def test_drain_listeners_graceful(backend: EchoBackend, tmp_path: Path, kind: str) -> None:
     """``?graceful``: listeners keep accepting for the drain time, then stop."""
     drain_time = 2

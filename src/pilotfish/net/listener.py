@@ -89,6 +89,8 @@ class ActiveListener:
         ]
         self.server: asyncio.AbstractServer | None = None
         self.sock: socket.socket | None = None
+        self.port: int | None = None  # the bound TCP port, kept after the socket is closed
+        self.stopped = False  # no longer accepting (drained or stopped)
         self.draining = False
         self.connections = 0
         self.last_updated = time.time()
@@ -134,12 +136,14 @@ class ActiveListener:
         sock.listen(model.tcp_backlog_size)
         sock.setblocking(False)
         self.sock = sock
+        if sock.family != socket.AF_UNIX:
+            self.port = int(sock.getsockname()[1])
 
     @property
     def bound_port(self) -> int | None:
-        if self.sock is None or self.sock.family == socket.AF_UNIX:
-            return None
-        return int(self.sock.getsockname()[1])
+        """The port the listener was bound to (still reported once it stopped, as Envoy's
+        /listeners does); None for Unix sockets and unbound listeners."""
+        return self.port
 
     async def start(self) -> None:
         if self.sock is None:
@@ -177,6 +181,7 @@ class ActiveListener:
     # -- shutdown -----------------------------------------------------------------------------
 
     def stop_accepting(self) -> None:
+        self.stopped = True
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -187,12 +192,16 @@ class ActiveListener:
                 pass
             self.sock = None
 
+    def drain_connections(self) -> None:
+        """Existing connections close after their current request."""
+        for runtime in self.runtimes.values():
+            runtime.drain()
+
     def drain(self) -> None:
         """Stop accepting and let existing connections finish their requests."""
         self.draining = True
         self.stop_accepting()
-        for runtime in self.runtimes.values():
-            runtime.drain()
+        self.drain_connections()
 
 
 class AcceptedConnection(asyncio.Protocol):
@@ -294,6 +303,7 @@ class ListenerManager:
             # Same address: hand the bound socket over instead of binding twice.
             new = ActiveListener(model, self.ctx, self)
             new.sock, old.sock = old.sock, None
+            new.port = old.port
             if old.server is not None:
                 old.server.close()
                 old.server = None
@@ -346,11 +356,30 @@ class ListenerManager:
                 wildcard = listener
         return wildcard
 
+    def _selected(self, inbound_only: bool) -> list[ActiveListener]:
+        return [
+            x
+            for x in self.listeners.values()
+            if not inbound_only or x.model.traffic_direction == "INBOUND"
+        ]
+
     def drain_all(self, *, inbound_only: bool = False) -> None:
-        for listener in list(self.listeners.values()):
-            if inbound_only and listener.model.traffic_direction != "INBOUND":
-                continue
+        """Shutdown: stop accepting and drain-close every connection."""
+        for listener in self._selected(inbound_only):
             listener.drain()
+
+    def stop_listeners(self, *, inbound_only: bool = False) -> None:
+        """Envoy's stopListeners (/drain_listeners): the listeners stop accepting (and stay
+        listed); the connections they accepted go on."""
+        for listener in self._selected(inbound_only):
+            if not listener.stopped:
+                listener.stop_accepting()
+                self.stats_stopped.value += 1
+
+    def drain_connections(self, *, inbound_only: bool = False) -> None:
+        """Drain-close the listeners' connections (after their current request)."""
+        for listener in self._selected(inbound_only):
+            listener.drain_connections()
 
     def stop_all(self) -> None:
         for listener in list(self.listeners.values()) + self.draining:
