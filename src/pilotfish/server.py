@@ -14,7 +14,6 @@ from typing import Any
 
 import uvloop
 
-from pilotfish import ENVOY_API_VERSION, __version__
 from pilotfish.cli import Options
 from pilotfish.context import ServerContext, detect_local_address
 from pilotfish.net.listener import ListenerManager
@@ -124,6 +123,7 @@ class Server:
             for listener in built:
                 await listener.start()
             lm.gauge_workers_started.set(1)
+            self.h_initialization_time.record((time.time() - self.start_time) * 1000)
             self._set_state(ServerState.LIVE)
             log.info("all clusters initialized; pilotfish is live")
         await self._shutdown.wait()
@@ -157,31 +157,69 @@ class Server:
     # -- state and stats ------------------------------------------------------------------------
 
     def _server_stats(self) -> None:
+        """Envoy's server.* and runtime.* stats, the same ones used (or not) as in Envoy with
+        hot restart disabled (so no server.hot_restart_generation)."""
         assert self.stats is not None
         s = self.stats.scope("server.")
         self.g_state = s.gauge("state", accumulate=False)
         self.g_live = s.gauge("live", accumulate=False)
         s.gauge("concurrency").set(1)
-        s.gauge("hot_restart_epoch").set(self.options.restart_epoch)
-        s.gauge("hot_restart_generation").set(self.options.restart_epoch + 1)
-        s.gauge("version").set(0)
+        epoch = s.gauge("hot_restart_epoch")
+        if self.options.restart_epoch:
+            epoch.set(self.options.restart_epoch)
+        s.gauge("version").set(0)  # Envoy: the build's revision as a number; pilotfish has none
         self.g_uptime = s.gauge("uptime")
         self.g_total_connections = s.gauge("total_connections")
-        s.gauge("parent_connections").set(0)
+        s.gauge("parent_connections")
         self.g_memory_allocated = s.gauge("memory_allocated")
         self.g_memory_heap_size = s.gauge("memory_heap_size")
         self.g_memory_physical_size = s.gauge("memory_physical_size")
-        s.gauge("days_until_first_cert_expiring").set(2147483647)
-        s.gauge("seconds_until_first_ocsp_response_expiring").set(0)
+        s.gauge("days_until_first_cert_expiring").set((1 << 32) - 1)  # no certificate
+        s.gauge("seconds_until_first_ocsp_response_expiring")
+        s.gauge("compilation_settings.fips_mode").set(0)
         s.counter("debug_assertion_failures")
         s.counter("envoy_bug_failures")
         s.counter("envoy_notifications")
-        s.counter("dynamic_unknown_fields")
-        s.counter("static_unknown_fields")
+        s.counter("dynamic_unknown_fields").inc(0)
+        s.counter("static_unknown_fields").inc(0)
         s.counter("wip_protos").inc(0)
         s.counter("dropped_stat_flushes")
-        s.gauge("stats_recent_lookups")
-        s.text_readout("version").value = f"{__version__}/{ENVOY_API_VERSION}"
+        s.gauge("stats_recent_lookups").set(0)
+        for thread in ("main_thread", "worker_0"):
+            s.counter(f"{thread}.watchdog_miss")
+            s.counter(f"{thread}.watchdog_mega_miss")
+        self.h_initialization_time = s.histogram("initialization_time_ms")
+        self._runtime_stats()
+
+    def _runtime_stats(self) -> None:
+        """runtime.*: the layers and keys of the bootstrap's layered_runtime. Envoy loads its
+        snapshot twice at startup, finding no override directory either time."""
+        assert self.stats is not None
+        r = self.stats.scope("runtime.")
+        layers = self.runtime_layers()
+        r.gauge("admin_overrides_active")
+        r.gauge("deprecated_feature_seen_since_process_start")
+        r.counter("deprecated_feature_use")
+        r.counter("load_error")
+        r.counter("load_success").inc(2)
+        r.gauge("num_keys").set(len({key for _, values in layers for key in values}))
+        r.gauge("num_layers").set(len(layers))
+        r.counter("override_dir_exists")
+        r.counter("override_dir_not_exists").inc(2)
+
+    def runtime_layers(self) -> list[tuple[str, dict[str, str]]]:
+        """(name, key -> value text) of each layered_runtime layer, as Envoy's /runtime shows
+        them: static layers flattened to dotted keys; the other layers (admin, disk, RTDS)
+        hold nothing in pilotfish."""
+        from google.protobuf import json_format
+
+        out: list[tuple[str, dict[str, str]]] = []
+        for layer in self.bootstrap.proto.layered_runtime.layers:
+            values: dict[str, str] = {}
+            if layer.HasField("static_layer"):
+                _flatten(json_format.MessageToDict(layer.static_layer), "", values)
+            out.append((layer.name, values))
+        return out
 
     def refresh_gauges(self) -> None:
         """Gauges computed on read (admin), not kept current on every event."""
@@ -317,6 +355,19 @@ def _access_log_manager(opts: Options) -> Any:
         flush_interval=opts.file_flush_interval_msec / 1000,
         min_flush_size=opts.file_flush_min_size_kb * 1024,
     )
+
+
+def _flatten(doc: dict[str, Any], prefix: str, out: dict[str, str]) -> None:
+    for key, value in doc.items():
+        name = prefix + key
+        if isinstance(value, dict):
+            _flatten(value, name + ".", out)
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, float) and value.is_integer():
+            out[name] = str(int(value))
+        else:
+            out[name] = str(value)
 
 
 def _rss_bytes() -> int:

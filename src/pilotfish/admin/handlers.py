@@ -297,12 +297,14 @@ def memory(server: Server, params: dict[str, str]) -> Response:
 
 @endpoint("/runtime", "print runtime values")
 def runtime(server: Server, params: dict[str, str]) -> Response:
-    assert server.ctx is not None
-    entries = {
-        k: {"final_value": str(v), "layer_values": [str(v), ""]}
-        for k, v in sorted(server.ctx.runtime.items())
-    }
-    body = {"layers": ["global config", "admin"], "entries": entries}
+    """Each key's value in every layer ("" where a layer lacks it) and the final value."""
+    layers = server.runtime_layers()
+    entries: dict[str, dict[str, object]] = {}
+    for key in sorted({k for _, values in layers for k in values}):
+        per_layer = [values.get(key, "") for _, values in layers]
+        final = next((v for v in reversed(per_layer) if v), "")
+        entries[key] = {"layer_values": per_layer, "final_value": final}
+    body = {"entries": entries, "layers": [name for name, _ in layers]}
     return Response(200, json.dumps(body, indent=1) + "\n", JSON)
 
 

@@ -64,6 +64,18 @@ class ListenerStats:
             "downstream_listener_filter_remote_close"
         )
         self.extension_config_missing = scope.counter("extension_config_missing")
+        self.network_extension_config_missing = scope.counter("network_extension_config_missing")
+        self.downstream_cx_overload_reject = scope.counter("downstream_cx_overload_reject")
+        self.downstream_cx_transport_socket_connect_timeout = scope.counter(
+            "downstream_cx_transport_socket_connect_timeout"
+        )
+        self.connections_accepted_per_socket_event = scope.histogram(
+            "connections_accepted_per_socket_event", unit=""
+        )
+        # Envoy's per-worker stats; pilotfish has one worker (worker_0).
+        worker = scope.scope("worker_0.")
+        self.worker_downstream_cx_total = worker.counter("downstream_cx_total")
+        self.worker_downstream_cx_active = worker.gauge("downstream_cx_active", accumulate=False)
 
 
 class ActiveListener:
@@ -164,12 +176,15 @@ class ActiveListener:
         runtime = self.runtimes[id(chain)]
         stats = self.stats
         stats.downstream_cx_total.value += 1
-        stats.downstream_cx_active.value += 1
+        stats.downstream_cx_active.inc()  # inc() marks the gauge used, as Envoy's add()
+        stats.worker_downstream_cx_total.value += 1
+        stats.worker_downstream_cx_active.inc()
         self.connections += 1
         self.manager.total_connections += 1
 
         def on_close() -> None:
             stats.downstream_cx_active.value -= 1
+            stats.worker_downstream_cx_active.value -= 1
             stats.downstream_cx_destroy.value += 1
             stats.downstream_cx_length_ms.record((time.monotonic() - info.start) * 1000)
             self.connections -= 1
@@ -218,6 +233,7 @@ class AcceptedConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         listener = self.listener
         ctx = listener.ctx
+        listener.stats.connections_accepted_per_socket_event.record(1)  # one per accept here
         if listener.manager.over_global_limit() and not listener.model.ignore_global_conn_limit:
             listener.stats.downstream_global_cx_overflow.value += 1
             transport.abort()  # type: ignore[attr-defined]
@@ -237,8 +253,11 @@ class AcceptedConnection(asyncio.Protocol):
         )
         info.listener = listener
         self.info = info
+        pre_active = listener.stats.downstream_pre_cx_active
+        pre_active.inc()  # while listener filters run (Envoy counts every accepted socket)
         for lf in listener.listener_filters:
             lf.on_accept(info, sock)
+        pre_active.dec()
         target_listener = listener
         if listener.model.use_original_dst and info.original_dst is not None:
             target_listener = listener.manager.find_by_destination(info.original_dst) or listener
@@ -272,13 +291,15 @@ class ListenerManager:
         self.stats_create_success = scope.counter("listener_create_success")
         self.stats_create_failure = scope.counter("listener_create_failure")
         self.stats_stopped = scope.counter("listener_stopped")
+        self.stats_in_place_updated = scope.counter("listener_in_place_updated")
         self.gauge_active = scope.gauge("total_listeners_active")
         self.gauge_warming = scope.gauge("total_listeners_warming")
         self.gauge_draining = scope.gauge("total_listeners_draining")
+        self.gauge_filter_chains_draining = scope.gauge("total_filter_chains_draining")
         self.gauge_workers_started = scope.gauge("workers_started")
+        scope.gauge("workers_pinned")
         self.gauge_active.set(0)
         self.gauge_warming.set(0)
-        self.gauge_draining.set(0)
         self.gauge_workers_started.set(0)
 
     def over_global_limit(self) -> bool:
