@@ -327,15 +327,6 @@ def _bad_cases() -> list[Any]:
                         not admin_helpers.ENVOY_BIN.exists(), reason="needs the real Envoy"
                     )
                 )
-            if kind == "pilotfish" and name == "wrong-type":
-                marks.append(
-                    pytest.mark.xfail(
-                        reason='pilotfish: the error does not name the field: "invalid '
-                        "literal for int() with base 10: 'lots'\" (Envoy names "
-                        "static_resources.clusters[0].per_connection_buffer_limit_bytes)",
-                        strict=True,
-                    )
-                )
             cases.append(pytest.param(kind, name, marks=marks, id=f"{kind}-{name}"))
     return cases
 
