@@ -474,11 +474,19 @@ def stats(server: Server, params: dict[str, str]) -> Response:
     assert server.stats is not None
     if p.format == "json":
         body = render.render_json(
-            server.stats, filter_regex=p.filter, used_only=p.used_only, type_filter=p.type
+            server.stats,
+            filter_regex=p.filter,
+            used_only=p.used_only,
+            type_filter=p.type,
+            histogram_buckets=p.histogram_buckets,
         )
         return Response(200, body, JSON)
     text = render.render_text(
-        server.stats, filter_regex=p.filter, used_only=p.used_only, type_filter=p.type
+        server.stats,
+        filter_regex=p.filter,
+        used_only=p.used_only,
+        type_filter=p.type,
+        histogram_buckets=p.histogram_buckets,
     )
     if p.format in ("html", "active-html"):
         return Response(200, _html_page("stats", f"<pre>{html.escape(text)}</pre>"), HTML)
@@ -536,6 +544,7 @@ def _prometheus(server: Server, params: dict[str, str], p: _StatsParams) -> Resp
         used_only=p.used_only,
         filter_regex=p.filter,
         text_readouts="text_readouts" in params,
+        summary=p.histogram_buckets == "summary",
     )
     return Response(200, body)
 
