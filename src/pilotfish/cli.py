@@ -44,6 +44,21 @@ class Options:
     disable_hot_restart: bool = False
     admin_address_path: str = ""
     stats_tags: list[str] = field(default_factory=list)
+    # Accepted for Envoy's sake and reported by /server_info; no effect (docs/compatibility.md).
+    enable_mutex_tracing: bool = False
+    cpuset_threads: bool = False
+    log_format_escaped: bool = False
+    disabled_extensions: list[str] = field(default_factory=list)
+    use_dynamic_base_id: bool = False
+    base_id_path: str = ""
+    enable_fine_grain_logging: bool = False
+    socket_path: str = "@envoy_domain_socket"
+    socket_mode: int = 0
+    enable_core_dump: bool = False
+    skip_hot_restart_on_no_parent: bool = False
+    skip_hot_restart_parent_stats: bool = False
+    skip_deprecated_logs: bool = False
+    log_stacktrace_single_entry: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--enable-core-dump", action="store_true")
     a("--enable-mutex-tracing", action="store_true")
     a("--disable-extensions", default="")
-    a("--socket-path", default="")
+    a("--socket-path", default="@envoy_domain_socket")
     a("--socket-mode", default="")
     a("--admin-address-path", default="")
     a("--stats-tag", action="append", default=[])
@@ -135,7 +150,29 @@ def parse_options(argv: list[str]) -> Options:
         disable_hot_restart=ns.disable_hot_restart,
         admin_address_path=ns.admin_address_path,
         stats_tags=list(ns.stats_tag),
+        enable_mutex_tracing=ns.enable_mutex_tracing,
+        cpuset_threads=ns.cpuset_threads,
+        log_format_escaped=ns.log_format_escaped,
+        disabled_extensions=[x for x in ns.disable_extensions.split(",") if x],
+        use_dynamic_base_id=ns.use_dynamic_base_id,
+        base_id_path=ns.base_id_path,
+        enable_fine_grain_logging=ns.enable_fine_grain_logging,
+        socket_path=ns.socket_path,
+        socket_mode=_socket_mode(ns.socket_mode),
+        enable_core_dump=ns.enable_core_dump,
+        skip_hot_restart_on_no_parent=ns.skip_hot_restart_on_no_parent,
+        skip_hot_restart_parent_stats=ns.skip_hot_restart_parent_stats,
+        skip_deprecated_logs=ns.skip_deprecated_logs,
+        log_stacktrace_single_entry=ns.log_stacktrace_single_entry,
     )
+
+
+def _socket_mode(text: str) -> int:
+    """``--socket-mode`` is octal (``644`` is 420); Envoy takes a value that is not as 0."""
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        return 0
 
 
 def version_string() -> str:

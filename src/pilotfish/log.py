@@ -45,79 +45,87 @@ _SHORT_LEVEL = {
     "critical": "C",
 }
 
-# Envoy's logger components (source/common/common/logger.h); ours use the same names.
-COMPONENTS = frozenset(
-    (
-        "admin",
-        "alternate_protocols_cache",
-        "assert",
-        "aws",
-        "backtrace",
-        "basic_auth",
-        "cache_filter",
-        "client",
-        "config",
-        "connection",
-        "conn_handler",
-        "compression",
-        "credential_injector",
-        "decompression",
-        "dns",
-        "dubbo",
-        "envoy_bug",
-        "ext_authz",
-        "ext_proc",
-        "rocketmq",
-        "file",
-        "filter",
-        "forward_proxy",
-        "geolocation",
-        "grpc",
-        "happy_eyeballs",
-        "hc",
-        "health_checker",
-        "http",
-        "http2",
-        "http3",
-        "hystrix",
-        "init",
-        "io",
-        "jwt",
-        "kafka",
-        "key_value_store",
-        "lua",
-        "main",
-        "matcher",
-        "misc",
-        "mongo",
-        "multi_connection",
-        "oauth2",
-        "quic",
-        "quic_stream",
-        "pool",
-        "rate_limit_quota",
-        "rbac",
-        "rds",
-        "redis",
-        "router",
-        "runtime",
-        "stats",
-        "secret",
-        "tap",
-        "testing",
-        "thrift",
-        "tracing",
-        "upstream",
-        "udp",
-        "wasm",
-        "websocket",
-        "golang",
-        "stats_sinks",
-        "dynamic_forward_proxy",
-        "xds",
-        "listener",
-    )
+# Envoy 1.40's logger components, in its registry's order (source/common/common/logger.h):
+# /logging lists them in this order. pilotfish's loggers are ``pilotfish.<component>``; a
+# few pilotfish modules log under names of their own, not listed (as Envoy lists only these).
+LOGGERS: tuple[str, ...] = (
+    "a2a",
+    "admin",
+    "ai_protocol_manager",
+    "alternate_protocols_cache",
+    "aws",
+    "assert",
+    "backtrace",
+    "basic_auth",
+    "cache_filter",
+    "client",
+    "config",
+    "connection",
+    "conn_handler",
+    "compression",
+    "credential_injector",
+    "decompression",
+    "dns",
+    "dubbo",
+    "envoy_bug",
+    "ext_authz",
+    "ext_proc",
+    "rocketmq",
+    "file",
+    "filter",
+    "forward_proxy",
+    "geolocation",
+    "grpc",
+    "happy_eyeballs",
+    "hc",
+    "health_checker",
+    "http",
+    "http2",
+    "hystrix",
+    "init",
+    "io",
+    "jwt",
+    "json_rpc",
+    "kafka",
+    "key_value_store",
+    "lua",
+    "local_rate_limit",
+    "main",
+    "matcher",
+    "mcp",
+    "misc",
+    "mongo",
+    "multi_connection",
+    "notification",
+    "oauth2",
+    "quic",
+    "quic_stream",
+    "pool",
+    "rate_limit_quota",
+    "rbac",
+    "rds",
+    "redis",
+    "router",
+    "runtime",
+    "stats",
+    "secret",
+    "sse",
+    "tap",
+    "testing",
+    "thrift",
+    "tracing",
+    "upstream",
+    "udp",
+    "wasm",
+    "websocket",
+    "golang",
+    "stats_sinks",
+    "dynamic_modules",
+    "ip_tagging",
 )
+COMPONENTS = frozenset(LOGGERS)
+# The levels /logging takes (spdlog's level names; ``warn`` is only a command-line alias).
+ADMIN_LEVELS: tuple[str, ...] = ("trace", "debug", "info", "warning", "error", "critical", "off")
 
 ENVOY_DEFAULT_FORMAT = "[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v"
 
@@ -209,6 +217,11 @@ class SpdlogFormatter(logging.Formatter):
         return line
 
 
+def level_name(level: str) -> str:
+    """A ``-l`` value as Envoy reports it (``warn`` is ``warning``)."""
+    return "warning" if level == "warn" else level
+
+
 def parse_component_levels(spec: str) -> dict[str, int]:
     """``upstream:debug,config:trace`` -> {component: level}. Raises LogConfigError."""
     out: dict[str, int] = {}
@@ -258,9 +271,9 @@ def set_all_levels(level: int) -> None:
 
 
 def component_levels() -> dict[str, str]:
-    """For /logging: every component with its effective level."""
+    """For /logging: every component with its effective level, in Envoy's order."""
     out = {}
-    for name in sorted(COMPONENTS):
+    for name in LOGGERS:
         lvl = logging.getLogger(f"pilotfish.{name}").getEffectiveLevel()
         out[name] = _LEVEL_NAMES.get(lvl, "off")
     return out

@@ -14,7 +14,6 @@ from typing import Any
 
 import uvloop
 
-from pilotfish import ENVOY_API_VERSION, __version__
 from pilotfish.cli import Options
 from pilotfish.context import ServerContext, detect_local_address
 from pilotfish.net.listener import ListenerManager
@@ -48,7 +47,9 @@ class Server:
         self.cluster_manager: ClusterManager | None = None
         self.admin: Any = None
         self.stats: Store | None = None
-        self.health_check_failed = False
+        self._stopping = False  # SIGTERM/SIGINT or /quitquitquit: draining to exit
+        self._drain_sequence = False  # /drain_listeners?graceful (or skip_exit) started
+        self._graceful_drain = False  # ... and it drains every listener's connections
 
     def run(self) -> int:
         try:
@@ -122,6 +123,7 @@ class Server:
             for listener in built:
                 await listener.start()
             lm.gauge_workers_started.set(1)
+            self.h_initialization_time.record((time.time() - self.start_time) * 1000)
             self._set_state(ServerState.LIVE)
             log.info("all clusters initialized; pilotfish is live")
         await self._shutdown.wait()
@@ -155,31 +157,69 @@ class Server:
     # -- state and stats ------------------------------------------------------------------------
 
     def _server_stats(self) -> None:
+        """Envoy's server.* and runtime.* stats, the same ones used (or not) as in Envoy with
+        hot restart disabled (so no server.hot_restart_generation)."""
         assert self.stats is not None
         s = self.stats.scope("server.")
         self.g_state = s.gauge("state", accumulate=False)
         self.g_live = s.gauge("live", accumulate=False)
         s.gauge("concurrency").set(1)
-        s.gauge("hot_restart_epoch").set(self.options.restart_epoch)
-        s.gauge("hot_restart_generation").set(self.options.restart_epoch + 1)
-        s.gauge("version").set(0)
+        epoch = s.gauge("hot_restart_epoch")
+        if self.options.restart_epoch:
+            epoch.set(self.options.restart_epoch)
+        s.gauge("version").set(0)  # Envoy: the build's revision as a number; pilotfish has none
         self.g_uptime = s.gauge("uptime")
         self.g_total_connections = s.gauge("total_connections")
-        s.gauge("parent_connections").set(0)
+        s.gauge("parent_connections")
         self.g_memory_allocated = s.gauge("memory_allocated")
         self.g_memory_heap_size = s.gauge("memory_heap_size")
         self.g_memory_physical_size = s.gauge("memory_physical_size")
-        s.gauge("days_until_first_cert_expiring").set(2147483647)
-        s.gauge("seconds_until_first_ocsp_response_expiring").set(0)
+        s.gauge("days_until_first_cert_expiring").set((1 << 32) - 1)  # no certificate
+        s.gauge("seconds_until_first_ocsp_response_expiring")
+        s.gauge("compilation_settings.fips_mode").set(0)
         s.counter("debug_assertion_failures")
         s.counter("envoy_bug_failures")
         s.counter("envoy_notifications")
-        s.counter("dynamic_unknown_fields")
-        s.counter("static_unknown_fields")
+        s.counter("dynamic_unknown_fields").inc(0)
+        s.counter("static_unknown_fields").inc(0)
         s.counter("wip_protos").inc(0)
         s.counter("dropped_stat_flushes")
-        s.gauge("stats_recent_lookups")
-        s.text_readout("version").value = f"{__version__}/{ENVOY_API_VERSION}"
+        s.gauge("stats_recent_lookups").set(0)
+        for thread in ("main_thread", "worker_0"):
+            s.counter(f"{thread}.watchdog_miss")
+            s.counter(f"{thread}.watchdog_mega_miss")
+        self.h_initialization_time = s.histogram("initialization_time_ms")
+        self._runtime_stats()
+
+    def _runtime_stats(self) -> None:
+        """runtime.*: the layers and keys of the bootstrap's layered_runtime. Envoy loads its
+        snapshot twice at startup, finding no override directory either time."""
+        assert self.stats is not None
+        r = self.stats.scope("runtime.")
+        layers = self.runtime_layers()
+        r.gauge("admin_overrides_active")
+        r.gauge("deprecated_feature_seen_since_process_start")
+        r.counter("deprecated_feature_use")
+        r.counter("load_error")
+        r.counter("load_success").inc(2)
+        r.gauge("num_keys").set(len({key for _, values in layers for key in values}))
+        r.gauge("num_layers").set(len(layers))
+        r.counter("override_dir_exists")
+        r.counter("override_dir_not_exists").inc(2)
+
+    def runtime_layers(self) -> list[tuple[str, dict[str, str]]]:
+        """(name, key -> value text) of each layered_runtime layer, as Envoy's /runtime shows
+        them: static layers flattened to dotted keys; the other layers (admin, disk, RTDS)
+        hold nothing in pilotfish."""
+        from google.protobuf import json_format
+
+        out: list[tuple[str, dict[str, str]]] = []
+        for layer in self.bootstrap.proto.layered_runtime.layers:
+            values: dict[str, str] = {}
+            if layer.HasField("static_layer"):
+                _flatten(json_format.MessageToDict(layer.static_layer), "", values)
+            out.append((layer.name, values))
+        return out
 
     def refresh_gauges(self) -> None:
         """Gauges computed on read (admin), not kept current on every event."""
@@ -191,10 +231,37 @@ class Server:
         self.g_memory_heap_size.set(rss)
         self.g_memory_physical_size.set(rss)
 
+    @property
+    def reported_state(self) -> ServerState:
+        """The state /ready, /server_info and server.state report (Envoy's
+        Utility::serverState): an initialized server fails health checks as DRAINING."""
+        if self.state is ServerState.LIVE and self.ctx is not None and self.ctx.health_check_failed:
+            return ServerState.DRAINING
+        return self.state
+
     def _set_state(self, state: ServerState) -> None:
         self.state = state
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        state = self.reported_state
         self.g_state.set(int(state))
         self.g_live.set(1 if state is ServerState.LIVE else 0)
+
+    def _update_draining(self) -> None:
+        """Connections close after their current response (``connection: close``) while the
+        server exits, drains gracefully, or fails health checks (Envoy's drainClose())."""
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.draining = self._stopping or self._graceful_drain or ctx.health_check_failed
+
+    def fail_health_checks(self, failed: bool) -> None:
+        """/healthcheck/fail and /healthcheck/ok: the server reports DRAINING (server.live 0)
+        and drain-closes connections, but keeps serving."""
+        assert self.ctx is not None
+        self.ctx.health_check_failed = failed
+        self._update_draining()
+        self._publish_state()
 
     def _write_admin_address(self) -> None:
         path = self.options.admin_address_path
@@ -225,12 +292,38 @@ class Server:
         if self._shutdown is not None:
             self._shutdown.set()
 
-    def drain_listeners(self, *, inbound_only: bool = False, graceful: bool = False) -> None:
-        """/drain_listeners: stop accepting; existing connections close after their requests."""
-        assert self.listener_manager is not None and self.ctx is not None
-        if not inbound_only:
-            self._set_state(ServerState.DRAINING)
-        self.listener_manager.drain_all(inbound_only=inbound_only)
+    def drain_listeners(
+        self, *, inbound_only: bool = False, graceful: bool = False, skip_exit: bool = False
+    ) -> None:
+        """/drain_listeners, as Envoy's handler: the server stays LIVE. Without ``graceful``
+        the listeners stop accepting at once (open connections go on). With it (or with
+        ``skip_exit``), a drain sequence starts: connections are drain-closed (after their
+        current response; every listener's, or the inbound ones' with ``inbound_only``) and,
+        unless ``skip_exit``, the listeners stop accepting after ``--drain-time-s``. A second
+        drain sequence is ignored."""
+        lm = self.listener_manager
+        ctx = self.ctx
+        assert lm is not None and ctx is not None
+        if not (graceful or skip_exit):
+            lm.stop_listeners(inbound_only=inbound_only)
+            return
+        if self._drain_sequence:
+            return
+        self._drain_sequence = True
+        if inbound_only:
+            lm.drain_connections(inbound_only=True)
+        else:
+            self._graceful_drain = True
+            self._update_draining()
+        if skip_exit:
+            return
+
+        def stop() -> None:
+            lm.stop_listeners(inbound_only=inbound_only)
+            if inbound_only:  # also the connections accepted during the drain period
+                lm.drain_connections(inbound_only=True)
+
+        ctx.loop.call_later(self.options.drain_time_s, stop)
 
     async def _drain_and_stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded by --drain-time-s), exit."""
@@ -238,7 +331,8 @@ class Server:
         ctx = self.ctx
         lm = self.listener_manager
         assert ctx is not None and lm is not None
-        ctx.draining = True
+        self._stopping = True
+        self._update_draining()
         lm.drain_all()
         deadline = ctx.loop.time() + self.options.drain_time_s
         while lm.total_connections > 0 and ctx.loop.time() < deadline:
@@ -261,6 +355,19 @@ def _access_log_manager(opts: Options) -> Any:
         flush_interval=opts.file_flush_interval_msec / 1000,
         min_flush_size=opts.file_flush_min_size_kb * 1024,
     )
+
+
+def _flatten(doc: dict[str, Any], prefix: str, out: dict[str, str]) -> None:
+    for key, value in doc.items():
+        name = prefix + key
+        if isinstance(value, dict):
+            _flatten(value, name + ".", out)
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, float) and value.is_integer():
+            out[name] = str(int(value))
+        else:
+            out[name] = str(value)
 
 
 def _rss_bytes() -> int:

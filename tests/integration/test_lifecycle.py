@@ -327,15 +327,6 @@ def _bad_cases() -> list[Any]:
                         not admin_helpers.ENVOY_BIN.exists(), reason="needs the real Envoy"
                     )
                 )
-            if kind == "pilotfish" and name == "wrong-type":
-                marks.append(
-                    pytest.mark.xfail(
-                        reason='pilotfish: the error does not name the field: "invalid '
-                        "literal for int() with base 10: 'lots'\" (Envoy names "
-                        "static_resources.clusters[0].per_connection_buffer_limit_bytes)",
-                        strict=True,
-                    )
-                )
             cases.append(pytest.param(kind, name, marks=marks, id=f"{kind}-{name}"))
     return cases
 
@@ -356,10 +347,7 @@ def test_bad_bootstrap_exits_before_binding(
     assert not proxy.admin_address_path.exists()
 
 
-@kinds(
-    pilotfish_xfail="a static route to an unknown cluster is accepted and served (Envoy: "
-    "\"route: unknown cluster 'nope'\", exit 1)"
-)
+@kinds()
 def test_route_to_unknown_cluster_is_rejected(
     backend: EchoBackend, tmp_path: Path, kind: str
 ) -> None:
@@ -368,10 +356,7 @@ def test_route_to_unknown_cluster_is_rejected(
     assert "unknown cluster 'nope'" in output
 
 
-@kinds(
-    pilotfish_xfail="two listeners on 127.0.0.1:0 are refused (\"listener 'a' already uses "
-    'this address", exit 1); Envoy binds each to its own port'
-)
+@kinds()
 def test_two_listeners_on_port_zero(backend: EchoBackend, tmp_path: Path, kind: str) -> None:
     route = [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]
     listeners = [hcm_listener("a", "a_http", route), hcm_listener("b", "b_http", route)]

@@ -89,6 +89,46 @@ BAD: list[tuple[str, str, str]] = [
         "static_resources.clusters[0].connect_timeout",
     ),
     (
+        "string-for-number",
+        "static_resources: {clusters: [{name: a, per_connection_buffer_limit_bytes: lots}]}",
+        "static_resources.clusters[0].per_connection_buffer_limit_bytes",
+    ),
+    (
+        "string-for-number-in-list",
+        """
+static_resources:
+  clusters:
+  - name: a
+    load_assignment:
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 1.2.3.4, port_value: 1}}}
+        - endpoint: {address: {socket_address: {address: 1.2.3.4, port_value: x}}}
+""",
+        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[1].endpoint"
+        ".address.socket_address.port_value",
+    ),
+    (
+        "string-for-number-in-any",
+        """
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          route_config:
+            virtual_hosts:
+            - {name: v, domains: ["*"], routes: [{match: {prefix: /}, direct_response: {status: abc}}]}
+""",
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.route_config"
+        ".virtual_hosts[0].routes[0].direct_response.status",
+    ),
+    (
         "bad-enum",
         "static_resources: {clusters: [{name: a, type: NOPE}]}",
         "static_resources.clusters[0].type",

@@ -333,3 +333,50 @@ def test_used_only_gauges() -> None:
     assert render_text(store, used_only=True) == "server.state: 0\n"
     assert render_prometheus(store, TagExtractor(), used_only=True) == (
         "# TYPE envoy_server_state gauge\nenvoy_server_state{} 0\n")
+
+
+def _latency_store() -> Store:
+    store = Store()
+    h = store.histogram("cluster.a.upstream_rq_time")
+    for value in (0.2, 0.3, 3, 700):
+        h.record(value)
+    store.histogram("cluster.a.upstream_cx_length_ms")  # never recorded
+    return store
+
+
+def test_histogram_buckets_text() -> None:
+    """``histogram_buckets=cumulative|disjoint``: ``B<bound>(interval,cumulative)``, bounds as
+    printf %g (``B1.8e+06`` but ``B600000``), as Envoy prints them."""
+    store = _latency_store()
+    text = render_text(store, histogram_buckets="cumulative")
+    assert "cluster.a.upstream_cx_length_ms: No recorded values\n" in text
+    line = text.splitlines()[-1]
+    assert line.startswith("cluster.a.upstream_rq_time: B0.5(2,2) B1(2,2) B5(3,3) B10(3,3) ")
+    assert " B500(3,3) B1000(4,4) " in line
+    assert line.endswith(" B300000(4,4) B600000(4,4) B1.8e+06(4,4) B3.6e+06(4,4)")
+    disjoint = render_text(store, histogram_buckets="disjoint").splitlines()[-1]
+    assert disjoint.startswith("cluster.a.upstream_rq_time: B0.5(2,2) B1(0,0) B5(1,1) B10(0,0)")
+
+
+def test_histogram_buckets_json() -> None:
+    store = _latency_store()
+    doc = json.loads(render_json(store, histogram_buckets="disjoint"))
+    (entry,) = doc["stats"]
+    unused, used = entry["histograms"]
+    assert unused["name"] == "cluster.a.upstream_cx_length_ms"
+    assert {b["cumulative"] for b in unused["buckets"]} == {0}
+    assert [b["cumulative"] for b in used["buckets"][:4]] == [2, 0, 1, 0]
+    # bounds: the shorter of the fixed and exponent forms, as Envoy's JSON
+    raw = render_json(store, histogram_buckets="cumulative")
+    assert '"upper_bound":0.5,' in raw and '"upper_bound":60000,' in raw
+    assert '"upper_bound":3e+05,' in raw and '"upper_bound":1800000,' in raw
+
+
+def test_prometheus_summary() -> None:
+    store = _latency_store()
+    text = render_prometheus(store, TagExtractor(), summary=True)
+    assert "# TYPE envoy_cluster_upstream_cx_length_ms summary\n" in text
+    assert 'envoy_cluster_upstream_cx_length_ms{envoy_cluster_name="a",quantile="0"} nan\n' in text
+    assert 'envoy_cluster_upstream_rq_time{envoy_cluster_name="a",quantile="0.5"} ' in text
+    assert 'envoy_cluster_upstream_rq_time_count{envoy_cluster_name="a"} 4\n' in text
+    assert "_bucket" not in text

@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
-from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 
 from pilotfish import ENVOY_API_VERSION
@@ -31,8 +31,9 @@ class DumpError(Exception):
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """Envoy's TimestampUtil::systemClockToTimestamp: millisecond precision."""
     ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
+    ts.FromMilliseconds(int(seconds * 1000))
     return ts
 
 
@@ -42,13 +43,59 @@ def _pack(msg: Any) -> AnyProto:
     return a
 
 
+# pilotfish's extension categories under Envoy's names (as Node.extensions lists them).
+_CATEGORY_NAMES = {
+    "listener_filter": "envoy.filters.listener",
+    "network_filter": "envoy.filters.network",
+    "http_filter": "envoy.filters.http",
+    "access_logger": "envoy.access_loggers",
+    "bootstrap_extension": "envoy.bootstrap",
+    "tracer": "envoy.tracers",
+    "stat_sink": "envoy.stats_sinks",
+    "resource_monitor": "envoy.resource_monitors",
+    "request_id": "envoy.request_id",
+    "compressor_library": "envoy.compression.compressor",
+    "protocol_options": "envoy.upstream_options",
+    "access_log_filter": "envoy.access_loggers.extension_filters",
+}
+
+
+def _extensions() -> list[tuple[str, str, list[str]]]:
+    """(name, category, type URLs) of every extension pilotfish accepts, sorted."""
+    from pilotfish.extensions.builtin import builtin_factories
+
+    found: dict[tuple[str, str], list[str]] = {}
+    for factory in builtin_factories():
+        category = factory.category.value
+        if category == "transport_socket":
+            kinds = {t.rsplit(".", 1)[-1] for t in factory.type_names}
+            sides = [
+                side
+                for side in ("upstream", "downstream")
+                if any(k.startswith(side.capitalize()) for k in kinds)
+            ] or ["upstream", "downstream"]  # raw_buffer: both sides
+            names = [f"envoy.transport_sockets.{side}" for side in sides]
+        else:
+            names = [_CATEGORY_NAMES.get(category, category)]
+        for name in names:
+            urls = found.setdefault((factory.name, name), [])
+            urls.extend(t for t in factory.type_names if t not in urls)
+    return sorted((n, c, sorted(urls)) for (n, c), urls in found.items())
+
+
 def node_proto(server: Server) -> Any:
-    """The node as Envoy reports it: the bootstrap's, plus user agent and build version."""
+    """The node as Envoy reports it: the bootstrap's, plus user agent, build version and the
+    extensions pilotfish accepts."""
     from envoy.config.core.v3 import base_pb2
 
     node = base_pb2.Node()
     node.CopyFrom(server.bootstrap.proto.node)
     node.user_agent_name = "envoy"
+    for name, category, type_urls in _extensions():
+        ext = node.extensions.add()
+        ext.name = name
+        ext.category = category
+        ext.type_urls.extend(type_urls)
     major, minor, patch = (int(x) for x in ENVOY_API_VERSION.split("."))
     bv = node.user_agent_build_version
     bv.version.major_number, bv.version.minor_number, bv.version.patch = major, minor, patch
@@ -63,8 +110,36 @@ def node_proto(server: Server) -> Any:
     return node
 
 
-def node_dict(server: Server) -> dict[str, Any]:
-    return _restore_opaque(protos.to_dict(node_proto(server)))
+def node_dict(server: Server, *, with_defaults: bool = False) -> dict[str, Any]:
+    """The node as JSON; ``with_defaults`` prints default-valued fields too (zeros, empty
+    lists and maps), as Envoy's /server_info does, in field-number order."""
+    node = node_proto(server)
+    if not with_defaults:
+        return dict(_restore_opaque(protos.to_dict(node)))
+    doc = json_format.MessageToDict(
+        node, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return dict(_restore_opaque(_by_field_number(node.DESCRIPTOR, doc)))
+
+
+def _by_field_number(descriptor: Any, doc: Any) -> Any:
+    """JSON keys in field-number order, as Envoy's JSON printer writes them (Python's follows
+    declaration order)."""
+    if not isinstance(doc, dict) or descriptor.GetOptions().map_entry:
+        return doc
+    fields = descriptor.fields_by_name
+    out = {}
+    for key in sorted(doc, key=lambda k: fields[k].number if k in fields else 0):
+        value = doc[key]
+        fd = fields.get(key)
+        sub = fd.message_type if fd is not None else None
+        if sub is not None and not sub.GetOptions().map_entry:
+            if isinstance(value, list):
+                value = [_by_field_number(sub, v) for v in value]
+            else:
+                value = _by_field_number(sub, value)
+        out[key] = value
+    return out
 
 
 def _bootstrap_dump(server: Server) -> Any:
@@ -164,11 +239,11 @@ def _endpoints_dump(server: Server) -> Any:
 
 
 def _name_of(item: Any) -> str:
-    for field in ("name",):
-        if hasattr(item, field) and getattr(item, field):
-            return str(getattr(item, field))
+    fields = item.DESCRIPTOR.fields_by_name
+    if "name" in fields and item.name:
+        return str(item.name)
     for field in ("cluster", "listener", "route_config", "secret", "endpoint_config"):
-        if hasattr(item, field):
+        if field in fields:
             inner = getattr(item, field)
             if isinstance(inner, AnyProto):
                 try:
@@ -177,7 +252,7 @@ def _name_of(item: Any) -> str:
                     continue
                 name = getattr(msg, "name", "") or getattr(msg, "cluster_name", "")
                 return str(name)
-    if hasattr(item, "active_state"):
+    if "active_state" in fields:
         return _name_of(item.active_state)
     return ""
 
@@ -190,6 +265,11 @@ def render(
     include_eds: bool = False,
     name_regex: re.Pattern[bytes] | None = None,
 ) -> str:
+    """The ``/config_dump`` body, as Envoy's ConfigDumpHandler builds it. ``name_regex`` must
+    match a resource's whole name (RE2 full match); it does not apply to the bootstrap.
+    With ``resource``, each element of that repeated field is a config of its own and
+    ``mask`` applies to each, through its packed resource (``cluster.name``); without it,
+    ``mask`` trims every dump and a dump it does not fit is left out. Raises DumpError."""
     dumps = [_bootstrap_dump(server), _clusters_dump(server)]
     if include_eds:
         dumps.append(_endpoints_dump(server))
@@ -199,50 +279,161 @@ def render(
         _routes_dump(server),
         _secrets_dump(server),
     ]
-    field_mask = None
-    if mask:
-        field_mask = field_mask_pb2.FieldMask(
-            paths=[p.strip() for p in mask.split(",") if p.strip()]
-        )
-    configs: list[dict[str, Any]] = []
+    if name_regex is not None:
+        for dump in dumps[1:]:
+            _filter_by_name(dump, name_regex)
+    # FieldMaskUtil::FromString: comma-separated, empty paths skipped, nothing trimmed.
+    paths = [p for p in mask.split(",") if p]
+    configs: list[Any] = []
     if resource:
-        found = False
-        for dump in dumps:
-            desc = dump.DESCRIPTOR
-            fd = desc.fields_by_name.get(resource)
-            if fd is None or fd.label != fd.LABEL_REPEATED or fd.message_type is None:
-                continue
-            found = True
-            for item in getattr(dump, resource):
-                if name_regex is not None and not name_regex.search(_name_of(item).encode()):
-                    continue
-                configs.append(_to_dict(_masked(item, field_mask)))
-        if not found:
-            raise DumpError(f"{resource} not found in config dump", 404)
+        configs = _resource_configs(dumps, resource, paths)
     else:
         for dump in dumps:
-            if name_regex is not None:
-                _filter_by_name(dump, name_regex)
-            configs.append(_to_dict(_masked(dump, field_mask)))
-    return json.dumps({"configs": configs}, indent=1) + "\n"
+            if paths and not _trim_checked(dump, paths):
+                continue
+            configs.append(dump)
+        if not configs and paths:
+            raise DumpError(
+                f"FieldMask {mask} could not be successfully applied to any configs.", 400
+            )
+    if not configs:
+        return "{}\n"  # an empty repeated field is left out: Envoy prints an empty object
+    return json.dumps({"configs": [_to_dict(c) for c in configs]}, indent=1) + "\n"
+
+
+def _resource_configs(dumps: list[Any], resource: str, paths: list[str]) -> list[Any]:
+    for dump in dumps:
+        fd = dump.DESCRIPTOR.fields_by_name.get(resource)
+        if fd is None:
+            continue
+        if not fd.is_repeated:
+            raise DumpError(
+                f"{resource} is not a repeated field. Use ?mask={resource} to get only this field",
+                400,
+            )
+        items = list(getattr(dump, resource))
+        if paths:
+            for item in items:
+                if not _trim_resource(item, paths):
+                    raise DumpError(
+                        f"FieldMask {_debug_string(paths)} could not be successfully used.", 400
+                    )
+        return items
+    raise DumpError(f"{resource} not found in config dump", 404)
+
+
+def _debug_string(paths: list[str]) -> str:
+    """A FieldMask's DebugString as Envoy 1.40's protobuf prints it (with its marker)."""
+    return "goo.gle/debugproto  \n" + "".join(f'paths: "{p}"\n' for p in paths)
 
 
 def _filter_by_name(dump: Any, regex: re.Pattern[bytes]) -> None:
     for fd in dump.DESCRIPTOR.fields:
-        if fd.label == fd.LABEL_REPEATED and fd.message_type is not None:
+        if fd.is_repeated and fd.message_type is not None:
             items = getattr(dump, fd.name)
-            keep = [x for x in items if regex.search(_name_of(x).encode())]
+            keep = [x for x in items if regex.fullmatch(_name_of(x).encode())]
+            if len(keep) == len(items):
+                continue
             del items[:]
             for x in keep:
                 items.add().CopyFrom(x)
 
 
-def _masked(msg: Any, field_mask: Any) -> Any:
-    if field_mask is None:
-        return msg
-    out = type(msg)()
-    field_mask.MergeMessage(msg, out)
-    return out
+# --- field masks, as protobuf's FieldMaskUtil (C++) applies them ------------------------------
+
+_Tree = dict[str, "_Tree"]  # a path component -> its children; {} is a leaf (the whole field)
+
+
+def _valid_path(descriptor: Any, path: str) -> bool:
+    """FieldMaskUtil::GetFieldDescriptors: each component names a field, and only the last
+    may be repeated or a scalar."""
+    for part in path.split("."):
+        if descriptor is None:
+            return False
+        fd = descriptor.fields_by_name.get(part)
+        if fd is None:
+            return False
+        descriptor = fd.message_type if not fd.is_repeated else None
+    return True
+
+
+def _mask_tree(paths: list[str]) -> _Tree:
+    """FieldMaskTree::AddPath for each path: a shorter path covers the longer ones."""
+    root: _Tree = {}
+    for path in paths:
+        node = root
+        new_branch = False
+        covered = False
+        for part in path.split("."):
+            if not new_branch and node is not root and not node:
+                covered = True  # under an existing leaf
+                break
+            if part not in node:
+                node[part] = {}
+                new_branch = True
+            node = node[part]
+        if not covered:
+            node.clear()
+    return root
+
+
+def _trim(msg: Any, node: _Tree) -> None:
+    """FieldMaskTree::TrimMessage: clear every field the tree does not name; recurse into the
+    set message fields it names with children."""
+    for fd in msg.DESCRIPTOR.fields:
+        child = node.get(fd.name)
+        if child is None:
+            msg.ClearField(fd.name)
+        elif child and fd.message_type is not None and not fd.is_repeated:
+            if msg.HasField(fd.name):
+                _trim(getattr(msg, fd.name), child)
+
+
+def _trim_checked(msg: Any, paths: list[str]) -> bool:
+    """Envoy's checkFieldMaskAndTrimMessage: trim only if every path fits the message."""
+    if not all(_valid_path(msg.DESCRIPTOR, p) for p in paths):
+        return False
+    _trim(msg, _mask_tree(paths))
+    return True
+
+
+def _trim_resource(item: Any, paths: list[str]) -> bool:
+    """Envoy's trimResourceMessage: a path through the resource's Any field (``cluster.name``)
+    is split into an outer path (``cluster``) and an inner one (``name``) applied to the
+    unpacked resource, which is then packed back."""
+    descriptor = item.DESCRIPTOR
+    outer: list[str] = []
+    inner: list[str] = []
+    any_field = ""
+    for path in paths:
+        first, _, rest = path.partition(".")
+        fd = descriptor.fields_by_name.get(first)
+        if (
+            fd is not None
+            and not fd.is_repeated
+            and fd.message_type is not None
+            and fd.message_type.full_name == "google.protobuf.Any"
+        ):
+            any_field = first
+            outer.append(first)
+            inner.append(rest)
+        else:
+            outer.append(path)
+    if not all(_valid_path(descriptor, p) for p in outer):
+        return False
+    if any_field and item.HasField(any_field):
+        packed = getattr(item, any_field)
+        try:
+            resource = protos.unpack_any(packed)
+        except (KeyError, ValueError):
+            return False
+        if not _trim_checked(resource, inner):
+            return False
+        type_url = packed.type_url
+        packed.Pack(resource)
+        packed.type_url = type_url
+    _trim(item, _mask_tree(outer))
+    return True
 
 
 def _to_dict(msg: Any) -> dict[str, Any]:

@@ -174,8 +174,9 @@ class AdminConnection(asyncio.Protocol):
 
 
 def _parse_query(query: str) -> dict[str, str]:
-    """Envoy accepts bare flags (``?usedonly``) as well as key=value pairs."""
+    """Envoy accepts bare flags (``?usedonly``) as well as key=value pairs; a repeated key
+    counts with its first value (Envoy's getFirstValue)."""
     out: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
-        out[key] = value
+        out.setdefault(key, value)
     return out

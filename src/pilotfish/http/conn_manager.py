@@ -351,6 +351,14 @@ class HttpConnection:
     def on_request_headers(self, headers: RequestHeaders) -> None:
         self.head_started = 0.0
         stream = ActiveStream(self, headers)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "[C%d] request headers complete: %s %s (authority %s)",
+                self.info.connection_id,
+                headers.method.decode("latin-1"),
+                headers.path.decode("latin-1"),
+                headers.authority.decode("latin-1"),
+            )
         self.parsing = stream
         self.requests += 1
         if self.active is None:
@@ -970,6 +978,8 @@ class ActiveStream(StreamInfo):
             if rid is not None:
                 headers.set(b"x-request-id", rid)
         if hcm.ctx.draining:
+            if not conn.closing:
+                hcm.stats.downstream_cx_drain_close.value += 1
             conn.closing = True
         # Envoy answers in HTTP/1.0 only when it accepts HTTP/1.0 (else: HTTP/1.1 426).
         http10 = self.http_version == "1.0" and cfg.accept_http_10

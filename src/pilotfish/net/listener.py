@@ -64,6 +64,18 @@ class ListenerStats:
             "downstream_listener_filter_remote_close"
         )
         self.extension_config_missing = scope.counter("extension_config_missing")
+        self.network_extension_config_missing = scope.counter("network_extension_config_missing")
+        self.downstream_cx_overload_reject = scope.counter("downstream_cx_overload_reject")
+        self.downstream_cx_transport_socket_connect_timeout = scope.counter(
+            "downstream_cx_transport_socket_connect_timeout"
+        )
+        self.connections_accepted_per_socket_event = scope.histogram(
+            "connections_accepted_per_socket_event", unit=""
+        )
+        # Envoy's per-worker stats; pilotfish has one worker (worker_0).
+        worker = scope.scope("worker_0.")
+        self.worker_downstream_cx_total = worker.counter("downstream_cx_total")
+        self.worker_downstream_cx_active = worker.gauge("downstream_cx_active", accumulate=False)
 
 
 class ActiveListener:
@@ -91,6 +103,8 @@ class ActiveListener:
         self.inspecting = any(getattr(lf, "max_read_bytes", 0) for lf in self.listener_filters)
         self.server: asyncio.AbstractServer | None = None
         self.sock: socket.socket | None = None
+        self.port: int | None = None  # the bound TCP port, kept after the socket is closed
+        self.stopped = False  # no longer accepting (drained or stopped)
         self.draining = False
         self.connections = 0
         self.last_updated = time.time()
@@ -136,12 +150,14 @@ class ActiveListener:
         sock.listen(model.tcp_backlog_size)
         sock.setblocking(False)
         self.sock = sock
+        if sock.family != socket.AF_UNIX:
+            self.port = int(sock.getsockname()[1])
 
     @property
     def bound_port(self) -> int | None:
-        if self.sock is None or self.sock.family == socket.AF_UNIX:
-            return None
-        return int(self.sock.getsockname()[1])
+        """The port the listener was bound to (still reported once it stopped, as Envoy's
+        /listeners does); None for Unix sockets and unbound listeners."""
+        return self.port
 
     async def start(self) -> None:
         if self.sock is None:
@@ -162,12 +178,15 @@ class ActiveListener:
         runtime = self.runtimes[id(chain)]
         stats = self.stats
         stats.downstream_cx_total.value += 1
-        stats.downstream_cx_active.value += 1
+        stats.downstream_cx_active.inc()  # inc() marks the gauge used, as Envoy's add()
+        stats.worker_downstream_cx_total.value += 1
+        stats.worker_downstream_cx_active.inc()
         self.connections += 1
         self.manager.total_connections += 1
 
         def on_close() -> None:
             stats.downstream_cx_active.value -= 1
+            stats.worker_downstream_cx_active.value -= 1
             stats.downstream_cx_destroy.value += 1
             stats.downstream_cx_length_ms.record((time.monotonic() - info.start) * 1000)
             self.connections -= 1
@@ -179,6 +198,7 @@ class ActiveListener:
     # -- shutdown -----------------------------------------------------------------------------
 
     def stop_accepting(self) -> None:
+        self.stopped = True
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -189,12 +209,16 @@ class ActiveListener:
                 pass
             self.sock = None
 
+    def drain_connections(self) -> None:
+        """Existing connections close after their current request."""
+        for runtime in self.runtimes.values():
+            runtime.drain()
+
     def drain(self) -> None:
         """Stop accepting and let existing connections finish their requests."""
         self.draining = True
         self.stop_accepting()
-        for runtime in self.runtimes.values():
-            runtime.drain()
+        self.drain_connections()
 
 
 class AcceptedConnection(asyncio.Protocol):
@@ -215,6 +239,7 @@ class AcceptedConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         listener = self.listener
         ctx = listener.ctx
+        listener.stats.connections_accepted_per_socket_event.record(1)  # one per accept here
         if listener.manager.over_global_limit() and not listener.model.ignore_global_conn_limit:
             listener.stats.downstream_global_cx_overflow.value += 1
             transport.abort()  # type: ignore[attr-defined]
@@ -234,15 +259,17 @@ class AcceptedConnection(asyncio.Protocol):
         )
         info.listener = listener
         self.info = info
+        pre_active = listener.stats.downstream_pre_cx_active
+        pre_active.inc()  # while listener filters run (Envoy counts every accepted socket)
         for lf in listener.listener_filters:
             lf.on_accept(info, sock)
         if listener.inspecting:
             self.inspectors = [lf for lf in listener.listener_filters if lf.max_read_bytes]
-            listener.stats.downstream_pre_cx_active.value += 1
             timeout = listener.model.listener_filters_timeout
             if timeout:
                 self.timer = ctx.loop.call_later(timeout, self._inspection_timeout)
             return
+        pre_active.dec()
         self._hand_over()
 
     def _hand_over(self) -> None:
@@ -267,7 +294,7 @@ class AcceptedConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.listener.stats.downstream_pre_cx_active.value -= 1
+        self.listener.stats.downstream_pre_cx_active.dec()
         self._hand_over()
 
     def _inspection_timeout(self) -> None:
@@ -280,7 +307,7 @@ class AcceptedConnection(asyncio.Protocol):
         if self.listener.model.continue_on_listener_filters_timeout:
             self._inspection_done()
         else:
-            stats.downstream_pre_cx_active.value -= 1
+            stats.downstream_pre_cx_active.dec()
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -305,7 +332,7 @@ class AcceptedConnection(asyncio.Protocol):
             self.inspectors = []
             stats = self.listener.stats
             stats.downstream_listener_filter_remote_close.value += 1
-            stats.downstream_pre_cx_active.value -= 1
+            stats.downstream_pre_cx_active.dec()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -314,7 +341,7 @@ class AcceptedConnection(asyncio.Protocol):
             self.timer = None
         if self.inspectors:
             self.inspectors = []
-            self.listener.stats.downstream_pre_cx_active.value -= 1
+            self.listener.stats.downstream_pre_cx_active.dec()
 
 
 class ListenerManager:
@@ -331,13 +358,15 @@ class ListenerManager:
         self.stats_create_success = scope.counter("listener_create_success")
         self.stats_create_failure = scope.counter("listener_create_failure")
         self.stats_stopped = scope.counter("listener_stopped")
+        self.stats_in_place_updated = scope.counter("listener_in_place_updated")
         self.gauge_active = scope.gauge("total_listeners_active")
         self.gauge_warming = scope.gauge("total_listeners_warming")
         self.gauge_draining = scope.gauge("total_listeners_draining")
+        self.gauge_filter_chains_draining = scope.gauge("total_filter_chains_draining")
         self.gauge_workers_started = scope.gauge("workers_started")
+        scope.gauge("workers_pinned")
         self.gauge_active.set(0)
         self.gauge_warming.set(0)
-        self.gauge_draining.set(0)
         self.gauge_workers_started.set(0)
 
     def over_global_limit(self) -> bool:
@@ -362,6 +391,7 @@ class ListenerManager:
             # Same address: hand the bound socket over instead of binding twice.
             new = ActiveListener(model, self.ctx, self)
             new.sock, old.sock = old.sock, None
+            new.port = old.port
             if old.server is not None:
                 old.server.close()
                 old.server = None
@@ -414,11 +444,30 @@ class ListenerManager:
                 wildcard = listener
         return wildcard
 
+    def _selected(self, inbound_only: bool) -> list[ActiveListener]:
+        return [
+            x
+            for x in self.listeners.values()
+            if not inbound_only or x.model.traffic_direction == "INBOUND"
+        ]
+
     def drain_all(self, *, inbound_only: bool = False) -> None:
-        for listener in list(self.listeners.values()):
-            if inbound_only and listener.model.traffic_direction != "INBOUND":
-                continue
+        """Shutdown: stop accepting and drain-close every connection."""
+        for listener in self._selected(inbound_only):
             listener.drain()
+
+    def stop_listeners(self, *, inbound_only: bool = False) -> None:
+        """Envoy's stopListeners (/drain_listeners): the listeners stop accepting (and stay
+        listed); the connections they accepted go on."""
+        for listener in self._selected(inbound_only):
+            if not listener.stopped:
+                listener.stop_accepting()
+                self.stats_stopped.value += 1
+
+    def drain_connections(self, *, inbound_only: bool = False) -> None:
+        """Drain-close the listeners' connections (after their current request)."""
+        for listener in self._selected(inbound_only):
+            listener.drain_connections()
 
     def stop_all(self) -> None:
         for listener in list(self.listeners.values()) + self.draining:

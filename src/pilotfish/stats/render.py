@@ -25,11 +25,13 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
 from operator import attrgetter
 from typing import TypeVar
 
+from pilotfish.stats.re2 import compile_re2
 from pilotfish.stats.store import Counter, Gauge, Histogram, Store, TextReadout
-from pilotfish.stats.tags import Tag, TagExtractor, compile_envoy_regex
+from pilotfish.stats.tags import Tag, TagExtractor
 
 __all__ = [
     "STATS_TYPES",
@@ -40,7 +42,8 @@ __all__ = [
     "render_text",
 ]
 
-STATS_TYPES: tuple[str, ...] = ("All", "Counters", "Gauges", "Histograms", "TextReadouts")
+# The ``type`` param, in the order Envoy's help lists them.
+STATS_TYPES: tuple[str, ...] = ("All", "Counters", "Histograms", "Gauges", "TextReadouts")
 Filter = str | re.Pattern[str] | None
 
 _QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
@@ -59,8 +62,9 @@ _S = TypeVar("_S", Counter, Gauge, Histogram, TextReadout)
 def compile_filter(pattern: str) -> re.Pattern[str]:
     """The admin ``filter`` param. Envoy 1.40 compiles it with RE2 (there is no std::regex
     option any more: a lookahead is rejected with 400 "Invalid re2 regex") and uses
-    ``RE2::PartialMatch``, i.e. a search. Raises ``RegexError`` (a ValueError) if invalid."""
-    return compile_envoy_regex(pattern, re2=True)
+    ``RE2::PartialMatch``, i.e. a search. Raises ``RegexError`` (a ValueError) with RE2's error
+    text if invalid."""
+    return compile_re2(pattern)
 
 
 def _matcher(filter_regex: Filter) -> Callable[[str], bool] | None:
@@ -142,19 +146,40 @@ def _quantile_summary(h: Histogram) -> str:
     return " ".join(parts)
 
 
+def _bucket_counts(h: Histogram, mode: str) -> list[int]:
+    """Per bound: the count at or below it (``cumulative``) or in its bucket (``disjoint``)."""
+    if mode == "cumulative":
+        return h.cumulative()
+    return list(h.counts[: len(h.bounds)])
+
+
+def _bucket_summary(h: Histogram, mode: str) -> str:
+    if not h.used:
+        return "No recorded values"
+    # (interval, cumulative): see the module doc; bounds as printf %g, as Envoy prints them
+    return " ".join(
+        f"B{bound:g}({n},{n})" for bound, n in zip(h.bounds, _bucket_counts(h, mode), strict=True)
+    )
+
+
 def render_text(
     store: Store,
     *,
     filter_regex: Filter = None,
     used_only: bool = False,
     type_filter: str = "All",
+    histogram_buckets: str = "summary",
 ) -> str:
     """``/stats``: ``name: value`` lines; text readouts as ``name: "value"``; histograms as
-    ``name: P0(i,c) P25(i,c) ... P100(i,c)`` or ``name: No recorded values``."""
+    ``name: P0(i,c) P25(i,c) ... P100(i,c)`` or ``name: No recorded values``, or with
+    ``histogram_buckets`` ``cumulative``/``disjoint`` as ``name: B0.5(i,c) B1(i,c) ...``."""
     texts, numeric, hists = _phases(store, type_filter, used_only, _matcher(filter_regex))
     lines = [f'{t.name}: "{t.value}"' for t in texts]
     lines.extend(f"{s.name}: {_uint(s.value)}" for s in numeric)
-    lines.extend(f"{h.name}: {_quantile_summary(h)}" for h in hists)
+    if histogram_buckets in ("cumulative", "disjoint"):
+        lines.extend(f"{h.name}: {_bucket_summary(h, histogram_buckets)}" for h in hists)
+    else:
+        lines.extend(f"{h.name}: {_quantile_summary(h)}" for h in hists)
     return "".join(line + "\n" for line in lines)
 
 
@@ -174,19 +199,43 @@ def _json_histogram(h: Histogram) -> str:
     return f'{{"name":{_json_str(h.name)},"values":[{pairs}]}}'
 
 
+def _json_bound(value: float) -> str:
+    """A bucket bound as Envoy's JSON writes it: the shorter of the fixed and exponent forms
+    (``0.5``, ``60000``, ``3e+05``, ``1800000``)."""
+    fixed = _double(value)
+    sign, digits, exponent = Decimal(repr(float(value))).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    e10 = exponent + len(digits) - 1
+    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    scientific = f"{'-' if sign else ''}{mantissa}e{'+' if e10 >= 0 else '-'}{abs(e10):02d}"
+    return scientific if len(scientific) < len(fixed) else fixed
+
+
+def _json_buckets(h: Histogram, mode: str) -> str:
+    buckets = ",".join(
+        f'{{"upper_bound":{_json_bound(bound)},"interval":{n},"cumulative":{n}}}'
+        for bound, n in zip(h.bounds, _bucket_counts(h, mode), strict=True)
+    )
+    return f'{{"name":{_json_str(h.name)},"buckets":[{buckets}]}}'
+
+
 def render_json(
     store: Store,
     *,
     filter_regex: Filter = None,
     used_only: bool = False,
     type_filter: str = "All",
+    histogram_buckets: str = "summary",
 ) -> str:
     """``/stats?format=json``: ``{"stats":[{"name":..,"value":..},...,{"histograms":{...}}]}``
     (compact, no trailing newline; the histograms entry only when there are histograms)."""
     texts, numeric, hists = _phases(store, type_filter, used_only, _matcher(filter_regex))
     entries = [f'{{"name":{_json_str(t.name)},"value":{_json_str(t.value)}}}' for t in texts]
     entries.extend(f'{{"name":{_json_str(s.name)},"value":{_uint(s.value)}}}' for s in numeric)
-    if hists:
+    if hists and histogram_buckets in ("cumulative", "disjoint"):
+        listed = ",".join(_json_buckets(h, histogram_buckets) for h in hists)
+        entries.append(f'{{"histograms":[{listed}]}}')
+    elif hists:
         computed = ",".join(_json_histogram(h) for h in hists)
         entries.append(
             f'{{"histograms":{{"supported_quantiles":{_SUPPORTED_QUANTILES_JSON},'
@@ -255,6 +304,22 @@ def _histogram_lines(name: str, h: Histogram, tags: tuple[Tag, ...]) -> list[str
     return lines
 
 
+_PROM_QUANTILES = ("0", "0.25", "0.5", "0.75", "0.9", "0.95", "0.99", "0.995", "0.999", "1")
+
+
+def _summary_lines(name: str, h: Histogram, tags: tuple[Tag, ...]) -> list[str]:
+    """``histogram_buckets=summary``: the quantiles (cumulative, see the module doc)."""
+    labels = _labels(tags)
+    prefix = labels + "," if tags else ""
+    lines = [
+        f'{name}{{{prefix}quantile="{label}"}} {"nan" if value is None else f"{value:.32g}"}'
+        for label, value in zip(_PROM_QUANTILES, _quantiles(h), strict=True)
+    ]
+    lines.append(f"{name}_sum{{{labels}}} {float(h.sum):.32g}")
+    lines.append(f"{name}_count{{{labels}}} {h.count}")
+    return lines
+
+
 def _family_lines(
     stats: Iterable[_S],
     prom_type: str,
@@ -281,6 +346,7 @@ def render_prometheus(
     filter_regex: Filter = None,
     text_readouts: bool = False,
     custom_namespaces: frozenset[str] = frozenset(),
+    summary: bool = False,
 ) -> str:
     """``/stats/prometheus`` (text exposition format 0.0.4). ``text_readouts`` is the
     ``?text_readouts`` param: text readouts become gauges with a ``text_value`` label and value
@@ -304,7 +370,12 @@ def render_prometheus(
             extractor,
             custom_namespaces,
         )
-    lines += _family_lines(
-        chosen(store.histograms()), "histogram", _histogram_lines, extractor, custom_namespaces
-    )
+    if summary:
+        lines += _family_lines(
+            chosen(store.histograms()), "summary", _summary_lines, extractor, custom_namespaces
+        )
+    else:
+        lines += _family_lines(
+            chosen(store.histograms()), "histogram", _histogram_lines, extractor, custom_namespaces
+        )
     return "".join(line + "\n" for line in lines)

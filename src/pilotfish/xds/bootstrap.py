@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 from envoy.config.bootstrap.v3 import bootstrap_pb2
-from google.protobuf import json_format, text_format
+from google.protobuf import json_format, message_factory, text_format
 
 from pilotfish.errors import ConfigError
 from pilotfish.model.bootstrap import Bootstrap
@@ -41,14 +41,86 @@ class LoadedBootstrap:
     warnings: tuple[str, ...]
 
 
-def _parse_error(e: json_format.ParseError, origin: str) -> ConfigError:
-    """Turn json_format's nested message into 'field.path: reason'."""
+def _parse_error(e: json_format.ParseError, origin: str, doc: Any) -> ConfigError:
+    """Turn json_format's nested message into 'field.path: reason'. Some of its errors (a
+    string where a number belongs: 'invalid literal for int()') carry no path: then the
+    document is searched for the field that does not parse."""
     text = str(e).split("\n")[0]
     m = re.search(r' at "?Bootstrap\.([^" ]*)"?', text)
     path = m.group(1).rstrip(".") if m else ""
+    if not path:
+        path = _failing_path(doc, bootstrap_pb2.Bootstrap.DESCRIPTOR)
     reason = re.sub(r"^(Failed to parse \w+ field: )+", "", text)
     reason = re.sub(r' at "?Bootstrap\.[^ ]*"?\.*$', "", reason).rstrip(".")
+    # Python's int()/float() words for what Envoy calls an invalid number
+    reason = re.sub(
+        r"^(?:invalid literal for int\(\) with base 10|could not convert string to float): ",
+        "invalid number: ",
+        reason,
+    )
     return ConfigError(path, f"{reason} (in {origin})")
+
+
+# Types whose JSON form is not an object of their fields: an error in one is at the field.
+_LEAF_TYPES = frozenset(
+    f"google.protobuf.{name}"
+    for name in (
+        "Duration",
+        "Timestamp",
+        "FieldMask",
+        "Struct",
+        "Value",
+        "ListValue",
+        "Empty",
+        "DoubleValue",
+        "FloatValue",
+        "Int64Value",
+        "UInt64Value",
+        "Int32Value",
+        "UInt32Value",
+        "BoolValue",
+        "StringValue",
+        "BytesValue",
+    )
+)
+
+
+def _parses(doc: Any, descriptor: Any) -> bool:
+    try:
+        json_format.ParseDict(doc, message_factory.GetMessageClass(descriptor)())
+    except (json_format.ParseError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _failing_path(doc: Any, descriptor: Any) -> str:
+    """The path (proto field names, ``[i]`` for list elements) to the innermost field of
+    ``doc`` whose value does not parse as ``descriptor``'s message; "" if none is found."""
+    if not isinstance(doc, dict):
+        return ""
+    for key, value in doc.items():
+        fd = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if fd is None or _parses({key: value}, descriptor):
+            continue
+        sub = fd.message_type
+        if sub is None or sub.full_name in _LEAF_TYPES or sub.GetOptions().map_entry:
+            return str(fd.name)
+        if sub.full_name == "google.protobuf.Any":
+            type_url = value.get("@type") if isinstance(value, dict) else None
+            cls = protos.find_message_class(protos.type_name(type_url)) if type_url else None
+            if cls is None:
+                return str(fd.name)
+            sub = cls.DESCRIPTOR
+            value = {k: v for k, v in value.items() if k != "@type"}
+        if fd.is_repeated:
+            for i, item in enumerate(value if isinstance(value, list) else []):
+                if not _parses(item, sub):
+                    rest = _failing_path(item, sub)
+                    return f"{fd.name}[{i}]" + (f".{rest}" if rest else "")
+            return str(fd.name)
+        rest = _failing_path(value, sub)
+        return str(fd.name) + (f".{rest}" if rest else "")
+    return ""
 
 
 def _load_document(text: str, origin: str, fmt: str) -> Any:
@@ -77,7 +149,7 @@ def _parse_text(text: str, origin: str, fmt: str, allow_unknown: bool) -> Any:
     try:
         json_format.ParseDict(doc, msg, ignore_unknown_fields=allow_unknown)
     except json_format.ParseError as e:
-        raise _parse_error(e, origin) from None
+        raise _parse_error(e, origin, doc) from None
     return msg
 
 
