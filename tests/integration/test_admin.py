@@ -799,11 +799,6 @@ def test_prometheus_usedonly(proxy: Proxy) -> None:
 
 
 @pytest.mark.envoy
-@pytest.mark.xfail(
-    reason="pilotfish: envoy_cluster_upstream_cx_connect_attempts_exceeded is a gauge "
-    "(Envoy: counter)",
-    strict=True,
-)
 def test_prometheus_types_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
     envoy, pilotfish = (prometheus(p)[0] for p in pair)
     common = set(envoy) & set(pilotfish)
@@ -813,9 +808,8 @@ def test_prometheus_types_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
 
 @pytest.mark.envoy
 @pytest.mark.xfail(
-    reason="pilotfish: exports families Envoy does not have for this bootstrap: "
-    "envoy_cluster_circuit_breakers_{default,high}_remaining_{cx,pending,retries,rq} (Envoy "
-    "only with track_remaining) and envoy_server_hot_restart_generation",
+    reason="pilotfish: exports a family Envoy does not have for this bootstrap: "
+    "envoy_server_hot_restart_generation",
     strict=True,
 )
 def test_prometheus_no_families_envoy_lacks(pair: tuple[Proxy, Proxy]) -> None:

@@ -368,10 +368,7 @@ def test_route_to_unknown_cluster_is_rejected(
     assert "unknown cluster 'nope'" in output
 
 
-@kinds(
-    pilotfish_xfail="two listeners on 127.0.0.1:0 are refused (\"listener 'a' already uses "
-    'this address", exit 1); Envoy binds each to its own port'
-)
+@kinds()
 def test_two_listeners_on_port_zero(backend: EchoBackend, tmp_path: Path, kind: str) -> None:
     route = [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]
     listeners = [hcm_listener("a", "a_http", route), hcm_listener("b", "b_http", route)]

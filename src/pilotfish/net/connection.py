@@ -73,9 +73,9 @@ class ConnectionInfo:
             self.remote_is_loopback = ipaddress.ip_address(self.remote_ip).is_loopback
         except ValueError:
             self.remote_is_loopback = not self.remote_ip  # Unix sockets count as local
-        self.original_dst: tuple[str, int] | None = (
-            (self.local_ip, self.local_port) if self.local_ip else None
-        )
+        # Set only when a listener filter restored the original destination (Envoy's
+        # localAddressRestored): ORIGINAL_DST clusters and use_original_dst use nothing else.
+        self.original_dst: tuple[str, int] | None = None
         self.start = start
         self.buffer_limit = buffer_limit
         self.server_name = ""
