@@ -214,8 +214,11 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
                 self._connect()
                 return
             stats.upstream_cx_connect_attempts_exceeded.value += 1
-            self.upstream_transport_failure_reason = e.reason
+            if not e.timeout:  # Envoy gives no transport failure reason for a timeout
+                self.upstream_transport_failure_reason = e.reason
+            # The attempt failed (UF), and there is no attempt left (URX), in that order.
             self.set_response_flag(ResponseFlag.UPSTREAM_CONNECTION_FAILURE)
+            self.set_response_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
             self.close()
             return
         stats = cluster.stats
