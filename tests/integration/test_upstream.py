@@ -53,6 +53,7 @@ ACCESS_LOG_FORMAT = (
 )
 RESET_BODY = b"upstream connect error or disconnect/reset before headers. "
 CONNECT_TIMEOUT_S = 0.5
+ROUTE_TIMEOUTS = {"rq_timeout": "0.3s", "per_try": "5s"}
 
 _ENVOY_MARKS = [
     pytest.mark.envoy,
@@ -228,6 +229,8 @@ class Stack:
                 route: dict[str, Any] = {"cluster": c["name"]}
                 if c["name"] in retry_policies:
                     route["retry_policy"] = retry_policies[c["name"]]
+                if c["name"] in ROUTE_TIMEOUTS:
+                    route["timeout"] = ROUTE_TIMEOUTS[c["name"]]
                 routes.append({"match": {"prefix": f"/{c['name']}/"}, "route": route})
             self.proxy = FlushingProxy(kind, self._bootstrap(clusters, routes), workdir)
             self.proxy.start()
@@ -338,6 +341,9 @@ class Stack:
             cl("log_empty", []),
             cl("log_reset", [ep(x) for x in p("log_reset0")]),
             cl("log_dead", [ep(refused)]),
+            cl("rq_timeout", [ep(x) for x in p("rq_timeout0")]),
+            cl("per_try", [ep(x) for x in p("per_try0")]),
+            cl("names", [ep(x) for x in p("names0")]),
         ]
         for name, weighted in (("locality", True), ("locality_off", False)):
             # Zone a (weight 1) has one host, zone b (weight 3) two.
@@ -366,6 +372,7 @@ class Stack:
             "retry_dead": {"retry_on": "connect-failure", "num_retries": 2},
             "log_reset": {"retry_on": "reset", "num_retries": 1},
             "log_dead": {"retry_on": "connect-failure", "num_retries": 2},
+            "per_try": {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.3s"},
         }
         return clusters, retry_policies
 
@@ -893,7 +900,43 @@ def test_retry_on_5xx_until_num_retries_then_the_upstream_answer_with_urx(stack:
 @pytest.mark.parametrize("kind", kinds())
 def test_retries_running_out_count_upstream_rq_retry_limit_exceeded(stack: Stack) -> None:
     assert stack.get("/retry_5xx_stats/x", {"x-echo-status": "500"}).response.status == 500
-    assert stack.stats("retry_5xx_stats")["upstream_rq_retry_limit_exceeded"] == 1
+    stats = stack.stats("retry_5xx_stats")
+    assert stats["upstream_rq_retry_limit_exceeded"] == 1
+    assert stats["upstream_rq_retry_backoff_exponential"] == 2
+    # Retried responses are charged under retry.*, the last one as usual.
+    assert (stats["retry.upstream_rq_500"], stats["retry.upstream_rq_completed"]) == (2, 2)
+    assert (stats["upstream_rq_500"], stats["external.upstream_rq_500"]) == (1, 1)
+    assert stats["upstream_rq_completed"] == 1
+
+
+# --- timeouts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_route_timeout_is_504_ut_charged_to_the_cluster(stack: Stack) -> None:
+    result = stack.get("/rq_timeout/x", {"x-echo-delay-ms": "3000"})
+    assert (result.response.status, result.response.body) == (504, b"upstream request timeout")
+    entry = stack.log_entry(result.test_id)
+    assert (entry.flags, entry.attempts, entry.details) == ("UT", "1", "response_timeout")
+    stats = stack.stats("rq_timeout")
+    assert (stats["upstream_rq_timeout"], stats["upstream_rq_504"]) == (1, 1)
+    assert (stats["upstream_rq_completed"], stats["upstream_rq_total"]) == (1, 1)
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_per_try_timeouts_are_retried_then_504_upstream_per_try_timeout(stack: Stack) -> None:
+    result = stack.get("/per_try/x", {"x-echo-delay-ms": "3000"})
+    assert (result.response.status, result.response.body) == (504, b"upstream request timeout")
+    entry = stack.log_entry(result.test_id)
+    assert (entry.flags, entry.attempts, entry.details) == (
+        "URX,UT",
+        "2",
+        "upstream_per_try_timeout",
+    )
+    stats = stack.stats("per_try")
+    assert (stats["upstream_rq_per_try_timeout"], stats["upstream_rq_timeout"]) == (2, 0)
+    assert (stats["upstream_rq_retry"], stats["upstream_rq_retry_limit_exceeded"]) == (1, 1)
+    assert (stats["upstream_rq_504"], stats["upstream_rq_total"]) == (1, 2)
 
 
 @pytest.mark.parametrize("kind", kinds())
@@ -1002,3 +1045,126 @@ def test_upstream_stats_names_and_values(stack: Stack) -> None:
         "membership_healthy": 1,
     }
     assert {name: stats.get(name) for name in expected} == expected
+
+
+# Every stat Envoy 1.40 creates for a static cluster no request used yet (cluster.<name>.*).
+ENVOY_CLUSTER_STATS = {
+    "assignment_stale",
+    "assignment_timeout_received",
+    "assignment_use_cached",
+    "bind_errors",
+    "circuit_breakers.default.cx_open",
+    "circuit_breakers.default.cx_pool_open",
+    "circuit_breakers.default.rq_open",
+    "circuit_breakers.default.rq_pending_open",
+    "circuit_breakers.default.rq_retry_open",
+    "circuit_breakers.high.cx_open",
+    "circuit_breakers.high.cx_pool_open",
+    "circuit_breakers.high.rq_open",
+    "circuit_breakers.high.rq_pending_open",
+    "circuit_breakers.high.rq_retry_open",
+    "default.total_match_count",
+    "lb_healthy_panic",
+    "lb_local_cluster_not_ok",
+    "lb_recalculate_zone_structures",
+    "lb_subsets_active",
+    "lb_subsets_created",
+    "lb_subsets_fallback",
+    "lb_subsets_fallback_panic",
+    "lb_subsets_removed",
+    "lb_subsets_selected",
+    "lb_zone_cluster_too_small",
+    "lb_zone_no_capacity_left",
+    "lb_zone_routing_all_directly",
+    "lb_zone_routing_cross_zone",
+    "lb_zone_routing_sampled",
+    "max_host_weight",
+    "membership_change",
+    "membership_degraded",
+    "membership_excluded",
+    "membership_healthy",
+    "membership_total",
+    "original_dst_host_invalid",
+    "retry_or_shadow_abandoned",
+    "update_attempt",
+    "update_empty",
+    "update_failure",
+    "update_no_rebuild",
+    "update_success",
+    "upstream_cx_active",
+    "upstream_cx_close_notify",
+    "upstream_cx_connect_attempts_exceeded",
+    "upstream_cx_connect_fail",
+    "upstream_cx_connect_timeout",
+    "upstream_cx_connect_with_0_rtt",
+    "upstream_cx_destroy",
+    "upstream_cx_destroy_local",
+    "upstream_cx_destroy_local_with_active_rq",
+    "upstream_cx_destroy_remote",
+    "upstream_cx_destroy_remote_with_active_rq",
+    "upstream_cx_destroy_with_active_rq",
+    "upstream_cx_http1_total",
+    "upstream_cx_http2_total",
+    "upstream_cx_http3_total",
+    "upstream_cx_idle_timeout",
+    "upstream_cx_max_duration_reached",
+    "upstream_cx_max_requests",
+    "upstream_cx_none_healthy",
+    "upstream_cx_overflow",
+    "upstream_cx_pool_overflow",
+    "upstream_cx_preconnect_skipped",
+    "upstream_cx_protocol_error",
+    "upstream_cx_rx_bytes_buffered",
+    "upstream_cx_rx_bytes_total",
+    "upstream_cx_total",
+    "upstream_cx_tx_bytes_buffered",
+    "upstream_cx_tx_bytes_total",
+    "upstream_flow_control_backed_up_total",
+    "upstream_flow_control_drained_total",
+    "upstream_flow_control_paused_reading_total",
+    "upstream_flow_control_resumed_reading_total",
+    "upstream_http3_broken",
+    "upstream_internal_redirect_failed_total",
+    "upstream_internal_redirect_succeeded_total",
+    "upstream_queue_overloaded",
+    "upstream_rq_0rtt",
+    "upstream_rq_active",
+    "upstream_rq_active_overflow",
+    "upstream_rq_cancelled",
+    "upstream_rq_completed",
+    "upstream_rq_maintenance_mode",
+    "upstream_rq_max_duration_reached",
+    "upstream_rq_pending_active",
+    "upstream_rq_pending_failure_eject",
+    "upstream_rq_pending_overflow",
+    "upstream_rq_pending_total",
+    "upstream_rq_per_try_idle_timeout",
+    "upstream_rq_per_try_timeout",
+    "upstream_rq_retry",
+    "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_retry_backoff_ratelimited",
+    "upstream_rq_retry_limit_exceeded",
+    "upstream_rq_retry_overflow",
+    "upstream_rq_retry_success",
+    "upstream_rq_rx_reset",
+    "upstream_rq_rx_reset_no_error",
+    "upstream_rq_timeout",
+    "upstream_rq_total",
+    "upstream_rq_tx_reset",
+    "version",
+    "warming_state",
+}
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_a_static_cluster_has_envoys_stats(stack: Stack) -> None:
+    stats = stack.stats("names")
+    assert set(stats) == ENVOY_CLUSTER_STATS
+    # Static hosts: a membership change and a transport socket match per host, no update_*.
+    nonzero = {name: value for name, value in stats.items() if value}
+    assert nonzero == {
+        "default.total_match_count": 1,
+        "membership_change": 1,
+        "membership_healthy": 1,
+        "membership_total": 1,
+    }

@@ -789,19 +789,25 @@ class Router:
                 if retry == _RETRYING:
                     return
                 self._no_retry(retry)
+            # Not retried: the request ends here (Envoy counts no upstream_rq_timeout).
+            self._time_out("upstream_per_try_timeout")
+            return
         cluster.stats.upstream_rq_timeout.value += 1
+        self._time_out("response_timeout")
+
+    def _time_out(self, details: str) -> None:
         # The 504 is charged to the cluster only if an attempt was waiting for its response.
-        charge = self.upstream is not None
-        if self.upstream is not None:
-            self.upstream.host.rq_timeout += 1
-            self.upstream.abandon(True)
+        up = self.upstream
+        if up is not None:
+            up.host.rq_timeout += 1
+            up.abandon(True)
             self.upstream = None
         self._fail_local(
             504,
             b"upstream request timeout",
-            "response_timeout",
+            details,
             ResponseFlag.UPSTREAM_REQUEST_TIMEOUT,
-            charge=charge,
+            charge=up is not None,
         )
 
     # -- flow control and cancellation --------------------------------------------------------
