@@ -607,15 +607,6 @@ def test_stats_usedonly(proxy: Proxy) -> None:
 
 
 @pytest.mark.envoy
-@pytest.mark.xfail(
-    reason="pilotfish: counters differ after the same traffic: no "
-    "cluster.backend.external.upstream_rq_{200,2xx,503,5xx,completed} (Envoy's "
-    "internal/external split; counted in the router/ClusterStats), "
-    "cluster.backend.default.total_match_count stays 0 (Envoy 1: transport socket match at "
-    "host creation), and cluster.backend.update_attempt/update_success are 1 for a STATIC "
-    "cluster (Envoy 0) -- all in upstream/ and http/router.py",
-    strict=True,
-)
 def test_stats_used_counters_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
     regex = r"^(cluster\.backend|http\.ingress_http|listener\.127\.0\.0\.1_0)\."
     envoy, pilotfish = (
@@ -838,11 +829,6 @@ def test_prometheus_usedonly(proxy: Proxy) -> None:
 
 
 @pytest.mark.envoy
-@pytest.mark.xfail(
-    reason="pilotfish: envoy_cluster_upstream_cx_connect_attempts_exceeded is a gauge "
-    "(Envoy: counter)",
-    strict=True,
-)
 def test_prometheus_types_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
     envoy, pilotfish = (prometheus(p)[0] for p in pair)
     common = set(envoy) & set(pilotfish)
@@ -851,12 +837,6 @@ def test_prometheus_types_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
 
 
 @pytest.mark.envoy
-@pytest.mark.xfail(
-    reason="pilotfish: exports families Envoy does not have for this bootstrap: "
-    "envoy_cluster_circuit_breakers_{default,high}_remaining_{cx,pending,retries,rq} (Envoy "
-    "only with track_remaining; made in upstream/cluster.py ResourceManager)",
-    strict=True,
-)
 def test_prometheus_no_families_envoy_lacks(pair: tuple[Proxy, Proxy]) -> None:
     envoy, pilotfish = (prometheus(p)[0] for p in pair)
     assert sorted(set(pilotfish) - set(envoy)) == []

@@ -972,9 +972,14 @@ def _build_table() -> dict[str, tuple[int, Builder]]:
     add("RESPONSE_CODE", _attr_int("response_code"))
     t["RESPONSE_CODE_DETAILS"] = (_PARAMS_OPTIONAL, _response_code_details)
     add("CONNECTION_TERMINATION_DETAILS", _attr_string("connection_termination_details"))
-    flags = lambda info: response_flags_short(info.response_flags)  # noqa: E731
+    # In the order they were set, as Envoy prints them.
+    flags = lambda info: response_flags_short(  # noqa: E731
+        info.response_flags, info.response_flag_order
+    )
     add("RESPONSE_FLAGS", _Command(flags))
-    flags_long = lambda info: response_flags_long(info.response_flags)  # noqa: E731
+    flags_long = lambda info: response_flags_long(  # noqa: E731
+        info.response_flags, info.response_flag_order
+    )
     add("RESPONSE_FLAGS_LONG", _Command(flags_long))
     t["GRPC_STATUS"] = (_PARAMS_OPTIONAL, _grpc_command)
     add("GRPC_STATUS_NUMBER", _grpc_command("NUMBER", None, ""))

@@ -327,6 +327,12 @@ def _retriable_status(
 
 
 _RESET_CONDITIONS = frozenset(("5xx", "gateway-error", "reset"))
+_OVERLOADED = [(b"x-envoy-overloaded", b"true")]
+# Router._retry outcomes.
+_RETRYING = 0
+_NO_RETRY = 1
+_RETRY_LIMIT = 2
+_RETRY_OVERFLOW = 3
 _NO_RETRY_ON: frozenset[str] = frozenset()
 _NO_CODES: frozenset[int] = frozenset()
 
@@ -451,17 +457,23 @@ class Router:
             conn.arm_deadline(deadline)
 
     def _attempt(self) -> None:
-        """Pick a host and send the request on one of its pooled connections."""
+        """Pick a host and send the request on one of its pooled connections (the pool counts
+        the request in upstream_rq_total once it is bound to a connection)."""
         stream = self.stream
         cluster = self.cluster
+        # Envoy counts the attempt before choosing a host (1 for 'no healthy upstream').
+        stream.upstream_request_attempt_count += 1
+        policy = self.retry_policy
         if cluster.original_dst:
             host = cluster.choose_host(self._original_destination())
         elif (
             self.attempted_hosts is not None
-            and self.retry_policy is not None
-            and (self.retry_policy.retry_host_previous_hosts)
+            and policy is not None
+            and policy.retry_host_previous_hosts
         ):
-            host = cluster.choose_host(None, self.attempted_hosts)
+            host = cluster.choose_host(
+                None, self.attempted_hosts, policy.host_selection_retry_max_attempts
+            )
         else:
             host = cluster.choose_host()
         if host is None:
@@ -474,37 +486,22 @@ class Router:
                 self.attempted_hosts = set()
             self.attempted_hosts.add(host)
         stream.upstream_host = host.address_str
-        stream.upstream_request_attempt_count += 1
         if self.cr.host_rewrite and stream.upstream_request_attempt_count == 1:
             _rewrite_host(stream, self.action, self.wc, host)
-        requests = cluster.resources[0].requests
-        if requests.count >= requests.limit:
-            cluster.stats.upstream_rq_pending_overflow.value += 1
-            self._fail_local(
-                503,
-                _RESET_BODY + b"reset reason: overflow",
-                "upstream_reset_before_response_started{overflow}",
-                ResponseFlag.UPSTREAM_OVERFLOW,
-            )
-            return
         pool = host.pool
         if pool is None:
             pool = host.pool = Http1ConnPool(cluster, host)
         up = self.upstream = UpstreamRequest(self, host, pool)
-        stats = cluster.stats
-        stats.upstream_rq_total.value += 1
-        stats.upstream_rq_active.value += 1
-        requests.count += 1
-        host.rq_active += 1
-        host.rq_total += 1
         pool.new_stream(up)
 
     def _original_destination(self) -> tuple[str, int] | None:
+        """Only a destination restored by a listener filter, or the header when the cluster
+        says so: never the listener's own address (Envoy's localAddressRestored)."""
         stream = self.stream
-        od = self.cluster.config.original_dst
-        if od.use_http_header:
-            return _parse_host_port(stream.request_headers.get(od.http_header_name))
-        return stream.conn.info.original_dst
+        cluster = self.cluster
+        od = cluster.config.original_dst
+        header = stream.request_headers.get(od.http_header_name) if od.use_http_header else None
+        return cluster.original_destination(header, stream.conn.info.original_dst)
 
     # -- request body -------------------------------------------------------------------------
 
@@ -563,10 +560,11 @@ class Router:
         if self.retry_on and _retriable_status(
             self.retry_policy, self.retry_on, status, self.retry_codes
         ):
-            if self.retries_left and self._retry(up, reset_connection=not end_stream):
+            retry = self._retry(up, reset_connection=not end_stream)
+            if retry == _RETRYING:
+                cluster.stats.retried_response_code(status)
                 return
-            if self.retry_configured:
-                stream.set_response_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+            self._no_retry(retry)
         elif stream.upstream_request_attempt_count > 1:
             cluster.stats.upstream_rq_retry_success.value += 1
         self.response_started = True
@@ -640,28 +638,36 @@ class Router:
             kind in ("connection_failure", "timeout")
             and ("connect-failure" in self.retry_on or bool(self.retry_on & _RESET_CONDITIONS))
         ) or (kind in ("reset", "protocol_error") and bool(self.retry_on & _RESET_CONDITIONS))
-        if self.retries_left and retriable and self._retry(up, reset_connection=False):
-            return
-        if retriable and self.retry_configured:
-            stream.set_response_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
-        if kind in ("connection_failure", "timeout"):
-            if kind == "timeout":
-                reason = "connection timeout"
+        if retriable:
+            retry = self._retry(up, reset_connection=False)
+            if retry == _RETRYING:
+                return
+            self._no_retry(retry)
+        if kind == "connection_failure":
             stream.upstream_transport_failure_reason = reason
-            stream.set_response_flag(ResponseFlag.UPSTREAM_CONNECTION_FAILURE)
             detail_reason = reason.replace(" ", "_")
             self._fail_local(
                 503,
                 self._reset_body(b"remote connection failure"),
                 f"upstream_reset_before_response_started{{remote_connection_failure|{detail_reason}}}",
-                0,
+                ResponseFlag.UPSTREAM_CONNECTION_FAILURE,
+            )
+        elif kind == "timeout":
+            self._fail_local(
+                503,
+                self._reset_body(b"connection timeout"),
+                "upstream_reset_before_response_started{connection_timeout}",
+                ResponseFlag.UPSTREAM_CONNECTION_FAILURE,
             )
         elif kind == "overflow":
+            # A circuit breaker dropped the request: Envoy says so in x-envoy-overloaded.
+            overloaded = None if self.settings.suppress_envoy_headers else _OVERLOADED
             self._fail_local(
                 503,
                 self._reset_body(b"overflow"),
                 "upstream_reset_before_response_started{overflow}",
                 ResponseFlag.UPSTREAM_OVERFLOW,
+                overloaded,
             )
         elif kind == "protocol_error":
             self._fail_local(
@@ -678,26 +684,54 @@ class Router:
                 ResponseFlag.UPSTREAM_CONNECTION_TERMINATION,
             )
 
+    def _no_retry(self, retry: int) -> None:
+        """A retriable outcome that is not retried: why, in the response flags and stats
+        (Envoy's RetryStatus NoRetryLimitExceeded / NoOverflow)."""
+        if retry == _RETRY_LIMIT:
+            self.cluster.stats.upstream_rq_retry_limit_exceeded.value += 1
+            self.stream.set_response_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+        elif retry == _RETRY_OVERFLOW:
+            self.stream.set_response_flag(ResponseFlag.UPSTREAM_OVERFLOW)
+
     def _reset_body(self, reason: bytes) -> bytes:
         if self.stream.upstream_request_attempt_count > 1:
             return _RESET_BODY + b"retried and the latest reset reason: " + reason
         return _RESET_BODY + b"reset reason: " + reason
 
-    def _fail_local(self, status: int, body: bytes, details: str, flag: int) -> None:
+    def _fail_local(
+        self,
+        status: int,
+        body: bytes,
+        details: str,
+        flag: int,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        charge: bool = True,
+    ) -> None:
+        """A local reply instead of the upstream's; Envoy charges its code to the cluster."""
         self.upstream = None
-        self.stream.send_local_reply(status, body, details, flag)
+        stream = self.stream
+        if charge and not stream.response_started:
+            self.cluster.stats.response_code(status, stream.internal)
+        stream.send_local_reply(status, body, details, flag, extra_headers)
 
-    def _retry(self, up: UpstreamRequest, *, reset_connection: bool) -> bool:
-        """Start another attempt after a back-off, if allowed. True if one is scheduled."""
-        if self.response_started or (self.body_bytes and not self.retained):
-            return False
+    def _retry(self, up: UpstreamRequest, *, reset_connection: bool) -> int:
+        """Start another attempt after a back-off, if allowed: _RETRYING if one is scheduled,
+        else why not (_RETRY_LIMIT, _RETRY_OVERFLOW, _NO_RETRY)."""
+        if not self.retry_configured or self.response_started:
+            return _NO_RETRY
+        if self.body_bytes and not self.retained:
+            return _NO_RETRY
+        if not self.retries_left:
+            return _RETRY_LIMIT
+        self.retries_left -= 1
         cluster = self.cluster
         retries = cluster.resources[0].retries
         if not retries.can_create():
             cluster.stats.upstream_rq_retry_overflow.value += 1
-            return False
-        self.retries_left -= 1
+            return _RETRY_OVERFLOW
         cluster.stats.upstream_rq_retry.value += 1
+        cluster.stats.upstream_rq_retry_backoff_exponential.value += 1
         up.abandon(reset_connection)
         self.upstream = None
         retries.inc()
@@ -707,7 +741,7 @@ class Router:
         attempt = self.stream.upstream_request_attempt_count
         delay = random.uniform(0, min(base * (2 ** (attempt - 1)), max_interval))
         self.retry_handle = self.stream.hcm.loop.call_later(delay, self._do_retry)
-        return True
+        return _RETRYING
 
     def _do_retry(self) -> None:
         self.retry_handle = None
@@ -754,23 +788,30 @@ class Router:
             cluster.stats.upstream_rq_per_try_timeout.value += 1
             self.try_deadline = None
             up = self.upstream
-            if (
-                up is not None
-                and self.retries_left
-                and self.retry_on & {"5xx", "gateway-error", "reset"}
-            ):
-                if self._retry(up, reset_connection=True):
+            if up is not None and self.retry_on & _RESET_CONDITIONS:
+                retry = self._retry(up, reset_connection=True)
+                if retry == _RETRYING:
                     return
+                self._no_retry(retry)
+            # Not retried: the request ends here (Envoy counts no upstream_rq_timeout).
+            self._time_out("upstream_per_try_timeout")
+            return
         cluster.stats.upstream_rq_timeout.value += 1
-        if self.upstream is not None:
-            self.upstream.host.rq_timeout += 1
-            self.upstream.abandon(True)
+        self._time_out("response_timeout")
+
+    def _time_out(self, details: str) -> None:
+        # The 504 is charged to the cluster only if an attempt was waiting for its response.
+        up = self.upstream
+        if up is not None:
+            up.host.rq_timeout += 1
+            up.abandon(True)
             self.upstream = None
         self._fail_local(
             504,
             b"upstream request timeout",
-            "response_timeout",
+            details,
             ResponseFlag.UPSTREAM_REQUEST_TIMEOUT,
+            charge=up is not None,
         )
 
     # -- flow control and cancellation --------------------------------------------------------
@@ -811,16 +852,6 @@ class Router:
         for chunk in self.body or ():
             self.tunnel.downstream_data(chunk)
         self.body = None
-
-
-def _parse_host_port(value: bytes | None) -> tuple[str, int] | None:
-    if not value:
-        return None
-    text = value.decode("latin-1").strip()
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        return None
-    return host.strip("[]"), int(port)
 
 
 class UpstreamRequest:
@@ -979,7 +1010,7 @@ class UpstreamRequest:
         stream = router.stream
         now = stream.conn.now
         stats = self.cluster.stats
-        stats.response_code(status)
+        stats.response_code(status, stream.internal)
         stats.upstream_rq_time.record((now - self.started_at) * 1000)
         if conn is not None:
             conn.done(reusable=self.sent_end)
@@ -993,7 +1024,6 @@ class UpstreamRequest:
         if self.done:
             return
         self._finish_attempt(failed=True)
-        self.cluster.stats.upstream_rq_rx_reset.value += 1
         stream = self.router.stream
         stream.conn.begin_batch()
         try:
@@ -1034,10 +1064,11 @@ class UpstreamRequest:
         self.done = True
         if failed:
             self.host.rq_error += 1
-        cluster = self.cluster
-        cluster.stats.upstream_rq_active.value -= 1
-        cluster.resources[0].requests.dec()
-        self.host.rq_active -= 1
+        if self.conn is not None:  # bound to a connection: counted active by the pool
+            cluster = self.cluster
+            cluster.stats.upstream_rq_active.value -= 1
+            cluster.resources[0].requests.dec()
+            self.host.rq_active -= 1
 
     def abandon(self, reset_connection: bool) -> None:
         """Give up on this attempt (retry, timeout, downstream gone)."""
@@ -1047,13 +1078,12 @@ class UpstreamRequest:
         conn = self.conn
         if conn is None:
             self.pool.cancel(self)
-        elif reset_connection or not self.sent_end:
-            self.cluster.stats.upstream_rq_tx_reset.value += 1
-            conn.abort()
         else:
+            # HTTP/1 resets a request by closing its connection: Envoy counts that in
+            # upstream_cx_destroy_local_with_active_rq, not upstream_rq_tx_reset.
             conn.abort()
 
     def finish_for_tunnel(self) -> None:
         """The connection now belongs to a tunnel (after 101 Switching Protocols)."""
         self._finish_attempt()
-        self.cluster.stats.response_code(self.status)
+        self.cluster.stats.response_code(self.status, self.router.stream.internal)

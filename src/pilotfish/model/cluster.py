@@ -68,6 +68,7 @@ class CircuitBreakerThresholds:
     max_requests: int = 1024
     max_retries: int = 3
     retry_budget: tuple[float, int] | None = None  # (budget_percent, min_retry_concurrency)
+    track_remaining: bool = False  # the remaining_* gauges exist only then
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,7 @@ class Cluster:
     transport_socket: TypedExtension | None = None
     transport_socket_matches: tuple[tuple[str, dict[str, Any], TypedExtension], ...] = ()
     least_request_choice_count: int = 2
+    least_request_active_request_bias: float = 1.0
     healthy_panic_threshold: float = 50.0
     locality_weighted_lb: bool = False
     original_dst: OriginalDstConfig = OriginalDstConfig()

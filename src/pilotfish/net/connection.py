@@ -74,9 +74,9 @@ class ConnectionInfo:
         # Envoy's isLoopbackAddress: exactly 127.0.0.1 or ::1 (not all of 127/8); Unix sockets
         # count as local.
         self.remote_is_loopback = self.remote_ip in _LOOPBACK or not self.remote_ip
-        self.original_dst: tuple[str, int] | None = (
-            (self.local_ip, self.local_port) if self.local_ip else None
-        )
+        # Set only when a listener filter restored the original destination (Envoy's
+        # localAddressRestored): ORIGINAL_DST clusters and use_original_dst use nothing else.
+        self.original_dst: tuple[str, int] | None = None
         self.start = start
         self.buffer_limit = buffer_limit
         self.server_name = ""

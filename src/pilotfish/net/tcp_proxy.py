@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
+import struct
 import time
 from typing import Any
 
@@ -33,6 +35,12 @@ class TcpProxyStats:
             "downstream_flow_control_resumed_reading_total"
         )
         self.idle_timeout = c("idle_timeout")
+        # Created as Envoy creates them (drain and overload closes, early data and delayed
+        # routing are not features pilotfish has: they stay 0).
+        self.downstream_cx_drain_close = c("downstream_cx_drain_close")
+        self.downstream_cx_overload_close = c("downstream_cx_overload_close")
+        self.early_data_received_count_total = c("early_data_received_count_total")
+        self.route_delayed_total = c("route_delayed_total")
         self.max_downstream_connection_duration = c("max_downstream_connection_duration")
         self.upstream_flush_total = c("upstream_flush_total")
         self.downstream_cx_rx_bytes_buffered = scope.gauge("downstream_cx_rx_bytes_buffered")
@@ -97,6 +105,16 @@ class _Upstream(asyncio.Protocol):
         self.session.set_downstream_paused(False)
 
 
+def _reset_on_close(transport: asyncio.BaseTransport) -> None:
+    """Make the coming close a reset (SO_LINGER 0), as closing with unread bytes is."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+
+
 class TcpProxySession(asyncio.Protocol, StreamInfo):
     def __init__(self, proxy: TcpProxy, info: ConnectionInfo) -> None:
         self.proxy = proxy
@@ -111,6 +129,9 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.attempts = 0
+        self.closing_upstream = False  # this side closed the upstream connection
+        self.upstream_bound = False  # connected and counted as the cluster's active request
+        self.remote_closed_upstream = False
         self.cluster: Any = None
         self.host: Any = None
         self.start_time = time.time()
@@ -162,6 +183,9 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
         stats.upstream_cx_active.value += 1
+        # Envoy's TCP pool: the connection is a pending request until it is connected.
+        stats.upstream_rq_pending_total.value += 1
+        stats.upstream_rq_pending_active.value += 1
         host.cx_active += 1
         self.proxy.ctx.loop.create_task(self._do_connect())
 
@@ -177,6 +201,11 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
             stats.upstream_cx_connect_fail.value += 1
             if e.timeout:
                 stats.upstream_cx_connect_timeout.value += 1
+                stats.upstream_cx_destroy_local.value += 1
+            else:
+                stats.upstream_cx_destroy_remote.value += 1
+            stats.upstream_rq_pending_active.value -= 1
+            stats.upstream_rq_pending_failure_eject.value += 1
             self.host.cx_active -= 1
             cluster.resources[0].connections.dec()
             if self.closed:
@@ -184,21 +213,35 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
             if self.attempts < self.proxy.config.max_connect_attempts:
                 self._connect()
                 return
-            self.upstream_transport_failure_reason = e.reason
+            stats.upstream_cx_connect_attempts_exceeded.value += 1
+            if not e.timeout:  # Envoy gives no transport failure reason for a timeout
+                self.upstream_transport_failure_reason = e.reason
+            # The attempt failed (UF), and there is no attempt left (URX), in that order.
             self.set_response_flag(ResponseFlag.UPSTREAM_CONNECTION_FAILURE)
+            self.set_response_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
             self.close()
             return
-        cluster.stats.upstream_cx_connect_ms.record((cluster.loop.time() - started) * 1000)
+        stats = cluster.stats
+        stats.upstream_cx_connect_ms.record((cluster.loop.time() - started) * 1000)
+        stats.upstream_rq_pending_active.value -= 1
         if self.closed:
             transport.close()
             return
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        self.host.rq_total += 1
+        self.host.rq_active += 1
         self.upstream = proto
+        self.upstream_bound = True
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple):
             self.upstream_local_address = f"{sockname[0]}:{sockname[1]}"
         if self.pending:
+            # Bytes that came before the upstream connected: only now read, as far as Envoy's
+            # stats and the access log are concerned.
             data = b"".join(self.pending)
             self.pending = []
+            self._count_received(data)
             self._send_upstream(data)
         if self.downstream_eof:
             transport.write_eof()
@@ -206,13 +249,22 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.upstream is None or self.upstream.transport is None:
+            # Envoy does not read the downstream until the upstream is connected. The event
+            # loop starts reading after connection_made, so a first chunk may come: it is kept
+            # (and not counted) and reading stops; if the upstream never connects, the close
+            # is a reset, as the kernel resets a connection closed with unread bytes.
+            self.pending.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self._count_received(data)
+        self._send_upstream(data)
+
+    def _count_received(self, data: bytes) -> None:
         self.last_activity = self.proxy.ctx.loop.time()
         self.bytes_received += len(data)
         self.proxy.stats.downstream_cx_rx_bytes_total.value += len(data)
-        if self.upstream is None or self.upstream.transport is None:
-            self.pending.append(data)
-            return
-        self._send_upstream(data)
 
     def _send_upstream(self, data: bytes) -> None:
         up = self.upstream
@@ -258,12 +310,33 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
         if self.transport is not None and not self.closed and self.transport.can_write_eof():
             self.transport.write_eof()
         if self.downstream_eof:
+            # The upstream's FIN completed the close: a remote close for the cluster's stats.
+            self.remote_closed_upstream = True
             self.close()
 
     def upstream_closed(self) -> None:
         cluster = self.cluster
-        cluster.stats.upstream_cx_active.value -= 1
-        cluster.stats.upstream_cx_destroy.value += 1
+        stats = cluster.stats
+        stats.upstream_cx_active.value -= 1
+        stats.upstream_cx_destroy.value += 1
+        local = (self.closing_upstream and not self.remote_closed_upstream) or (
+            not self.upstream_bound
+        )
+        if local:
+            stats.upstream_cx_destroy_local.value += 1
+        else:
+            stats.upstream_cx_destroy_remote.value += 1
+        if self.upstream_bound:
+            # The connection carried the session's one "request" until it closed.
+            self.upstream_bound = False
+            stats.upstream_rq_active.value -= 1
+            stats.upstream_cx_destroy_with_active_rq.value += 1
+            if local:
+                stats.upstream_cx_destroy_local_with_active_rq.value += 1
+            else:
+                stats.upstream_cx_destroy_remote_with_active_rq.value += 1
+            if self.host is not None:
+                self.host.rq_active -= 1
         cluster.resources[0].connections.dec()
         if self.host is not None:
             self.host.cx_active -= 1
@@ -314,19 +387,24 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
         self._arm()
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not self.closed:
+            if self.pending and self.upstream is None:
+                _reset_on_close(transport)
+            transport.close()
+        self._close_upstream()
+
+    def _close_upstream(self) -> None:
         up = self.upstream
-        if up is not None and up.transport is not None:
+        if up is not None and up.transport is not None and not up.transport.is_closing():
+            self.closing_upstream = True
             up.transport.close()
 
     def _finish(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        up = self.upstream
-        if up is not None and up.transport is not None:
-            up.transport.close()
+        self._close_upstream()
         proxy = self.proxy
         proxy.sessions.discard(self)
         self.end_monotonic = proxy.ctx.loop.time()

@@ -72,7 +72,34 @@ _COUNTERS = (
     "retry_or_shadow_abandoned",
     "assignment_stale",
     "assignment_timeout_received",
+    "assignment_use_cached",
     "default.total_match_count",
+    "lb_local_cluster_not_ok",
+    "lb_recalculate_zone_structures",
+    "lb_subsets_created",
+    "lb_subsets_fallback",
+    "lb_subsets_fallback_panic",
+    "lb_subsets_removed",
+    "lb_subsets_selected",
+    "lb_zone_cluster_too_small",
+    "lb_zone_no_capacity_left",
+    "lb_zone_routing_all_directly",
+    "lb_zone_routing_cross_zone",
+    "lb_zone_routing_sampled",
+    "upstream_cx_connect_attempts_exceeded",
+    "upstream_cx_connect_with_0_rtt",
+    "upstream_cx_http2_total",
+    "upstream_cx_http3_total",
+    "upstream_cx_max_duration_reached",
+    "upstream_cx_preconnect_skipped",
+    "upstream_http3_broken",
+    "upstream_rq_0rtt",
+    "upstream_rq_active_overflow",
+    "upstream_rq_max_duration_reached",
+    "upstream_rq_per_try_idle_timeout",
+    "upstream_rq_retry_backoff_exponential",
+    "upstream_rq_retry_backoff_ratelimited",
+    "upstream_rq_rx_reset_no_error",
 )
 _GAUGES = (
     "upstream_cx_active",
@@ -86,7 +113,9 @@ _GAUGES = (
     "membership_excluded",
     "max_host_weight",
     "version",
-    "upstream_cx_connect_attempts_exceeded",
+    "lb_subsets_active",
+    "upstream_queue_overloaded",
+    "warming_state",
 )
 
 
@@ -102,20 +131,45 @@ class ClusterStats:
         self.upstream_rq_time: Histogram = scope.histogram("upstream_rq_time")
         self.upstream_cx_connect_ms: Histogram = scope.histogram("upstream_cx_connect_ms")
         self.upstream_cx_length_ms: Histogram = scope.histogram("upstream_cx_length_ms")
-        self._codes: dict[int, tuple[Counter, Counter]] = {}
+        self._codes: dict[int, tuple[Counter, ...]] = {}
+        self._internal_codes: dict[int, tuple[Counter, ...]] = {}
         self.upstream_rq_completed = scope.counter("upstream_rq_completed")
 
-    def response_code(self, code: int) -> None:
-        """upstream_rq_<code>, upstream_rq_<N>xx and upstream_rq_completed."""
-        pair = self._codes.get(code)
-        if pair is None:
-            pair = self._codes[code] = (
-                self.scope.counter(f"upstream_rq_{code}"),
-                self.scope.counter(f"upstream_rq_{code // 100}xx"),
-            )
-        pair[0].value += 1
-        pair[1].value += 1
+    def response_code(self, code: int, internal: bool = False) -> None:
+        """A response (or a local reply charged to the cluster, as Envoy's router charges it):
+        upstream_rq_<code>, upstream_rq_<N>xx and upstream_rq_completed, and the same under
+        ``external.`` (``internal.`` for x-envoy-internal requests). Envoy creates these when
+        first charged, so they are looked up then."""
+        counters = (self._internal_codes if internal else self._codes).get(code)
+        if counters is None:
+            counters = self._code_counters(code, internal)
+        counters[0].value += 1
+        counters[1].value += 1
+        counters[2].value += 1
+        counters[3].value += 1
+        counters[4].value += 1
         self.upstream_rq_completed.value += 1
+
+    def _code_counters(self, code: int, internal: bool) -> tuple[Counter, ...]:
+        scope = self.scope
+        rq, group = f"upstream_rq_{code}", f"upstream_rq_{code // 100}xx"
+        prefix = "internal." if internal else "external."
+        counters = (
+            scope.counter(rq),
+            scope.counter(group),
+            scope.counter(prefix + rq),
+            scope.counter(prefix + group),
+            scope.counter(prefix + "upstream_rq_completed"),
+        )
+        (self._internal_codes if internal else self._codes)[code] = counters
+        return counters
+
+    def retried_response_code(self, code: int) -> None:
+        """A response that is retried: Envoy charges it under ``retry.`` only."""
+        scope = self.scope
+        scope.counter(f"retry.upstream_rq_{code}").value += 1
+        scope.counter(f"retry.upstream_rq_{code // 100}xx").value += 1
+        scope.counter("retry.upstream_rq_completed").value += 1
 
     # Declared for type checkers; set in __init__ from the tables above.
     upstream_cx_total: Counter
@@ -152,6 +206,10 @@ class ClusterStats:
     upstream_flow_control_resumed_reading_total: Counter
     upstream_flow_control_backed_up_total: Counter
     upstream_flow_control_drained_total: Counter
+    upstream_rq_active_overflow: Counter
+    upstream_rq_retry_backoff_exponential: Counter
+    upstream_cx_connect_attempts_exceeded: Counter
+    default_total_match_count: Counter
     membership_change: Counter
     update_attempt: Counter
     update_success: Counter
@@ -209,7 +267,8 @@ class ResourceManager:
             (self.retries, "rq_retry_open", "remaining_retries"),
         ):
             scope.computed_gauge(open_name, res.is_open)
-            scope.computed_gauge(remaining_name, res.remaining)
+            if thresholds.track_remaining:
+                scope.computed_gauge(remaining_name, res.remaining)
         scope.gauge("cx_pool_open").set(0)
 
 
@@ -219,6 +278,29 @@ def _host_address(addr: Any) -> tuple[str, int] | str:
     if isinstance(addr, PipeAddress):
         return addr.path
     raise ValueError(f"unsupported upstream address {addr}")
+
+
+def parse_ip_port(text: str) -> tuple[str, int] | None:
+    """``a.b.c.d:port`` or ``[v6]:port`` as Envoy's parseInternetAddressAndPortNoThrow reads it
+    (IP literals only, port 0-65535); None if it is anything else."""
+    if text.startswith("["):
+        end = text.rfind("]:")
+        if end < 0:
+            return None
+        ip, port = text[1:end], text[end + 2 :]
+        family = socket.AF_INET6
+    else:
+        ip, sep, port = text.rpartition(":")
+        if not sep:
+            return None
+        family = socket.AF_INET
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        return None
+    try:
+        socket.inet_pton(family, ip)
+    except OSError:
+        return None
+    return ip, int(port)
 
 
 _FAMILIES = {
@@ -248,16 +330,27 @@ class Cluster:
         )
         self.hosts_by_key: dict[tuple[Any, ...], Host] = {}
         self.host_set = HostSet(())
-        self.lb: LoadBalancer = make_lb(config.lb_policy, self.host_set)
+        self.lb: LoadBalancer = self._make_lb()
         self.initialized = False
         self._init_callbacks: list[Callable[[], None]] = []
         self._dns_task: asyncio.Task[None] | None = None
+        self._dns_results: dict[int, list[Host]] = {}  # resolved hosts per DNS target
         self._cleanup_handle: asyncio.TimerHandle | None = None
         self.original_dst = config.type is DiscoveryType.ORIGINAL_DST
         self.last_updated = time.time()
         self.added_via_api = False
         self.version_info = ""
         self.closed = False
+
+    def _make_lb(self) -> LoadBalancer:
+        cfg = self.config
+        return make_lb(
+            cfg.lb_policy,
+            self.host_set,
+            cfg.least_request_choice_count,
+            cfg.least_request_active_request_bias,
+            panic_counter=self.stats.lb_healthy_panic,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -313,65 +406,100 @@ class Cluster:
                         health=ep.health_status,
                         hostname=ep.hostname,
                         locality=loc.locality,
+                        locality_weight=loc.load_balancing_weight,
                         priority=loc.priority,
                         metadata=ep.metadata,
                     )
                 )
-        self.update_hosts(hosts, cla.overprovisioning_factor)
+        if self.config.type is DiscoveryType.STATIC:
+            # A static cluster's hosts come from the bootstrap: no update_* stats (Envoy).
+            self.update_hosts(hosts, cla.overprovisioning_factor)
+        else:
+            s = self.stats
+            s.update_attempt.value += 1
+            self.update_hosts(hosts, cla.overprovisioning_factor)
+            s.update_success.value += 1
+            if not hosts:
+                s.update_empty.value += 1
         self._mark_initialized()
 
-    def update_hosts(self, hosts: list[Host], overprovisioning: int = 140) -> None:
+    def update_hosts(
+        self, hosts: list[Host], overprovisioning: int = 140, changes: int = 1
+    ) -> bool:
         """Swap the host set atomically. A host that stays keeps its object, and so its pool
-        and connections; a removed host's idle connections close, busy ones finish."""
-        self.stats.update_attempt.value += 1
+        and connections; a removed host's idle connections close, busy ones finish. Returns
+        whether the membership changed (then counted ``changes`` times in membership_change:
+        Envoy counts each DNS target's update)."""
         new_by_key: dict[tuple[Any, ...], Host] = {}
         merged = []
+        added = 0
         for h in hosts:
             key = h.key()
             old = self.hosts_by_key.get(key)
             if old is not None:
                 old.weight, old.health, old.priority = h.weight, h.health, h.priority
                 old.locality, old.metadata = h.locality, h.metadata
+                old.locality_weight = h.locality_weight
                 h = old
+            elif key not in new_by_key:
+                added += 1
             new_by_key[key] = h
             merged.append(h)
         removed = [h for k, h in self.hosts_by_key.items() if k not in new_by_key]
-        changed = bool(removed) or len(new_by_key) != len(self.hosts_by_key)
+        changed = bool(removed) or bool(added)
         for h in removed:
             if h.pool is not None:
                 h.pool.drain()
         self.hosts_by_key = new_by_key
-        self.host_set = HostSet(merged, self.config.healthy_panic_threshold, overprovisioning)
-        self.lb = make_lb(
-            self.config.lb_policy, self.host_set, self.config.least_request_choice_count
+        cfg = self.config
+        self.host_set = HostSet(
+            merged, cfg.healthy_panic_threshold, overprovisioning, cfg.locality_weighted_lb
         )
+        self.lb = self._make_lb()
         s = self.stats
         if changed:
-            s.membership_change.value += 1
-        s.update_success.value += 1
-        if not hosts:
-            s.update_empty.value += 1
+            s.membership_change.value += changes
+        s.default_total_match_count.value += added  # a transport socket matched per new host
         s.membership_total.set(len(merged))
         s.membership_healthy.set(sum(1 for h in merged if h.healthy))
         s.membership_degraded.set(sum(1 for h in merged if h.health is HealthStatus.DEGRADED))
         s.membership_excluded.set(0)
-        s.max_host_weight.set(max((h.weight for h in merged), default=0))
+        if cfg.type is DiscoveryType.EDS or cfg.type is DiscoveryType.STRICT_DNS:
+            # Envoy sets max_host_weight on these updates only (0 for static hosts).
+            s.max_host_weight.set(max((h.weight for h in merged), default=0))
         self.last_updated = time.time()
+        return changed
 
     def choose_host(
         self,
         original_dst: tuple[str, int] | None = None,
         exclude: AbstractSet[Host] = frozenset(),
+        attempts: int = 1,
     ) -> Host | None:
+        """A host for one request or connection, or None (counted in upstream_cx_none_healthy,
+        as Envoy's cluster manager does). ``original_dst``: the destination an ORIGINAL_DST
+        cluster connects to (see ``original_destination``)."""
         if self.original_dst:
-            return self._original_dst_host(original_dst)
-        levels = self.host_set.levels
-        if levels and levels[0].panic:
-            self.stats.lb_healthy_panic.value += 1
-        host = self.lb.choose(exclude)
+            host = self._original_dst_host(original_dst)
+        else:
+            host = self.lb.choose(exclude, attempts)
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
         return host
+
+    def original_destination(
+        self, header: bytes | None, restored: tuple[str, int] | None
+    ) -> tuple[str, int] | None:
+        """Where an ORIGINAL_DST cluster sends a request: with ``use_http_header``, the address
+        in that header (``header``, its first value) if it is a valid IP:port (otherwise counted
+        in original_dst_host_invalid); else the downstream connection's destination, but only
+        if a listener filter restored it (``restored``, None otherwise)."""
+        if header is not None:
+            address = parse_ip_port(header.decode("latin-1"))
+            if address is not None:
+                return address
+            self.stats.original_dst_host_invalid.value += 1
+        return restored
 
     def _original_dst_host(self, address: tuple[str, int] | None) -> Host | None:
         if address is None:
@@ -384,8 +512,11 @@ class Cluster:
         if host is None:
             host = Host(address)
             self.hosts_by_key[key] = host
-            self.stats.membership_total.set(len(self.hosts_by_key))
-            self.stats.membership_healthy.set(len(self.hosts_by_key))
+            s = self.stats
+            s.membership_change.value += 1
+            s.default_total_match_count.value += 1
+            s.membership_total.set(len(self.hosts_by_key))
+            s.membership_healthy.set(len(self.hosts_by_key))
         host.last_used = self.loop.time()
         return host
 
@@ -396,12 +527,16 @@ class Cluster:
         """Original-destination hosts unused for a cleanup interval are forgotten."""
         now = self.loop.time()
         interval = self.config.cleanup_interval
+        removed = False
         for key, host in list(self.hosts_by_key.items()):
             busy = host.pool is not None and host.pool.busy()
             if not busy and now - host.last_used >= interval:
                 if host.pool is not None:
                     host.pool.drain()
                 del self.hosts_by_key[key]
+                removed = True
+        if removed:
+            self.stats.membership_change.value += 1
         self.stats.membership_total.set(len(self.hosts_by_key))
         self.stats.membership_healthy.set(len(self.hosts_by_key))
         if not self.closed:
@@ -439,38 +574,46 @@ class Cluster:
             await asyncio.sleep(cfg.dns_refresh_rate)
 
     async def _refresh_dns(self) -> None:
+        """Resolve every endpoint (each is a DNS target with its own update_* stats, as in
+        Envoy); a target that fails keeps its previous hosts."""
         cfg = self.config
         cla = cfg.load_assignment
         if cla is None:
             return
-        hosts: list[Host] = []
-        failed = False
+        s = self.stats
+        results = self._dns_results
+        changed_targets = 0
+        target = 0
         for loc in cla.endpoints:
             for ep in loc.lb_endpoints:
+                index, target = target, target + 1
                 addr = ep.address
                 assert isinstance(addr, SocketAddress)
+                s.update_attempt.value += 1
                 ips = await self._resolve(addr.address, addr.port)
                 if not ips:
-                    failed = True
+                    s.update_failure.value += 1
                     continue
                 if cfg.type is DiscoveryType.LOGICAL_DNS:
                     ips = ips[:1]
-                for ip in ips:
-                    hosts.append(
-                        Host(
-                            (ip, addr.port),
-                            weight=ep.load_balancing_weight,
-                            health=ep.health_status,
-                            hostname=ep.hostname or addr.address,
-                            locality=loc.locality,
-                            priority=loc.priority,
-                            metadata=ep.metadata,
-                        )
+                s.update_success.value += 1
+                if [h.address for h in results.get(index, ())] == [(ip, addr.port) for ip in ips]:
+                    s.update_no_rebuild.value += 1
+                    continue
+                changed_targets += 1
+                results[index] = [
+                    Host(
+                        (ip, addr.port),
+                        weight=ep.load_balancing_weight,
+                        health=ep.health_status,
+                        hostname=ep.hostname or addr.address,
+                        locality=loc.locality,
+                        locality_weight=loc.load_balancing_weight,
+                        priority=loc.priority,
+                        metadata=ep.metadata,
                     )
-        if failed and not hosts:
-            self.stats.update_failure.value += 1
-            return  # keep the previous hosts
-        if {h.key() for h in hosts} == set(self.hosts_by_key):
-            self.stats.update_no_rebuild.value += 1
-            return
-        self.update_hosts(hosts, cla.overprovisioning_factor)
+                    for ip in ips
+                ]
+        if changed_targets:
+            hosts = [h for i in sorted(results) for h in results[i]]
+            self.update_hosts(hosts, cla.overprovisioning_factor, changed_targets)

@@ -4,6 +4,7 @@ HTTP/1.1 pool with keep-alive reuse and the cluster's circuit breakers."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -26,8 +27,9 @@ class ConnectFailure(Exception):
 
 
 def _failure_reason(exc: BaseException) -> str:
+    """Envoy's transport failure reason: ``delayed connect error: <strerror>``."""
     if isinstance(exc, OSError) and exc.errno is not None:
-        return f"delayed connect error: {exc.errno}"
+        return f"delayed connect error: {os.strerror(exc.errno)}"
     return f"delayed connect error: {exc}"
 
 
@@ -205,9 +207,20 @@ class UpstreamConnection:
             self.client.on_upstream_writable(True)
 
     def attach(self, client: PoolClient) -> None:
+        """Bind a request to this connection: from now on it is an upstream request (Envoy's
+        attachStreamToClient counts it in upstream_rq_total and upstream_rq_active)."""
         self.client = client
         self.requests += 1
-        self.pool.active += 1
+        pool = self.pool
+        pool.active += 1
+        cluster = pool.cluster
+        stats = cluster.stats
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        cluster.resources[0].requests.count += 1
+        host = pool.host
+        host.rq_total += 1
+        host.rq_active += 1
         self.codec.reset_for(client, head_request=client.is_head)
         client.on_pool_ready(self)
 
@@ -243,9 +256,13 @@ class UpstreamConnection:
 
     def abort(self) -> None:
         """Reset the connection (the request was abandoned mid-way)."""
-        self._detach()
+        client = self._detach()
         if self.transport is not None and not self.closed:
             self.local_close = True
+            if client is not None:
+                stats = self.pool.cluster.stats
+                stats.upstream_cx_destroy_with_active_rq.value += 1
+                stats.upstream_cx_destroy_local_with_active_rq.value += 1
             self.transport.abort()
 
 
@@ -286,10 +303,14 @@ class Http1ConnPool:
         """Serve ``client`` on an idle connection now, or queue it (connecting if allowed)."""
         idle = self.idle
         while idle:
-            conn = idle.pop()
-            if not conn.closed:
+            conn = idle[-1]
+            if conn.closed:
+                idle.pop()
+                continue
+            if self._can_attach(client):
+                idle.pop()
                 conn.attach(client)
-                return
+            return
         cluster = self.cluster
         res = cluster.resources[0]
         if not res.pending.can_create():
@@ -344,12 +365,16 @@ class Http1ConnPool:
             cluster.resources[0].connections.dec()
             if e.timeout:
                 stats.upstream_cx_connect_timeout.value += 1
+                stats.upstream_cx_destroy_local.value += 1  # Envoy closes it
+            else:
+                stats.upstream_cx_destroy_remote.value += 1
             stats.upstream_cx_connect_fail.value += 1
             self.host.cx_connect_fail += 1
             # One failed attempt fails one waiting request (more attempts may be under way).
             if self.pending and len(self.pending) > self.connecting:
                 client = self.pending.popleft()
                 self._pending_done()
+                stats.upstream_rq_pending_failure_eject.value += 1
                 client.on_pool_failure("timeout" if e.timeout else "connection_failure", e.reason)
             return
         self.connecting -= 1
@@ -359,13 +384,25 @@ class Http1ConnPool:
             return
         self._serve_next(conn)
 
+    def _can_attach(self, client: PoolClient) -> bool:
+        """The cluster's max_requests, checked when a request would be bound to a connection
+        (as Envoy does): over it, the request fails with an overflow."""
+        requests = self.cluster.resources[0].requests
+        if requests.count < requests.limit:
+            return True
+        self.cluster.stats.upstream_rq_active_overflow.value += 1
+        client.on_pool_failure("overflow", "")
+        return False
+
     def _serve_next(self, conn: UpstreamConnection) -> None:
-        if self.pending:
-            client = self.pending.popleft()
+        pending = self.pending
+        while pending:
+            client = pending.popleft()
             self._pending_done()
-            conn.attach(client)
-        else:
-            self._make_idle(conn)
+            if self._can_attach(client):
+                conn.attach(client)
+                return
+        self._make_idle(conn)
 
     def _make_idle(self, conn: UpstreamConnection) -> None:
         self.idle.append(conn)

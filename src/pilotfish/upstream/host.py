@@ -23,6 +23,7 @@ class Host:
         "hostname",
         "last_used",
         "locality",
+        "locality_weight",
         "metadata",
         "pool",
         "priority",
@@ -42,6 +43,7 @@ class Host:
         health: HealthStatus = HealthStatus.UNKNOWN,
         hostname: str = "",
         locality: Locality = Locality(),
+        locality_weight: int = 0,
         priority: int = 0,
         metadata: dict[str, Any] | None = None,
     ) -> None:
@@ -55,6 +57,7 @@ class Host:
         self.health = health
         self.hostname = hostname
         self.locality = locality
+        self.locality_weight = locality_weight  # its locality's load_balancing_weight (0: unset)
         self.priority = priority
         self.metadata = metadata or {}
         self.rq_active = 0

@@ -138,6 +138,7 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
                 max_requests=c.uint32_value(t, "max_requests", 1024),
                 max_retries=c.uint32_value(t, "max_retries", 3),
                 retry_budget=budget,
+                track_remaining=t.track_remaining,
             )
 
     transport_socket = None
@@ -193,10 +194,20 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
             panic = clb.healthy_panic_threshold.value
         locality_weighted = clb.HasField("locality_weighted_lb_config")
     choice_count = 2
+    bias = 1.0
     if msg.HasField("least_request_lb_config"):
-        choice_count = c.uint32_value(msg.least_request_lb_config, "choice_count", 2)
+        lrc = msg.least_request_lb_config
+        choice_count = c.uint32_value(lrc, "choice_count", 2)
         if choice_count < 2:
             raise ConfigError(f"{pre}least_request_lb_config.choice_count", "value must be >= 2")
+        if lrc.HasField("active_request_bias"):
+            bias = lrc.active_request_bias.default_value
+            if not bias >= 0.0:  # negative or NaN: Envoy warns and uses 1.0
+                ctx.warn(
+                    f"{pre}least_request_lb_config.active_request_bias: invalid active request "
+                    "bias supplied, using 1.0"
+                )
+                bias = 1.0
 
     if len(msg.health_checks):
         ctx.warn(f"{pre}health_checks: active health checking is not implemented; ignored")
@@ -220,6 +231,7 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
         transport_socket=transport_socket,
         transport_socket_matches=tuple(matches),
         least_request_choice_count=choice_count,
+        least_request_active_request_bias=bias,
         healthy_panic_threshold=panic,
         locality_weighted_lb=locality_weighted,
         original_dst=original_dst,

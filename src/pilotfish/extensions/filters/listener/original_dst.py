@@ -13,8 +13,10 @@ class OriginalDstFilter:
     def on_accept(self, info: ConnectionInfo, sock: Any) -> None:
         if sock is None:
             return
+        # Envoy restores the local address whenever SO_ORIGINAL_DST answers, even when the
+        # connection was not redirected (the address is then the local one).
         dst = original_destination(sock)
-        if dst is not None and dst != (info.local_ip, info.local_port):
+        if dst is not None:
             info.set_local(*dst)
 
 
