@@ -109,26 +109,31 @@ def apply_request_mutations(
 ) -> None:
     """Weighted-cluster, route, virtual host and route-config header changes, most specific
     first (so a less specific OVERWRITE wins) unless most_specific_header_mutations_wins."""
-    headers = stream.request_headers
     extra = wc.headers if wc is not None else None
-    if extra and not cr.most_specific_wins:
-        _apply(headers, extra, stream)
-    for m in cr.request_mutations:
-        _apply(headers, m, stream)
-    if extra and cr.most_specific_wins:
-        _apply(headers, extra, stream)
+    headers = stream.request_headers
+    _apply_levels(headers, extra, cr.request_mutations, cr.most_specific_wins, stream)
 
 
 def apply_response_mutations(
     stream: ActiveStream, headers: ResponseHeaders, cr: CompiledRoute, wc: WeightedCluster | None
 ) -> None:
     extra = wc.response_headers if wc is not None else None
-    if extra and not cr.most_specific_wins:
-        _apply(headers, extra, stream)
-    for m in cr.response_mutations:
+    _apply_levels(headers, extra, cr.response_mutations, cr.most_specific_wins, stream)
+
+
+def _apply_levels(
+    headers: HeaderMap,
+    weighted: HeaderMutations | None,
+    levels: tuple[HeaderMutations, ...],
+    most_specific_wins: bool,
+    stream: ActiveStream,
+) -> None:
+    if weighted and not most_specific_wins:
+        _apply(headers, weighted, stream)
+    for m in levels:
         _apply(headers, m, stream)
-    if extra and cr.most_specific_wins:
-        _apply(headers, extra, stream)
+    if weighted and most_specific_wins:
+        _apply(headers, weighted, stream)
 
 
 # -- the decision -------------------------------------------------------------------------------
