@@ -459,9 +459,7 @@ class Http1ServerCodec:
         trailers are enabled)."""
         if not self._chunked_out:
             return b""
-        if not trailers or not self.enable_trailers:
-            return b"0\r\n\r\n"
-        return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers.items) + b"\r\n"
+        return encode_last_chunk(trailers if self.enable_trailers else None)
 
 
 def encode_request_head(
