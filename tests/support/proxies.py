@@ -39,6 +39,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.support.headers import HeaderLookup
+
 __all__ = [
     "ENVOY",
     "ENVOY_BIN",
@@ -411,7 +413,7 @@ def bootstrap(listeners: list[dict[str, Any]], clusters: list[dict[str, Any]]) -
 
 
 @dataclass
-class RawResponse:
+class RawResponse(HeaderLookup):
     """One response as it came on the wire."""
 
     version: str
@@ -431,17 +433,6 @@ class RawResponse:
     @property
     def status_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}".rstrip(" ")
-
-    def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
-
-    def header_values(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [value for key, value in self.headers if key.lower() == lname]
 
     def connection_tokens(self) -> set[str]:
         return {t.strip().lower() for v in self.header_values("connection") for t in v.split(",")}
