@@ -63,18 +63,19 @@ if str(_ROOT) not in sys.path:
 
 from tests.support.echo_backend import EchoBackend, ReceivedRequest  # noqa: E402
 from tests.support.proxies import (  # noqa: E402
-    ENVOY,
-    Proxy,
+    ENVOY_BIN,
+    ProxyProcess,
     bootstrap,
     connect,
+    free_port,
     http_listener,
-    socket_address,
+    lb_endpoint,
     static_cluster,
 )
 
 pytestmark = [
     pytest.mark.envoy,
-    pytest.mark.skipif(not ENVOY.exists(), reason="needs the real Envoy in .venv-envoy"),
+    pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
 ]
 
 BACKENDS = ("A", "B", "C")
@@ -87,13 +88,6 @@ PROBE = b"GET /probe HTTP/1.1\r\nHost: probe.test\r\n\r\n"
 
 
 # --- the bootstrap ---------------------------------------------------------------------------
-
-
-def unused_port() -> int:
-    """A port nothing listens on (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def direct(status: int, body: str | None = None) -> dict[str, Any]:
@@ -465,47 +459,29 @@ def hdrs_route_config() -> dict[str, Any]:
 
 
 def build_bootstrap(ports: dict[str, int], closed_port: int) -> dict[str, Any]:
-    """The one bootstrap both proxies run; its listeners are on port 0 (see ``with_ports``)."""
+    """The one bootstrap both proxies run. Its listeners are on port 0: each proxy gives them
+    a free port each (Envoy accepts several listeners on ``127.0.0.1:0``, pilotfish refuses
+    them), in a copy of its own (both set SO_REUSEPORT, so two processes given the same port
+    would share its connections)."""
     listeners = [
         http_listener("main", route_config=main_route_config()),
         http_listener("edge", route_config=edge_route_config(), hcm={"use_remote_address": True}),
         http_listener("hdrs", route_config=hdrs_route_config()),
     ]
-    dns_cluster = static_cluster(
-        "C", ports["C"], type="STRICT_DNS", dns_lookup_family="V4_ONLY", dns_refresh_rate="60s"
-    )
-    dns_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = (
-        socket_address(ports["C"], host="localhost")
-    )
-    empty = static_cluster("empty", 1)
-    empty["load_assignment"]["endpoints"] = []
     clusters = [
         static_cluster("A", ports["A"]),
         static_cluster("B", ports["B"]),
-        dns_cluster,
+        static_cluster(
+            "C",
+            endpoints=[lb_endpoint(ports["C"], host="localhost")],
+            type="STRICT_DNS",
+            dns_lookup_family="V4_ONLY",
+            dns_refresh_rate="60s",
+        ),
         static_cluster("closed", closed_port),
-        empty,
+        static_cluster("empty", endpoints=[]),
     ]
     return bootstrap(listeners, clusters)
-
-
-def with_ports(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` whose port-0 listeners get a port each, found by binding port 0.
-
-    Envoy accepts several listeners on ``127.0.0.1:0``, pilotfish refuses them. Each proxy
-    needs its own copy: both set SO_REUSEPORT, so two processes given the same port would
-    share its connections."""
-    config = json.loads(json.dumps(config))
-    taken: set[int] = set()
-    for listener in config["static_resources"]["listeners"]:
-        sock = listener["address"]["socket_address"]
-        if sock.get("port_value", 0) == 0:
-            port = unused_port()
-            while port in taken:
-                port = unused_port()
-            taken.add(port)
-            sock["port_value"] = port
-    return config
 
 
 # --- the cases ------------------------------------------------------------------------------
@@ -933,10 +909,10 @@ class Observation:
         return "\n".join(lines)
 
 
-def observe(proxy: Proxy, c: Case, backends: dict[str, EchoBackend]) -> Observation:
+def observe(proxy: ProxyProcess, c: Case, backends: dict[str, EchoBackend]) -> Observation:
     for b in backends.values():
         b.clear()
-    response, kept = exchange(proxy.listener_port(c.listener), c.request)
+    response, kept = exchange(proxy.port(c.listener), c.request)
     received: list[tuple[str, ReceivedRequest]] = []
     for name, b in backends.items():
         received += [(name, rq) for rq in list(b.requests)]
@@ -988,31 +964,29 @@ def backends() -> Iterator[dict[str, EchoBackend]]:
 
 @pytest.fixture(scope="module")
 def routes_bootstrap(backends: dict[str, EchoBackend]) -> dict[str, Any]:
-    return build_bootstrap({n: b.port for n, b in backends.items()}, closed_port=unused_port())
+    return build_bootstrap({n: b.port for n, b in backends.items()}, closed_port=free_port())
 
 
 @pytest.fixture(scope="module")
 def envoy(
     routes_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Proxy]:
-    config = with_ports(routes_bootstrap)
-    with Proxy("envoy", config, tmp_path_factory.mktemp("routes")) as proxy:
+) -> Iterator[ProxyProcess]:
+    with ProxyProcess("envoy", routes_bootstrap, tmp_path_factory.mktemp("routes")) as proxy:
         yield proxy
 
 
 @pytest.fixture(scope="module")
 def pilotfish(
     routes_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Proxy]:
-    config = with_ports(routes_bootstrap)
-    with Proxy("pilotfish", config, tmp_path_factory.mktemp("routes")) as proxy:
+) -> Iterator[ProxyProcess]:
+    with ProxyProcess("pilotfish", routes_bootstrap, tmp_path_factory.mktemp("routes")) as proxy:
         yield proxy
 
 
 class Observations:
     """Each case is sent once to each proxy; every aspect test compares the same pair."""
 
-    def __init__(self, envoy: Proxy, pilotfish: Proxy, backends: dict[str, EchoBackend]) -> None:
+    def __init__(self, envoy: ProxyProcess, pilotfish: ProxyProcess, backends: dict[str, EchoBackend]) -> None:
         self.envoy = envoy
         self.pilotfish = pilotfish
         self.backends = backends
@@ -1029,7 +1003,7 @@ class Observations:
 
 
 @pytest.fixture(scope="module")
-def observed(envoy: Proxy, pilotfish: Proxy, backends: dict[str, EchoBackend]) -> Observations:
+def observed(envoy: ProxyProcess, pilotfish: ProxyProcess, backends: dict[str, EchoBackend]) -> Observations:
     return Observations(envoy, pilotfish, backends)
 
 

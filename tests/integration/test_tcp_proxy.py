@@ -21,13 +21,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import re
 import socket
 import ssl
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -314,19 +312,6 @@ def running(kind: str, config: dict[str, Any], tmp_path: Path) -> Iterator[Proxy
         proxy.stop()
 
 
-def stats(proxy: ProxyProcess, prefix: str) -> dict[str, int]:
-    """Counters and gauges whose name starts with ``prefix``, without it."""
-    query = urllib.parse.quote("^" + re.escape(prefix))
-    status, body = proxy.admin_get(f"/stats?filter={query}")
-    assert status == 200, body
-    out = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.partition(": ")
-        if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
-            out[name[len(prefix) :]] = int(value)
-    return out
-
-
 def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -429,10 +414,10 @@ def test_relays_a_large_payload_both_ways_and_a_downstream_half_close(
             "downstream_cx_tx_bytes_total": size,
         }
         wait_for(
-            lambda: {k: stats(proxy, "tcp.relay.").get(k) for k in expected} == expected,
+            lambda: {k: proxy.stats("tcp.relay.").get(k) for k in expected} == expected,
             "tcp.relay.* byte counts",
         )
-        cluster = stats(proxy, "cluster.echo.")
+        cluster = proxy.stats("cluster.echo.")
         assert cluster["upstream_cx_total"] == 1
         assert cluster["upstream_cx_tx_bytes_total"] == size
         assert cluster["upstream_cx_rx_bytes_total"] == size
@@ -468,7 +453,7 @@ def test_weighted_clusters_split_connections_by_weight(
         counts = collections.Counter(which_upstream(port) for _ in range(60))
         assert set(counts) == {"A", "B"}
         assert 5 <= counts["A"] <= 27, counts  # 15 expected
-        assert stats(proxy, "tcp.split.")["downstream_cx_total"] == 60
+        assert proxy.stats("tcp.split.")["downstream_cx_total"] == 60
 
 
 @pytest.mark.parametrize("kind", kinds())
@@ -504,7 +489,7 @@ def test_idle_timeout_closes_an_idle_connection_only(
         silent_since = time.monotonic()
         assert read_until_end(sock) == (b"", "FIN")
         assert 0.5 <= time.monotonic() - silent_since < 6
-        wait_for(lambda: stats(proxy, "tcp.idle.")["idle_timeout"] == 1, "tcp.idle.idle_timeout")
+        wait_for(lambda: proxy.stats("tcp.idle.")["idle_timeout"] == 1, "tcp.idle.idle_timeout")
 
 
 @pytest.mark.parametrize("kind", kinds())
@@ -516,10 +501,10 @@ def test_refused_upstream_closes_the_downstream_connection(
         data, _ = read_until_end(sock)
         assert data == b""
         wait_for(
-            lambda: stats(proxy, "cluster.refused.")["upstream_cx_connect_fail"] == 1,
+            lambda: proxy.stats("cluster.refused.")["upstream_cx_connect_fail"] == 1,
             "cluster.refused.upstream_cx_connect_fail",
         )
-        assert stats(proxy, "tcp.refused.")["downstream_cx_total"] == 1
+        assert proxy.stats("tcp.refused.")["downstream_cx_total"] == 1
 
 
 @pytest.mark.parametrize("kind", kinds())
@@ -531,10 +516,10 @@ def test_max_connect_attempts_tries_the_upstream_again(
     with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         assert read_until_end(sock)[0] == b""
         wait_for(
-            lambda: stats(proxy, "cluster.refused.")["upstream_cx_connect_fail"] == 3,
+            lambda: proxy.stats("cluster.refused.")["upstream_cx_connect_fail"] == 3,
             "three connect failures",
         )
-        assert stats(proxy, "cluster.refused.")["upstream_cx_total"] == 3
+        assert proxy.stats("cluster.refused.")["upstream_cx_total"] == 3
 
 
 @pytest.mark.parametrize("kind", kinds())
@@ -546,7 +531,7 @@ def test_upstream_connect_timeout_closes_the_downstream_connection(
         started = time.monotonic()
         assert read_until_end(sock)[0] == b""
         assert 0.4 <= time.monotonic() - started < 5  # connect_timeout: 0.5s
-        cluster = stats(proxy, "cluster.blackhole.")
+        cluster = proxy.stats("cluster.blackhole.")
         assert (cluster["upstream_cx_connect_timeout"], cluster["upstream_cx_connect_fail"]) == (
             1,
             1,
@@ -562,7 +547,7 @@ def test_bytes_sent_before_the_upstream_connects_are_left_unread(
         sock.sendall(b"early bytes")
         # The connect attempt times out with the bytes still unread: the close is a reset.
         assert read_until_end(sock) == (b"", "RST")
-        assert stats(proxy, "tcp.early.")["downstream_cx_rx_bytes_total"] == 0
+        assert proxy.stats("tcp.early.")["downstream_cx_rx_bytes_total"] == 0
 
 
 class FlushingProxy(ProxyProcess):
@@ -620,7 +605,7 @@ def test_unknown_cluster_closes_and_counts_no_route(
     with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         assert read_until_end(sock)[0] == b""
         wait_for(
-            lambda: stats(proxy, "tcp.noroute.")["downstream_cx_no_route"] == 1,
+            lambda: proxy.stats("tcp.noroute.")["downstream_cx_no_route"] == 1,
             "tcp.noroute.downstream_cx_no_route",
         )
 
@@ -633,7 +618,7 @@ def test_empty_cluster_closes_and_counts_none_healthy(
     with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         assert read_until_end(sock)[0] == b""
         wait_for(
-            lambda: stats(proxy, "cluster.empty.")["upstream_cx_none_healthy"] == 1,
+            lambda: proxy.stats("cluster.empty.")["upstream_cx_none_healthy"] == 1,
             "cluster.empty.upstream_cx_none_healthy",
         )
 
@@ -663,7 +648,7 @@ ENVOY_TCP_PROXY_STATS = {
 def test_tcp_proxy_creates_envoys_stats(kind: str, servers: Servers, tmp_path: Path) -> None:
     config = bootstrap(servers, listener("tcp", [tcp_chain("names", cluster="echo")]))
     with running(kind, config, tmp_path) as proxy:
-        names = stats(proxy, "tcp.names.")
+        names = proxy.stats("tcp.names.")
         assert set(names) == ENVOY_TCP_PROXY_STATS
         assert set(names.values()) == {0}
 
@@ -676,7 +661,7 @@ def _prefix(address: str, length: int) -> dict[str, Any]:
 
 
 def _listener_stats(proxy: ProxyProcess, name: str, host: str = LOCALHOST) -> dict[str, int]:
-    return stats(proxy, f"listener.{host}_{proxy.port(name)}.")
+    return proxy.stats(f"listener.{host}_{proxy.port(name)}.")
 
 
 @pytest.mark.parametrize("kind", kinds())

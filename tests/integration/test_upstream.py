@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import socket
 import sys
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -483,16 +481,7 @@ class Stack:
     def stats(self, cluster: str) -> dict[str, int]:
         """Counters and gauges ``cluster.<cluster>.*``, without the prefix."""
         assert self.proxy is not None
-        prefix = f"cluster.{cluster}."
-        query = urllib.parse.quote("^" + re.escape(prefix))
-        status, body = self.proxy.admin_get(f"/stats?filter={query}")
-        assert status == 200, body
-        out = {}
-        for line in body.decode().splitlines():
-            name, _, value = line.partition(": ")
-            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
-                out[name[len(prefix) :]] = int(value)
-        return out
+        return self.proxy.stats(f"cluster.{cluster}.")
 
     def wait_stat(self, cluster: str, name: str, value: int, timeout: float = 10.0) -> None:
         wait_for(
@@ -501,9 +490,9 @@ class Stack:
 
     def clusters_text(self) -> list[str]:
         assert self.proxy is not None
-        status, body = self.proxy.admin_get("/clusters")
-        assert status == 200
-        return body.decode().splitlines()
+        reply = self.proxy.call("/clusters")
+        assert reply.status == 200
+        return reply.text.splitlines()
 
     def close(self) -> None:
         if self.proxy is not None:

@@ -1,7 +1,8 @@
 """Helpers for tests that run one bootstrap on pilotfish and on real Envoy and assert Envoy's
-answer on both: a test is parametrized with :func:`on_both`, so the Envoy run proves that the
+answer on both: a test is parametrized with :func:`kinds` (a ``kind`` argument) or
+:func:`on_both` (parameters, e.g. for an indirect fixture), so the Envoy run proves that the
 expected answer is Envoy's, and a known pilotfish difference is a strict ``xfail`` on the
-pilotfish run only.
+pilotfish run only. The Envoy run is marked ``envoy`` and skipped when Envoy is not installed.
 
 Listeners are placed on distinct loopback addresses, all on port 0 (:func:`place_listeners`),
 and :class:`Deployment` knows where each one ended up.
@@ -24,6 +25,7 @@ from tests.support.proxies import ENVOY_BIN, ProxyProcess, RawResponse, socket_a
 
 __all__ = [
     "Deployment",
+    "kinds",
     "masked_head",
     "on_both",
     "place_listeners",
@@ -35,15 +37,24 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9
 
 
 def on_both(pilotfish_xfail: str | None = None) -> list[ParameterSet]:
-    """Parameters for an indirect ``proxy`` fixture: pilotfish (a strict xfail when
-    ``pilotfish_xfail`` says what differs) and Envoy (marked ``envoy``)."""
+    """Parameters "pilotfish" (a strict xfail when ``pilotfish_xfail`` says what differs) and
+    "envoy" (marked ``envoy``, skipped without the real Envoy)."""
     marks = []
     if pilotfish_xfail is not None:
         marks.append(pytest.mark.xfail(reason=f"pilotfish: {pilotfish_xfail}", strict=True))
+    envoy_marks = [
+        pytest.mark.envoy,
+        pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
+    ]
     return [
         pytest.param("pilotfish", marks=marks, id="pilotfish"),
-        pytest.param("envoy", marks=[pytest.mark.envoy], id="envoy"),
+        pytest.param("envoy", marks=envoy_marks, id="envoy"),
     ]
+
+
+def kinds(pilotfish_xfail: str | None = None) -> pytest.MarkDecorator:
+    """Parametrize the test's ``kind`` argument with :func:`on_both`."""
+    return pytest.mark.parametrize("kind", on_both(pilotfish_xfail))
 
 
 def place_listeners(listeners: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -66,9 +77,7 @@ class Deployment:
 
     @property
     def pid(self) -> int:
-        pid = self.proxy.pid
-        assert pid is not None
-        return pid
+        return self.proxy.pid
 
     def addr(self, listener: str) -> tuple[str, int]:
         return self.hosts[listener], self.proxy.port(listener)
@@ -89,10 +98,8 @@ class Deployment:
 def start_deployment(
     kind: str, config: dict[str, Any], hosts: dict[str, str], workdir: Path
 ) -> Deployment:
-    """Start ``kind`` on ``config`` (skips when Envoy is not installed). Stop it with
+    """Start ``kind`` on ``config``, exactly as written. Stop it with
     ``deployment.proxy.stop()``."""
-    if kind == "envoy" and not ENVOY_BIN.exists():
-        pytest.skip("needs the real Envoy in .venv-envoy")
     proxy = ProxyProcess(kind, config, workdir, free_ports=False)
     proxy.start()
     return Deployment(kind, proxy, hosts)
