@@ -33,6 +33,7 @@ from tests.support.echo_backend import EchoBackend  # noqa: E402
 from tests.support.pairs import kinds  # noqa: E402
 from tests.support.proxies import (  # noqa: E402
     ENVOY_BIN,
+    FLUSH_ACCESS_LOGS,
     ProxyProcess,
     RawResponse,
     admin_request,
@@ -402,8 +403,7 @@ def test_sigusr1_reopens_access_logs(backend: EchoBackend, tmp_path: Path, kind:
     log = tmp_path / "access.log"
     rotated = tmp_path / "access.log.1"
     config = bootstrap(backend.port, access_log_path=log)
-    flags = ("--file-flush-interval-msec", "50")
-    with ProxyProcess(kind, config, tmp_path, args=flags, free_ports=False) as proxy:
+    with ProxyProcess(kind, config, tmp_path, args=FLUSH_ACCESS_LOGS, free_ports=False) as proxy:
         port = proxy.port("ingress")
 
         def contains(path: Path, text: str) -> bool:

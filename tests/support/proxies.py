@@ -45,6 +45,7 @@ from tests.support.headers import HeaderLookup
 
 __all__ = [
     "ENVOY_BIN",
+    "FLUSH_ACCESS_LOGS",
     "HCM_TYPE",
     "KINDS",
     "LOCALHOST",
@@ -85,6 +86,8 @@ PILOTFISH_BIN = Path(
 )
 KINDS = ("pilotfish", "envoy")
 LOCALHOST = "127.0.0.1"
+# Extra command-line flags: file access logs flushed every 50 ms (the default is seconds).
+FLUSH_ACCESS_LOGS = ("--file-flush-interval-msec", "50")
 
 
 def free_port() -> int:
