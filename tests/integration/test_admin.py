@@ -15,27 +15,21 @@ changing those stats. Tests that change the server (health check, drain) start t
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.admin_helpers import (  # noqa: E402
+from tests.support.admin_helpers import (
     hcm_listener,
     q,
     refuses_connections,
     stats_values,
 )
-from tests.support.echo_backend import EchoBackend  # noqa: E402
-from tests.support.pairs import kinds  # noqa: E402
-from tests.support.proxies import (  # noqa: E402
+from tests.support.echo_backend import EchoBackend
+from tests.support.pairs import kinds
+from tests.support.proxies import (
     ENVOY_BIN,
     AdminReply,
     ProxyProcess,
@@ -43,7 +37,7 @@ from tests.support.proxies import (  # noqa: E402
     http_exchange,
     static_cluster,
 )
-from tests.support.waiting import wait_until  # noqa: E402
+from tests.support.waiting import wait_until
 
 OK_REQUESTS = 3
 FAILED_REQUESTS = 2  # the backend answers 503

@@ -22,21 +22,14 @@ reply (1 s by default) does not dominate the runtime; pilotfish closes at once e
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.echo_backend import EchoBackend  # noqa: E402
-from tests.support.pairs import (  # noqa: E402
+from tests.support.echo_backend import EchoBackend
+from tests.support.pairs import (
     Deployment,
     masked_head,
     on_both,
@@ -44,8 +37,8 @@ from tests.support.pairs import (  # noqa: E402
     shape,
     start_deployment,
 )
-from tests.support.proxies import bootstrap, http_listener, static_cluster  # noqa: E402
-from tests.support.rawconn import RawConn  # noqa: E402
+from tests.support.proxies import bootstrap, http_listener, static_cluster
+from tests.support.rawconn import RawConn
 
 CLOSE_WAIT = 3.0  # a proxy must close within this (Envoy: 0.2 s delayed close here)
 OPEN_WAIT = 0.3

@@ -48,21 +48,14 @@ import email.utils
 import json
 import re
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.echo_backend import EchoBackend, ReceivedRequest  # noqa: E402
-from tests.support.proxies import (  # noqa: E402
+from tests.support.echo_backend import EchoBackend, ReceivedRequest
+from tests.support.proxies import (
     ENVOY_BIN,
     ProxyProcess,
     bootstrap,

@@ -17,20 +17,13 @@ from __future__ import annotations
 import functools
 import json
 import socket
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.echo_backend import EchoBackend, ReceivedRequest  # noqa: E402
-from tests.support.pairs import (  # noqa: E402
+from tests.support.echo_backend import EchoBackend, ReceivedRequest
+from tests.support.pairs import (
     Deployment,
     masked_head,
     on_both,
@@ -38,10 +31,10 @@ from tests.support.pairs import (  # noqa: E402
     shape,
     start_deployment,
 )
-from tests.support.proxies import bootstrap, http_listener, static_cluster  # noqa: E402
-from tests.support.rawconn import RawConn  # noqa: E402
-from tests.support.rss import MB, PeakRss  # noqa: E402
-from tests.support.sink_backend import (  # noqa: E402
+from tests.support.proxies import bootstrap, http_listener, static_cluster
+from tests.support.rawconn import RawConn
+from tests.support.rss import MB, PeakRss
+from tests.support.sink_backend import (
     SinkBackend,
     drain_response,
     pattern_crc32,

@@ -15,7 +15,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,15 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.admin_helpers import hcm_listener, refuses_connections  # noqa: E402
-from tests.support.echo_backend import EchoBackend  # noqa: E402
-from tests.support.pairs import kinds  # noqa: E402
-from tests.support.proxies import (  # noqa: E402
+from tests.support.admin_helpers import hcm_listener, refuses_connections
+from tests.support.echo_backend import EchoBackend
+from tests.support.pairs import kinds
+from tests.support.proxies import (
     ENVOY_BIN,
     FLUSH_ACCESS_LOGS,
     ProxyProcess,
@@ -40,7 +34,7 @@ from tests.support.proxies import (  # noqa: E402
     http_exchange,
     static_cluster,
 )
-from tests.support.waiting import wait_until  # noqa: E402
+from tests.support.waiting import wait_until
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
 

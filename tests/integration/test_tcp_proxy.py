@@ -23,7 +23,6 @@ import contextlib
 import os
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,24 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-for _p in (_ROOT, _ROOT / "src"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from tests.support.loopback import Blackhole, RefusedPort  # noqa: E402
-from tests.support.pairs import kinds  # noqa: E402
-from tests.support.proxies import (  # noqa: E402
+from tests.support.loopback import Blackhole, RefusedPort
+from tests.support.pairs import kinds
+from tests.support.proxies import (
     FLUSH_ACCESS_LOGS,
     LOCALHOST,
     ProxyProcess,
     socket_address,
     static_cluster,
 )
-from tests.support.proxies import bootstrap as static_bootstrap  # noqa: E402
-from tests.support.threaded_server import ThreadedServer  # noqa: E402
-from tests.support.waiting import wait_for  # noqa: E402
+from tests.support.proxies import bootstrap as static_bootstrap
+from tests.support.threaded_server import ThreadedServer
+from tests.support.waiting import wait_for
 
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 TLS_INSPECTOR = (

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import json
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -27,16 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-for _p in (_ROOT, _ROOT / "src"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from tests.support.echo_backend import EchoBackend  # noqa: E402
-from tests.support.loopback import Blackhole, RefusedPort  # noqa: E402
-from tests.support.pairs import kinds  # noqa: E402
-from tests.support.proxies import (  # noqa: E402
+from tests.support.echo_backend import EchoBackend
+from tests.support.loopback import Blackhole, RefusedPort
+from tests.support.pairs import kinds
+from tests.support.proxies import (
     FLUSH_ACCESS_LOGS,
     LOCALHOST,
     Exchange,
@@ -48,8 +41,8 @@ from tests.support.proxies import (  # noqa: E402
     lb_endpoint,
     static_cluster,
 )
-from tests.support.rawconn import RawConn  # noqa: E402
-from tests.support.waiting import wait_for  # noqa: E402
+from tests.support.rawconn import RawConn
+from tests.support.waiting import wait_for
 
 ACCESS_LOG_FORMAT = (
     "%REQ(X-TEST-ID)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT% "
