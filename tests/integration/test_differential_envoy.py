@@ -41,7 +41,6 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,6 @@ from typing import Any
 import pytest
 from tests.support.differential import (
     direct,
-    echo_backends,
     echo_json,
     fraction,
     hv,
@@ -78,7 +76,6 @@ pytestmark = [
     pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
 ]
 
-BACKENDS = ("A", "B", "C")
 H = "example.test"  # a Host that lands in the catch-all virtual host
 PROBE = b"GET /__probe HTTP/1.1\r\nHost: probe.test\r\n\r\n"  # answered by a direct_response
 CLOSE_WAIT = 2.0  # Envoy closes 1 s (delayed_close_timeout) after some local replies
@@ -1100,34 +1097,12 @@ def diff_report(
     return report
 
 
-# --- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def backends() -> Iterator[dict[str, EchoBackend]]:
-    with echo_backends(*BACKENDS) as started:
-        yield started
+# --- fixtures (``backends`` A, B and C, ``envoy`` and ``pilotfish``: conftest.py) ----------
 
 
 @pytest.fixture(scope="module")
 def differential_bootstrap(backends: dict[str, EchoBackend]) -> dict[str, Any]:
     return build_bootstrap({n: b.port for n, b in backends.items()}, closed_port=free_port())
-
-
-@pytest.fixture(scope="module")
-def envoy(
-    differential_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyProcess]:
-    with ProxyProcess("envoy", differential_bootstrap, tmp_path_factory.mktemp("diff")) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def pilotfish(
-    differential_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyProcess]:
-    with ProxyProcess("pilotfish", differential_bootstrap, tmp_path_factory.mktemp("diff")) as p:
-        yield p
 
 
 # --- the tests ----------------------------------------------------------------------------

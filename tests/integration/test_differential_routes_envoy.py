@@ -44,14 +44,12 @@ behaviour and turns into a failure (XPASS) once pilotfish is fixed.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from tests.support.differential import (
     direct,
-    echo_backends,
     echo_json,
     fraction,
     hv,
@@ -79,7 +77,6 @@ pytestmark = [
     pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
 ]
 
-BACKENDS = ("A", "B", "C")
 OW = "OVERWRITE_IF_EXISTS_OR_ADD"
 ADD_IF_ABSENT = "ADD_IF_ABSENT"
 OVERWRITE_IF_EXISTS = "OVERWRITE_IF_EXISTS"
@@ -821,34 +818,12 @@ def observe(proxy: ProxyProcess, c: Case, backends: dict[str, EchoBackend]) -> O
     )
 
 
-# --- fixtures ------------------------------------------------------------------------------
+# --- fixtures (``backends`` A, B and C, ``envoy`` and ``pilotfish``: conftest.py) ----------
 
 
 @pytest.fixture(scope="module")
-def backends() -> Iterator[dict[str, EchoBackend]]:
-    with echo_backends(*BACKENDS) as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def routes_bootstrap(backends: dict[str, EchoBackend]) -> dict[str, Any]:
+def differential_bootstrap(backends: dict[str, EchoBackend]) -> dict[str, Any]:
     return build_bootstrap({n: b.port for n, b in backends.items()}, closed_port=free_port())
-
-
-@pytest.fixture(scope="module")
-def envoy(
-    routes_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyProcess]:
-    with ProxyProcess("envoy", routes_bootstrap, tmp_path_factory.mktemp("routes")) as proxy:
-        yield proxy
-
-
-@pytest.fixture(scope="module")
-def pilotfish(
-    routes_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyProcess]:
-    with ProxyProcess("pilotfish", routes_bootstrap, tmp_path_factory.mktemp("routes")) as proxy:
-        yield proxy
 
 
 class Observations:
