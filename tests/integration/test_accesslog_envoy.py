@@ -17,7 +17,6 @@ import json
 import random
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,15 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.echo_backend import EchoBackend
+from tests.support.proxies import ENVOY_BIN
 
-_ROOT = Path(__file__).resolve().parents[2]
-for _p in (_ROOT, _ROOT / "src"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from tests.support.echo_backend import EchoBackend  # noqa: E402
-
-from pilotfish.accesslog.formatter import (  # noqa: E402
+from pilotfish.accesslog.formatter import (
     DEFAULT_FORMAT,
     ISTIO_DEFAULT_FORMAT,
     Formatter,
@@ -42,13 +36,11 @@ from pilotfish.accesslog.formatter import (  # noqa: E402
     compile_json_format,
     compile_text_format,
 )
-from pilotfish.stream_info import ResponseFlag, StreamInfo  # noqa: E402
-
-ENVOY = _ROOT / ".venv-envoy" / "bin" / "envoy"
+from pilotfish.stream_info import ResponseFlag, StreamInfo
 
 pytestmark = [
     pytest.mark.envoy,
-    pytest.mark.skipif(not ENVOY.exists(), reason="needs the real Envoy in .venv-envoy"),
+    pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
 ]
 
 CLUSTER_METADATA = {"pf": {"n": 100000, "f": 2.5, "s": 'x "y"', "l": [1, "a"], "m": {"k": True}}}
@@ -248,7 +240,7 @@ def _envoy(tmp: Path, backend_port: int) -> Iterator[int]:
     admin_file = tmp / "admin.txt"
     with (tmp / "envoy.stderr").open("wb") as stderr:
         proc = subprocess.Popen(
-            [str(ENVOY), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
+            [str(ENVOY_BIN), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
              "--base-id", str(random.randint(10_000, 1_000_000)),
              "--admin-address-path", str(admin_file), "-l", "error",
              "--file-flush-interval-msec", "50"],

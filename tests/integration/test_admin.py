@@ -15,31 +15,29 @@ changing those stats. Tests that change the server (health check, drain) start t
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.admin_helpers import (  # noqa: E402
-    AdminReply,
-    Proxy,
+from tests.support.admin_helpers import (
     hcm_listener,
-    kinds,
     q,
     refuses_connections,
-    static_cluster,
     stats_values,
-    wait_until,
 )
-from tests.support.echo_backend import EchoBackend  # noqa: E402
-from tests.support.proxies import ENVOY_BIN, RawResponse, http_exchange  # noqa: E402
+from tests.support.echo_backend import EchoBackend
+from tests.support.pairs import kinds
+from tests.support.proxies import (
+    ENVOY_BIN,
+    AdminReply,
+    ProxyProcess,
+    RawResponse,
+    http_exchange,
+    static_cluster,
+)
+from tests.support.waiting import wait_until
 
 OK_REQUESTS = 3
 FAILED_REQUESTS = 2  # the backend answers 503
@@ -109,17 +107,19 @@ class Fleet:
     def __init__(self, backend: EchoBackend, base: Path) -> None:
         self.backend = backend
         self.base = base
-        self.procs: dict[str, Proxy] = {}
+        self.procs: dict[str, ProxyProcess] = {}
         self.failures: dict[str, BaseException] = {}
         self.statuses: dict[str, list[int]] = {}
 
-    def get(self, kind: str) -> Proxy:
+    def get(self, kind: str) -> ProxyProcess:
         if kind == "envoy" and not ENVOY_BIN.exists():
             pytest.skip("needs the real Envoy")
         if kind in self.failures:
             raise RuntimeError(f"{kind} did not start") from self.failures[kind]
         if kind not in self.procs:
-            proxy = Proxy(kind, admin_bootstrap(self.backend.port), self.base / "served")
+            proxy = ProxyProcess(
+                kind, admin_bootstrap(self.backend.port), self.base / "served", free_ports=False
+            )
             try:
                 proxy.start()
             except BaseException as e:
@@ -129,7 +129,7 @@ class Fleet:
             self._traffic(kind, proxy)
         return self.procs[kind]
 
-    def _traffic(self, kind: str, proxy: Proxy) -> None:
+    def _traffic(self, kind: str, proxy: ProxyProcess) -> None:
         port = proxy.port("ingress")
         statuses = [get(port, f"/ok/{i}") for i in range(OK_REQUESTS)]
         statuses += [
@@ -165,21 +165,23 @@ def fleet(backend: EchoBackend, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture
-def proxy(fleet: Fleet, kind: str) -> Proxy:
+def proxy(fleet: Fleet, kind: str) -> ProxyProcess:
     """The module's long-lived process of this kind."""
     return fleet.get(kind)
 
 
 @pytest.fixture
-def pair(fleet: Fleet) -> tuple[Proxy, Proxy]:
+def pair(fleet: Fleet) -> tuple[ProxyProcess, ProxyProcess]:
     """(envoy, pilotfish) for differential tests."""
     return fleet.get("envoy"), fleet.get("pilotfish")
 
 
 @pytest.fixture
-def fresh(backend: EchoBackend, tmp_path: Path, kind: str) -> Iterator[Proxy]:
+def fresh(backend: EchoBackend, tmp_path: Path, kind: str) -> Iterator[ProxyProcess]:
     """A process of its own, for tests that change the server."""
-    with Proxy(kind, admin_bootstrap(backend.port), tmp_path, drain_time_s=1) as p:
+    with ProxyProcess(
+        kind, admin_bootstrap(backend.port), tmp_path, drain_time_s=1, free_ports=False
+    ) as p:
         yield p
 
 
@@ -195,7 +197,7 @@ def strip_timestamps(doc: Any) -> Any:
     return doc
 
 
-def config_dump(proxy: Proxy, query: str = "") -> list[dict[str, Any]]:
+def config_dump(proxy: ProxyProcess, query: str = "") -> list[dict[str, Any]]:
     reply = proxy.call("/config_dump" + query)
     assert reply.status == 200, reply.text[:300]
     assert reply.headers["content-type"] == "application/json"
@@ -208,20 +210,20 @@ def config_dump(proxy: Proxy, query: str = "") -> list[dict[str, Any]]:
 
 
 @kinds()
-def test_ready_is_live(proxy: Proxy) -> None:
+def test_ready_is_live(proxy: ProxyProcess) -> None:
     reply = proxy.call("/ready")
     assert (reply.status, reply.body) == (200, b"LIVE\n")
     assert reply.headers["content-type"] == TEXT
 
 
 @kinds()
-def test_module_traffic_was_answered(fleet: Fleet, proxy: Proxy, kind: str) -> None:
+def test_module_traffic_was_answered(fleet: Fleet, proxy: ProxyProcess, kind: str) -> None:
     """The traffic the stats tests count: 3 answered 200 by the backend, 2 answered 503."""
     assert fleet.statuses[kind] == [200] * OK_REQUESTS + [503] * FAILED_REQUESTS
 
 
 @kinds()
-def test_server_info(proxy: Proxy) -> None:
+def test_server_info(proxy: ProxyProcess) -> None:
     reply = proxy.call("/server_info")
     assert reply.status == 200
     assert reply.headers["content-type"] == "application/json"
@@ -250,20 +252,20 @@ def test_server_info(proxy: Proxy) -> None:
 
 
 @pytest.mark.envoy
-def test_server_info_keys_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_server_info_keys_match_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     envoy, pilotfish = (p.call("/server_info").json() for p in pair)
     assert sorted(pilotfish) == sorted(envoy)
 
 
 @pytest.mark.envoy
-def test_server_info_option_keys_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_server_info_option_keys_match_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     envoy, pilotfish = (p.call("/server_info").json()["command_line_options"] for p in pair)
     assert sorted(set(envoy) - set(pilotfish)) == []
     assert sorted(set(pilotfish) - set(envoy)) == []
 
 
 @pytest.mark.envoy
-def test_server_info_option_values_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_server_info_option_values_match_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     envoy, pilotfish = (p.call("/server_info").json()["command_line_options"] for p in pair)
     own = {"config_path", "admin_address_path", "base_id"}  # differ per process
     shared = sorted((set(envoy) & set(pilotfish)) - own)
@@ -271,7 +273,7 @@ def test_server_info_option_values_match_envoy(pair: tuple[Proxy, Proxy]) -> Non
 
 
 @pytest.mark.envoy
-def test_server_info_node_matches_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_server_info_node_matches_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     envoy, pilotfish = (p.call("/server_info").json()["node"] for p in pair)
     assert sorted(pilotfish) == sorted(envoy)
     assert (
@@ -284,7 +286,7 @@ def test_server_info_node_matches_envoy(pair: tuple[Proxy, Proxy]) -> None:
 
 
 @kinds()
-def test_config_dump_shape(proxy: Proxy) -> None:
+def test_config_dump_shape(proxy: ProxyProcess) -> None:
     configs = config_dump(proxy)
     assert [c["@type"] for c in configs] == [
         ADMIN_DUMP + "BootstrapConfigDump",
@@ -314,7 +316,7 @@ def test_config_dump_shape(proxy: Proxy) -> None:
 
 
 @pytest.mark.envoy
-def test_config_dump_matches_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_config_dump_matches_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     """Same bootstrap, same dump (apart from timestamps and the node's build details)."""
     envoy, pilotfish = (strip_timestamps(config_dump(p)) for p in pair)
     for dump in (envoy, pilotfish):
@@ -337,7 +339,7 @@ def test_config_dump_matches_envoy(pair: tuple[Proxy, Proxy]) -> None:
 )
 @kinds()
 def test_config_dump_resource(
-    proxy: Proxy, resource: str, item_type: str, key: str, names: list[str]
+    proxy: ProxyProcess, resource: str, item_type: str, key: str, names: list[str]
 ) -> None:
     configs = config_dump(proxy, f"?resource={resource}")
     assert [c["@type"] for c in configs] == [ADMIN_DUMP + item_type] * len(names)
@@ -346,13 +348,13 @@ def test_config_dump_resource(
 
 
 @kinds()
-def test_config_dump_name_regex(proxy: Proxy) -> None:
+def test_config_dump_name_regex(proxy: ProxyProcess) -> None:
     configs = config_dump(proxy, f"?resource=static_listeners&name_regex={q('inb.*')}")
     assert [c["listener"]["name"] for c in configs] == ["inbound"]
 
 
 @kinds()
-def test_config_dump_name_regex_must_match_whole_name(proxy: Proxy) -> None:
+def test_config_dump_name_regex_must_match_whole_name(proxy: ProxyProcess) -> None:
     """``inb`` is not the whole of ``inbound``: nothing matches, and Envoy's dump is ``{}``."""
     reply = proxy.call("/config_dump?resource=static_listeners&name_regex=inb")
     assert reply.status == 200
@@ -360,7 +362,7 @@ def test_config_dump_name_regex_must_match_whole_name(proxy: Proxy) -> None:
 
 
 @kinds()
-def test_config_dump_mask_without_resource(proxy: Proxy) -> None:
+def test_config_dump_mask_without_resource(proxy: ProxyProcess) -> None:
     """Without ``resource`` the mask trims every dump; Envoy leaves out the ones it empties."""
     configs = config_dump(proxy, "?mask=bootstrap.node")
     assert len(configs) == 1
@@ -410,7 +412,7 @@ def test_config_dump_mask_without_resource(proxy: Proxy) -> None:
 )
 @kinds()
 def test_config_dump_resource_with_mask(
-    proxy: Proxy, query: str, expected: list[dict[str, Any]]
+    proxy: ProxyProcess, query: str, expected: list[dict[str, Any]]
 ) -> None:
     """With ``resource``, the mask applies to each element, through the packed resource."""
     assert config_dump(proxy, query) == expected
@@ -436,7 +438,7 @@ def test_config_dump_resource_with_mask(
         f"?name_regex={q('(?=a)')}",
     ],
 )
-def test_config_dump_queries_match_envoy(pair: tuple[Proxy, Proxy], query: str) -> None:
+def test_config_dump_queries_match_envoy(pair: tuple[ProxyProcess, ProxyProcess], query: str) -> None:
     envoy, pilotfish = (p.call("/config_dump" + query) for p in pair)
     assert pilotfish.status == envoy.status
     assert pilotfish.headers["content-type"] == envoy.headers["content-type"]
@@ -449,14 +451,14 @@ def test_config_dump_queries_match_envoy(pair: tuple[Proxy, Proxy], query: str) 
 
 
 @kinds()
-def test_config_dump_unknown_resource(proxy: Proxy) -> None:
+def test_config_dump_unknown_resource(proxy: ProxyProcess) -> None:
     reply = proxy.call("/config_dump?resource=nope")
     assert reply.status == 404
     assert reply.body.rstrip(b"\n") == b"nope not found in config dump"
 
 
 @kinds()
-def test_config_dump_timestamps(proxy: Proxy) -> None:
+def test_config_dump_timestamps(proxy: ProxyProcess) -> None:
     stamps = re.findall(rb'"last_updated": "([^"]*)"', proxy.call("/config_dump").body)
     assert len(stamps) >= 5  # bootstrap, 1 cluster, 2 listeners, 2 route configs
     for stamp in stamps:
@@ -467,7 +469,7 @@ def test_config_dump_timestamps(proxy: Proxy) -> None:
 
 
 @kinds()
-def test_clusters_text(proxy: Proxy, backend: EchoBackend) -> None:
+def test_clusters_text(proxy: ProxyProcess, backend: EchoBackend) -> None:
     reply = proxy.call("/clusters")
     assert reply.status == 200
     assert reply.headers["content-type"] == TEXT
@@ -491,7 +493,7 @@ def test_clusters_text(proxy: Proxy, backend: EchoBackend) -> None:
 
 
 @kinds()
-def test_clusters_json(proxy: Proxy, backend: EchoBackend) -> None:
+def test_clusters_json(proxy: ProxyProcess, backend: EchoBackend) -> None:
     reply = proxy.call("/clusters?format=json")
     assert reply.status == 200
     assert reply.headers["content-type"] == "application/json"
@@ -511,17 +513,17 @@ def test_clusters_json(proxy: Proxy, backend: EchoBackend) -> None:
 
 
 @kinds()
-def test_clusters_filter(proxy: Proxy) -> None:
+def test_clusters_filter(proxy: ProxyProcess) -> None:
     assert proxy.call(f"/clusters?filter={q('^back')}").text.startswith("backend::")
     assert proxy.call(f"/clusters?filter={q('^nomatch$')}").body == b""
 
 
 @pytest.mark.envoy
-def test_clusters_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_clusters_match_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     envoy, pilotfish = (lines_of(p.call("/clusters")) for p in pair)
     assert pilotfish == envoy
 
-    def normal(p: Proxy) -> Any:
+    def normal(p: ProxyProcess) -> Any:
         doc = p.call("/clusters?format=json").json()
         for cluster in doc["cluster_statuses"]:
             for host in cluster["host_statuses"]:
@@ -532,7 +534,7 @@ def test_clusters_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
 
 
 @kinds()
-def test_listeners_text_and_json(proxy: Proxy) -> None:
+def test_listeners_text_and_json(proxy: ProxyProcess) -> None:
     text = proxy.call("/listeners")
     assert text.status == 200 and text.headers["content-type"] == TEXT
     doc = proxy.call("/listeners?format=json")
@@ -580,7 +582,7 @@ TRAFFIC_STATS = {
 
 
 @kinds()
-def test_stats_tools_rely_on(proxy: Proxy) -> None:
+def test_stats_tools_rely_on(proxy: ProxyProcess) -> None:
     regex = "^(" + "|".join(re.escape(n) for n in TRAFFIC_STATS) + ")$"
     expected = {k: str(v) for k, v in TRAFFIC_STATS.items()}
     got: dict[str, str] = {}
@@ -595,7 +597,7 @@ def test_stats_tools_rely_on(proxy: Proxy) -> None:
 
 
 @kinds()
-def test_stats_usedonly(proxy: Proxy) -> None:
+def test_stats_usedonly(proxy: ProxyProcess) -> None:
     used = stats_values(proxy.admin_port, r"^cluster\.backend\.", extra="&usedonly")
     assert used["cluster.backend.upstream_rq_total"] == str(TOTAL_REQUESTS)
     assert used["cluster.backend.upstream_rq_503"] == str(FAILED_REQUESTS)
@@ -607,7 +609,7 @@ def test_stats_usedonly(proxy: Proxy) -> None:
 
 
 @pytest.mark.envoy
-def test_stats_used_counters_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_stats_used_counters_match_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     regex = r"^(cluster\.backend|http\.ingress_http|listener\.127\.0\.0\.1_0)\."
     envoy, pilotfish = (
         stats_values(p.admin_port, regex, extra="&usedonly&type=Counters") for p in pair
@@ -616,11 +618,11 @@ def test_stats_used_counters_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
 
 
 @pytest.mark.envoy
-def test_server_and_listener_stats_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_server_and_listener_stats_match_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     """The server, runtime and listener stats: same names and types, the same ones used."""
     regex = r"^(server|runtime|listener_manager|listener\.127\.0\.0\.1_0)\."
 
-    def names(p: Proxy, extra: str = "") -> list[str]:
+    def names(p: ProxyProcess, extra: str = "") -> list[str]:
         return sorted(stats_values(p.admin_port, regex, extra=extra))
 
     envoy, pilotfish = pair
@@ -634,7 +636,7 @@ def test_server_and_listener_stats_match_envoy(pair: tuple[Proxy, Proxy]) -> Non
 
 
 @kinds()
-def test_stats_json(proxy: Proxy) -> None:
+def test_stats_json(proxy: ProxyProcess) -> None:
     reply = proxy.call("/stats?format=json&filter=" + q(r"^server\.(live|state)$"))
     assert reply.status == 200
     assert reply.headers["content-type"] == "application/json"
@@ -644,7 +646,7 @@ def test_stats_json(proxy: Proxy) -> None:
 
 
 @kinds()
-def test_stats_type_filter(proxy: Proxy) -> None:
+def test_stats_type_filter(proxy: ProxyProcess) -> None:
     regex = r"^(server\.(live|state)|cluster\.backend\.upstream_rq_total)$"
     counters = stats_values(proxy.admin_port, regex, extra="&type=Counters")
     assert counters == {"cluster.backend.upstream_rq_total": str(TOTAL_REQUESTS)}
@@ -653,28 +655,28 @@ def test_stats_type_filter(proxy: Proxy) -> None:
 
 
 @kinds()
-def test_stats_unknown_type(proxy: Proxy) -> None:
+def test_stats_unknown_type(proxy: ProxyProcess) -> None:
     reply = proxy.call("/stats?type=bogus")
     assert reply.status == 400
     assert reply.body.rstrip(b"\n") == b"invalid &type= param"
 
 
 @kinds()
-def test_stats_unknown_format(proxy: Proxy) -> None:
+def test_stats_unknown_format(proxy: ProxyProcess) -> None:
     reply = proxy.call("/stats?format=bogus")
     assert reply.status == 400
     assert reply.text.startswith("usage: /stats?format=(html|active-html|json|prometheus|text)")
 
 
 @kinds()
-def test_stats_invalid_filter(proxy: Proxy) -> None:
+def test_stats_invalid_filter(proxy: ProxyProcess) -> None:
     reply = proxy.call(f"/stats?filter={q('[')}")
     assert reply.status == 400
     assert reply.text.startswith("Invalid re2 regex")
 
 
 @kinds()
-def test_stats_filter_is_re2(proxy: Proxy) -> None:
+def test_stats_filter_is_re2(proxy: ProxyProcess) -> None:
     reply = proxy.call(f"/stats?filter={q('(?=a)')}")
     assert reply.status == 400
     assert reply.text.startswith("Invalid re2 regex")
@@ -700,7 +702,7 @@ def test_stats_filter_is_re2(proxy: Proxy) -> None:
         "/stats?filter=" + q(r"^server\.live$") + "&filter=x",  # the first value counts
     ],
 )
-def test_stats_queries_match_envoy(pair: tuple[Proxy, Proxy], query: str) -> None:
+def test_stats_queries_match_envoy(pair: tuple[ProxyProcess, ProxyProcess], query: str) -> None:
     envoy, pilotfish = (p.call(query) for p in pair)
     assert (pilotfish.status, pilotfish.headers["content-type"], pilotfish.text) == (
         envoy.status,
@@ -754,21 +756,21 @@ def parse_prometheus(text: str) -> tuple[dict[str, str], dict[Sample, float]]:
     return types, samples
 
 
-def prometheus(proxy: Proxy, query: str = "") -> tuple[dict[str, str], dict[Sample, float]]:
+def prometheus(proxy: ProxyProcess, query: str = "") -> tuple[dict[str, str], dict[Sample, float]]:
     reply = proxy.call("/stats/prometheus" + query)
     assert reply.status == 200
     return parse_prometheus(reply.text)
 
 
 @kinds()
-def test_prometheus_exposition_format(proxy: Proxy) -> None:
+def test_prometheus_exposition_format(proxy: ProxyProcess) -> None:
     types, samples = prometheus(proxy)
     assert len(types) > 50
     assert {n for n, _ in samples} >= {"envoy_server_live", "envoy_cluster_upstream_rq_total"}
 
 
 @kinds()
-def test_prometheus_envoy_names_after_traffic(proxy: Proxy) -> None:
+def test_prometheus_envoy_names_after_traffic(proxy: ProxyProcess) -> None:
     types, samples = prometheus(proxy)
 
     def sample(name: str, **labels: str) -> float | None:
@@ -812,7 +814,7 @@ def test_prometheus_envoy_names_after_traffic(proxy: Proxy) -> None:
 
 
 @kinds()
-def test_prometheus_filter(proxy: Proxy) -> None:
+def test_prometheus_filter(proxy: ProxyProcess) -> None:
     reply = proxy.call("/stats/prometheus?filter=" + q(r"^cluster\.backend\.upstream_rq_total$"))
     assert reply.text == (
         "# TYPE envoy_cluster_upstream_rq_total counter\n"
@@ -821,7 +823,7 @@ def test_prometheus_filter(proxy: Proxy) -> None:
 
 
 @kinds()
-def test_prometheus_usedonly(proxy: Proxy) -> None:
+def test_prometheus_usedonly(proxy: ProxyProcess) -> None:
     _, used = prometheus(proxy, "?usedonly")
     names = {n for n, _ in used}
     assert "envoy_cluster_upstream_rq_total" in names
@@ -829,7 +831,7 @@ def test_prometheus_usedonly(proxy: Proxy) -> None:
 
 
 @pytest.mark.envoy
-def test_prometheus_types_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_prometheus_types_match_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     envoy, pilotfish = (prometheus(p)[0] for p in pair)
     common = set(envoy) & set(pilotfish)
     assert len(common) > 50
@@ -837,7 +839,7 @@ def test_prometheus_types_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
 
 
 @pytest.mark.envoy
-def test_prometheus_no_families_envoy_lacks(pair: tuple[Proxy, Proxy]) -> None:
+def test_prometheus_no_families_envoy_lacks(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     envoy, pilotfish = (prometheus(p)[0] for p in pair)
     assert sorted(set(pilotfish) - set(envoy)) == []
 
@@ -858,7 +860,7 @@ def test_prometheus_no_families_envoy_lacks(pair: tuple[Proxy, Proxy]) -> None:
         "/stats/prometheus",
     ],
 )
-def test_content_type_matches_envoy(pair: tuple[Proxy, Proxy], path: str) -> None:
+def test_content_type_matches_envoy(pair: tuple[ProxyProcess, ProxyProcess], path: str) -> None:
     envoy, pilotfish = (p.call(path) for p in pair)
     assert (pilotfish.status, pilotfish.headers["content-type"]) == (
         envoy.status,
@@ -884,7 +886,7 @@ def logger_levels(reply: AdminReply) -> dict[str, str]:
 
 
 @pytest.fixture
-def logging_restored(proxy: Proxy) -> Iterator[Proxy]:
+def logging_restored(proxy: ProxyProcess) -> Iterator[ProxyProcess]:
     """The module's process; every logger back to ``warning`` (its ``-l``) afterwards."""
     try:
         yield proxy
@@ -893,14 +895,14 @@ def logging_restored(proxy: Proxy) -> Iterator[Proxy]:
 
 
 @kinds()
-def test_logging_lists_levels(proxy: Proxy) -> None:
+def test_logging_lists_levels(proxy: ProxyProcess) -> None:
     levels = logger_levels(proxy.call("/logging", "POST"))
     assert {"admin", "main", "http", "upstream", "router", "connection", "config"} <= set(levels)
     assert set(levels.values()) == {"warning"}
 
 
 @kinds()
-def test_logging_set_all_levels(logging_restored: Proxy) -> None:
+def test_logging_set_all_levels(logging_restored: ProxyProcess) -> None:
     proxy = logging_restored
     assert set(logger_levels(proxy.call("/logging?level=debug", "POST")).values()) == {"debug"}
     assert set(logger_levels(proxy.call("/logging", "POST")).values()) == {"debug"}
@@ -908,7 +910,7 @@ def test_logging_set_all_levels(logging_restored: Proxy) -> None:
 
 
 @kinds()
-def test_logging_paths(logging_restored: Proxy) -> None:
+def test_logging_paths(logging_restored: ProxyProcess) -> None:
     proxy = logging_restored
     levels = logger_levels(proxy.call(f"/logging?paths={q('admin:debug,main:info')}", "POST"))
     assert (levels["admin"], levels["main"]) == ("debug", "info")
@@ -916,7 +918,7 @@ def test_logging_paths(logging_restored: Proxy) -> None:
 
 
 @kinds()
-def test_logging_one_component(logging_restored: Proxy) -> None:
+def test_logging_one_component(logging_restored: ProxyProcess) -> None:
     proxy = logging_restored
     levels = logger_levels(proxy.call("/logging?upstream=trace", "POST"))
     assert levels["upstream"] == "trace"
@@ -924,7 +926,7 @@ def test_logging_one_component(logging_restored: Proxy) -> None:
 
 
 @kinds()
-def test_logging_unknown_level(proxy: Proxy) -> None:
+def test_logging_unknown_level(proxy: ProxyProcess) -> None:
     reply = proxy.call("/logging?level=bogus", "POST")
     assert reply.status == 400
     assert reply.text.startswith("error: unknown logger level\n")
@@ -932,7 +934,7 @@ def test_logging_unknown_level(proxy: Proxy) -> None:
 
 
 @pytest.mark.envoy
-def test_logging_names_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
+def test_logging_names_match_envoy(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     envoy, pilotfish = (logger_levels(p.call("/logging", "POST")) for p in pair)
     assert sorted(pilotfish) == sorted(envoy)
 
@@ -952,14 +954,14 @@ def test_logging_names_match_envoy(pair: tuple[Proxy, Proxy]) -> None:
         "?level=&http=bogus",
     ],
 )
-def test_logging_replies_match_envoy(pair: tuple[Proxy, Proxy], query: str) -> None:
+def test_logging_replies_match_envoy(pair: tuple[ProxyProcess, ProxyProcess], query: str) -> None:
     """Errors change nothing and list the loggers after the usage, as Envoy's do."""
     envoy, pilotfish = (p.call("/logging" + query, "POST") for p in pair)
     assert (pilotfish.status, pilotfish.text) == (envoy.status, envoy.text)
 
 
 @kinds()
-def test_logging_change_takes_effect(logging_restored: Proxy) -> None:
+def test_logging_change_takes_effect(logging_restored: ProxyProcess) -> None:
     proxy = logging_restored
     assert logger_levels(proxy.call("/logging?http=debug", "POST"))["http"] == "debug"
     assert get(proxy.port("inbound"), "/debug-me", host=INBOUND_HOST) == 200
@@ -974,7 +976,7 @@ def test_logging_change_takes_effect(logging_restored: Proxy) -> None:
 
 
 @kinds()
-def test_healthcheck_fail_and_ok(fresh: Proxy) -> None:
+def test_healthcheck_fail_and_ok(fresh: ProxyProcess) -> None:
     reply = fresh.call("/healthcheck/fail", "POST")
     assert (reply.status, reply.body) == (200, b"OK\n")
     ready = fresh.call("/ready")
@@ -991,7 +993,7 @@ def test_healthcheck_fail_and_ok(fresh: Proxy) -> None:
 
 
 @kinds()
-def test_healthcheck_fail_keeps_serving(fresh: Proxy) -> None:
+def test_healthcheck_fail_keeps_serving(fresh: ProxyProcess) -> None:
     """Without a health_check filter, failing health checks does not stop traffic."""
     assert fresh.call("/healthcheck/fail", "POST").status == 200
     assert get(fresh.port("ingress"), "/during-fail") == 200
@@ -999,7 +1001,7 @@ def test_healthcheck_fail_keeps_serving(fresh: Proxy) -> None:
 
 
 @kinds()
-def test_healthcheck_fail_closes_connections(fresh: Proxy) -> None:
+def test_healthcheck_fail_closes_connections(fresh: ProxyProcess) -> None:
     """A failed health check makes Envoy drain connections: responses announce the close."""
     assert fresh.call("/healthcheck/fail", "POST").status == 200
     final = response(fresh.port("ingress"), "/during-fail")
@@ -1015,7 +1017,7 @@ def test_healthcheck_fail_closes_connections(fresh: Proxy) -> None:
 
 
 @kinds()
-def test_drain_listeners(fresh: Proxy) -> None:
+def test_drain_listeners(fresh: ProxyProcess) -> None:
     ingress, inbound = fresh.port("ingress"), fresh.port("inbound")
     assert get(ingress, "/before") == 200
     reply = fresh.call("/drain_listeners", "POST")
@@ -1025,7 +1027,7 @@ def test_drain_listeners(fresh: Proxy) -> None:
 
 
 @kinds()
-def test_drain_listeners_inboundonly(fresh: Proxy) -> None:
+def test_drain_listeners_inboundonly(fresh: ProxyProcess) -> None:
     ingress, inbound = fresh.port("ingress"), fresh.port("inbound")
     assert fresh.call("/drain_listeners?inboundonly", "POST").status == 200
     assert wait_until(lambda: refuses_connections(inbound, INBOUND_HOST), timeout=5)
@@ -1033,7 +1035,7 @@ def test_drain_listeners_inboundonly(fresh: Proxy) -> None:
 
 
 @kinds()
-def test_drain_listeners_keeps_server_live(fresh: Proxy) -> None:
+def test_drain_listeners_keeps_server_live(fresh: ProxyProcess) -> None:
     assert fresh.call("/drain_listeners", "POST").status == 200
     assert wait_until(lambda: refuses_connections(fresh.port("ingress")), timeout=5)
     ready = fresh.call("/ready")
@@ -1045,7 +1047,7 @@ def test_drain_listeners_keeps_server_live(fresh: Proxy) -> None:
 
 
 @kinds()
-def test_drained_listeners_still_listed(fresh: Proxy) -> None:
+def test_drained_listeners_still_listed(fresh: ProxyProcess) -> None:
     before = fresh.call("/listeners?format=json").json()
     assert fresh.call("/drain_listeners", "POST").status == 200
     assert wait_until(lambda: refuses_connections(fresh.port("ingress")), timeout=5)
@@ -1056,7 +1058,9 @@ def test_drained_listeners_still_listed(fresh: Proxy) -> None:
 def test_drain_listeners_graceful(backend: EchoBackend, tmp_path: Path, kind: str) -> None:
     """``?graceful``: listeners keep accepting for the drain time, then stop."""
     drain_time = 2
-    with Proxy(kind, admin_bootstrap(backend.port), tmp_path, drain_time_s=drain_time) as p:
+    with ProxyProcess(
+        kind, admin_bootstrap(backend.port), tmp_path, drain_time_s=drain_time, free_ports=False
+    ) as p:
         ingress = p.port("ingress")
         assert p.call("/drain_listeners?graceful", "POST").status == 200
         assert get(ingress, "/in-drain-period") == 200  # well within the 2 s
@@ -1064,7 +1068,7 @@ def test_drain_listeners_graceful(backend: EchoBackend, tmp_path: Path, kind: st
 
 
 @kinds()
-def test_drain_listeners_keeps_open_connections(fresh: Proxy) -> None:
+def test_drain_listeners_keeps_open_connections(fresh: ProxyProcess) -> None:
     """Without ``graceful`` the listeners only stop accepting: a connection already open is
     served on, without ``connection: close``."""
     ingress = fresh.port("ingress")
@@ -1090,7 +1094,7 @@ def test_drain_listeners_keeps_open_connections(fresh: Proxy) -> None:
 
 
 @kinds()
-def test_drain_listeners_graceful_inboundonly_spares_outbound(fresh: Proxy) -> None:
+def test_drain_listeners_graceful_inboundonly_spares_outbound(fresh: ProxyProcess) -> None:
     """``?graceful&inboundonly`` drains the inbound listener's connections only."""
     assert fresh.call("/drain_listeners?graceful&inboundonly", "POST").status == 200
     final = response(fresh.port("ingress"), "/outbound")
@@ -1101,7 +1105,7 @@ def test_drain_listeners_graceful_inboundonly_spares_outbound(fresh: Proxy) -> N
 
 
 @kinds()
-def test_drain_listeners_skip_exit_keeps_accepting(fresh: Proxy) -> None:
+def test_drain_listeners_skip_exit_keeps_accepting(fresh: ProxyProcess) -> None:
     """``skip_exit``: connections are drained, the listeners never stop (drain time 1 s)."""
     assert fresh.call("/drain_listeners?graceful&skip_exit", "POST").status == 200
     time.sleep(1.5)
@@ -1124,7 +1128,7 @@ POST_ONLY = [
 
 @pytest.mark.parametrize("path", POST_ONLY)
 @kinds()
-def test_get_on_mutating_endpoint_is_405(proxy: Proxy, path: str) -> None:
+def test_get_on_mutating_endpoint_is_405(proxy: ProxyProcess, path: str) -> None:
     reply = proxy.call(path)
     assert reply.status == 405
     assert reply.body.rstrip(b"\n") == b"Method GET not allowed, POST required."
@@ -1134,7 +1138,7 @@ def test_get_on_mutating_endpoint_is_405(proxy: Proxy, path: str) -> None:
 
 
 @kinds()
-def test_post_on_read_endpoints(proxy: Proxy) -> None:
+def test_post_on_read_endpoints(proxy: ProxyProcess) -> None:
     ready = proxy.call("/ready", "POST")
     assert (ready.status, ready.body) == (200, b"LIVE\n")
     stats = proxy.call("/stats?filter=" + q(r"^server\.live$"), "POST")
@@ -1177,7 +1181,7 @@ def help_entries(reply: AdminReply) -> dict[str, bool]:
 
 
 @kinds()
-def test_help(proxy: Proxy) -> None:
+def test_help(proxy: ProxyProcess) -> None:
     reply = proxy.call("/help")
     assert reply.status == 200
     assert reply.headers["content-type"] == TEXT
@@ -1187,20 +1191,20 @@ def test_help(proxy: Proxy) -> None:
 
 
 @pytest.mark.envoy
-def test_help_lists_only_envoy_endpoints(pair: tuple[Proxy, Proxy]) -> None:
+def test_help_lists_only_envoy_endpoints(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     envoy, pilotfish = (help_entries(p.call("/help")) for p in pair)
     assert {p: envoy.get(p) for p in pilotfish} == pilotfish
 
 
 @pytest.mark.envoy
-def test_help_lines_are_envoys(pair: tuple[Proxy, Proxy]) -> None:
+def test_help_lines_are_envoys(pair: tuple[ProxyProcess, ProxyProcess]) -> None:
     """Every line of pilotfish's help (endpoints and their parameters) is one of Envoy's."""
     envoy, pilotfish = (set(lines_of(p.call("/help"))) for p in pair)
     assert sorted(pilotfish - envoy) == []
 
 
 @kinds()
-def test_home_page_is_html(proxy: Proxy) -> None:
+def test_home_page_is_html(proxy: ProxyProcess) -> None:
     reply = proxy.call("/")
     assert reply.status == 200
     assert reply.headers["content-type"] == "text/html; charset=UTF-8"
@@ -1209,7 +1213,7 @@ def test_home_page_is_html(proxy: Proxy) -> None:
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 @kinds()
-def test_unknown_path(proxy: Proxy, method: str) -> None:
+def test_unknown_path(proxy: ProxyProcess, method: str) -> None:
     reply = proxy.call("/no/such/thing", method)
     assert reply.status == 404
     assert reply.headers["content-type"] == TEXT
@@ -1219,14 +1223,14 @@ def test_unknown_path(proxy: Proxy, method: str) -> None:
 
 @pytest.mark.parametrize("path", ["/ready/", "/stats/"])
 @kinds()
-def test_trailing_slash_is_another_path(proxy: Proxy, path: str) -> None:
+def test_trailing_slash_is_another_path(proxy: ProxyProcess, path: str) -> None:
     reply = proxy.call(path)
     assert reply.status == 404
     assert reply.text.startswith("invalid path.")
 
 
 @kinds()
-def test_paths_are_case_sensitive(proxy: Proxy) -> None:
+def test_paths_are_case_sensitive(proxy: ProxyProcess) -> None:
     reply = proxy.call("/READY")
     assert reply.status == 404
     assert reply.text.startswith("invalid path.")

@@ -22,33 +22,25 @@ reply (1 s by default) does not dominate the runtime; pilotfish closes at once e
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.echo_backend import EchoBackend  # noqa: E402
-from tests.support.pairs import (  # noqa: E402
+from tests.support.echo_backend import EchoBackend
+from tests.support.pairs import (
+    CLOSE_WAIT,
+    OPEN_WAIT,
     Deployment,
+    deploy,
+    each_proxy,
     masked_head,
-    on_both,
     place_listeners,
     shape,
-    start_deployment,
 )
-from tests.support.proxies import bootstrap, http_listener, static_cluster  # noqa: E402
-from tests.support.rawconn import RawConn  # noqa: E402
-
-CLOSE_WAIT = 3.0  # a proxy must close within this (Envoy: 0.2 s delayed close here)
-OPEN_WAIT = 0.3
+from tests.support.proxies import bootstrap, http_listener, static_cluster
+from tests.support.rawconn import RawConn
 
 # --- the deployment ------------------------------------------------------------------------
 
@@ -76,28 +68,11 @@ def build(echo_port: int) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def echo() -> Iterator[EchoBackend]:
-    with EchoBackend("A") as backend:
-        yield backend
-
-
-@pytest.fixture(scope="module")
 def proxy(
     request: pytest.FixtureRequest, echo: EchoBackend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    kind: str = request.param
-    config, hosts = build(echo.port)
-    deployment = start_deployment(kind, config, hosts, tmp_path_factory.mktemp(f"bad-{kind}"))
-    try:
-        yield deployment
-    finally:
-        deployment.proxy.stop()
-
-
-@pytest.fixture
-def backend(echo: EchoBackend) -> EchoBackend:
-    echo.clear()
-    return echo
+    """``echo`` and ``backend`` (the same echo backend ``A``) come from conftest.py."""
+    yield from deploy(request, tmp_path_factory, "bad", *build(echo.port))
 
 
 def still_serving(proxy: Deployment, backend: EchoBackend, listener: str) -> None:
@@ -225,7 +200,7 @@ BAD: list[Bad] = [
 
 
 @pytest.mark.parametrize("case", BAD, ids=[c.id for c in BAD])
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_malformed_request(
     proxy: Deployment, backend: EchoBackend, case: Bad, request: pytest.FixtureRequest
 ) -> None:
@@ -252,7 +227,7 @@ def test_malformed_request(
     [get(*HEADERS[:9]), get(b"X-Big: " + b"v" * 1990)],
     ids=["max-count", "just-under-max-kb"],
 )
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_at_the_header_limits(
     proxy: Deployment, backend: EchoBackend, request_bytes: bytes
 ) -> None:
@@ -278,7 +253,7 @@ def timed_response(conn: RawConn, timeout: float) -> tuple[float, list[str], byt
     "partial", [b"GET /hto HTTP/1.1\r\nHost: x\r\nX-Partial: 1\r\n", b"GET /hto HT"],
     ids=["headers", "request-line"],
 )
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_request_headers_timeout(
     proxy: Deployment, backend: EchoBackend, partial: bytes
 ) -> None:
@@ -294,7 +269,7 @@ def test_request_headers_timeout(
     still_serving(proxy, backend, "hto")
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_request_headers_timeout_needs_a_first_byte(
     proxy: Deployment, backend: EchoBackend
 ) -> None:
@@ -307,10 +282,7 @@ def test_request_headers_timeout_needs_a_first_byte(
     no_connection_left(proxy, "hto")
 
 
-@pytest.mark.parametrize(
-    "proxy", on_both(),
-    indirect=True,
-)
+@each_proxy()
 def test_stream_idle_timeout_while_receiving(proxy: Deployment, backend: EchoBackend) -> None:
     """stream_idle_timeout 1 s, request body incomplete: 408 ``stream timeout`` and the
     close; the backend never gets a complete request."""
@@ -324,11 +296,7 @@ def test_stream_idle_timeout_while_receiving(proxy: Deployment, backend: EchoBac
     still_serving(proxy, backend, "sito")
 
 
-@pytest.mark.parametrize(
-    "proxy",
-    on_both(),
-    indirect=True,
-)
+@each_proxy()
 def test_stream_idle_timeout_waiting_for_upstream(
     proxy: Deployment, backend: EchoBackend
 ) -> None:
@@ -346,7 +314,7 @@ def test_stream_idle_timeout_waiting_for_upstream(
     no_connection_left(proxy, "sito")
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_route_idle_timeout_overrides_the_stream_idle_timeout(
     proxy: Deployment, backend: EchoBackend
 ) -> None:
@@ -360,10 +328,7 @@ def test_route_idle_timeout_overrides_the_stream_idle_timeout(
         assert 0.4 < elapsed < 1.8
 
 
-@pytest.mark.parametrize(
-    "proxy", on_both(),
-    indirect=True,
-)
+@each_proxy()
 def test_request_timeout(proxy: Deployment, backend: EchoBackend) -> None:
     """request_timeout 1 s, request body incomplete: 408 ``request timeout`` and the close."""
     with RawConn(proxy.addr("rqto")) as conn:
@@ -376,7 +341,7 @@ def test_request_timeout(proxy: Deployment, backend: EchoBackend) -> None:
     still_serving(proxy, backend, "rqto")
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_request_timeout_ends_with_the_request(proxy: Deployment, backend: EchoBackend) -> None:
     """request_timeout only covers receiving the request: a complete request whose upstream
     answers after 1.5 s gets that answer."""
@@ -388,7 +353,7 @@ def test_request_timeout_ends_with_the_request(proxy: Deployment, backend: EchoB
     no_connection_left(proxy, "rqto")
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_route_timeout(proxy: Deployment, backend: EchoBackend) -> None:
     """Route timeout 0.5 s, upstream hangs: 504 ``upstream request timeout``; the client
     connection stays open and serves the next request."""
@@ -420,7 +385,7 @@ RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before header
         ("garbage", "HTTP/1.1 502 Bad Gateway", "protocol error"),
     ],
 )
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_upstream_fails_before_headers(
     proxy: Deployment, backend: EchoBackend, behavior: str, status_line: str, reason: str
 ) -> None:
@@ -444,7 +409,7 @@ def test_upstream_fails_before_headers(
     no_connection_left(proxy, "main")
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_upstream_dies_mid_body(proxy: Deployment, backend: EchoBackend) -> None:
     """The upstream announces 100 bytes, sends 10 and closes: the head and the 10 bytes are
     forwarded, then the proxy closes the client connection (the response stays short)."""
@@ -464,7 +429,7 @@ def test_upstream_dies_mid_body(proxy: Deployment, backend: EchoBackend) -> None
     still_serving(proxy, backend, "main")
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_client_disconnect_while_upstream_hangs(proxy: Deployment, backend: EchoBackend) -> None:
     """A client that gives up on a hanging upstream leaves no connection behind."""
     with RawConn(proxy.addr("main")) as conn:

@@ -37,30 +37,38 @@ the normalisation above).
 from __future__ import annotations
 
 import difflib
-import email.utils
 import json
-import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.differential import (
+    direct,
+    echo_json,
+    fraction,
+    hv,
+    mask_request_header,
+    mask_response_header,
+    vhost,
+)
+from tests.support.differential import route as r
 from tests.support.echo_backend import EchoBackend, ReceivedRequest
 from tests.support.proxies import (
     ENVOY_BIN,
-    HCM_TYPE,
-    ROUTER_FILTER,
     Exchange,
     ProxyProcess,
     RawResponse,
+    bootstrap,
     free_port,
     http_exchange,
-    socket_address,
+    http_listener,
+    lb_endpoint,
+    static_cluster,
 )
 
 pytestmark = [
@@ -68,33 +76,12 @@ pytestmark = [
     pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
 ]
 
-BACKENDS = ("A", "B", "C")
 H = "example.test"  # a Host that lands in the catch-all virtual host
 PROBE = b"GET /__probe HTTP/1.1\r\nHost: probe.test\r\n\r\n"  # answered by a direct_response
 CLOSE_WAIT = 2.0  # Envoy closes 1 s (delayed_close_timeout) after some local replies
 
 
 # --- the bootstrap ---------------------------------------------------------------------------
-
-
-def direct(status: int, body: str | None = None) -> dict[str, Any]:
-    d: dict[str, Any] = {"status": status}
-    if body is not None:
-        d["body"] = {"inline_string": body}
-    return d
-
-
-def hv(key: str, value: str, action: str | None = None, **extra: Any) -> dict[str, Any]:
-    """A HeaderValueOption."""
-    d: dict[str, Any] = {"header": {"key": key, "value": value}}
-    if action:
-        d["append_action"] = action
-    d.update(extra)
-    return d
-
-
-def r(name: str, match: dict[str, Any], **action: Any) -> dict[str, Any]:
-    return {"name": name, "match": match, **action}
 
 
 def hm_route(name: str, prefix: str, *headers: dict[str, Any]) -> dict[str, Any]:
@@ -107,26 +94,9 @@ def qp_route(name: str, prefix: str, *params: dict[str, Any]) -> dict[str, Any]:
     return r(name, match, direct_response=direct(200, name))
 
 
-def fraction(numerator: int, key: str) -> dict[str, Any]:
-    return {
-        "default_value": {"numerator": numerator, "denominator": "HUNDRED"},
-        "runtime_key": key,
-    }
-
-
-def vhost_answering(name: str, domains: list[str]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "domains": domains,
-        "routes": [r(f"{name}_any", {"prefix": "/"}, direct_response=direct(200, f"vhost={name}"))],
-    }
-
-
-PROBE_VHOST = {
-    "name": "probe",
-    "domains": ["probe.test"],
-    "routes": [r("probe", {"path": "/__probe"}, direct_response=direct(200, "probe"))],
-}
+PROBE_VHOST = vhost(
+    "probe", ["probe.test"], [r("probe", {"path": "/__probe"}, direct_response=direct(200, "probe"))]
+)
 
 
 def main_routes() -> list[dict[str, Any]]:
@@ -336,13 +306,13 @@ def main_route_config() -> dict[str, Any]:
     return {
         "name": "main_routes",
         "virtual_hosts": [
-            vhost_answering("exact", ["example.com"]),
-            vhost_answering("exact_port", ["example.net:8080"]),
-            vhost_answering("suffix", ["*.example.org"]),
-            vhost_answering("suffix_longer", ["*.api.example.org"]),
-            vhost_answering("prefix", ["foo.*"]),
+            vhost("exact", ["example.com"]),
+            vhost("exact_port", ["example.net:8080"]),
+            vhost("suffix", ["*.example.org"]),
+            vhost("suffix_longer", ["*.api.example.org"]),
+            vhost("prefix", ["foo.*"]),
             PROBE_VHOST,
-            {"name": "star", "domains": ["*"], "routes": main_routes()},
+            vhost("star", ["*"], main_routes()),
         ],
     }
 
@@ -474,68 +444,27 @@ def hdrs_route_config() -> dict[str, Any]:
     }
 
 
-def _hcm(stat_prefix: str, route_config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "@type": HCM_TYPE,
-        "stat_prefix": stat_prefix,
-        "route_config": route_config,
-        "http_filters": [ROUTER_FILTER],
-    }
-
-
-def _listener(name: str, hcm: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "address": socket_address(0),
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
-            }
-        ],
-    }
-
-
-def _cluster(name: str, endpoints: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    c: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": a}} for a in endpoints]}]
-            if endpoints
-            else [],
-        },
-    }
-    c.update(extra)
-    return c
-
-
 def build_bootstrap(ports: dict[str, int], closed_port: int) -> dict[str, Any]:
     """The one bootstrap both proxies run. Listeners and admin bind port 0."""
-    return {
-        "admin": {"address": socket_address(0)},
-        "static_resources": {
-            "listeners": [
-                _listener("main", _hcm("ingress", main_route_config())),
-                _listener("hdrs", _hcm("ingress_hdrs", hdrs_route_config())),
-            ],
-            "clusters": [
-                _cluster("A", [socket_address(ports["A"])]),
-                _cluster("B", [socket_address(ports["B"])]),
-                _cluster(
-                    "C",
-                    [socket_address(ports["C"], host="localhost")],
-                    type="STRICT_DNS",
-                    dns_lookup_family="V4_ONLY",
-                ),
-                _cluster("closed", [socket_address(closed_port)]),
-                _cluster("empty", []),
-            ],
-        },
-    }
+    listeners = [
+        http_listener("main", route_config=main_route_config(), hcm={"stat_prefix": "ingress"}),
+        http_listener(
+            "hdrs", route_config=hdrs_route_config(), hcm={"stat_prefix": "ingress_hdrs"}
+        ),
+    ]
+    clusters = [
+        static_cluster("A", ports["A"]),
+        static_cluster("B", ports["B"]),
+        static_cluster(
+            "C",
+            endpoints=[lb_endpoint(ports["C"], host="localhost")],
+            type="STRICT_DNS",
+            dns_lookup_family="V4_ONLY",
+        ),
+        static_cluster("closed", closed_port),
+        static_cluster("empty", endpoints=[]),
+    ]
+    return bootstrap(listeners, clusters)
 
 
 # --- the cases ------------------------------------------------------------------------------
@@ -990,25 +919,11 @@ CASES: list[Case] = [
 
 # --- observing one proxy -------------------------------------------------------------------
 
-UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-IMF_FIXDATE = re.compile(
-    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    r"\d{4} \d\d:\d\d:\d\d GMT$"
-)
-
-
 @dataclass
 class Observation:
     exchange: Exchange
     upstream: list[tuple[str, ReceivedRequest]] = field(default_factory=list)
     log: str = ""  # what the proxy logged meanwhile
-
-
-def _now_date(value: str) -> bool:
-    if not IMF_FIXDATE.match(value):
-        return False
-    parsed = email.utils.parsedate_to_datetime(value)
-    return abs(parsed.timestamp() - time.time()) < 600
 
 
 def _esc(text: str) -> str:
@@ -1025,41 +940,8 @@ def _esc(text: str) -> str:
     return "".join(out)
 
 
-def _mask_request_header(name: str, value: str, extra: tuple[str, ...]) -> str:
-    lname = name.lower()
-    if lname == "x-request-id" and UUID4.match(value):
-        return "<uuid4>"
-    if lname in extra and value.isdigit():
-        return "<number>"
-    return _esc(value)
-
-
-def _mask_response_header(name: str, value: str, echo_body: bytes | None) -> str:
-    lname = name.lower()
-    if lname == "date" and _now_date(value):
-        return "<date: now>"
-    if lname == "x-envoy-upstream-service-time" and value.isdigit():
-        return "<ms>"
-    if lname == "x-request-id" and UUID4.match(value):
-        return "<uuid4>"
-    if lname == "content-length" and echo_body is not None:
-        ok = value.isdigit() and int(value) == len(echo_body)
-        return "<length of the echo body>" if ok else f"{value} (body has {len(echo_body)} bytes)"
-    return _esc(value)
-
-
-def _echo_json(body: bytes) -> dict[str, Any] | None:
-    if not body.startswith(b'{"backend"'):
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) and "connection_id" in data else None
-
-
 def _render_body(body: bytes) -> list[str]:
-    echo = _echo_json(body)
+    echo = echo_json(body)
     if echo is not None:
         shown = {k: v for k, v in echo.items() if k not in ("connection_id", "headers")}
         return [f"  body: echo JSON {json.dumps(shown)} (headers: see upstream)"]
@@ -1072,11 +954,11 @@ def _render_body(body: bytes) -> list[str]:
 
 
 def _render_response(i: int, resp: RawResponse) -> list[str]:
-    echo_body = resp.body if _echo_json(resp.body) is not None else None
+    echo_body = resp.body if echo_json(resp.body) is not None else None
     lines = [f"response {i}: {_esc(resp.status_line) if resp.version else '<not HTTP>'}"]
     if not resp.version:
         return [*lines, f"  bytes: {resp.raw[:300]!r}"]
-    lines += [f"  {_esc(k)}: {_mask_response_header(k, v, echo_body)}" for k, v in resp.headers]
+    lines += [f"  {_esc(k)}: {_esc(mask_response_header(k, v, echo_body))}" for k, v in resp.headers]
     lines.append(f"  framing: {resp.framing}{'' if resp.complete else ' (INCOMPLETE)'}")
     if not resp.informational:
         lines += _render_body(resp.body)
@@ -1097,7 +979,7 @@ def render(obs: Observation, c: Case) -> list[str]:
     for backend, rq in obs.upstream:
         lines.append(f"upstream {backend}: {_esc(rq.method)} {_esc(rq.target)} {rq.version}")
         lines += [
-            f"  {_esc(k)}: {_mask_request_header(k, v, c.mask_upstream)}" for k, v in rq.headers
+            f"  {_esc(k)}: {_esc(mask_request_header(k, v, c.mask_upstream))}" for k, v in rq.headers
         ]
         lines.append(f"  body: {rq.body!r}")
         lines += [f"  trailer {_esc(k)}: {_esc(v)}" for k, v in rq.trailers]
@@ -1215,38 +1097,12 @@ def diff_report(
     return report
 
 
-# --- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def backends() -> Iterator[dict[str, EchoBackend]]:
-    started = {name: EchoBackend(name).start() for name in BACKENDS}
-    try:
-        yield started
-    finally:
-        for b in started.values():
-            b.stop()
+# --- fixtures (``backends`` A, B and C, ``envoy`` and ``pilotfish``: conftest.py) ----------
 
 
 @pytest.fixture(scope="module")
 def differential_bootstrap(backends: dict[str, EchoBackend]) -> dict[str, Any]:
     return build_bootstrap({n: b.port for n, b in backends.items()}, closed_port=free_port())
-
-
-@pytest.fixture(scope="module")
-def envoy(
-    differential_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyProcess]:
-    with ProxyProcess("envoy", differential_bootstrap, tmp_path_factory.mktemp("diff")) as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def pilotfish(
-    differential_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyProcess]:
-    with ProxyProcess("pilotfish", differential_bootstrap, tmp_path_factory.mktemp("diff")) as p:
-        yield p
 
 
 # --- the tests ----------------------------------------------------------------------------

@@ -44,40 +44,39 @@ behaviour and turns into a failure (XPASS) once pilotfish is fixed.
 from __future__ import annotations
 
 import difflib
-import email.utils
-import json
-import re
-import socket
-import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.echo_backend import EchoBackend, ReceivedRequest  # noqa: E402
-from tests.support.proxies import (  # noqa: E402
-    ENVOY,
-    Proxy,
+from tests.support.differential import (
+    direct,
+    echo_json,
+    fraction,
+    hv,
+    mask_request_header,
+    mask_response_header,
+    route,
+    vhost,
+)
+from tests.support.echo_backend import EchoBackend, ReceivedRequest
+from tests.support.proxies import (
+    ENVOY_BIN,
+    LOCALHOST,
+    ProxyProcess,
+    RawResponse,
     bootstrap,
-    connect,
+    free_port,
     http_listener,
-    socket_address,
+    lb_endpoint,
     static_cluster,
 )
+from tests.support.rawconn import RawConn
 
 pytestmark = [
     pytest.mark.envoy,
-    pytest.mark.skipif(not ENVOY.exists(), reason="needs the real Envoy in .venv-envoy"),
+    pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
 ]
 
-BACKENDS = ("A", "B", "C")
 OW = "OVERWRITE_IF_EXISTS_OR_ADD"
 ADD_IF_ABSENT = "ADD_IF_ABSENT"
 OVERWRITE_IF_EXISTS = "OVERWRITE_IF_EXISTS"
@@ -87,32 +86,6 @@ PROBE = b"GET /probe HTTP/1.1\r\nHost: probe.test\r\n\r\n"
 
 
 # --- the bootstrap ---------------------------------------------------------------------------
-
-
-def unused_port() -> int:
-    """A port nothing listens on (bind port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def direct(status: int, body: str | None = None) -> dict[str, Any]:
-    d: dict[str, Any] = {"status": status}
-    if body is not None:
-        d["body"] = {"inline_string": body}
-    return d
-
-
-def hv(key: str, value: str, action: str | None = None) -> dict[str, Any]:
-    """A HeaderValueOption (``append_action`` left to its default when ``action`` is None)."""
-    d: dict[str, Any] = {"header": {"key": key, "value": value}}
-    if action is not None:
-        d["append_action"] = action
-    return d
-
-
-def route(name: str, match: dict[str, Any], **action: Any) -> dict[str, Any]:
-    return {"name": name, "match": match, **action}
 
 
 def to(cluster: str, **extra: Any) -> dict[str, Any]:
@@ -169,13 +142,6 @@ def query_routes() -> list[dict[str, Any]]:
         ),
         route("qp_fallback", {"prefix": "/qp/"}, route=to("A")),
     ]
-
-
-def fraction(numerator: int, key: str) -> dict[str, Any]:
-    return {
-        "default_value": {"numerator": numerator, "denominator": "HUNDRED"},
-        "runtime_key": key,
-    }
 
 
 def main_routes() -> list[dict[str, Any]]:
@@ -299,17 +265,6 @@ def main_routes() -> list[dict[str, Any]]:
         route("prefix_b", {"prefix": "/b"}, route=to("B")),
         # no catch-all: anything else is a 404 (no route)
     ]
-
-
-def vhost(
-    name: str, domains: list[str], routes: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """A virtual host; by default one route answering ``vhost=<name>`` directly."""
-    if routes is None:
-        routes = [
-            route(f"{name}_any", {"prefix": "/"}, direct_response=direct(200, f"vhost={name}"))
-        ]
-    return {"name": name, "domains": domains, "routes": routes}
 
 
 def probe_vhost() -> dict[str, Any]:
@@ -465,47 +420,29 @@ def hdrs_route_config() -> dict[str, Any]:
 
 
 def build_bootstrap(ports: dict[str, int], closed_port: int) -> dict[str, Any]:
-    """The one bootstrap both proxies run; its listeners are on port 0 (see ``with_ports``)."""
+    """The one bootstrap both proxies run. Its listeners are on port 0: each proxy gives them
+    a free port each (Envoy accepts several listeners on ``127.0.0.1:0``, pilotfish refuses
+    them), in a copy of its own (both set SO_REUSEPORT, so two processes given the same port
+    would share its connections)."""
     listeners = [
         http_listener("main", route_config=main_route_config()),
         http_listener("edge", route_config=edge_route_config(), hcm={"use_remote_address": True}),
         http_listener("hdrs", route_config=hdrs_route_config()),
     ]
-    dns_cluster = static_cluster(
-        "C", ports["C"], type="STRICT_DNS", dns_lookup_family="V4_ONLY", dns_refresh_rate="60s"
-    )
-    dns_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = (
-        socket_address(ports["C"], host="localhost")
-    )
-    empty = static_cluster("empty", 1)
-    empty["load_assignment"]["endpoints"] = []
     clusters = [
         static_cluster("A", ports["A"]),
         static_cluster("B", ports["B"]),
-        dns_cluster,
+        static_cluster(
+            "C",
+            endpoints=[lb_endpoint(ports["C"], host="localhost")],
+            type="STRICT_DNS",
+            dns_lookup_family="V4_ONLY",
+            dns_refresh_rate="60s",
+        ),
         static_cluster("closed", closed_port),
-        empty,
+        static_cluster("empty", endpoints=[]),
     ]
     return bootstrap(listeners, clusters)
-
-
-def with_ports(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` whose port-0 listeners get a port each, found by binding port 0.
-
-    Envoy accepts several listeners on ``127.0.0.1:0``, pilotfish refuses them. Each proxy
-    needs its own copy: both set SO_REUSEPORT, so two processes given the same port would
-    share its connections."""
-    config = json.loads(json.dumps(config))
-    taken: set[int] = set()
-    for listener in config["static_resources"]["listeners"]:
-        sock = listener["address"]["socket_address"]
-        if sock.get("port_value", 0) == 0:
-            port = unused_port()
-            while port in taken:
-                port = unused_port()
-            taken.add(port)
-            sock["port_value"] = port
-    return config
 
 
 # --- the cases ------------------------------------------------------------------------------
@@ -784,129 +721,41 @@ KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {}
 
 # --- observing one proxy ----------------------------------------------------------------------
 
-UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-IMF_FIXDATE = re.compile(
-    r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
-    r"\d{4} \d\d:\d\d:\d\d GMT$"
-)
 NO_RESPONSE = "<connection closed without a response>"
 
 
-def _date_is_now(value: str) -> bool:
-    if not IMF_FIXDATE.match(value):
-        return False
-    return abs(email.utils.parsedate_to_datetime(value).timestamp() - time.time()) < 600
+def _final(conn: RawConn, head: bool = False) -> RawResponse:
+    """The next final response on ``conn`` (interim 1xx skipped)."""
+    while True:
+        response = conn.response(head=head)
+        if not response.informational:
+            return response
 
 
-def _echo(body: bytes) -> dict[str, Any] | None:
-    """The echo JSON of a proxied answer, else None (a local reply)."""
-    if not body.startswith(b'{"backend"'):
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _response_header(name: str, value: str, body: bytes, echo: bool) -> str:
-    if name == "date" and _date_is_now(value):
-        return "<now>"
-    if name == "x-envoy-upstream-service-time" and value.isdigit():
-        return "<ms>"
-    if name == "x-request-id" and UUID4.match(value):
-        return "<uuid4>"
-    if name == "content-length" and echo:
-        return (
-            "<length of the echo body>"
-            if value == str(len(body))
-            else f"{value} (body {len(body)})"
-        )
-    return value
-
-
-def _request_header(name: str, value: str) -> str:
-    if name.lower() == "x-request-id" and UUID4.match(value):
-        return "<uuid4>"
-    return value
-
-
-class _Reader:
-    """Buffered reads from a socket: up to a delimiter, or an exact number of bytes."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"the proxy closed the connection; unparsed: {self.buf!r}")
-        self.buf += chunk
-
-    def until(self, delimiter: bytes) -> bytes:
-        while delimiter not in self.buf:
-            self._fill()
-        out, _, self.buf = self.buf.partition(delimiter)
-        return out
-
-    def exact(self, size: int) -> bytes:
-        while len(self.buf) < size:
-            self._fill()
-        out, self.buf = self.buf[:size], self.buf[size:]
-        return out
-
-
-@dataclass
-class Response:
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]  # names lower-cased, in order
-    body: bytes
-
-
-def read_one(reader: _Reader, head_only: bool) -> Response:
-    """Read the final response (interim 1xx skipped; content-length or chunked framing)."""
-    status = 100
-    while status < 200:
-        lines = reader.until(b"\r\n\r\n").decode("latin-1").split("\r\n")
-        _, code, reason = (lines[0] + " ").split(" ", 2)
-        status = int(code)
-    headers = [(k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:])]
-    fields = dict(headers)
-    body = b""
-    if head_only or status in (204, 304):
-        pass
-    elif "content-length" in fields:
-        body = reader.exact(int(fields["content-length"]))
-    elif fields.get("transfer-encoding", "").lower() == "chunked":
-        while size := int(reader.until(b"\r\n").split(b";")[0], 16):
-            body += reader.exact(size)
-            reader.exact(2)
-        while reader.until(b"\r\n"):  # trailers
-            pass
-    else:
-        raise AssertionError(f"a response without framing: {lines}")
-    return Response(status, reason.strip(), headers, body)
-
-
-def exchange(port: int, raw: bytes) -> tuple[Response | None, str]:
+def exchange(port: int, raw: bytes) -> tuple[RawResponse | None, str]:
     """Send one request on a new connection and read the answer; then send PROBE on the same
     connection to learn whether the proxy kept it open. Returns (the response or None when
     the connection ended first, "kept open" | "closed")."""
-    with connect(port, timeout=10.0) as sock:
-        reader = _Reader(sock)
-        sock.sendall(raw)
+    with RawConn((LOCALHOST, port)) as conn:
+        conn.send(raw)
         try:
-            response = read_one(reader, head_only=raw.startswith(b"HEAD "))
-        except ConnectionError:
+            response = _final(conn, head=raw.startswith(b"HEAD "))
+        except AssertionError:
+            if conn.eof is None:
+                raise  # neither an answer nor a close in time
             return None, "closed"
         try:
-            sock.sendall(PROBE)
-            probe = read_one(reader, head_only=False)
-        except OSError:  # ConnectionError included
+            conn.send(PROBE)
+            probe = _final(conn)
+        except OSError:
             return response, "closed"
-        return response, "kept open" if probe.body == b"probe" else f"probe answered {probe}"
+        except AssertionError:
+            if conn.eof is None:
+                raise
+            return response, "closed"
+        if probe.body == b"probe":
+            return response, "kept open"
+        return response, f"probe answered {probe.status} {probe.body!r}"
 
 
 @dataclass
@@ -933,10 +782,10 @@ class Observation:
         return "\n".join(lines)
 
 
-def observe(proxy: Proxy, c: Case, backends: dict[str, EchoBackend]) -> Observation:
+def observe(proxy: ProxyProcess, c: Case, backends: dict[str, EchoBackend]) -> Observation:
     for b in backends.values():
         b.clear()
-    response, kept = exchange(proxy.listener_port(c.listener), c.request)
+    response, kept = exchange(proxy.port(c.listener), c.request)
     received: list[tuple[str, ReceivedRequest]] = []
     for name, b in backends.items():
         received += [(name, rq) for rq in list(b.requests)]
@@ -947,72 +796,40 @@ def observe(proxy: Proxy, c: Case, backends: dict[str, EchoBackend]) -> Observat
     body: Any = b""
     if response is not None:
         status = f"{response.status} {response.reason}"
-        echo = _echo(response.body)
+        echo = echo_json(response.body)
         body = (
             response.body
             if echo is None
             else {k: v for k, v in echo.items() if k not in ("connection_id", "headers")}
         )
-        headers = [
-            (k, _response_header(k, v, response.body, echo is not None))
-            for k, v in response.headers
-            if k != "connection"
-        ]
-        connection = ", ".join(v for k, v in response.headers if k == "connection") or None
+        echo_body = None if echo is None else response.body
+        fields = [(k.lower(), v) for k, v in response.headers]
+        headers = [(k, mask_response_header(k, v, echo_body)) for k, v in fields if k != "connection"]
+        connection = ", ".join(v for k, v in fields if k == "connection") or None
     return Observation(
         status=status,
         backend=backend,
         upstream_line="" if rq is None else f"{rq.method} {rq.target} {rq.version}",
         body=body,
-        upstream_headers=[] if rq is None else [(k, _request_header(k, v)) for k, v in rq.headers],
+        upstream_headers=[] if rq is None else [(k, mask_request_header(k, v)) for k, v in rq.headers],
         upstream_body=b"" if rq is None else rq.body,
         response_headers=headers,
         connection=(connection, kept),
     )
 
 
-# --- fixtures ------------------------------------------------------------------------------
+# --- fixtures (``backends`` A, B and C, ``envoy`` and ``pilotfish``: conftest.py) ----------
 
 
 @pytest.fixture(scope="module")
-def backends() -> Iterator[dict[str, EchoBackend]]:
-    started: dict[str, EchoBackend] = {}
-    try:
-        for name in BACKENDS:
-            started[name] = EchoBackend(name).start()
-        yield started
-    finally:
-        for b in started.values():
-            b.stop()
-
-
-@pytest.fixture(scope="module")
-def routes_bootstrap(backends: dict[str, EchoBackend]) -> dict[str, Any]:
-    return build_bootstrap({n: b.port for n, b in backends.items()}, closed_port=unused_port())
-
-
-@pytest.fixture(scope="module")
-def envoy(
-    routes_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Proxy]:
-    config = with_ports(routes_bootstrap)
-    with Proxy("envoy", config, tmp_path_factory.mktemp("routes")) as proxy:
-        yield proxy
-
-
-@pytest.fixture(scope="module")
-def pilotfish(
-    routes_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Proxy]:
-    config = with_ports(routes_bootstrap)
-    with Proxy("pilotfish", config, tmp_path_factory.mktemp("routes")) as proxy:
-        yield proxy
+def differential_bootstrap(backends: dict[str, EchoBackend]) -> dict[str, Any]:
+    return build_bootstrap({n: b.port for n, b in backends.items()}, closed_port=free_port())
 
 
 class Observations:
     """Each case is sent once to each proxy; every aspect test compares the same pair."""
 
-    def __init__(self, envoy: Proxy, pilotfish: Proxy, backends: dict[str, EchoBackend]) -> None:
+    def __init__(self, envoy: ProxyProcess, pilotfish: ProxyProcess, backends: dict[str, EchoBackend]) -> None:
         self.envoy = envoy
         self.pilotfish = pilotfish
         self.backends = backends
@@ -1029,7 +846,7 @@ class Observations:
 
 
 @pytest.fixture(scope="module")
-def observed(envoy: Proxy, pilotfish: Proxy, backends: dict[str, EchoBackend]) -> Observations:
+def observed(envoy: ProxyProcess, pilotfish: ProxyProcess, backends: dict[str, EchoBackend]) -> Observations:
     return Observations(envoy, pilotfish, backends)
 
 

@@ -6,24 +6,16 @@ server go LIVE when CDS, then LDS, have timed out."""
 
 from __future__ import annotations
 
-import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-from tests.support.proxies import KINDS, Proxy, bootstrap, http_listener, static_cluster
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.pairs import kinds
+from tests.support.proxies import ProxyProcess, bootstrap, free_port, http_listener, static_cluster
 
 
 def _dynamic_bootstrap(initial_fetch_timeout: str) -> dict[str, Any]:
-    xds = static_cluster("xds-grpc", _closed_port())
+    xds = static_cluster("xds-grpc", free_port())
     xds["typed_extension_protocol_options"] = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -46,16 +38,15 @@ def _dynamic_bootstrap(initial_fetch_timeout: str) -> dict[str, Any]:
     return config
 
 
-def _state(proxy: Proxy) -> tuple[int, str, str]:
-    status, body = proxy.admin("/ready")
-    info = json.loads(proxy.admin("/server_info")[1])
-    return status, body.strip(), info["state"]
+def _state(proxy: ProxyProcess) -> tuple[int, str, str]:
+    ready = proxy.call("/ready")
+    return ready.status, ready.text.strip(), proxy.call("/server_info").json()["state"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@kinds()
 def test_waits_for_ever_with_zero_initial_fetch_timeout(kind: str, tmp_path: Path) -> None:
-    with Proxy(kind, _dynamic_bootstrap("0s"), tmp_path, wait_live=False) as proxy:
-        proxy.wait_until(lambda: proxy.admin("/ready")[0] == 503, "no /ready answer")
+    with ProxyProcess(kind, _dynamic_bootstrap("0s"), tmp_path, wait_live=False) as proxy:
+        proxy.wait_until(lambda: proxy.call("/ready").status == 503, "no /ready answer")
         time.sleep(1.5)
         # Still waiting for CDS: the cluster manager is not initialized.
         assert _state(proxy) == (503, "PRE_INITIALIZING", "PRE_INITIALIZING")
@@ -64,21 +55,21 @@ def test_waits_for_ever_with_zero_initial_fetch_timeout(kind: str, tmp_path: Pat
         assert proxy.stop() == 0
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@kinds()
 def test_goes_live_after_initial_fetch_timeouts(kind: str, tmp_path: Path) -> None:
     start = time.monotonic()
-    with Proxy(kind, _dynamic_bootstrap("0.5s"), tmp_path, wait_live=False) as proxy:
-        proxy.wait_until(lambda: proxy.admin("/ready")[0] == 200, "never LIVE", timeout=15)
+    with ProxyProcess(kind, _dynamic_bootstrap("0.5s"), tmp_path, wait_live=False) as proxy:
+        proxy.wait_until(lambda: proxy.call("/ready").status == 200, "never LIVE", timeout=15)
         # CDS then LDS time out one after the other: at least 2 x 0.5 s.
         assert time.monotonic() - start >= 1.0
         assert _state(proxy) == (200, "LIVE", "LIVE")
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@kinds()
 def test_lds_wait_is_initializing(kind: str, tmp_path: Path) -> None:
     config = _dynamic_bootstrap("0s")
     del config["dynamic_resources"]["cds_config"]
-    with Proxy(kind, config, tmp_path, wait_live=False) as proxy:
-        proxy.wait_until(lambda: proxy.admin("/ready")[1].strip() == "INITIALIZING", "state")
+    with ProxyProcess(kind, config, tmp_path, wait_live=False) as proxy:
+        proxy.wait_until(lambda: proxy.call("/ready").text.strip() == "INITIALIZING", "state")
         time.sleep(1.0)
         assert _state(proxy) == (503, "INITIALIZING", "INITIALIZING")

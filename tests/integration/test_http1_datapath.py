@@ -17,39 +17,32 @@ from __future__ import annotations
 import functools
 import json
 import socket
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.echo_backend import EchoBackend, ReceivedRequest  # noqa: E402
-from tests.support.pairs import (  # noqa: E402
+from tests.support.echo_backend import EchoBackend, ReceivedRequest
+from tests.support.pairs import (
+    CLOSE_WAIT,
+    OPEN_WAIT,
     Deployment,
+    deploy,
+    each_proxy,
     masked_head,
-    on_both,
     place_listeners,
     shape,
-    start_deployment,
 )
-from tests.support.proxies import bootstrap, http_listener, static_cluster  # noqa: E402
-from tests.support.rawconn import RawConn  # noqa: E402
-from tests.support.rss import MB, PeakRss  # noqa: E402
-from tests.support.sink_backend import (  # noqa: E402
+from tests.support.proxies import bootstrap, http_listener, static_cluster
+from tests.support.rawconn import RawConn
+from tests.support.rss import MB, PeakRss
+from tests.support.sink_backend import (
     SinkBackend,
     drain_response,
     pattern_crc32,
     send_pattern_body,
 )
 
-CLOSE_WAIT = 3.0  # Envoy closes at once after a proxied response that announced the close
-OPEN_WAIT = 0.3  # how long a connection that must stay open is watched
 RSS_LIMIT = 150 * MB
 UPLOAD = 1 << 30
 DOWNLOAD = 256 << 20
@@ -127,12 +120,6 @@ def build(echo_port: int, sink_port: int) -> tuple[dict[str, Any], dict[str, str
 
 
 @pytest.fixture(scope="module")
-def echo() -> Iterator[EchoBackend]:
-    with EchoBackend("A") as backend:
-        yield backend
-
-
-@pytest.fixture(scope="module")
 def sink() -> Iterator[SinkBackend]:
     with SinkBackend() as backend:
         yield backend
@@ -145,19 +132,8 @@ def proxy(
     sink: SinkBackend,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Deployment]:
-    kind: str = request.param
-    config, hosts = build(echo.port, sink.port)
-    deployment = start_deployment(kind, config, hosts, tmp_path_factory.mktemp(f"datapath-{kind}"))
-    try:
-        yield deployment
-    finally:
-        deployment.proxy.stop()
-
-
-@pytest.fixture
-def backend(echo: EchoBackend) -> EchoBackend:
-    echo.clear()
-    return echo
+    """``echo`` and ``backend`` (the same echo backend ``A``) come from conftest.py."""
+    yield from deploy(request, tmp_path_factory, "datapath", *build(echo.port, sink.port))
 
 
 def requests_to(backend: EchoBackend, prefix: str) -> list[ReceivedRequest]:
@@ -167,7 +143,7 @@ def requests_to(backend: EchoBackend, prefix: str) -> list[ReceivedRequest]:
 # --- keep-alive and connection close -------------------------------------------------------
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_keepalive_both_sides(proxy: Deployment, backend: EchoBackend) -> None:
     """Three requests, one after the other on one client connection, go over one new pooled
     upstream connection; the client connection stays open."""
@@ -185,7 +161,7 @@ def test_keepalive_both_sides(proxy: Deployment, backend: EchoBackend) -> None:
     assert backend.connections_accepted - before == 1
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_client_connection_close(proxy: Deployment, backend: EchoBackend) -> None:
     """``Connection: close``: the response ends with ``connection: close``, the proxy closes
     right after it, and the upstream connection stays pooled (the next client's request reuses
@@ -204,7 +180,7 @@ def test_client_connection_close(proxy: Deployment, backend: EchoBackend) -> Non
     assert first.connection_id == second.connection_id
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_upstream_connection_close(proxy: Deployment, backend: EchoBackend) -> None:
     """An upstream ``connection: close`` is not forwarded: the client connection stays open and
     the next request goes over a new upstream connection."""
@@ -221,7 +197,7 @@ def test_upstream_connection_close(proxy: Deployment, backend: EchoBackend) -> N
 # --- HTTP/1.0 ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_http10_without_keepalive(proxy: Deployment, backend: EchoBackend) -> None:
     """HTTP/1.0 (accept_http_10): ``HTTP/1.0`` status line, ``connection: close`` and a close;
     the request goes upstream as HTTP/1.1; without Host, default_host_for_http_10 is used."""
@@ -240,7 +216,7 @@ def test_http10_without_keepalive(proxy: Deployment, backend: EchoBackend) -> No
     assert masked_head(second) == upstream("/h10/2", "h10.default")
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_http10_keepalive(proxy: Deployment, backend: EchoBackend) -> None:
     """HTTP/1.0 with ``Connection: keep-alive``: the response says ``connection: keep-alive``
     and the connection stays open; the next HTTP/1.0 request without it gets
@@ -264,7 +240,7 @@ def test_http10_keepalive(proxy: Deployment, backend: EchoBackend) -> None:
     "upstream_framing", [b"x-echo-chunked: 1", b"x-echo-behavior: no-length"],
     ids=["chunked", "close-delimited"],
 )
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_http10_body_is_close_delimited(
     proxy: Deployment, backend: EchoBackend, upstream_framing: bytes
 ) -> None:
@@ -290,7 +266,7 @@ def test_http10_body_is_close_delimited(
 # --- bodies --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_content_length_body(proxy: Deployment, backend: EchoBackend) -> None:
     """A Content-Length body is forwarded verbatim, content-length kept in place."""
     with RawConn(proxy.addr("main")) as conn:
@@ -306,7 +282,7 @@ def test_content_length_body(proxy: Deployment, backend: EchoBackend) -> None:
     [(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", b"abcde"), (b"0\r\n\r\n", b"")],
     ids=["two-chunks", "empty"],
 )
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_chunked_request_body(
     proxy: Deployment, backend: EchoBackend, chunks: bytes, body: bytes
 ) -> None:
@@ -326,7 +302,7 @@ def test_chunked_request_body(
     assert got.trailers == []
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_chunked_response_body(proxy: Deployment, backend: EchoBackend) -> None:
     """A chunked upstream response is sent chunked, ``transfer-encoding`` last."""
     with RawConn(proxy.addr("main")) as conn:
@@ -344,7 +320,7 @@ def test_chunked_response_body(proxy: Deployment, backend: EchoBackend) -> None:
     assert (resp.framing, resp.body, resp.trailers) == ("chunked", b"x" * 10, [])
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_close_delimited_response_becomes_chunked(proxy: Deployment, backend: EchoBackend) -> None:
     """An upstream body delimited by the close (no length) reaches an HTTP/1.1 client chunked,
     and the client connection stays open."""
@@ -364,7 +340,7 @@ TRAILERS_DROPPED = "trailers are forwarded although enable_trailers is off"
 @pytest.mark.parametrize(
     ("listener", "forwarded"), [("main", False), ("trl", True)], ids=["default", "enabled"]
 )
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_request_trailers(
     proxy: Deployment, backend: EchoBackend, listener: str, forwarded: bool
 ) -> None:
@@ -382,7 +358,7 @@ def test_request_trailers(
 @pytest.mark.parametrize(
     ("listener", "forwarded"), [("main", False), ("trl", True)], ids=["default", "enabled"]
 )
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_response_trailers(
     proxy: Deployment, backend: EchoBackend, listener: str, forwarded: bool
 ) -> None:
@@ -398,7 +374,7 @@ def test_response_trailers(
 # --- pipelining, 100-continue, HEAD, 1xx ---------------------------------------------------
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_pipelining(proxy: Deployment, backend: EchoBackend) -> None:
     """Three requests in one write (one with a body) are all answered, in order."""
     with RawConn(proxy.addr("main")) as conn:
@@ -413,7 +389,7 @@ def test_pipelining(proxy: Deployment, backend: EchoBackend) -> None:
     assert [r.target for r in requests_to(backend, "/p/")] == ["/p/1", "/p/2", "/p/3"]
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_expect_100_continue(proxy: Deployment, backend: EchoBackend) -> None:
     """``Expect: 100-continue``: the proxy answers ``100 Continue`` itself before the body is
     sent, and does not forward ``expect``."""
@@ -431,11 +407,7 @@ def test_expect_100_continue(proxy: Deployment, backend: EchoBackend) -> None:
     assert got.body == b"hello"
 
 
-@pytest.mark.parametrize(
-    "proxy",
-    on_both(),
-    indirect=True,
-)
+@each_proxy()
 def test_expect_100_continue_proxied(proxy: Deployment, backend: EchoBackend) -> None:
     """With proxy_100_continue, ``expect`` goes upstream unchanged and the upstream's
     ``100 Continue`` is relayed: exactly one 100 downstream."""
@@ -454,7 +426,7 @@ def test_expect_100_continue_proxied(proxy: Deployment, backend: EchoBackend) ->
     )
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_upstream_100_continue_swallowed(proxy: Deployment, backend: EchoBackend) -> None:
     """An unsolicited upstream ``100 Continue`` is not forwarded (no proxy_100_continue)."""
     with RawConn(proxy.addr("main")) as conn:
@@ -464,10 +436,7 @@ def test_upstream_100_continue_swallowed(proxy: Deployment, backend: EchoBackend
         assert shape(conn.response()) == ECHO_200_JSON
 
 
-@pytest.mark.parametrize(
-    "proxy", on_both(),
-    indirect=True,
-)
+@each_proxy()
 def test_upstream_100_continue_relayed(proxy: Deployment, backend: EchoBackend) -> None:
     """With proxy_100_continue, the upstream's ``100 Continue`` reaches the client before the
     final response, even without ``Expect``."""
@@ -477,7 +446,7 @@ def test_upstream_100_continue_relayed(proxy: Deployment, backend: EchoBackend) 
         assert shape(conn.response()) == ECHO_200_JSON
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_head_keeps_content_length(proxy: Deployment, backend: EchoBackend) -> None:
     """HEAD: the upstream's content-length is passed on and no body follows (the next
     response on the connection starts right after the head)."""
@@ -502,7 +471,7 @@ def test_head_keeps_content_length(proxy: Deployment, backend: EchoBackend) -> N
     )
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_head_keeps_transfer_encoding(proxy: Deployment, backend: EchoBackend) -> None:
     """HEAD answered with ``transfer-encoding: chunked``: the header is kept, no body."""
     with RawConn(proxy.addr("main")) as conn:
@@ -529,7 +498,7 @@ WS_HANDSHAKE = (
 )
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_websocket_refused_without_upgrade_configs(
     proxy: Deployment, backend: EchoBackend
 ) -> None:
@@ -550,11 +519,7 @@ def test_websocket_refused_without_upgrade_configs(
     assert backend.requests == []
 
 
-@pytest.mark.parametrize(
-    "proxy",
-    on_both(),
-    indirect=True,
-)
+@each_proxy()
 def test_websocket_tunnel(proxy: Deployment, backend: EchoBackend) -> None:
     """upgrade_configs websocket: the handshake goes upstream with ``connection``/``upgrade``
     kept in place, the ``101`` comes back with ``date``/``server``, then raw bytes flow both
@@ -592,7 +557,7 @@ def test_websocket_tunnel(proxy: Deployment, backend: EchoBackend) -> None:
     assert handshake.body == b""
 
 
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_websocket_declined_by_upstream(proxy: Deployment, backend: EchoBackend) -> None:
     """The upstream answers the handshake with 200: Envoy sends the upstream's headers without
     content-type and content-length, then ``connection: close``, ``content-length: 0``, no
@@ -615,7 +580,7 @@ def test_websocket_declined_by_upstream(proxy: Deployment, backend: EchoBackend)
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_absolute_form(proxy: Deployment, backend: EchoBackend, scheme: str) -> None:
     """An absolute-form target goes upstream in origin form, ``host`` taken from the URL
     (the client's Host is dropped); x-forwarded-proto stays ``http``."""
@@ -637,7 +602,7 @@ def crc_of(size: int) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_large_response_streams_with_backpressure(
     proxy: Deployment, sink: SinkBackend, chunked: bool
 ) -> None:
@@ -657,7 +622,7 @@ def test_large_response_streams_with_backpressure(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-@pytest.mark.parametrize("proxy", on_both(), indirect=True)
+@each_proxy()
 def test_1gib_upload_is_streamed(proxy: Deployment, sink: SinkBackend, chunked: bool) -> None:
     """1 GiB uploaded through the proxy to a backend that reads and discards it: the body
     reaches the backend while it is being sent (less than 100 MB behind at half-way), the

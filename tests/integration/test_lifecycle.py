@@ -15,7 +15,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,22 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support import admin_helpers  # noqa: E402
-from tests.support.admin_helpers import (  # noqa: E402
-    Proxy,
-    hcm_listener,
-    kinds,
-    refuses_connections,
+from tests.support.admin_helpers import hcm_listener, refuses_connections
+from tests.support.echo_backend import EchoBackend
+from tests.support.pairs import kinds
+from tests.support.proxies import (
+    ENVOY_BIN,
+    FLUSH_ACCESS_LOGS,
+    ProxyProcess,
+    RawResponse,
+    admin_request,
+    http_exchange,
     static_cluster,
-    wait_until,
 )
-from tests.support.echo_backend import EchoBackend  # noqa: E402
-from tests.support.proxies import RawResponse, http_exchange  # noqa: E402
+from tests.support.waiting import wait_until
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
 
@@ -126,7 +122,7 @@ class InFlight:
         return self.result
 
 
-def exit_code_within(proxy: Proxy, timeout: float) -> int:
+def exit_code_within(proxy: ProxyProcess, timeout: float) -> int:
     try:
         return proxy.wait_exit(timeout)
     except subprocess.TimeoutExpired:
@@ -139,7 +135,7 @@ def exit_code_within(proxy: Proxy, timeout: float) -> int:
 @pytest.mark.parametrize("signum", SIGNALS)
 @kinds()
 def test_signal_exits_zero(backend: EchoBackend, tmp_path: Path, kind: str, signum: int) -> None:
-    with Proxy(kind, bootstrap(backend.port), tmp_path) as proxy:
+    with ProxyProcess(kind, bootstrap(backend.port), tmp_path, free_ports=False) as proxy:
         port = proxy.port("ingress")
         assert (r := response(port, "/before-signal")) is not None and r.status == 200
         proxy.signal(signum)
@@ -156,7 +152,9 @@ def test_signal_drains_in_flight_request(
     request in flight is answered, then the process exits 0 without waiting out the drain
     time."""
     drain_time = 10
-    with Proxy("pilotfish", bootstrap(backend.port), tmp_path, drain_time_s=drain_time) as proxy:
+    with ProxyProcess(
+        "pilotfish", bootstrap(backend.port), tmp_path, drain_time_s=drain_time, free_ports=False
+    ) as proxy:
         port = proxy.port("ingress")
         slow = InFlight(backend, port, f"/slow/{request.node.name}", delay_ms=1000)
         assert slow.reached_backend()
@@ -174,7 +172,9 @@ def test_signal_drains_in_flight_request(
 
 def test_drain_time_bounds_the_wait(backend: EchoBackend, tmp_path: Path) -> None:
     """pilotfish: a request slower than ``--drain-time-s`` does not hold the exit."""
-    with Proxy("pilotfish", bootstrap(backend.port), tmp_path, drain_time_s=1) as proxy:
+    with ProxyProcess(
+        "pilotfish", bootstrap(backend.port), tmp_path, drain_time_s=1, free_ports=False
+    ) as proxy:
         slow = InFlight(backend, proxy.port("ingress"), "/slower-than-drain", delay_ms=8000)
         assert slow.reached_backend()
         signalled = time.monotonic()
@@ -188,7 +188,9 @@ def test_drain_time_bounds_the_wait(backend: EchoBackend, tmp_path: Path) -> Non
 
 def test_second_signal_exits_at_once(backend: EchoBackend, tmp_path: Path) -> None:
     """pilotfish: a second signal during the drain ends the process without waiting."""
-    with Proxy("pilotfish", bootstrap(backend.port), tmp_path, drain_time_s=20) as proxy:
+    with ProxyProcess(
+        "pilotfish", bootstrap(backend.port), tmp_path, drain_time_s=20, free_ports=False
+    ) as proxy:
         port = proxy.port("ingress")
         slow = InFlight(backend, port, "/held-by-second-signal", delay_ms=15000)
         assert slow.reached_backend()
@@ -202,11 +204,13 @@ def test_second_signal_exits_at_once(backend: EchoBackend, tmp_path: Path) -> No
 
 
 @pytest.mark.envoy
-@pytest.mark.skipif(not admin_helpers.ENVOY_BIN.exists(), reason="needs the real Envoy")
+@pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy")
 def test_envoy_exits_at_once_on_signal(backend: EchoBackend, tmp_path: Path) -> None:
     """Envoy's side of the documented difference: SIGTERM ends it at once, the request in
     flight gets no response. (pilotfish drains instead; see the tests above.)"""
-    with Proxy("envoy", bootstrap(backend.port), tmp_path, drain_time_s=20) as proxy:
+    with ProxyProcess(
+        "envoy", bootstrap(backend.port), tmp_path, drain_time_s=20, free_ports=False
+    ) as proxy:
         slow = InFlight(backend, proxy.port("ingress"), "/cut-by-envoy", delay_ms=5000)
         assert slow.reached_backend()
         proxy.signal(signal.SIGTERM)
@@ -216,7 +220,7 @@ def test_envoy_exits_at_once_on_signal(backend: EchoBackend, tmp_path: Path) -> 
 
 @kinds()
 def test_sighup_is_ignored(backend: EchoBackend, tmp_path: Path, kind: str) -> None:
-    with Proxy(kind, bootstrap(backend.port), tmp_path) as proxy:
+    with ProxyProcess(kind, bootstrap(backend.port), tmp_path, free_ports=False) as proxy:
         proxy.signal(signal.SIGHUP)
         time.sleep(0.3)
         assert proxy.proc is not None and proxy.proc.poll() is None
@@ -230,7 +234,7 @@ def test_sighup_is_ignored(backend: EchoBackend, tmp_path: Path, kind: str) -> N
 
 @kinds()
 def test_quitquitquit(backend: EchoBackend, tmp_path: Path, kind: str) -> None:
-    with Proxy(kind, bootstrap(backend.port), tmp_path) as proxy:
+    with ProxyProcess(kind, bootstrap(backend.port), tmp_path, free_ports=False) as proxy:
         port = proxy.port("ingress")
         reply = proxy.call("/quitquitquit", "POST")
         assert (reply.status, reply.body) == (200, b"OK\n")
@@ -256,24 +260,16 @@ def pipe_bootstrap(tmp_path: Path, cluster: dict[str, Any], route_to: str) -> di
 
 def run_to_exit(
     kind: str, config: dict[str, Any], tmp_path: Path, timeout: float = 20.0
-) -> tuple[int | None, str, Proxy]:
+) -> tuple[int | None, str, ProxyProcess]:
     """Start ``kind`` on ``config`` without waiting for it; returns (exit code, output, proxy)
     once it has exited, or (None, output, proxy) as soon as it answers /ready LIVE (it took
     the config) — the process is stopped by its PID either way."""
-    proxy = Proxy(kind, config, tmp_path)
-    proxy.config_path.write_text(json.dumps(config))
-    with proxy.log_path.open("wb") as log:
-        proxy.proc = subprocess.Popen(
-            proxy.command(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=proxy.workdir,
-        )
+    proxy = ProxyProcess(kind, config, tmp_path, free_ports=False)
+    proc = proxy.launch()
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            code = proxy.proc.poll()
+            code = proc.poll()
             if code is not None:
                 return code, proxy.log(), proxy
             if _answers_live(proxy):
@@ -284,7 +280,7 @@ def run_to_exit(
         proxy.stop()
 
 
-def _answers_live(proxy: Proxy) -> bool:
+def _answers_live(proxy: ProxyProcess) -> bool:
     """The admin interface named in the admin address file answers /ready 200."""
     try:
         text = proxy.admin_address_path.read_text().strip()
@@ -299,7 +295,7 @@ def _answers_live(proxy: Proxy) -> bool:
                 return sock.recv(64).startswith(b"HTTP/1.1 200 ")
         if ":" in text:
             port = int(text.rsplit(":", 1)[1])
-            return admin_helpers.admin_request(port, "/ready", timeout=2).status == 200
+            return admin_request(port, "/ready", timeout=2).status == 200
     except (OSError, ValueError):
         return False
     return False
@@ -324,7 +320,7 @@ def _bad_cases() -> list[Any]:
                 marks.append(pytest.mark.envoy)
                 marks.append(
                     pytest.mark.skipif(
-                        not admin_helpers.ENVOY_BIN.exists(), reason="needs the real Envoy"
+                        not ENVOY_BIN.exists(), reason="needs the real Envoy"
                     )
                 )
             cases.append(pytest.param(kind, name, marks=marks, id=f"{kind}-{name}"))
@@ -360,7 +356,9 @@ def test_route_to_unknown_cluster_is_rejected(
 def test_two_listeners_on_port_zero(backend: EchoBackend, tmp_path: Path, kind: str) -> None:
     route = [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]
     listeners = [hcm_listener("a", "a_http", route), hcm_listener("b", "b_http", route)]
-    with Proxy(kind, bootstrap(backend.port, listeners=listeners), tmp_path) as proxy:
+    with ProxyProcess(
+        kind, bootstrap(backend.port, listeners=listeners), tmp_path, free_ports=False
+    ) as proxy:
         a, b = proxy.port("a"), proxy.port("b")
         assert a != b
         for port in (a, b):
@@ -369,10 +367,10 @@ def test_two_listeners_on_port_zero(backend: EchoBackend, tmp_path: Path, kind: 
 
 @kinds()
 def test_admin_address_path(backend: EchoBackend, tmp_path: Path, kind: str) -> None:
-    with Proxy(kind, bootstrap(backend.port), tmp_path) as proxy:
+    with ProxyProcess(kind, bootstrap(backend.port), tmp_path, free_ports=False) as proxy:
         text = proxy.admin_address_path.read_text()
         assert text == f"127.0.0.1:{proxy.admin_port}"
-        reply = admin_helpers.admin_request(int(text.rsplit(":", 1)[1]), "/ready")
+        reply = admin_request(int(text.rsplit(":", 1)[1]), "/ready")
         assert (reply.status, reply.body) == (200, b"LIVE\n")
         info = proxy.call("/server_info").json()
         assert info["command_line_options"]["admin_address_path"] == str(proxy.admin_address_path)
@@ -399,8 +397,7 @@ def test_sigusr1_reopens_access_logs(backend: EchoBackend, tmp_path: Path, kind:
     log = tmp_path / "access.log"
     rotated = tmp_path / "access.log.1"
     config = bootstrap(backend.port, access_log_path=log)
-    flags = ("--file-flush-interval-msec", "50")
-    with Proxy(kind, config, tmp_path, extra_flags=flags) as proxy:
+    with ProxyProcess(kind, config, tmp_path, args=FLUSH_ACCESS_LOGS, free_ports=False) as proxy:
         port = proxy.port("ingress")
 
         def contains(path: Path, text: str) -> bool:

@@ -21,27 +21,28 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import re
 import socket
 import ssl
-import sys
 import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.loopback import Blackhole, RefusedPort
+from tests.support.pairs import kinds
+from tests.support.proxies import (
+    FLUSH_ACCESS_LOGS,
+    LOCALHOST,
+    ProxyProcess,
+    socket_address,
+    static_cluster,
+)
+from tests.support.proxies import bootstrap as static_bootstrap
+from tests.support.threaded_server import ThreadedServer
+from tests.support.waiting import wait_for
 
-_ROOT = Path(__file__).resolve().parents[2]
-for _p in (_ROOT, _ROOT / "src"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from tests.support.proxies import ENVOY_BIN, ProxyProcess  # noqa: E402
-
-LOCALHOST = "127.0.0.1"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 TLS_INSPECTOR = (
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
@@ -50,73 +51,31 @@ HTTP_INSPECTOR = (
     "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
 )
 
-_ENVOY_MARKS = [
-    pytest.mark.envoy,
-    pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
-]
-
-
-def kinds(pilotfish_differs: str | None = None) -> list[Any]:
-    """("pilotfish", "envoy") for parametrize; ``pilotfish_differs`` marks pilotfish xfail."""
-    pf_marks = (
-        [pytest.mark.xfail(reason=f"pilotfish: {pilotfish_differs}", strict=True)]
-        if pilotfish_differs
-        else []
-    )
-    return [
-        pytest.param("pilotfish", marks=pf_marks, id="pilotfish"),
-        pytest.param("envoy", marks=_ENVOY_MARKS, id="envoy"),
-    ]
-
-
 # --- TCP servers -------------------------------------------------------------------------------
 
 
-class TcpServer:
-    """A threaded TCP server on 127.0.0.1:0; ``serve`` handles one connection."""
+class TcpServer(ThreadedServer):
+    """A threaded TCP server on 127.0.0.1:0, started at once; ``serve`` handles one
+    connection."""
+
+    thread_prefix = "tcp"
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(128)
-        self.sock.settimeout(0.05)
-        self.port: int = self.sock.getsockname()[1]
-        self.accepted = 0
+        super().__init__(name)
         self.finished: list[bytes] = []  # what each connection received, once it ended
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._conns: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._thread = threading.Thread(target=self._accept, name=f"tcp-{name}", daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(30)
-            with self._lock:
-                self.accepted += 1
-                self._conns.append(conn)
-                thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
-                self._threads.append(thread)
-            thread.start()
-
-    def _run(self, conn: socket.socket) -> None:
+    def _handle(self, sock: socket.socket, conn_id: int) -> bool:
+        sock.settimeout(30)
         received = bytearray()
         try:
-            self.serve(conn, received)
+            self.serve(sock, received)
         except OSError:
             pass
         finally:
             with self._lock:
                 self.finished.append(bytes(received))
-            conn.close()
+        return False
 
     def serve(self, conn: socket.socket, received: bytearray) -> None:
         raise NotImplementedError
@@ -130,18 +89,6 @@ class TcpServer:
             received += data
             if echo:
                 conn.sendall(data)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-        with self._lock:
-            conns, threads = list(self._conns), list(self._threads)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for thread in threads:
-            thread.join(5)
 
 
 class EchoServer(TcpServer):
@@ -172,48 +119,28 @@ class Servers:
         self.echo = EchoServer("echo")
         self.half = BannerServer("half", half_close=True)
         self.named = {n: BannerServer(n) for n in "ABCD"}
-        self.refused = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.refused.bind((LOCALHOST, 0))  # bound, never listening: connections are refused
-        self.refused_port: int = self.refused.getsockname()[1]
-        self.blackhole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.blackhole.bind((LOCALHOST, 0))
-        self.blackhole.listen(0)
-        self.blackhole_port: int = self.blackhole.getsockname()[1]
-        self.fillers = self._fill(self.blackhole_port)
-
-    @staticmethod
-    def _fill(port: int) -> list[socket.socket]:
-        """Fill the accept queue: further SYNs are dropped, connecting times out."""
-        fillers: list[socket.socket] = []
-        for _ in range(8):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.settimeout(0.3)
-            try:
-                s.connect((LOCALHOST, port))
-            except TimeoutError:
-                s.close()
-                return fillers
-            fillers.append(s)
-        for s in fillers:
-            s.close()
-        raise RuntimeError("could not fill the blackhole's accept queue")
+        self.refused = RefusedPort()
+        self.blackhole = Blackhole()
 
     def clusters(self) -> list[dict[str, Any]]:
         out = [
-            _cluster("echo", self.echo.port),
-            _cluster("half", self.half.port),
-            _cluster("refused", self.refused_port),
-            _cluster("blackhole", self.blackhole_port, connect_timeout="0.5s"),
+            static_cluster("echo", self.echo.port, connect_timeout="2s"),
+            static_cluster("half", self.half.port, connect_timeout="2s"),
+            static_cluster("refused", self.refused.port, connect_timeout="2s"),
+            static_cluster("blackhole", self.blackhole.port, connect_timeout="0.5s"),
             {"name": "empty", "type": "STATIC", "connect_timeout": "1s"},
         ]
-        out += [_cluster(name, server.port) for name, server in self.named.items()]
+        out += [
+            static_cluster(name, server.port, connect_timeout="2s")
+            for name, server in self.named.items()
+        ]
         return out
 
     def close(self) -> None:
         for server in [self.echo, self.half, *self.named.values()]:
             server.stop()
-        for s in [self.refused, self.blackhole, *self.fillers]:
-            s.close()
+        self.refused.close()
+        self.blackhole.close()
 
 
 @pytest.fixture(scope="module")
@@ -226,24 +153,6 @@ def servers() -> Iterator[Servers]:
 
 
 # --- bootstraps and proxies --------------------------------------------------------------------
-
-
-def _address(port: int, host: str = LOCALHOST) -> dict[str, Any]:
-    return {"socket_address": {"address": host, "port_value": port}}
-
-
-def _cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}],
-        },
-    }
-    cluster.update(extra)
-    return cluster
 
 
 def tcp_chain(
@@ -272,7 +181,7 @@ def listener(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": name,
-        "address": _address(0, host),
+        "address": socket_address(0, host),
         "filter_chains": list(chains),
     }
     if default is not None:
@@ -298,41 +207,7 @@ def listener(
 
 
 def bootstrap(servers: Servers, *listeners: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "admin": {"address": _address(0)},
-        "static_resources": {"listeners": list(listeners), "clusters": servers.clusters()},
-    }
-
-
-@contextlib.contextmanager
-def running(kind: str, config: dict[str, Any], tmp_path: Path) -> Iterator[ProxyProcess]:
-    proxy = ProxyProcess(kind, config, tmp_path)
-    proxy.start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
-
-
-def stats(proxy: ProxyProcess, prefix: str) -> dict[str, int]:
-    """Counters and gauges whose name starts with ``prefix``, without it."""
-    query = urllib.parse.quote("^" + re.escape(prefix))
-    status, body = proxy.admin_get(f"/stats?filter={query}")
-    assert status == 200, body
-    out = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.partition(": ")
-        if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
-            out[name[len(prefix) :]] = int(value)
-    return out
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    return static_bootstrap(list(listeners), servers.clusters())
 
 
 # --- clients -----------------------------------------------------------------------------------
@@ -402,13 +277,13 @@ def client_hello(server_name: str, alpn: list[str] | None = None) -> bytes:
 # --- relaying ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_relays_a_large_payload_both_ways_and_a_downstream_half_close(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     payload = os.urandom(4 * 1024 * 1024)
     config = bootstrap(servers, listener("tcp", [tcp_chain("relay", cluster="echo")]))
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         sock = connect(proxy.port("tcp"))
         received: list[tuple[bytes, str]] = []
         reader = threading.Thread(target=lambda: received.append(read_until_end(sock)))
@@ -429,21 +304,21 @@ def test_relays_a_large_payload_both_ways_and_a_downstream_half_close(
             "downstream_cx_tx_bytes_total": size,
         }
         wait_for(
-            lambda: {k: stats(proxy, "tcp.relay.").get(k) for k in expected} == expected,
+            lambda: {k: proxy.stats("tcp.relay.").get(k) for k in expected} == expected,
             "tcp.relay.* byte counts",
         )
-        cluster = stats(proxy, "cluster.echo.")
+        cluster = proxy.stats("cluster.echo.")
         assert cluster["upstream_cx_total"] == 1
         assert cluster["upstream_cx_tx_bytes_total"] == size
         assert cluster["upstream_cx_rx_bytes_total"] == size
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_upstream_half_close_leaves_the_other_direction_open(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     config = bootstrap(servers, listener("tcp", [tcp_chain("half", cluster="half")]))
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         before = len(servers.half.finished)
         with connect(proxy.port("tcp")) as sock:
             data = bytearray()
@@ -457,21 +332,21 @@ def test_upstream_half_close_leaves_the_other_direction_open(
             assert read_until_end(sock) == (b"", "FIN")
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_weighted_clusters_split_connections_by_weight(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     weighted = {"clusters": [{"name": "A", "weight": 1}, {"name": "B", "weight": 3}]}
     config = bootstrap(servers, listener("tcp", [tcp_chain("split", weighted_clusters=weighted)]))
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         port = proxy.port("tcp")
         counts = collections.Counter(which_upstream(port) for _ in range(60))
         assert set(counts) == {"A", "B"}
         assert 5 <= counts["A"] <= 27, counts  # 15 expected
-        assert stats(proxy, "tcp.split.")["downstream_cx_total"] == 60
+        assert proxy.stats("tcp.split.")["downstream_cx_total"] == 60
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_two_tcp_listeners_on_port_zero_get_their_own_ports(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
@@ -480,7 +355,7 @@ def test_two_tcp_listeners_on_port_zero_get_their_own_ports(
         listener("first", [tcp_chain("first", cluster="A")]),
         listener("second", [tcp_chain("second", cluster="B")]),
     )
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         assert proxy.port("first") != proxy.port("second")
         assert which_upstream(proxy.port("first")) == "A"
         assert which_upstream(proxy.port("second")) == "B"
@@ -489,14 +364,14 @@ def test_two_tcp_listeners_on_port_zero_get_their_own_ports(
 # --- timeouts and failures ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_idle_timeout_closes_an_idle_connection_only(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     config = bootstrap(
         servers, listener("tcp", [tcp_chain("idle", cluster="echo", idle_timeout="1s")])
     )
-    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+    with ProxyProcess(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         for _ in range(4):  # 1.6 s of traffic, never 1 s apart: the connection stays
             time.sleep(0.4)
             sock.sendall(b"x")
@@ -504,72 +379,65 @@ def test_idle_timeout_closes_an_idle_connection_only(
         silent_since = time.monotonic()
         assert read_until_end(sock) == (b"", "FIN")
         assert 0.5 <= time.monotonic() - silent_since < 6
-        wait_for(lambda: stats(proxy, "tcp.idle.")["idle_timeout"] == 1, "tcp.idle.idle_timeout")
+        wait_for(lambda: proxy.stats("tcp.idle.")["idle_timeout"] == 1, "tcp.idle.idle_timeout")
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_refused_upstream_closes_the_downstream_connection(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     config = bootstrap(servers, listener("tcp", [tcp_chain("refused", cluster="refused")]))
-    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+    with ProxyProcess(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         data, _ = read_until_end(sock)
         assert data == b""
         wait_for(
-            lambda: stats(proxy, "cluster.refused.")["upstream_cx_connect_fail"] == 1,
+            lambda: proxy.stats("cluster.refused.")["upstream_cx_connect_fail"] == 1,
             "cluster.refused.upstream_cx_connect_fail",
         )
-        assert stats(proxy, "tcp.refused.")["downstream_cx_total"] == 1
+        assert proxy.stats("tcp.refused.")["downstream_cx_total"] == 1
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_max_connect_attempts_tries_the_upstream_again(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     chain = tcp_chain("attempts", cluster="refused", max_connect_attempts=3)
     config = bootstrap(servers, listener("tcp", [chain]))
-    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+    with ProxyProcess(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         assert read_until_end(sock)[0] == b""
         wait_for(
-            lambda: stats(proxy, "cluster.refused.")["upstream_cx_connect_fail"] == 3,
+            lambda: proxy.stats("cluster.refused.")["upstream_cx_connect_fail"] == 3,
             "three connect failures",
         )
-        assert stats(proxy, "cluster.refused.")["upstream_cx_total"] == 3
+        assert proxy.stats("cluster.refused.")["upstream_cx_total"] == 3
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_upstream_connect_timeout_closes_the_downstream_connection(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     config = bootstrap(servers, listener("tcp", [tcp_chain("slow", cluster="blackhole")]))
-    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+    with ProxyProcess(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         started = time.monotonic()
         assert read_until_end(sock)[0] == b""
         assert 0.4 <= time.monotonic() - started < 5  # connect_timeout: 0.5s
-        cluster = stats(proxy, "cluster.blackhole.")
+        cluster = proxy.stats("cluster.blackhole.")
         assert (cluster["upstream_cx_connect_timeout"], cluster["upstream_cx_connect_fail"]) == (
             1,
             1,
         )
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_bytes_sent_before_the_upstream_connects_are_left_unread(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     config = bootstrap(servers, listener("tcp", [tcp_chain("early", cluster="blackhole")]))
-    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+    with ProxyProcess(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         sock.sendall(b"early bytes")
         # The connect attempt times out with the bytes still unread: the close is a reset.
         assert read_until_end(sock) == (b"", "RST")
-        assert stats(proxy, "tcp.early.")["downstream_cx_rx_bytes_total"] == 0
-
-
-class FlushingProxy(ProxyProcess):
-    """Access logs flushed every 50 ms (the default is seconds)."""
-
-    def command(self) -> list[str]:
-        return [*super().command(), "--file-flush-interval-msec", "50"]
+        assert proxy.stats("tcp.early.")["downstream_cx_rx_bytes_total"] == 0
 
 
 FAILURE_LOG_FORMAT = (
@@ -578,7 +446,7 @@ FAILURE_LOG_FORMAT = (
 )
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_failed_connects_in_the_access_log(kind: str, servers: Servers, tmp_path: Path) -> None:
     log = tmp_path / "tcp_access.log"
     logger = {
@@ -592,7 +460,7 @@ def test_failed_connects_in_the_access_log(kind: str, servers: Servers, tmp_path
     refused = tcp_chain("refused", cluster="refused", max_connect_attempts=2, access_log=[logger])
     slow = tcp_chain("slow", cluster="blackhole", access_log=[logger])
     config = bootstrap(servers, listener("refused", [refused]), listener("slow", [slow]))
-    proxy = FlushingProxy(kind, config, tmp_path)
+    proxy = ProxyProcess(kind, config, tmp_path, args=FLUSH_ACCESS_LOGS)
     proxy.start()
     try:
         for name in ("refused", "slow"):
@@ -612,28 +480,28 @@ def test_failed_connects_in_the_access_log(kind: str, servers: Servers, tmp_path
     ]
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_unknown_cluster_closes_and_counts_no_route(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     config = bootstrap(servers, listener("tcp", [tcp_chain("noroute", cluster="no-such")]))
-    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+    with ProxyProcess(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         assert read_until_end(sock)[0] == b""
         wait_for(
-            lambda: stats(proxy, "tcp.noroute.")["downstream_cx_no_route"] == 1,
+            lambda: proxy.stats("tcp.noroute.")["downstream_cx_no_route"] == 1,
             "tcp.noroute.downstream_cx_no_route",
         )
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_empty_cluster_closes_and_counts_none_healthy(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     config = bootstrap(servers, listener("tcp", [tcp_chain("nohost", cluster="empty")]))
-    with running(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
+    with ProxyProcess(kind, config, tmp_path) as proxy, connect(proxy.port("tcp")) as sock:
         assert read_until_end(sock)[0] == b""
         wait_for(
-            lambda: stats(proxy, "cluster.empty.")["upstream_cx_none_healthy"] == 1,
+            lambda: proxy.stats("cluster.empty.")["upstream_cx_none_healthy"] == 1,
             "cluster.empty.upstream_cx_none_healthy",
         )
 
@@ -659,11 +527,11 @@ ENVOY_TCP_PROXY_STATS = {
 }
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_tcp_proxy_creates_envoys_stats(kind: str, servers: Servers, tmp_path: Path) -> None:
     config = bootstrap(servers, listener("tcp", [tcp_chain("names", cluster="echo")]))
-    with running(kind, config, tmp_path) as proxy:
-        names = stats(proxy, "tcp.names.")
+    with ProxyProcess(kind, config, tmp_path) as proxy:
+        names = proxy.stats("tcp.names.")
         assert set(names) == ENVOY_TCP_PROXY_STATS
         assert set(names.values()) == {0}
 
@@ -676,19 +544,19 @@ def _prefix(address: str, length: int) -> dict[str, Any]:
 
 
 def _listener_stats(proxy: ProxyProcess, name: str, host: str = LOCALHOST) -> dict[str, int]:
-    return stats(proxy, f"listener.{host}_{proxy.port(name)}.")
+    return proxy.stats(f"listener.{host}_{proxy.port(name)}.")
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_a_destination_port_that_differs_falls_to_the_chain_without_one(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     chains = [tcp_chain("A", {"destination_port": 1}), tcp_chain("B")]
-    with running(kind, bootstrap(servers, listener("fc", chains)), tmp_path) as proxy:
+    with ProxyProcess(kind, bootstrap(servers, listener("fc", chains)), tmp_path) as proxy:
         assert which_upstream(proxy.port("fc")) == "B"
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_default_filter_chain_takes_what_no_chain_matches(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
@@ -696,28 +564,28 @@ def test_default_filter_chain_takes_what_no_chain_matches(
         servers,
         listener("fc", [tcp_chain("A", {"destination_port": 1})], default=tcp_chain("D")),
     )
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         assert which_upstream(proxy.port("fc")) == "D"
         assert _listener_stats(proxy, "fc")["no_filter_chain_match"] == 0
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_no_matching_chain_closes_and_counts_no_filter_chain_match(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     config = bootstrap(servers, listener("fc", [tcp_chain("A", {"destination_port": 1})]))
-    with running(kind, config, tmp_path) as proxy:
-        accepted = servers.named["A"].accepted
+    with ProxyProcess(kind, config, tmp_path) as proxy:
+        accepted = servers.named["A"].connections_accepted
         assert which_upstream(proxy.port("fc")) is None
         wait_for(
             lambda: _listener_stats(proxy, "fc")["no_filter_chain_match"] == 1,
             "no_filter_chain_match",
         )
         assert _listener_stats(proxy, "fc")["downstream_cx_total"] == 0
-        assert servers.named["A"].accepted == accepted
+        assert servers.named["A"].connections_accepted == accepted
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_destination_ip_longest_prefix_wins(kind: str, servers: Servers, tmp_path: Path) -> None:
     chains = [
         tcp_chain("A", {"prefix_ranges": [_prefix("127.0.0.0", 8)]}),
@@ -726,19 +594,19 @@ def test_destination_ip_longest_prefix_wins(kind: str, servers: Servers, tmp_pat
         tcp_chain("D", {"prefix_ranges": [_prefix("10.0.0.0", 8)]}),
     ]
     config = bootstrap(servers, listener("fc", chains, host="127.0.0.2"))
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         assert which_upstream(proxy.port("fc"), host="127.0.0.2") == "B"
         assert _listener_stats(proxy, "fc", "127.0.0.2")["downstream_cx_total"] == 1
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_source_ip_longest_prefix_wins(kind: str, servers: Servers, tmp_path: Path) -> None:
     chains = [
         tcp_chain("A", {"source_prefix_ranges": [_prefix("127.0.0.3", 32)]}),
         tcp_chain("B", {"source_prefix_ranges": [_prefix("127.0.0.0", 8)]}),
         tcp_chain("C"),
     ]
-    with running(kind, bootstrap(servers, listener("fc", chains)), tmp_path) as proxy:
+    with ProxyProcess(kind, bootstrap(servers, listener("fc", chains)), tmp_path) as proxy:
         port = proxy.port("fc")
         assert which_upstream(port, source="127.0.0.3") == "A"
         assert which_upstream(port, source="127.0.0.1") == "B"
@@ -751,25 +619,25 @@ SOURCE_TYPE_CHAINS = [
 ]
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_loopback_or_same_ip_source_matches_same_ip_or_loopback(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
     config = bootstrap(servers, listener("fc", SOURCE_TYPE_CHAINS, host="127.0.0.2"))
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         port = proxy.port("fc")
         assert which_upstream(port, host="127.0.0.2", source="127.0.0.1") == "B"  # loopback
         assert which_upstream(port, host="127.0.0.2", source="127.0.0.2") == "B"  # same IP
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_other_127_sources_are_external(kind: str, servers: Servers, tmp_path: Path) -> None:
     config = bootstrap(servers, listener("fc", SOURCE_TYPE_CHAINS, host="127.0.0.2"))
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         assert which_upstream(proxy.port("fc"), host="127.0.0.2", source="127.0.0.5") == "A"
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_a_more_specific_destination_ip_is_kept_even_if_a_later_criterion_fails(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
@@ -785,7 +653,7 @@ def test_a_more_specific_destination_ip_is_kept_even_if_a_later_criterion_fails(
         ),
         tcp_chain("B"),
     ]
-    with running(kind, bootstrap(servers, listener("fc", chains)), tmp_path) as proxy:
+    with ProxyProcess(kind, bootstrap(servers, listener("fc", chains)), tmp_path) as proxy:
         assert which_upstream(proxy.port("fc")) is None
         wait_for(
             lambda: _listener_stats(proxy, "fc")["no_filter_chain_match"] == 1,
@@ -793,7 +661,7 @@ def test_a_more_specific_destination_ip_is_kept_even_if_a_later_criterion_fails(
         )
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_server_names_via_tls_inspector(kind: str, servers: Servers, tmp_path: Path) -> None:
     chains = [
         tcp_chain("A", {"server_names": ["a.example.com"]}),
@@ -802,7 +670,7 @@ def test_server_names_via_tls_inspector(kind: str, servers: Servers, tmp_path: P
         tcp_chain("D"),
     ]
     config = bootstrap(servers, listener("fc", chains, tls_inspector=True))
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         port = proxy.port("fc")
         assert which_upstream(port, first=client_hello("a.example.com")) == "A"
         assert which_upstream(port, first=client_hello("b.example.com")) == "B"
@@ -810,7 +678,7 @@ def test_server_names_via_tls_inspector(kind: str, servers: Servers, tmp_path: P
         assert which_upstream(port, first=b"plain text, not TLS\r\n") == "D"
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_tls_inspector_alpn_and_http_inspector_protocols(
     kind: str, servers: Servers, tmp_path: Path
 ) -> None:
@@ -823,7 +691,7 @@ def test_tls_inspector_alpn_and_http_inspector_protocols(
         tcp_chain("D"),
     ]
     config = bootstrap(servers, listener("fc", chains, tls_inspector=True, http_inspector=True))
-    with running(kind, config, tmp_path) as proxy:
+    with ProxyProcess(kind, config, tmp_path) as proxy:
         port = proxy.port("fc")
         assert which_upstream(port, first=client_hello("x.test", ["istio", "h2"])) == "A"
         assert which_upstream(port, first=b"GET / HTTP/1.1\r\nhost: a\r\n\r\n") == "B"

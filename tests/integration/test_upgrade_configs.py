@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from tests.support.echo_backend import EchoBackend
+from tests.support.pairs import on_both
 from tests.support.proxies import (
-    KINDS,
-    Proxy,
+    ProxyProcess,
     bootstrap,
     http_listener,
     http_request,
@@ -52,13 +52,13 @@ def _config(backend_port: int) -> dict[str, Any]:
     return bootstrap(listeners, [static_cluster("be", backend_port)])
 
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(scope="module", params=on_both())
 def proxy(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Proxy]:
+) -> Iterator[ProxyProcess]:
     with (
         EchoBackend("A") as backend,
-        Proxy(
+        ProxyProcess(
             request.param, _config(backend.address[1]), tmp_path_factory.mktemp("upgrades")
         ) as running,
     ):
@@ -80,7 +80,7 @@ def proxy(
     ],
 )
 def test_route_upgrade_configs_override_the_hcm(
-    proxy: Proxy, listener: str, path: str, status: int
+    proxy: ProxyProcess, listener: str, path: str, status: int
 ) -> None:
     raw = HANDSHAKE.format(path=path).encode()
-    assert http_request(proxy.listener_port(listener), raw, timeout=5)[0] == status
+    assert http_request(proxy.port(listener), raw, timeout=5)[0] == status

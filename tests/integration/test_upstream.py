@@ -18,35 +18,32 @@ from __future__ import annotations
 
 import collections
 import json
-import re
-import socket
-import sys
 import time
-import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-for _p in (_ROOT, _ROOT / "src"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from tests.support.echo_backend import EchoBackend  # noqa: E402
-from tests.support.proxies import (  # noqa: E402
-    ENVOY_BIN,
+from tests.support.echo_backend import EchoBackend
+from tests.support.loopback import Blackhole, RefusedPort
+from tests.support.pairs import kinds
+from tests.support.proxies import (
+    FLUSH_ACCESS_LOGS,
+    LOCALHOST,
     Exchange,
     ProxyProcess,
     RawResponse,
+    bootstrap,
     http_exchange,
-    parse_responses,
+    http_listener,
+    lb_endpoint,
+    static_cluster,
 )
+from tests.support.rawconn import RawConn
+from tests.support.waiting import wait_for
 
-LOCALHOST = "127.0.0.1"
 ACCESS_LOG_FORMAT = (
     "%REQ(X-TEST-ID)% %RESPONSE_CODE% %RESPONSE_FLAGS% %UPSTREAM_REQUEST_ATTEMPT_COUNT% "
     "%RESPONSE_CODE_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON%\n"
@@ -55,104 +52,16 @@ RESET_BODY = b"upstream connect error or disconnect/reset before headers. "
 CONNECT_TIMEOUT_S = 0.5
 ROUTE_TIMEOUTS = {"rq_timeout": "0.3s", "per_try": "5s"}
 
-_ENVOY_MARKS = [
-    pytest.mark.envoy,
-    pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
-]
-
-
-def kinds(pilotfish_differs: str | None = None) -> list[Any]:
-    """("pilotfish", "envoy") for parametrize; ``pilotfish_differs`` marks pilotfish xfail."""
-    pf_marks = (
-        [pytest.mark.xfail(reason=f"pilotfish: {pilotfish_differs}", strict=True)]
-        if pilotfish_differs
-        else []
-    )
-    return [
-        pytest.param("pilotfish", marks=pf_marks, id="pilotfish"),
-        pytest.param("envoy", marks=_ENVOY_MARKS, id="envoy"),
-    ]
-
-
-# --- loopback failure makers -----------------------------------------------------------------
-
-
-class RefusedPort:
-    """A port bound without listening: connecting is refused, and nothing else can take it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((LOCALHOST, 0))
-        self.port: int = self.sock.getsockname()[1]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Blackhole:
-    """A listening socket whose accept queue is full and never drained: the kernel drops new
-    SYNs, so a connect attempt neither succeeds nor fails until its own timeout."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(0)
-        self.port: int = self.sock.getsockname()[1]
-        self.fillers: list[socket.socket] = []
-        for _ in range(8):
-            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            filler.settimeout(0.3)
-            try:
-                filler.connect((LOCALHOST, self.port))
-            except TimeoutError:
-                filler.close()
-                return  # the queue is full: this SYN was dropped
-            self.fillers.append(filler)
-        self.close()
-        raise RuntimeError("could not fill the accept queue of the blackhole socket")
-
-    def close(self) -> None:
-        for s in [*self.fillers, self.sock]:
-            s.close()
-
-
 # --- the bootstrap ---------------------------------------------------------------------------
 
 
-def _address(port: int, host: str = LOCALHOST) -> dict[str, Any]:
-    return {"socket_address": {"address": host, "port_value": port}}
-
-
-def _endpoint(port: int, weight: int | None = None, host: str = LOCALHOST) -> dict[str, Any]:
-    ep: dict[str, Any] = {"endpoint": {"address": _address(port, host)}}
-    if weight is not None:
-        ep["load_balancing_weight"] = weight
-    return ep
-
-
 def _cluster(name: str, lb_endpoints: Sequence[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": list(lb_endpoints)}] if lb_endpoints else [],
-        },
-    }
-    cluster.update(extra)
-    return cluster
+    extra.setdefault("connect_timeout", "2s")
+    return static_cluster(name, endpoints=lb_endpoints, **extra)
 
 
 def _thresholds(**limits: int) -> dict[str, Any]:
     return {"thresholds": [limits]}
-
-
-class FlushingProxy(ProxyProcess):
-    """The same command line for both, plus a short access-log flush interval."""
-
-    def command(self) -> list[str]:
-        return [*super().command(), "--file-flush-interval-msec", "50"]
 
 
 @dataclass
@@ -177,40 +86,6 @@ class LogEntry:
     failure_reason: str
 
 
-class InFlight:
-    """A request written on its own connection, its response read later."""
-
-    def __init__(self, port: int, data: bytes) -> None:
-        self.sock = socket.create_connection((LOCALHOST, port), timeout=5)
-        self.sock.sendall(data)
-
-    def response(self, timeout: float = 10.0) -> RawResponse | None:
-        data = b""
-        eof = False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            responses, _ = parse_responses(data, eof)
-            finals = [r for r in responses if not r.informational and r.complete]
-            if finals:
-                return finals[0]
-            if eof:
-                return None
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                chunk = b""
-            if not chunk:
-                eof = True
-            data += chunk
-        return None
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 class Stack:
     """Backends, failure makers and one proxy process of ``kind`` serving every cluster."""
 
@@ -232,7 +107,9 @@ class Stack:
                 if c["name"] in ROUTE_TIMEOUTS:
                     route["timeout"] = ROUTE_TIMEOUTS[c["name"]]
                 routes.append({"match": {"prefix": f"/{c['name']}/"}, "route": route})
-            self.proxy = FlushingProxy(kind, self._bootstrap(clusters, routes), workdir)
+            self.proxy = ProxyProcess(
+                kind, self._bootstrap(clusters, routes), workdir, args=FLUSH_ACCESS_LOGS
+            )
             self.proxy.start()
         except BaseException:
             self.close()
@@ -249,7 +126,7 @@ class Stack:
 
     def _clusters(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         assert self.blackhole is not None
-        ep, cl, p = _endpoint, _cluster, self._ports
+        ep, cl, p = lb_endpoint, _cluster, self._ports
         refused, blackhole = self.refused.port, self.blackhole.port
         three = ("0", "1", "2")
         clusters = [
@@ -379,52 +256,21 @@ class Stack:
     def _bootstrap(
         self, clusters: list[dict[str, Any]], routes: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        hcm = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network."
-            "http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": "main",
-            "route_config": {
-                "name": "local",
-                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+        access_log = {
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+                "FileAccessLog",
+                "path": str(self.access_log),
+                "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
             },
-            "http_filters": [
-                {
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                    },
-                }
-            ],
-            "access_log": [
-                {
-                    "name": "envoy.access_loggers.file",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
-                        "FileAccessLog",
-                        "path": str(self.access_log),
-                        "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
-                    },
-                }
-            ],
         }
-        listener = {
-            "name": "main",
-            "address": _address(0),
-            "filter_chains": [
-                {
-                    "filters": [
-                        {
-                            "name": "envoy.filters.network.http_connection_manager",
-                            "typed_config": hcm,
-                        }
-                    ]
-                }
-            ],
+        route_config = {
+            "name": "local",
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
         }
-        return {
-            "admin": {"address": _address(0)},
-            "static_resources": {"listeners": [listener], "clusters": clusters},
-        }
+        hcm = {"access_log": [access_log]}
+        return bootstrap([http_listener("main", route_config=route_config, hcm=hcm)], clusters)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -463,8 +309,11 @@ class Stack:
         assert len(finals) == count, f"{len(finals)} of {count} responses: {exchange.raw[-300:]!r}"
         return finals
 
-    def in_flight(self, path: str, headers: dict[str, str] | None = None) -> InFlight:
-        return InFlight(self.port, self.request_bytes(path, uuid.uuid4().hex, headers))
+    def in_flight(self, path: str, headers: dict[str, str] | None = None) -> RawConn:
+        """A request written on its own connection, its response read later."""
+        conn = RawConn((LOCALHOST, self.port))
+        conn.send(self.request_bytes(path, uuid.uuid4().hex, headers))
+        return conn
 
     # -- observations ------------------------------------------------------------------------------
 
@@ -483,16 +332,7 @@ class Stack:
     def stats(self, cluster: str) -> dict[str, int]:
         """Counters and gauges ``cluster.<cluster>.*``, without the prefix."""
         assert self.proxy is not None
-        prefix = f"cluster.{cluster}."
-        query = urllib.parse.quote("^" + re.escape(prefix))
-        status, body = self.proxy.admin_get(f"/stats?filter={query}")
-        assert status == 200, body
-        out = {}
-        for line in body.decode().splitlines():
-            name, _, value = line.partition(": ")
-            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
-                out[name[len(prefix) :]] = int(value)
-        return out
+        return self.proxy.stats(f"cluster.{cluster}.")
 
     def wait_stat(self, cluster: str, name: str, value: int, timeout: float = 10.0) -> None:
         wait_for(
@@ -501,9 +341,9 @@ class Stack:
 
     def clusters_text(self) -> list[str]:
         assert self.proxy is not None
-        status, body = self.proxy.admin_get("/clusters")
-        assert status == 200
-        return body.decode().splitlines()
+        reply = self.proxy.call("/clusters")
+        assert reply.status == 200
+        return reply.text.splitlines()
 
     def close(self) -> None:
         if self.proxy is not None:
@@ -513,14 +353,6 @@ class Stack:
         self.refused.close()
         if self.blackhole is not None:
             self.blackhole.close()
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Stacks:
@@ -559,14 +391,14 @@ def backends_of(responses: Sequence[RawResponse]) -> dict[str, int]:
 # --- cluster types -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_static_round_robin_splits_fresh_connections_exactly(stack: Stack) -> None:
     responses = [stack.get("/rr/x").response for _ in range(30)]
     assert all(r.status == 200 for r in responses)
     assert backends_of(responses) == {"rr0": 10, "rr1": 10, "rr2": 10}
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_round_robin_on_one_downstream_connection_keeps_one_upstream_connection_per_host(
     stack: Stack,
 ) -> None:
@@ -577,7 +409,7 @@ def test_round_robin_on_one_downstream_connection_keeps_one_upstream_connection_
     assert stack.stats("rr_ka")["upstream_cx_total"] == 3
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_sequential_requests_reuse_one_keepalive_upstream_connection(stack: Stack) -> None:
     bodies = []
     for _ in range(10):
@@ -590,7 +422,7 @@ def test_sequential_requests_reuse_one_keepalive_upstream_connection(stack: Stac
     assert (stats["upstream_cx_total"], stats["upstream_rq_total"]) == (1, 10)
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_strict_dns_resolves_every_endpoint_of_localhost(stack: Stack) -> None:
     responses = [stack.get("/sdns/x").response for _ in range(4)]
     assert all(r.status == 200 for r in responses)
@@ -601,7 +433,7 @@ def test_strict_dns_resolves_every_endpoint_of_localhost(stack: Stack) -> None:
         assert f"sdns::127.0.0.1:{port}::hostname::localhost" in lines
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_logical_dns_resolves_localhost_to_one_logical_host(stack: Stack) -> None:
     responses = [stack.get("/ldns/x").response for _ in range(3)]
     assert all(r.status == 200 for r in responses)
@@ -613,7 +445,7 @@ def test_logical_dns_resolves_localhost_to_one_logical_host(stack: Stack) -> Non
     assert f"ldns::127.0.0.1:{port}::hostname::localhost" in stack.clusters_text()
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_original_dst_takes_the_host_from_the_http_header(stack: Stack) -> None:
     for name in ("odst0", "odst1", "odst0"):
         port = stack.backend(name).port  # started now: not in the bootstrap
@@ -628,7 +460,7 @@ def test_original_dst_takes_the_host_from_the_http_header(stack: Stack) -> None:
     assert {f"127.0.0.1:{stack.backends[n].port}" for n in ("odst0", "odst1")} <= hosts
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_original_dst_without_or_with_a_bad_header_has_no_host(stack: Stack) -> None:
     for headers in ({}, {"x-envoy-original-dst-host": "not-an-address"}):
         result = stack.get("/odst_hdr/missing", headers)
@@ -637,7 +469,7 @@ def test_original_dst_without_or_with_a_bad_header_has_no_host(stack: Stack) -> 
         assert stack.log_entry(result.test_id).flags == "UH"
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_original_dst_bad_header_counts_original_dst_host_invalid(stack: Stack) -> None:
     for value in ("not-an-address", "127.0.0.1", "127.0.0.1:x"):
         response = stack.get("/odst_bad/x", {"x-envoy-original-dst-host": value}).response
@@ -645,7 +477,7 @@ def test_original_dst_bad_header_counts_original_dst_host_invalid(stack: Stack) 
     assert stack.stats("odst_bad")["original_dst_host_invalid"] == 3
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_original_dst_needs_a_restored_destination_address(stack: Stack) -> None:
     result = stack.get("/odst_port/x")
     assert (result.response.status, result.response.body) == (503, b"no healthy upstream")
@@ -656,14 +488,14 @@ def test_original_dst_needs_a_restored_destination_address(stack: Stack) -> None
 # --- load balancing ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_round_robin_honours_endpoint_weights(stack: Stack) -> None:
     counts = backends_of(stack.pipelined("/weighted/x", 40))
     assert set(counts) == {"weighted0", "weighted1"}
     assert abs(counts["weighted0"] - 10) <= 1, counts  # weights 1:3
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_locality_weighted_lb_config_splits_by_locality_weight(stack: Stack) -> None:
     # Locality a (weight 1) has one host, locality b (weight 3) two: 1/4, 3/8, 3/8.
     counts = backends_of(stack.pipelined("/locality/x", 120))
@@ -672,27 +504,27 @@ def test_locality_weighted_lb_config_splits_by_locality_weight(stack: Stack) -> 
     assert abs(counts.get("locality2", 0) - 45) <= 3, counts
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_locality_weights_are_ignored_without_locality_weighted_lb_config(stack: Stack) -> None:
     counts = backends_of(stack.pipelined("/locality_off/x", 120))
     assert counts == {"locality_off0": 40, "locality_off1": 40, "locality_off2": 40}
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_random_spreads_over_every_host(stack: Stack) -> None:
     counts = backends_of(stack.pipelined("/random/x", 60))
     assert set(counts) == {"random0", "random1", "random2"}
     assert min(counts.values()) >= 5, counts  # 20 expected each
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_least_request_spreads_over_every_host(stack: Stack) -> None:
     counts = backends_of(stack.pipelined("/least/x", 60))
     assert set(counts) == {"least0", "least1", "least2"}
     assert min(counts.values()) >= 5, counts
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_least_request_honours_endpoint_weights(stack: Stack) -> None:
     counts = backends_of(stack.pipelined("/least_weighted/x", 60))
     assert 8 <= counts.get("least_weighted0", 0) <= 22, counts  # weights 1:3, 15 expected
@@ -701,7 +533,7 @@ def test_least_request_honours_endpoint_weights(stack: Stack) -> None:
 # --- connection failures -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_connect_timeout_is_503_uf_connection_timeout(stack: Stack) -> None:
     result = stack.get("/timeout/x")
     response = result.response
@@ -714,7 +546,7 @@ def test_connect_timeout_is_503_uf_connection_timeout(stack: Stack) -> None:
     assert stats["upstream_rq_pending_total"] == 1
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_connect_timeout_reply_says_connection_timeout(stack: Stack) -> None:
     result = stack.get("/timeout_body/x")
     assert result.response.status == 503
@@ -723,7 +555,7 @@ def test_connect_timeout_reply_says_connection_timeout(stack: Stack) -> None:
     assert entry.details == "upstream_reset_before_response_started{connection_timeout}"
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_connection_refused_is_503_uf_remote_connection_failure(stack: Stack) -> None:
     result = stack.get("/refused/x")
     response = result.response
@@ -735,7 +567,7 @@ def test_connection_refused_is_503_uf_remote_connection_failure(stack: Stack) ->
     assert stats["upstream_cx_connect_timeout"] == 0
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_connection_refused_transport_failure_reason_names_the_error(stack: Stack) -> None:
     entry = stack.log_entry(stack.get("/refused_reason/x").test_id)
     assert entry.failure_reason == "delayed_connect_error:_Connection_refused"
@@ -745,7 +577,7 @@ def test_connection_refused_transport_failure_reason_names_the_error(stack: Stac
     )
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_local_503s_count_in_response_code_stats_but_not_as_upstream_requests(
     stack: Stack,
 ) -> None:
@@ -764,7 +596,7 @@ def test_local_503s_count_in_response_code_stats_but_not_as_upstream_requests(
     ) == (0, 1, 1)
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_empty_cluster_is_503_uh_no_healthy_upstream(stack: Stack) -> None:
     result = stack.get("/empty/x")
     response = result.response
@@ -776,7 +608,7 @@ def test_empty_cluster_is_503_uh_no_healthy_upstream(stack: Stack) -> None:
     assert stats["membership_total"] == 0
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_no_healthy_upstream_keeps_the_downstream_connection_open(stack: Stack) -> None:
     exchange = stack.get("/empty_open/x", probe=True).exchange
     assert exchange.finals[0].status == 503
@@ -788,7 +620,7 @@ def test_no_healthy_upstream_keeps_the_downstream_connection_open(stack: Stack) 
 # --- circuit breakers --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_max_connections_queues_the_extra_request_on_the_busy_connection(stack: Stack) -> None:
     first = stack.in_flight("/cb_cx/slow", {"x-echo-delay-ms": "1000"})
     try:
@@ -806,7 +638,7 @@ def test_max_connections_queues_the_extra_request_on_the_busy_connection(stack: 
     assert stats["upstream_rq_pending_overflow"] == 0
 
 
-def _fill_pending(stack: Stack, cluster: str) -> tuple[InFlight, InFlight]:
+def _fill_pending(stack: Stack, cluster: str) -> tuple[RawConn, RawConn]:
     """One hanging request on the only connection, one more waiting for it."""
     holder = stack.in_flight(f"/{cluster}/hang", {"x-echo-behavior": "hang"})
     wait_for(lambda: len(stack.backends[f"{cluster}0"].requests) == 1, "the hanging request")
@@ -815,7 +647,7 @@ def _fill_pending(stack: Stack, cluster: str) -> tuple[InFlight, InFlight]:
     return holder, waiting
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_max_pending_requests_overflow_is_503_uo(stack: Stack) -> None:
     holder, waiting = _fill_pending(stack, "cb_pending")
     try:
@@ -837,7 +669,7 @@ def test_max_pending_requests_overflow_is_503_uo(stack: Stack) -> None:
         waiting.close()
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_overflow_reply_says_x_envoy_overloaded_and_keeps_the_connection(stack: Stack) -> None:
     holder, waiting = _fill_pending(stack, "cb_pending_hdr")
     try:
@@ -850,13 +682,13 @@ def test_overflow_reply_says_x_envoy_overloaded_and_keeps_the_connection(stack: 
         waiting.close()
 
 
-def _hold_one_request(stack: Stack, cluster: str) -> InFlight:
+def _hold_one_request(stack: Stack, cluster: str) -> RawConn:
     holder = stack.in_flight(f"/{cluster}/hang", {"x-echo-behavior": "hang"})
     wait_for(lambda: len(stack.backends[f"{cluster}0"].requests) == 1, "the hanging request")
     return holder
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_max_requests_overflow_is_503_uo(stack: Stack) -> None:
     holder = _hold_one_request(stack, "cb_rq")
     try:
@@ -869,7 +701,7 @@ def test_max_requests_overflow_is_503_uo(stack: Stack) -> None:
     assert len(stack.backends["cb_rq0"].requests) == 1
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_max_requests_overflow_counts_upstream_rq_active_overflow(stack: Stack) -> None:
     holder = _hold_one_request(stack, "cb_rq_stats")
     try:
@@ -884,7 +716,7 @@ def test_max_requests_overflow_counts_upstream_rq_active_overflow(stack: Stack) 
 # --- retries -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_retry_on_5xx_until_num_retries_then_the_upstream_answer_with_urx(stack: Stack) -> None:
     result = stack.get("/retry_5xx/x", {"x-echo-status": "503"})
     response = result.response
@@ -897,7 +729,7 @@ def test_retry_on_5xx_until_num_retries_then_the_upstream_answer_with_urx(stack:
     assert stats["upstream_rq_retry_success"] == 0
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_retries_running_out_count_upstream_rq_retry_limit_exceeded(stack: Stack) -> None:
     assert stack.get("/retry_5xx_stats/x", {"x-echo-status": "500"}).response.status == 500
     stats = stack.stats("retry_5xx_stats")
@@ -912,7 +744,7 @@ def test_retries_running_out_count_upstream_rq_retry_limit_exceeded(stack: Stack
 # --- timeouts ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_route_timeout_is_504_ut_charged_to_the_cluster(stack: Stack) -> None:
     result = stack.get("/rq_timeout/x", {"x-echo-delay-ms": "3000"})
     assert (result.response.status, result.response.body) == (504, b"upstream request timeout")
@@ -923,7 +755,7 @@ def test_route_timeout_is_504_ut_charged_to_the_cluster(stack: Stack) -> None:
     assert (stats["upstream_rq_completed"], stats["upstream_rq_total"]) == (1, 1)
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_per_try_timeouts_are_retried_then_504_upstream_per_try_timeout(stack: Stack) -> None:
     result = stack.get("/per_try/x", {"x-echo-delay-ms": "3000"})
     assert (result.response.status, result.response.body) == (504, b"upstream request timeout")
@@ -939,7 +771,7 @@ def test_per_try_timeouts_are_retried_then_504_upstream_per_try_timeout(stack: S
     assert (stats["upstream_rq_504"], stats["upstream_rq_total"]) == (1, 2)
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_retry_on_connect_failure_reaches_the_live_host(stack: Stack) -> None:
     # Round robin over (refused, live): every request that starts on the refused host is
     # retried on the live one; at most the first request starts on the live host.
@@ -954,7 +786,7 @@ def test_retry_on_connect_failure_reaches_the_live_host(stack: Stack) -> None:
     assert stats["upstream_cx_connect_fail"] == retried
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_retry_on_reset_exhausted_is_503_with_retried_reset_reason(stack: Stack) -> None:
     result = stack.get("/retry_reset/x", {"x-echo-behavior": "reset"})
     response = result.response
@@ -969,7 +801,7 @@ def test_retry_on_reset_exhausted_is_503_with_retried_reset_reason(stack: Stack)
     assert stack.stats("retry_reset")["upstream_rq_retry"] == 1
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_retry_on_connect_failure_exhausted_is_503_with_retried_reset_reason(
     stack: Stack,
 ) -> None:
@@ -986,7 +818,7 @@ def test_retry_on_connect_failure_exhausted_is_503_with_retried_reset_reason(
     assert (stats["upstream_rq_retry"], stats["upstream_cx_connect_fail"]) == (2, 3)
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_access_log_lines_of_failed_requests(stack: Stack) -> None:
     cases = {
         "/log_timeout/x": (
@@ -1021,7 +853,7 @@ def test_access_log_lines_of_failed_requests(stack: Stack) -> None:
 # --- stats -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_upstream_stats_names_and_values(stack: Stack) -> None:
     for status in ("200", "200", "200", "404"):
         assert stack.get("/stats/x", {"x-echo-status": status}).response.status == int(status)
@@ -1156,7 +988,7 @@ ENVOY_CLUSTER_STATS = {
 }
 
 
-@pytest.mark.parametrize("kind", kinds())
+@kinds()
 def test_a_static_cluster_has_envoys_stats(stack: Stack) -> None:
     stats = stack.stats("names")
     assert set(stats) == ENVOY_CLUSTER_STATS

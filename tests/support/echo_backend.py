@@ -27,17 +27,19 @@ until SIGTERM.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import http
 import json
-import signal
 import socket
-import struct
 import sys
 import threading
 from dataclasses import dataclass, field
-from types import FrameType, TracebackType
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``tests.support`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support.headers import HeaderLookup
+from tests.support.threaded_server import ThreadedServer, serve_until_signalled
 
 __all__ = ["EchoBackend", "ReceivedRequest", "main"]
 
@@ -47,7 +49,7 @@ _RECV = 65536
 
 
 @dataclass
-class ReceivedRequest:
+class ReceivedRequest(HeaderLookup):
     """One complete request as the backend received it."""
 
     method: str
@@ -58,19 +60,6 @@ class ReceivedRequest:
     trailers: list[tuple[str, str]] = field(default_factory=list)
     connection_id: int = 0
     raw: bytes = b""  # the exact bytes of this request on the wire (head, framed body, trailers)
-
-    def header(self, name: str) -> str | None:
-        """First value of header ``name`` (case-insensitive), or None."""
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
-
-    def header_values(self, name: str) -> list[str]:
-        """Every value of header ``name`` (case-insensitive), in order."""
-        lname = name.lower()
-        return [value for key, value in self.headers if key.lower() == lname]
 
 
 class _BadRequest(Exception):
@@ -162,80 +151,15 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
-class EchoBackend:
+class EchoBackend(ThreadedServer):
     """A threaded HTTP/1.1 echo server; see the module docstring for its behaviour."""
 
+    thread_prefix = "echo"
+
     def __init__(self, name: str = "backend", host: str = "127.0.0.1", port: int = 0) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
+        super().__init__(name, host, port)
         self.requests: list[ReceivedRequest] = []
-        self.connections_accepted = 0
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._listener: socket.socket | None = None
-        self._accept_thread: threading.Thread | None = None
-        self._clients: dict[int, socket.socket] = {}
         self._wire: dict[int, bytearray] = {}
-        self._threads: list[threading.Thread] = []
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    def start(self) -> EchoBackend:
-        if self._listener is not None:
-            raise RuntimeError("already started")
-        self._stopping.clear()
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(128)
-        listener.settimeout(0.05)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, name=f"echo-{self.name}-accept", daemon=True
-        )
-        self._accept_thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._accept_thread is not None:
-            self._accept_thread.join(timeout=5)
-            self._accept_thread = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            clients = list(self._clients.values())
-            threads = list(self._threads)
-        for sock in clients:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in threads:
-            thread.join(timeout=5)
-        with self._lock:
-            leftover = list(self._clients.values())
-            self._clients.clear()
-            self._threads.clear()
-        for sock in leftover:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def __enter__(self) -> EchoBackend:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def clear(self) -> None:
         """Forget recorded requests and received bytes (connection counters are kept)."""
@@ -252,36 +176,10 @@ class EchoBackend:
 
     # -- serving ---------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        while not self._stopping.is_set():
-            try:
-                sock, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                if self._stopping.is_set():
-                    sock.close()
-                    break
-                self.connections_accepted += 1
-                conn_id = self.connections_accepted
-                self._clients[conn_id] = sock
-                self._wire[conn_id] = bytearray()
-                thread = threading.Thread(
-                    target=self._serve,
-                    args=(sock, conn_id),
-                    name=f"echo-{self.name}-conn{conn_id}",
-                    daemon=True,
-                )
-                self._threads.append(thread)
-            thread.start()
+    def _accepted(self, conn_id: int) -> None:
+        self._wire[conn_id] = bytearray()
 
-    def _serve(self, sock: socket.socket, conn_id: int) -> None:
+    def _handle(self, sock: socket.socket, conn_id: int) -> bool:
         with self._lock:
             wire = self._wire[conn_id]
         reader = _Reader(sock, wire, self._lock)
@@ -303,18 +201,7 @@ class EchoBackend:
                     break
         except _Closed:
             pass
-        finally:
-            with self._lock:
-                self._clients.pop(conn_id, None)
-                with contextlib.suppress(ValueError):
-                    self._threads.remove(threading.current_thread())
-            if abortive:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            else:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_WR)
-            sock.close()
+        return abortive
 
     @staticmethod
     def _send(sock: socket.socket, data: bytes) -> bool:
@@ -509,27 +396,7 @@ class EchoBackend:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="HTTP/1.1 echo backend for tests")
-    parser.add_argument("--name", default="backend")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    done = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    backend = EchoBackend(args.name, args.host, args.port).start()
-    print(f"PORT {backend.port}", flush=True)
-    try:
-        while not done.wait(0.5):
-            pass
-    finally:
-        backend.stop()
-    return 0
+    return serve_until_signalled(EchoBackend, argv, "HTTP/1.1 echo backend for tests", "backend")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Helpers for tests that run one bootstrap on pilotfish and on real Envoy and assert Envoy's
-answer on both: a test is parametrized with :func:`on_both`, so the Envoy run proves that the
-expected answer is Envoy's, and a known pilotfish difference is a strict ``xfail`` on the
-pilotfish run only.
+answer on both. A test is parametrized with :func:`kinds` (a ``kind`` argument),
+:func:`each_proxy` (a module's ``proxy`` fixture, see :func:`deploy`) or :func:`on_both` (the
+parameters themselves), so the Envoy run proves that the expected answer is Envoy's, and a
+known pilotfish difference is a strict ``xfail`` on the pilotfish run only. The Envoy run is
+marked ``envoy`` and skipped when Envoy is not installed.
 
 Listeners are placed on distinct loopback addresses, all on port 0 (:func:`place_listeners`),
 and :class:`Deployment` knows where each one ended up.
@@ -11,39 +13,59 @@ from __future__ import annotations
 
 import email.utils
 import re
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from _pytest.mark.structures import ParameterSet
 from tests.support.echo_backend import ReceivedRequest
 from tests.support.proxies import ENVOY_BIN, ProxyProcess, RawResponse, socket_address
+from tests.support.waiting import wait_until
 
 __all__ = [
+    "CLOSE_WAIT",
+    "OPEN_WAIT",
     "Deployment",
+    "deploy",
+    "each_proxy",
+    "kinds",
     "masked_head",
     "on_both",
     "place_listeners",
     "shape",
-    "start_deployment",
 ]
+
+CLOSE_WAIT = 3.0  # how long a connection the proxy must close is watched
+OPEN_WAIT = 0.3  # how long a connection that must stay open is watched
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 def on_both(pilotfish_xfail: str | None = None) -> list[ParameterSet]:
-    """Parameters for an indirect ``proxy`` fixture: pilotfish (a strict xfail when
-    ``pilotfish_xfail`` says what differs) and Envoy (marked ``envoy``)."""
+    """Parameters "pilotfish" (a strict xfail when ``pilotfish_xfail`` says what differs) and
+    "envoy" (marked ``envoy``, skipped without the real Envoy)."""
     marks = []
     if pilotfish_xfail is not None:
         marks.append(pytest.mark.xfail(reason=f"pilotfish: {pilotfish_xfail}", strict=True))
+    envoy_marks = [
+        pytest.mark.envoy,
+        pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
+    ]
     return [
         pytest.param("pilotfish", marks=marks, id="pilotfish"),
-        pytest.param("envoy", marks=[pytest.mark.envoy], id="envoy"),
+        pytest.param("envoy", marks=envoy_marks, id="envoy"),
     ]
+
+
+def kinds(pilotfish_xfail: str | None = None) -> pytest.MarkDecorator:
+    """Parametrize the test's ``kind`` argument with :func:`on_both`."""
+    return pytest.mark.parametrize("kind", on_both(pilotfish_xfail))
+
+
+def each_proxy(pilotfish_xfail: str | None = None) -> pytest.MarkDecorator:
+    """Parametrize a module's ``proxy`` fixture (indirectly) with :func:`on_both`."""
+    return pytest.mark.parametrize("proxy", on_both(pilotfish_xfail), indirect=True)
 
 
 def place_listeners(listeners: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -66,9 +88,7 @@ class Deployment:
 
     @property
     def pid(self) -> int:
-        pid = self.proxy.pid
-        assert pid is not None
-        return pid
+        return self.proxy.pid
 
     def addr(self, listener: str) -> tuple[str, int]:
         return self.hosts[listener], self.proxy.port(listener)
@@ -78,24 +98,24 @@ class Deployment:
 
     def wait_stat(self, name: str, value: int, timeout: float = 5.0) -> int:
         """Poll stat ``name`` until it equals ``value`` (or the time is up); its last value."""
-        deadline = time.monotonic() + timeout
-        current = self.stat(name)
-        while current != value and time.monotonic() < deadline:
-            time.sleep(0.05)
-            current = self.stat(name)
-        return current
+        wait_until(lambda: self.stat(name) == value, timeout)
+        return self.stat(name)
 
 
-def start_deployment(
-    kind: str, config: dict[str, Any], hosts: dict[str, str], workdir: Path
-) -> Deployment:
-    """Start ``kind`` on ``config`` (skips when Envoy is not installed). Stop it with
-    ``deployment.proxy.stop()``."""
-    if kind == "envoy" and not ENVOY_BIN.exists():
-        pytest.skip("needs the real Envoy in .venv-envoy")
-    proxy = ProxyProcess(kind, config, workdir, free_ports=False)
-    proxy.start()
-    return Deployment(kind, proxy, hosts)
+def deploy(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    config: dict[str, Any],
+    hosts: dict[str, str],
+) -> Iterator[Deployment]:
+    """The body of a module-scoped ``proxy`` fixture parametrized indirectly with
+    :func:`on_both`: ``yield from deploy(...)`` runs ``request.param`` on ``config`` (files in
+    a fresh ``<name>-<kind>`` directory), exactly as written, for the module, then stops it."""
+    kind: str = request.param
+    proxy = ProxyProcess(kind, config, tmp_path_factory.mktemp(f"{name}-{kind}"), free_ports=False)
+    with proxy:
+        yield Deployment(kind, proxy, hosts)
 
 
 def shape(resp: RawResponse) -> list[str]:

@@ -4,17 +4,19 @@
 to ``tmp_path``, starts ``envoy`` or ``pilotfish`` with the same Envoy command line, waits until
 the admin interface answers ``/ready`` with ``LIVE`` and learns the port of every listener from
 ``/listeners?format=json``. Static listeners on port 0 are given a free port each (probed by
-binding port 0) before the process starts; the admin may keep port 0. ``stop()`` signals the
-PID it started (SIGTERM, then SIGKILL) and nothing else.
+binding port 0) before the process starts, unless ``free_ports=False`` keeps the bootstrap
+exactly as written; the admin may keep port 0. ``call(path)`` sends one admin request,
+``stats(prefix)`` reads counters and gauges. ``stop()`` signals the PID it started (SIGTERM,
+then SIGKILL) and nothing else.
 
 ``http_exchange(port, steps, ...)`` sends exact bytes on one TCP connection and parses every
 response that comes back (content-length, chunked with trailers, close-delimited, HEAD,
 1xx interim responses, 101), keeping header names in their original case and order, and tells
 whether the server closed the connection.
 
-The bootstrap builders (``socket_address``, ``static_cluster``, ``http_listener``,
-``bootstrap``), ``Proxy`` (an alias of ``ProxyProcess``) and the small one-response client
-(``connect``, ``read_response``, ``http_request``, ``get``) are kept for simple tests.
+The bootstrap builders (``socket_address``, ``lb_endpoint``, ``static_cluster``,
+``http_listener``, ``bootstrap``) and the small one-response client (``connect``,
+``read_response``, ``http_request``, ``get``) are kept for simple tests.
 
 Everything binds or connects to 127.0.0.1 only.
 """
@@ -22,33 +24,38 @@ Everything binds or connects to 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.support.headers import HeaderLookup
+
 __all__ = [
-    "ENVOY",
     "ENVOY_BIN",
+    "FLUSH_ACCESS_LOGS",
+    "HCM_TYPE",
     "KINDS",
-    "PILOTFISH",
+    "LOCALHOST",
     "PILOTFISH_BIN",
+    "ROUTER_FILTER",
+    "AdminReply",
     "Exchange",
-    "Proxy",
     "ProxyProcess",
     "RawResponse",
+    "admin_request",
     "bootstrap",
     "connect",
     "free_port",
@@ -56,6 +63,7 @@ __all__ = [
     "http_exchange",
     "http_listener",
     "http_request",
+    "lb_endpoint",
     "parse_responses",
     "read_response",
     "socket_address",
@@ -76,10 +84,10 @@ PILOTFISH_BIN = Path(
         else ROOT / ".venv" / "bin" / "pilotfish"
     )
 )
-ENVOY = ENVOY_BIN
-PILOTFISH = PILOTFISH_BIN
 KINDS = ("pilotfish", "envoy")
 LOCALHOST = "127.0.0.1"
+# Extra command-line flags: file access logs flushed every 50 ms (the default is seconds).
+FLUSH_ACCESS_LOGS = ("--file-flush-interval-msec", "50")
 
 
 def free_port() -> int:
@@ -126,6 +134,7 @@ class ProxyProcess:
         args: Sequence[str] = (),
         wait_live: bool = True,
         log_level: str = "warning",
+        drain_time_s: int = 1,
         startup_timeout: float = 30.0,
         free_ports: bool = True,
     ) -> None:
@@ -133,7 +142,8 @@ class ProxyProcess:
             raise ValueError(f"unknown proxy kind {kind!r}")
         self.kind = kind
         # Static listeners on port 0 get a probed free port each (two listeners on port 0 are
-        # a bootstrap some proxies refuse); free_ports=False keeps the bootstrap as given.
+        # a bootstrap some proxies refuse); free_ports=False keeps the bootstrap as given (port
+        # 0 stays port 0, and Envoy then names listener stats ``listener.127.0.0.1_0.*``).
         self.config = with_free_listener_ports(bootstrap) if free_ports else bootstrap
         self.workdir = Path(tmp_path) / kind
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -143,6 +153,7 @@ class ProxyProcess:
         self.args = tuple(args)
         self.wait_live = wait_live
         self.log_level = log_level
+        self.drain_time_s = drain_time_s
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.admin_port = 0
@@ -159,8 +170,9 @@ class ProxyProcess:
         return f"http://{LOCALHOST}:{self.admin_port}"
 
     @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
 
     def command(self) -> list[str]:
         """The same Envoy command line for both kinds (pilotfish takes Envoy's flags)."""
@@ -174,7 +186,7 @@ class ProxyProcess:
             "--base-id",
             str(random.randint(10_000, 4_000_000)),
             "--drain-time-s",
-            "1",
+            str(self.drain_time_s),
             "--admin-address-path",
             str(self.admin_address_path),
             "-l",
@@ -182,7 +194,8 @@ class ProxyProcess:
             *self.args,
         ]
 
-    def start(self) -> ProxyProcess:
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Write the bootstrap and start the process, without waiting for anything."""
         if self.proc is not None:
             raise RuntimeError("already started")
         if not self.binary.exists():
@@ -197,6 +210,12 @@ class ProxyProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
             )
+        return self.proc
+
+    def start(self) -> ProxyProcess:
+        """Launch; wait for the admin address and (``wait_live``) for ``/ready`` LIVE, then
+        learn the listener ports."""
+        self.launch()
         try:
             self.wait_until(self._admin_written, "no admin address written")
             text = self.admin_address_path.read_text().strip()
@@ -215,22 +234,32 @@ class ProxyProcess:
         )
 
     def _live(self) -> bool:
-        status, body = self.admin_get("/ready", timeout=2.0)
-        return status == 200 and body.strip() == b"LIVE"
+        reply = self.call("/ready", timeout=2.0)
+        return reply.status == 200 and reply.body.strip() == b"LIVE"
 
     def wait_until(
         self, cond: Callable[[], bool], message: str, timeout: float | None = None
     ) -> None:
+        """Poll ``cond`` while the process runs; raises if it exits or the time is up."""
         deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
                 raise RuntimeError(f"{self.kind} exited (code {code}): {self.log()[-3000:]}")
-            with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
+            with contextlib.suppress(OSError, http.client.HTTPException, ValueError):
                 if cond():
                     return
             time.sleep(0.02)
         raise TimeoutError(f"{self.kind}: {message}; log: {self.log()[-2000:]}")
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the PID this object started."""
+        os.kill(self.pid, signum)
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit code, waiting up to ``timeout`` seconds (TimeoutExpired otherwise)."""
+        assert self.proc is not None, "not started"
+        return self.proc.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the PID this object started; SIGKILL it if it has not exited in time.
@@ -275,47 +304,35 @@ class ProxyProcess:
                 f"{self.kind} has no listener {listener_name!r} (has {sorted(self.ports)})"
             ) from None
 
-    def listener_port(self, name: str) -> int:
-        return self.port(name)
-
     def listener_ports(self) -> dict[str, int]:
         """name -> port of every socket listener, from ``/listeners?format=json``."""
-        status, body = self.admin_get("/listeners?format=json")
-        if status != 200:
-            raise RuntimeError(f"{self.kind}: /listeners?format=json answered {status}")
+        reply = self.call("/listeners?format=json")
+        if reply.status != 200:
+            raise RuntimeError(f"{self.kind}: /listeners?format=json answered {reply.status}")
         ports = {}
-        for entry in json.loads(body)["listener_statuses"]:
+        for entry in reply.json()["listener_statuses"]:
             sock = entry.get("local_address", {}).get("socket_address")
             if sock:
                 ports[entry["name"]] = int(sock["port_value"])
         return ports
 
-    def admin_get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
-        """(status, body bytes) of ``GET path`` on the admin interface; errors returned."""
-        return self._admin_request(path, "GET", timeout)
+    def call(self, path: str, method: str = "GET", timeout: float = 10.0) -> AdminReply:
+        """One request to the admin interface; any status is returned, not raised."""
+        return admin_request(self.admin_port, path, method, timeout)
 
-    def admin(self, path: str, method: str = "GET", **params: str) -> tuple[int, str]:
-        """(status, body) of an admin request; HTTP errors are returned, not raised."""
-        query = "?" + urllib.parse.urlencode(params) if params else ""
-        status, body = self._admin_request(path + query, method, 10.0)
-        return status, body.decode("utf-8", "replace")
-
-    def _admin_request(self, path: str, method: str, timeout: float) -> tuple[int, bytes]:
-        request = urllib.request.Request(self.admin_url + path, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return int(response.status), bytes(response.read())
-        except urllib.error.HTTPError as error:
-            with error:
-                return int(error.code), bytes(error.read())
-
-    def stats(self) -> dict[str, int]:
-        """Counters and gauges from ``/stats`` as name -> value."""
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        """Counters and gauges from ``/stats`` as name -> value; with ``prefix``, only those
+        whose name starts with it, named without it."""
+        path = "/stats"
+        if prefix:
+            path += "?filter=" + urllib.parse.quote("^" + re.escape(prefix))
+        reply = self.call(path)
+        assert reply.status == 200, reply.text
         values = {}
-        for line in self.admin("/stats")[1].splitlines():
+        for line in reply.text.splitlines():
             name, _, value = line.partition(": ")
-            if value.lstrip("-").isdigit():
-                values[name] = int(value)
+            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
+                values[name[len(prefix) :]] = int(value)
         return values
 
     def log(self) -> str:
@@ -325,10 +342,37 @@ class ProxyProcess:
         return ""
 
     def __repr__(self) -> str:
-        return f"ProxyProcess({self.kind!r}, pid={self.pid}, admin={self.admin_port})"
+        pid = None if self.proc is None else self.proc.pid
+        return f"ProxyProcess({self.kind!r}, pid={pid}, admin={self.admin_port})"
 
 
-Proxy = ProxyProcess
+# --- admin client --------------------------------------------------------------------------
+
+
+@dataclass
+class AdminReply:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def admin_request(port: int, path: str, method: str = "GET", timeout: float = 10.0) -> AdminReply:
+    """One request to the admin interface on 127.0.0.1:``port``."""
+    conn = http.client.HTTPConnection(LOCALHOST, port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = resp.read()
+        return AdminReply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+    finally:
+        conn.close()
 
 
 # --- bootstrap builders --------------------------------------------------------------------
@@ -338,14 +382,34 @@ def socket_address(port: int, host: str = LOCALHOST) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def static_cluster(name: str, port: int, **extra: Any) -> dict[str, Any]:
-    """A STATIC cluster with one endpoint on 127.0.0.1:port."""
-    endpoint = {"endpoint": {"address": socket_address(port)}}
+def lb_endpoint(port: int, weight: int | None = None, host: str = LOCALHOST) -> dict[str, Any]:
+    """An LbEndpoint on host:port, with a ``load_balancing_weight`` when ``weight`` is given."""
+    endpoint: dict[str, Any] = {"endpoint": {"address": socket_address(port, host)}}
+    if weight is not None:
+        endpoint["load_balancing_weight"] = weight
+    return endpoint
+
+
+def static_cluster(
+    name: str,
+    port: int | None = None,
+    *,
+    endpoints: Sequence[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A STATIC cluster with one endpoint on 127.0.0.1:port, or with the LbEndpoints
+    ``endpoints`` in one locality (none at all when empty); ``extra`` sets other fields."""
+    if endpoints is None:
+        assert port is not None, "a port or endpoints"
+        endpoints = [lb_endpoint(port)]
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": list(endpoints)}] if endpoints else [],
+        },
     }
     cluster.update(extra)
     return cluster
@@ -369,9 +433,10 @@ def http_listener(
     hcm: dict[str, Any] | None = None,
     http_filters: list[dict[str, Any]] | None = None,
     route_config: dict[str, Any] | None = None,
+    host: str = LOCALHOST,
 ) -> dict[str, Any]:
-    """A listener on 127.0.0.1:0 with an HTTP connection manager: either one virtual host
-    with ``routes`` or a whole ``route_config``."""
+    """A listener on ``host``:0 with an HTTP connection manager: either one virtual host
+    with ``routes`` or a whole ``route_config``; ``hcm`` adds or overrides manager fields."""
     if route_config is None:
         route_config = {
             "name": "local",
@@ -386,7 +451,7 @@ def http_listener(
     manager.update(hcm or {})
     return {
         "name": name,
-        "address": socket_address(0),
+        "address": socket_address(0, host),
         "filter_chains": [
             {
                 "filters": [
@@ -411,7 +476,7 @@ def bootstrap(listeners: list[dict[str, Any]], clusters: list[dict[str, Any]]) -
 
 
 @dataclass
-class RawResponse:
+class RawResponse(HeaderLookup):
     """One response as it came on the wire."""
 
     version: str
@@ -431,17 +496,6 @@ class RawResponse:
     @property
     def status_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}".rstrip(" ")
-
-    def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
-
-    def header_values(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [value for key, value in self.headers if key.lower() == lname]
 
     def connection_tokens(self) -> set[str]:
         return {t.strip().lower() for v in self.header_values("connection") for t in v.split(",")}

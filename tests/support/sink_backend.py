@@ -24,10 +24,11 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 import zlib
 from dataclasses import dataclass, field
-from types import TracebackType
+
+from tests.support.headers import HeaderLookup
+from tests.support.threaded_server import ThreadedServer
 
 __all__ = [
     "PATTERN",
@@ -63,7 +64,7 @@ class _BadRequest(Exception):
 
 
 @dataclass
-class SinkRequest:
+class SinkRequest(HeaderLookup):
     """One request as the sink saw it (the body is only counted)."""
 
     method: str
@@ -75,13 +76,6 @@ class SinkRequest:
     crc32: int = 0
     trailers: list[tuple[str, str]] = field(default_factory=list)
     connection_id: int = 0
-
-    def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
 
 
 class _Reader:
@@ -155,100 +149,24 @@ def _fields(lines: list[bytes]) -> list[tuple[str, str]]:
     return out
 
 
-class SinkBackend:
+class SinkBackend(ThreadedServer):
     """A threaded HTTP/1.1 server that discards request bodies; see the module docstring."""
 
+    thread_prefix = "sink"
+
     def __init__(self, name: str = "sink", host: str = "127.0.0.1", port: int = 0) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
+        super().__init__(name, host, port)
         self.requests: list[SinkRequest] = []
-        self.connections_accepted = 0
         self._progress = [0]
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._listener: socket.socket | None = None
-        self._accept_thread: threading.Thread | None = None
-        self._clients: dict[int, socket.socket] = {}
-        self._threads: list[threading.Thread] = []
 
     @property
     def receiving(self) -> int:
         """Body bytes received so far for the request being read (or the last one)."""
         return self._progress[0]
 
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> SinkBackend:
-        if self._listener is not None:
-            raise RuntimeError("already started")
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(64)
-        listener.settimeout(0.05)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, name=f"sink-{self.name}-accept", daemon=True
-        )
-        self._accept_thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._accept_thread is not None:
-            self._accept_thread.join(timeout=5)
-            self._accept_thread = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            clients = list(self._clients.values())
-            threads = list(self._threads)
-        for sock in clients:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in threads:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> SinkBackend:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- serving ---------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        while not self._stopping.is_set():
-            try:
-                sock, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self.connections_accepted += 1
-                conn_id = self.connections_accepted
-                self._clients[conn_id] = sock
-                thread = threading.Thread(
-                    target=self._serve, args=(sock, conn_id), daemon=True,
-                    name=f"sink-{self.name}-conn{conn_id}",
-                )
-                self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket, conn_id: int) -> None:
+    def _handle(self, sock: socket.socket, conn_id: int) -> bool:
         reader = _Reader(sock)
         try:
             while not self._stopping.is_set():
@@ -256,14 +174,7 @@ class SinkBackend:
                     break
         except (_Closed, _BadRequest, OSError, ValueError):
             pass  # the client went away or sent something the sink does not parse: hang up
-        finally:
-            with self._lock:
-                self._clients.pop(conn_id, None)
-                with contextlib.suppress(ValueError):
-                    self._threads.remove(threading.current_thread())
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
-            sock.close()
+        return False
 
     def _serve_one(self, sock: socket.socket, reader: _Reader, conn_id: int) -> bool:
         head = reader.head()
@@ -360,7 +271,7 @@ def send_pattern_body(
 
 
 @dataclass
-class DrainedResponse:
+class DrainedResponse(HeaderLookup):
     """A response read by :func:`drain_response`: the head as sent, the body only counted."""
 
     status_line: str
@@ -369,13 +280,6 @@ class DrainedResponse:
     size: int = 0
     crc32: int = 0
     trailers: list[tuple[str, str]] = field(default_factory=list)
-
-    def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
 
 
 def drain_response(sock: socket.socket) -> DrainedResponse:

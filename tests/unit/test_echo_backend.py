@@ -13,12 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:  # the repo root is not on sys.path under plain `pytest`
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.echo_backend import EchoBackend  # noqa: E402
+from tests.support import echo_backend
+from tests.support.echo_backend import EchoBackend
 
 
 @pytest.fixture
@@ -328,7 +324,7 @@ def test_clear(backend: EchoBackend) -> None:
 
 
 def test_main_process_prints_port_and_stops_on_sigterm() -> None:
-    script = _ROOT / "tests" / "support" / "echo_backend.py"
+    script = Path(echo_backend.__file__)
     proc = subprocess.Popen(
         [sys.executable, str(script), "--name", "proc", "--port", "0"],
         stdout=subprocess.PIPE,

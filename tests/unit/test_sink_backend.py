@@ -6,20 +6,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.rss import MB, PeakRss, rss_bytes  # noqa: E402
-from tests.support.sink_backend import (  # noqa: E402
+from tests.support.rss import MB, PeakRss, rss_bytes
+from tests.support.sink_backend import (
     PATTERN,
     SinkBackend,
     drain_response,
