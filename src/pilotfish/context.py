@@ -40,6 +40,8 @@ class ServerContext:
     # Set by /healthcheck/fail (Envoy's health check filter answers 503 then).
     health_check_failed: bool = False
     next_connection_id: int = 0
+    # Route configs from RDS, by name (xds.manager.RouteProviders); None without xDS.
+    rds: Any = None
 
     def connection_id(self) -> int:
         self.next_connection_id += 1

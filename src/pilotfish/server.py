@@ -16,6 +16,7 @@ import uvloop
 
 from pilotfish.cli import Options
 from pilotfish.context import ServerContext, detect_local_address
+from pilotfish.errors import ConfigError
 from pilotfish.net.listener import ListenerManager
 from pilotfish.stats.store import Store
 from pilotfish.upstream.cluster_manager import ClusterManager
@@ -47,6 +48,7 @@ class Server:
         self.cluster_manager: ClusterManager | None = None
         self.admin: Any = None
         self.stats: Store | None = None
+        self.xds: Any = None  # xds.manager.XdsManager, with dynamic_resources
         self._stopping = False  # SIGTERM/SIGINT or /quitquitquit: draining to exit
         self._drain_sequence = False  # /drain_listeners?graceful (or skip_exit) started
         self._graceful_drain = False  # ... and it drains every listener's connections
@@ -114,11 +116,20 @@ class Server:
         initialized = asyncio.Event()
         cm.when_initialized(initialized.set)
         await initialized.wait()
-        dynamic = model.dynamic_resources
-        await self._wait_for_dynamic_resources(dynamic, "cds_config")
-        if not self._shutdown.is_set():
-            self._set_state(ServerState.INITIALIZING)
-            await self._wait_for_dynamic_resources(dynamic, "lds_config")
+        if model.dynamic_resources is not None:
+            from pilotfish.xds.manager import XdsManager
+
+            self.xds = XdsManager(self)
+            try:
+                self.xds.start()
+            except ConfigError as e:
+                log.critical("%s", e)
+                print(f"error: {e}", flush=True)
+                return 1
+            await self._unless_shutdown(self.xds.initialize_clusters())
+            if not self._shutdown.is_set():
+                self._set_state(ServerState.INITIALIZING)
+                await self._unless_shutdown(self.xds.initialize_listeners())
         if not self._shutdown.is_set():
             for listener in built:
                 await listener.start()
@@ -130,29 +141,18 @@ class Server:
         await self._drain_and_stop()
         return self.exit_code
 
-    async def _wait_for_dynamic_resources(self, dynamic: Any, field: str) -> None:
-        """Envoy waits for the first CDS (then LDS) response for at most the source's
-        ``initial_fetch_timeout`` (15 s by default; 0 waits for ever). There is no xDS client
-        yet, so nothing arrives: wait as Envoy does when its management server is unreachable."""
-        if dynamic is None or not dynamic.HasField(field):
-            return
-        source = getattr(dynamic, field)
-        wait = 15.0
-        if source.HasField("initial_fetch_timeout"):
-            wait = source.initial_fetch_timeout.ToTimedelta().total_seconds()
-        log.warning(
-            "dynamic_resources.%s: xDS is not implemented yet, nothing will be fetched; "
-            "waiting %s",
-            field,
-            "until shutdown (initial_fetch_timeout 0)" if not wait else f"{wait:g}s",
-        )
+    async def _unless_shutdown(self, step: Any) -> None:
+        """Run an initialization step, abandoned if the server is told to stop meanwhile."""
         shutdown = self._shutdown
         assert shutdown is not None
-        if not wait:
-            await shutdown.wait()
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(shutdown.wait(), wait)
+        task = asyncio.ensure_future(step)
+        stop = asyncio.ensure_future(shutdown.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (task, stop):
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
 
     # -- state and stats ------------------------------------------------------------------------
 
@@ -338,6 +338,8 @@ class Server:
         while lm.total_connections > 0 and ctx.loop.time() < deadline:
             await asyncio.sleep(0.05)
         lm.stop_all()
+        if self.xds is not None:
+            await self.xds.stop()
         if self.admin is not None:
             self.admin.stop()
         if self.cluster_manager is not None:

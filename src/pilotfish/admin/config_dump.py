@@ -17,6 +17,7 @@ from google.protobuf.any_pb2 import Any as AnyProto
 
 from pilotfish import ENVOY_API_VERSION
 from pilotfish.xds import protos
+from pilotfish.xds import resource_types as rt
 
 if TYPE_CHECKING:
     from pilotfish.server import Server
@@ -152,42 +153,65 @@ def _bootstrap_dump(server: Server) -> Any:
 
 def _clusters_dump(server: Server) -> Any:
     dump = config_dump_shared_pb2.ClustersConfigDump()
-    static_names = {c.name for c in server.bootstrap.proto.static_resources.clusters}
     for c in server.bootstrap.proto.static_resources.clusters:
         item = dump.static_clusters.add()
         item.cluster.Pack(c)
         item.last_updated.CopyFrom(_timestamp(server.start_time))
-    cm = server.cluster_manager
-    if cm is not None:
-        for cluster in cm.clusters.values():
-            if cluster.name in static_names or getattr(cluster, "proto", None) is None:
-                continue
-            item = dump.dynamic_active_clusters.add()
-            item.version_info = cluster.version_info
-            item.cluster.Pack(cluster.proto)  # type: ignore[attr-defined]
-            item.last_updated.CopyFrom(_timestamp(cluster.last_updated))
+    xds = server.xds
+    if xds is not None:
+        dump.version_info = xds.version_info.get(rt.CLUSTER.type_url, "")
+        for name, record in xds.clusters.items():
+            warming = name in xds.warming_clusters
+            item = (
+                dump.dynamic_warming_clusters.add()
+                if warming
+                else dump.dynamic_active_clusters.add()
+            )
+            item.version_info = record.version_info
+            item.cluster.Pack(record.proto)
+            item.last_updated.CopyFrom(_timestamp(record.last_updated))
+            _error_state(item, xds.failures.get((rt.CLUSTER.type_url, name)))
+        for (type_url, name), failure in xds.failures.items():
+            if type_url == rt.CLUSTER.type_url and name not in xds.clusters:
+                item = dump.dynamic_active_clusters.add()
+                _error_state(item, failure)
     return dump
+
+
+def _error_state(item: Any, failure: Any) -> None:
+    """Envoy's UpdateFailureState: the last rejected version of a resource and why."""
+    if failure is None:
+        return
+    state = item.error_state
+    state.failed_configuration.Pack(failure.proto)
+    state.last_update_attempt.CopyFrom(_timestamp(failure.time))
+    state.details = failure.details
+    state.version_info = failure.version_info
 
 
 def _listeners_dump(server: Server) -> Any:
     dump = config_dump_shared_pb2.ListenersConfigDump()
-    static_names = set()
     for ls in server.bootstrap.proto.static_resources.listeners:
         item = dump.static_listeners.add()
         item.listener.Pack(ls)
         item.last_updated.CopyFrom(_timestamp(server.start_time))
-        static_names.add(ls.name)
-    lm = server.listener_manager
-    if lm is not None:
-        for listener in lm.listeners.values():
-            proto = getattr(listener, "proto", None)
-            if listener.name in static_names or proto is None:
-                continue
+    xds = server.xds
+    if xds is not None:
+        dump.version_info = xds.version_info.get(rt.LISTENER.type_url, "")
+        names = list(dict.fromkeys([*xds.listeners, *xds.warming_listeners]))
+        names += [n for (t, n) in xds.failures if t == rt.LISTENER.type_url and n not in names]
+        for name in names:
             dyn = dump.dynamic_listeners.add()
-            dyn.name = listener.name
-            dyn.active_state.version_info = listener.version_info
-            dyn.active_state.listener.Pack(proto)
-            dyn.active_state.last_updated.CopyFrom(_timestamp(listener.last_updated))
+            dyn.name = name
+            for record, state in (
+                (xds.listeners.get(name), dyn.active_state),
+                (xds.warming_listeners.get(name), dyn.warming_state),
+            ):
+                if record is not None:
+                    state.version_info = record.version_info
+                    state.listener.Pack(record.proto)
+                    state.last_updated.CopyFrom(_timestamp(record.last_updated))
+            _error_state(dyn, xds.failures.get((rt.LISTENER.type_url, name)))
     return dump
 
 
@@ -211,6 +235,13 @@ def _routes_dump(server: Server) -> Any:
                     item = dump.static_route_configs.add()
                     item.route_config.Pack(hcm.route_config)
                     item.last_updated.CopyFrom(_timestamp(server.start_time))
+    xds = server.xds
+    if xds is not None:
+        for record in xds.routes.values():
+            ritem = dump.dynamic_route_configs.add()
+            ritem.version_info = record.version_info
+            ritem.route_config.Pack(record.proto)
+            ritem.last_updated.CopyFrom(_timestamp(record.last_updated))
     return dump
 
 
@@ -235,6 +266,13 @@ def _endpoints_dump(server: Server) -> Any:
                 cla.cluster_name = c.name
             item.endpoint_config.Pack(cla)
             item.last_updated.CopyFrom(_timestamp(server.start_time))
+    xds = server.xds
+    if xds is not None:
+        for record in xds.endpoints.values():
+            eitem = dump.dynamic_endpoint_configs.add()
+            eitem.version_info = record.version_info
+            eitem.endpoint_config.Pack(record.proto)
+            eitem.last_updated.CopyFrom(_timestamp(record.last_updated))
     return dump
 
 

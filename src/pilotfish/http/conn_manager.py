@@ -36,7 +36,7 @@ from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 from pilotfish.http.request_id import new_request_id
 from pilotfish.http.router import RouterSettings, apply_response_mutations, route_request
 from pilotfish.model.http import HttpConnectionManagerConfig
-from pilotfish.router.matcher import RouteTable, VirtualHostEntry
+from pilotfish.router.matcher import RouteConfigProvider, RouteTable, VirtualHostEntry
 from pilotfish.stats.store import Gauge, Histogram, Scope
 from pilotfish.stream_info import ResponseFlag, StreamInfo
 
@@ -158,15 +158,18 @@ class HttpConnectionManager:
         *,
         listener_stat_prefix: str = "",
         route_table: RouteTable | None = None,
+        routes: RouteConfigProvider | None = None,
     ) -> None:
         self.config = config
         self.ctx = ctx
         self.loop = ctx.loop
-        self.route_table = (
-            route_table
-            if route_table is not None
-            else (RouteTable(config.route_config) if config.route_config is not None else None)
-        )
+        # Where the route table comes from: inline (fixed) or RDS (swapped on each update;
+        # every request reads the current one, so an update applies to new requests).
+        if routes is None:
+            if route_table is None and config.route_config is not None:
+                route_table = RouteTable(config.route_config)
+            routes = RouteConfigProvider("", route_table)
+        self.routes = routes
         listener_scope = (
             ctx.stats.scope(f"{listener_stat_prefix}http.{config.stat_prefix}.")
             if listener_stat_prefix
@@ -191,9 +194,6 @@ class HttpConnectionManager:
         ]
         self.server_name = config.server_name
         self.upgrades = {u.upgrade_type: u.enabled for u in config.upgrade_configs}
-        self.internal_only_headers = (
-            self.route_table.config.internal_only_headers if self.route_table is not None else ()
-        )
         self._internal_nets: tuple[Any, ...] = tuple(
             ipaddress.ip_network(c) for c in (config.internal_address_cidrs or ())
         )
@@ -664,7 +664,7 @@ class ActiveStream(StreamInfo):
                 return
         self._mutate_request_headers()
         hcm = self.hcm
-        table = hcm.route_table
+        table = hcm.routes.table
         if table is not None:
             self.vhost, route = table.route(headers)
             if route is not None:
@@ -795,8 +795,9 @@ class ActiveStream(StreamInfo):
             if seen & SEEN_ENVOY:
                 removals = _EDGE_REMOVALS if edge else _EXTERNAL_REMOVALS
                 headers.items = items = [(n, v) for n, v in items if n not in removals]
-            if hcm.internal_only_headers:
-                for name in hcm.internal_only_headers:
+            table = hcm.routes.table
+            if table is not None and table.config.internal_only_headers:
+                for name in table.config.internal_only_headers:
                     headers.remove(name)
         if cfg.via:
             _append_header(headers, b"via", cfg.via)
@@ -812,7 +813,7 @@ class ActiveStream(StreamInfo):
             headers.remove(b"x-forwarded-client-cert")
 
     def _resolve_route(self) -> None:
-        table = self.hcm.route_table
+        table = self.hcm.routes.table
         if table is None:
             return
         vhost, route = table.route(self.request_headers)

@@ -109,6 +109,7 @@ class ActiveListener:
         self.connections = 0
         self.last_updated = time.time()
         self.version_info = ""
+        self.proto: Any = None  # the LDS resource it came from, for /config_dump
 
     # -- binding ------------------------------------------------------------------------------
 
@@ -384,30 +385,42 @@ class ListenerManager:
 
     async def add_or_update(self, model: Listener, *, version_info: str = "") -> bool:
         """Install a listener; an existing one of the same name is replaced and drained."""
+        new = self.prepare(model)
+        if new is None:
+            return False
+        await self.activate(new, version_info=version_info)
+        return True
+
+    def prepare(self, model: Listener) -> ActiveListener | None:
+        """The synchronous half of add_or_update: build the listener and bind its socket (or
+        take over the bound socket of the listener it replaces at the same address), so that
+        a bind error surfaces at once. None when the listener is unchanged."""
         old = self.listeners.get(model.name)
         if old is not None and old.model == model:
-            return False
+            return None
         if old is not None and _same_bind(old.model, model):
-            # Same address: hand the bound socket over instead of binding twice.
             new = ActiveListener(model, self.ctx, self)
             new.sock, old.sock = old.sock, None
             new.port = old.port
             if old.server is not None:
                 old.server.close()
                 old.server = None
-        else:
-            new = self.build(model)
+            return new
+        return self.build(model)
+
+    async def activate(self, new: ActiveListener, *, version_info: str = "") -> None:
+        """Start accepting on a prepared listener; the one it replaces drains."""
+        old = self.listeners.get(new.name)
         new.version_info = version_info
-        await new.start()
-        self.stats_create_success.value += 1
-        self.listeners[model.name] = new
+        self.listeners[new.name] = new  # before the await: a later update must see it
         if old is not None:
             self.stats_modified.value += 1
             self._drain_old(old)
         else:
             self.stats_added.value += 1
+        self.stats_create_success.value += 1
         self.gauge_active.set(len(self.listeners))
-        return True
+        await new.start()
 
     def remove(self, name: str) -> bool:
         old = self.listeners.pop(name, None)

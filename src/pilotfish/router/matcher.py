@@ -295,6 +295,15 @@ def strip_port(host: bytes) -> bytes:
     return host[:colon]
 
 
+class RouteConfigProvider:
+    """The current route table of one name: inline in a listener (never changes) or from RDS
+    (the xDS manager swaps ``table``; connection managers read it per request)."""
+
+    def __init__(self, name: str, table: RouteTable | None = None) -> None:
+        self.name = name
+        self.table = table
+
+
 class RouteTable:
     """A RouteConfiguration ready for matching."""
 

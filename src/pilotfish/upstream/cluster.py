@@ -340,6 +340,7 @@ class Cluster:
         self.last_updated = time.time()
         self.added_via_api = False
         self.version_info = ""
+        self.proto: Any = None  # the CDS resource it came from, for /config_dump
         self.closed = False
 
     def _make_lb(self) -> LoadBalancer:

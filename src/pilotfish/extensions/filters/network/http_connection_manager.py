@@ -164,7 +164,12 @@ class HttpConnectionManagerFactory(ExtensionFactory):
     ) -> Any:
         from pilotfish.http.conn_manager import HttpConnectionManager
 
-        return HttpConnectionManager(config, ctx, listener_stat_prefix=listener_prefix)
+        routes = None
+        if config.rds is not None and getattr(ctx, "rds", None) is not None:
+            routes = ctx.rds.provider(config.rds.route_config_name, config.stat_prefix)
+        return HttpConnectionManager(
+            config, ctx, listener_stat_prefix=listener_prefix, routes=routes
+        )
 
     @staticmethod
     def _http_filters(msg: Any, ctx: Any, tc: str) -> tuple[Any, ...]:
