@@ -154,6 +154,9 @@ class XdsManager:
         self.warming_listeners: dict[str, Record] = {}
         self.routes: dict[str, Record] = {}
         self.failures: dict[tuple[str, str], Failure] = {}
+        # EDS service name -> the dynamic clusters that take their endpoints from it.
+        self.service_clusters: dict[str, set[str]] = {}
+        self.static_eds = any(c.type is DiscoveryType.EDS for c in server.model.clusters)
         self.version_info: dict[str, str] = {}  # type URL -> last accepted version
         self.cds_stats = SubscriptionStats(self.server_stats.scope("cluster_manager.cds."))
         self.lds_stats = SubscriptionStats(self.server_stats.scope("listener_manager.lds."))
@@ -323,12 +326,16 @@ class XdsManager:
                 continue
             self.failures.pop((rt.CLUSTER.type_url, name), None)
             record = Record(name, update.version_info or version, msg, now, model)
+            self._forget_service(name)
             self.clusters[name] = record
+            if model.type is DiscoveryType.EDS:
+                self.service_clusters.setdefault(_service_name(model), set()).add(name)
             self._install_cluster(record)
         removed = set(update.removed)
         if update.complete:
             removed |= set(self.clusters) - set(update.resources)
         for name in removed:
+            self._forget_service(name)
             if self.clusters.pop(name, None) is not None:
                 self.warming_clusters.pop(name, None)
                 self._cancel_timer("cluster", name)
@@ -336,6 +343,15 @@ class XdsManager:
         self._update_eds_interest()
         self.cm.warming_clusters.set(len(self.warming_clusters))
         return errors
+
+    def _forget_service(self, cluster_name: str) -> None:
+        old = self.clusters.get(cluster_name)
+        if old is not None and old.model.type is DiscoveryType.EDS:
+            names = self.service_clusters.get(_service_name(old.model))
+            if names is not None:
+                names.discard(cluster_name)
+                if not names:
+                    del self.service_clusters[_service_name(old.model)]
 
     def _install_cluster(self, record: Record) -> None:
         model: ClusterModel = record.model
@@ -380,11 +396,7 @@ class XdsManager:
     def _update_eds_interest(self) -> None:
         if self.client is None:
             return
-        names = {
-            _service_name(r.model)
-            for r in self.clusters.values()
-            if r.model.type is DiscoveryType.EDS
-        }
+        names = set(self.service_clusters)
         names |= {
             _service_name(c.config)
             for c in self.cm.clusters.values()
@@ -399,6 +411,9 @@ class XdsManager:
         errors: list[str] = []
         now = time.time()
         for name, (version, msg) in update.resources.items():
+            if not self._changed(self.endpoints, name, msg):
+                self.endpoints[name].version_info = update.version_info or version
+                continue
             try:
                 model = cluster_load_assignment(
                     msg, f"cluster_load_assignment '{name}'", resolve_names=False
@@ -421,18 +436,18 @@ class XdsManager:
         return errors
 
     def _clusters_of_service(self, service: str) -> list[str]:
-        out = [
-            name
-            for name, record in self.clusters.items()
-            if record.model.type is DiscoveryType.EDS and _service_name(record.model) == service
-        ]
-        out += [
-            c.name
-            for c in self.cm.clusters.values()
-            if c.name in self.static_clusters
-            and c.config.type is DiscoveryType.EDS
-            and _service_name(c.config) == service
-        ]
+        out = list(self.service_clusters.get(service, ()))
+        out += (
+            [
+                c.name
+                for c in self.cm.clusters.values()
+                if c.name in self.static_clusters
+                and c.config.type is DiscoveryType.EDS
+                and _service_name(c.config) == service
+            ]
+            if self.static_eds
+            else []
+        )
         return out
 
     # -- LDS --------------------------------------------------------------------------------
