@@ -120,8 +120,8 @@ def test_envoy_follows_the_ads_server(
         with ProxyProcess("envoy", config, tmp_path) as envoy:
             # LIVE means Envoy got and applied CDS, EDS, LDS and RDS.
             assert served_by(port, backends) == "A"
-            for rtype in (CLUSTER, ENDPOINT, LISTENER, ROUTE):
-                server.wait_for(lambda s, t=rtype: acked(s, t.type_url, "1"), 10)
+            types = [t.type_url for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)]
+            server.wait_for(lambda s: all(acked(s, t, "1") for t in types), 10)
             (info,) = server.connected()
             assert (info.node_id, info.cluster, info.delta) == (NODE_ID, "app.default", delta)
             assert info.user_agent_name == "envoy"
