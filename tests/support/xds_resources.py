@@ -45,13 +45,20 @@ def eds_cluster(name: str, **extra: Any) -> Message:
 
 
 def load_assignment(name: str, *ports: int) -> Message:
+    """The endpoints 127.0.0.1:port in one locality, weighted 1 (gRPC rejects a locality
+    without the ``locality`` field and ignores one without a weight)."""
     endpoints = [
         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
         for p in ports
     ]
     return parse(
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
-        {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
+        {
+            "cluster_name": name,
+            "endpoints": [
+                {"locality": {}, "lb_endpoints": endpoints, "load_balancing_weight": 1}
+            ],
+        },
     )
 
 
