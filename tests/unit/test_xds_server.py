@@ -478,3 +478,28 @@ def test_large_push_1000_clusters_1000_endpoints() -> None:
             await client.close()
 
     run(body)
+
+
+def test_load_resources_from_yaml(tmp_path: Path) -> None:
+    from pilotfish.mesh.xds_server import load_resources
+
+    path = tmp_path / "resources.yaml"
+    path.write_text(
+        """
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: web
+  type: EDS
+  connect_timeout: 1s
+  eds_cluster_config: {eds_config: {ads: {}}}
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: web
+  endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]
+"""
+    )
+    loaded = load_resources(path)
+    (c,) = loaded[CDS]
+    assert isinstance(c, cluster_pb2.Cluster) and c.name == "web"
+    (e,) = loaded[EDS]
+    assert isinstance(e, endpoint_pb2.ClusterLoadAssignment)
+    assert e.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value == 8080
+    assert loaded[ENDPOINT.type_url] and all(k.startswith("type.googleapis.com/") for k in loaded)
