@@ -400,7 +400,9 @@ class ListenerManager:
             return None
         if old is not None and _same_bind(old.model, model):
             new = ActiveListener(model, self.ctx, self)
-            new.sock, old.sock = old.sock, None
+            # A duplicate of the listening socket: closing the old server closes its own
+            # descriptor, while connections keep queueing on the socket for the new one.
+            new.sock, old.sock = (old.sock.dup() if old.sock is not None else None), None
             new.port = old.port
             if old.server is not None:
                 old.server.close()
