@@ -312,9 +312,10 @@ def cluster_load_assignment(
     msg: Any, path: str, *, resolve_names: bool = True
 ) -> ClusterLoadAssignment:
     """``resolve_names``: hostnames are allowed (DNS clusters); else addresses must be IPs."""
+    pre = f"{path}." if path else ""
     localities = []
     for i, loc in enumerate(msg.endpoints):
-        lpath = f"{path}.endpoints[{i}]"
+        lpath = f"{pre}endpoints[{i}]"
         eps = []
         for j, lbe in enumerate(loc.lb_endpoints):
             epath = f"{lpath}.lb_endpoints[{j}]"
