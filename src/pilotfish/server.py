@@ -141,7 +141,8 @@ class Server:
         if source.HasField("initial_fetch_timeout"):
             wait = source.initial_fetch_timeout.ToTimedelta().total_seconds()
         log.warning(
-            "dynamic_resources.%s: xDS is not implemented yet, nothing will be fetched; waiting %s",
+            "dynamic_resources.%s: xDS is not implemented yet, nothing will be fetched; "
+            "waiting %s",
             field,
             "until shutdown (initial_fetch_timeout 0)" if not wait else f"{wait:g}s",
         )
