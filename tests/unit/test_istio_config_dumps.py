@@ -349,3 +349,194 @@ def test_resource_of_the_wrong_type_is_refused() -> None:
     msg = to_any(find(PROXYCONFIG, "cluster", "agent"))
     with pytest.raises(ConfigError, match="in a response for"):
         translate_resource(rt.LISTENER.type_url, msg, TranslateContext())
+
+
+def _access_log_of_waypoint() -> dict[str, Any]:
+    lis = find(COMPARE, "listener", "main_internal")
+    tcp_proxy = lis["filter_chains"][0]["filters"][0]["typed_config"]
+    log: dict[str, Any] = tcp_proxy["access_log"][0]
+    return log
+
+
+@pytest.mark.parametrize("cluster_field", ["%UPSTREAM_CLUSTER%", "%UPSTREAM_CLUSTER_RAW%"])
+def test_istio_access_log_format(cluster_field: str) -> None:
+    """Istio's default access log (meshConfig.accessLogFile), taken from the waypoint dump
+    (whose listener is refused for other reasons) into the sidecar's HTTP listener. Newer
+    istiod versions write %UPSTREAM_CLUSTER_RAW%."""
+    log = copy.deepcopy(_access_log_of_waypoint())
+    fmt = log["typed_config"]["log_format"]["text_format_source"]
+    fmt["inline_string"] = fmt["inline_string"].replace("%UPSTREAM_CLUSTER%", cluster_field)
+    lis = copy.deepcopy(find(AUTHZ, "listener", "0.0.0.0_9080"))
+    lis["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = [log]
+    model = translate(lis)
+    (ext,) = model.filter_chains[0].filters[0].config.access_log
+    assert ext.name == "envoy.access_loggers.file"
+
+
+# Clusters. The dumps hold no outbound service cluster, so these are written here in the
+# shape istiod gives them (pilot/pkg/networking/core/cluster*.go), as of Istio 1.2x.
+_EDS = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
+_USE_DOWNSTREAM = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"idle_timeout": "3600s"},
+        "use_downstream_protocol_config": {
+            "http_protocol_options": {},
+            "http2_protocol_options": {},
+        },
+    }
+}
+_MAX = 4294967295
+_BREAKERS = {
+    "thresholds": [
+        {
+            "max_connections": _MAX,
+            "max_pending_requests": _MAX,
+            "max_requests": _MAX,
+            "max_retries": _MAX,
+            "track_remaining": True,
+        }
+    ]
+}
+_ISTIO_MTLS = {
+    "name": "tlsMode-istio",
+    "match": {"tlsMode": "istio"},
+    "transport_socket": {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["istio-peer-exchange", "istio"],
+                "tls_certificate_sds_secret_configs": [
+                    {"name": "default", "sds_config": {"api_config_source": {"api_type": "GRPC"}}}
+                ],
+            },
+            "sni": "outbound_.9080_._.reviews.default.svc.cluster.local",
+        },
+    },
+}
+_PLAINTEXT = {
+    "name": "tlsMode-disabled",
+    "match": {},
+    "transport_socket": {
+        "name": "envoy.transport_sockets.raw_buffer",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+        },
+    },
+}
+REVIEWS = "outbound|9080||reviews.default.svc.cluster.local"
+
+
+def _outbound_cluster(**extra: Any) -> dict[str, Any]:
+    return {
+        "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "name": REVIEWS,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": _EDS, "service_name": REVIEWS},
+        "connect_timeout": "10s",
+        "lb_policy": "LEAST_REQUEST",
+        "circuit_breakers": _BREAKERS,
+        "common_lb_config": {"locality_weighted_lb_config": {}},
+        "outlier_detection": {"consecutive_5xx": 7, "interval": "10s"},
+        "metadata": {
+            "filter_metadata": {
+                "istio": {
+                    "services": [
+                        {
+                            "host": "reviews.default.svc.cluster.local",
+                            "name": "reviews",
+                            "namespace": "default",
+                        }
+                    ],
+                    "default_original_port": 9080,
+                }
+            }
+        },
+        "filters": [
+            {
+                "name": "istio.metadata_exchange",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+                    "protocol": "istio-peer-exchange",
+                    "enable_discovery": True,
+                },
+            }
+        ],
+        "typed_extension_protocol_options": _USE_DOWNSTREAM,
+        **extra,
+    }
+
+
+def test_outbound_service_cluster_without_mtls() -> None:
+    ctx = TranslateContext()
+    cl = translate(_outbound_cluster(transport_socket_matches=[_PLAINTEXT]), ctx)
+    assert isinstance(cl, Cluster)
+    assert cl.type is DiscoveryType.EDS and cl.eds_service_name == REVIEWS
+    assert cl.lb_policy.value == "LEAST_REQUEST" and cl.locality_weighted_lb
+    assert cl.connect_timeout == 10.0
+    assert cl.circuit_breakers[0].max_requests == _MAX and cl.circuit_breakers[0].track_remaining
+    assert cl.http.upstream_protocol == "DOWNSTREAM"
+    assert [m[0] for m in cl.transport_socket_matches] == ["tlsMode-disabled"]
+    assert cl.metadata["istio"]["default_original_port"] == 9080
+    assert "istio.metadata_exchange" in ctx.skipped  # the upstream MX filter: telemetry
+
+
+def test_outbound_service_cluster_with_auto_mtls_is_refused() -> None:
+    with pytest.raises(ConfigError) as e:
+        translate(_outbound_cluster(transport_socket_matches=[_ISTIO_MTLS, _PLAINTEXT]))
+    assert e.value.path == (
+        f"cluster '{REVIEWS}': transport_socket_matches[0].transport_socket.typed_config"
+    )
+    assert "would get plaintext where TLS" in e.value.reason
+
+
+def test_upstream_filter_that_would_run_is_refused() -> None:
+    tcp_proxy = {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "x",
+            "cluster": "y",
+        },
+    }
+    with pytest.raises(ConfigError, match="upstream network filters are not supported"):
+        translate(_outbound_cluster(filters=[tcp_proxy]))
+
+
+def test_passthrough_and_blackhole_clusters() -> None:
+    passthrough = translate(
+        {
+            "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "name": "PassthroughCluster",
+            "type": "ORIGINAL_DST",
+            "connect_timeout": "10s",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "circuit_breakers": _BREAKERS,
+            "typed_extension_protocol_options": _USE_DOWNSTREAM,
+            "filters": _outbound_cluster()["filters"],
+        }
+    )
+    assert passthrough.type is DiscoveryType.ORIGINAL_DST
+    inbound = translate(
+        {
+            "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "name": "InboundPassthroughClusterIpv4",
+            "type": "ORIGINAL_DST",
+            "connect_timeout": "10s",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "circuit_breakers": _BREAKERS,
+            "upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}},
+            "typed_extension_protocol_options": _USE_DOWNSTREAM,
+        }
+    )
+    assert _host_port(inbound.upstream_bind_address) == ("127.0.0.6", 0)
+    blackhole = translate(
+        {
+            "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "name": "BlackHoleCluster",
+            "type": "STATIC",
+            "connect_timeout": "10s",
+        }
+    )
+    assert blackhole.type is DiscoveryType.STATIC and blackhole.load_assignment is None
