@@ -540,3 +540,16 @@ def test_passthrough_and_blackhole_clusters() -> None:
         }
     )
     assert blackhole.type is DiscoveryType.STATIC and blackhole.load_assignment is None
+
+
+def test_unexpected_value_is_a_config_error() -> None:
+    from envoy.config.listener.v3 import listener_pb2
+
+    msg = to_any(find(AUTHZ, "listener", "virtualOutbound"))
+    lis = listener_pb2.Listener()
+    msg.Unpack(lis)
+    lis.traffic_direction = 7  # an enum value from a newer API (open enum in proto3)
+    with pytest.raises(ConfigError) as e:
+        translate_resource(rt.LISTENER.type_url, lis, TranslateContext())
+    assert e.value.path == "listener 'virtualOutbound'"
+    assert "cannot translate" in e.value.reason

@@ -99,3 +99,7 @@ def translate_resource(
         return cluster_load_assignment(msg, "", resolve_names=False)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e.path}" if e.path else where, e.reason) from None
+    except (ValueError, IndexError, KeyError) as e:
+        # A value the translation does not expect (an enum value newer than pilotfish, ...):
+        # a NACK naming the resource, not a crash of the xDS client.
+        raise ConfigError(where, f"cannot translate: {type(e).__name__}: {e}") from e
