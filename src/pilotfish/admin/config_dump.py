@@ -64,9 +64,12 @@ _CATEGORY_NAMES = {
 def _extensions() -> list[tuple[str, str, list[str]]]:
     """(name, category, type URLs) of every extension pilotfish accepts, sorted."""
     from pilotfish.extensions.builtin import builtin_factories
+    from pilotfish.extensions.registry import Refused
 
     found: dict[tuple[str, str], list[str]] = {}
     for factory in builtin_factories():
+        if isinstance(factory, Refused):  # known only to say why it is refused
+            continue
         category = factory.category.value
         if category == "transport_socket":
             kinds = {t.rsplit(".", 1)[-1] for t in factory.type_names}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pilotfish.errors import ConfigError
-from pilotfish.extensions.registry import Category, ExtensionFactory, TelemetryOnly
+from pilotfish.extensions.registry import Category, ExtensionFactory, Refused, TelemetryOnly
 
 
 class _AcceptedConfig(ExtensionFactory):
@@ -54,6 +54,8 @@ def builtin_factories() -> list[ExtensionFactory]:
         CompressorFactory,
         compressor_libraries,
     )
+    from pilotfish.extensions.filters.http.cors import CorsFactory
+    from pilotfish.extensions.filters.http.fault import FaultFactory
     from pilotfish.extensions.filters.http.router import RouterFactory
     from pilotfish.extensions.filters.listener.http_inspector import HttpInspectorFactory
     from pilotfish.extensions.filters.listener.original_dst import OriginalDstFactory
@@ -62,6 +64,7 @@ def builtin_factories() -> list[ExtensionFactory]:
         HttpConnectionManagerFactory,
     )
     from pilotfish.extensions.filters.network.tcp_proxy import TcpProxyFactory
+    from pilotfish.extensions.istio import IstioAuthnFactory, WasmHttpFactory, WasmNetworkFactory
     from pilotfish.extensions.transport_sockets import transport_socket_factories
 
     T = TelemetryOnly
@@ -123,6 +126,42 @@ def builtin_factories() -> list[ExtensionFactory]:
             C.HTTP_FILTER, "istio.alpn", "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig"
         ),
     ]
+    # Known to Envoy, deliberately not implemented, and unsafe to skip: they decide which
+    # requests or connections are let through (Istio's AuthorizationPolicy).
+    authz = "it decides which requests are allowed (Istio AuthorizationPolicy), and skipping it "
+    authz += "would allow everything"
+    refused: list[ExtensionFactory] = [
+        Refused(
+            C.HTTP_FILTER,
+            "envoy.filters.http.rbac",
+            authz,
+            "envoy.extensions.filters.http.rbac.v3.RBAC",
+        ),
+        Refused(
+            C.NETWORK_FILTER,
+            "envoy.filters.network.rbac",
+            authz,
+            "envoy.extensions.filters.network.rbac.v3.RBAC",
+        ),
+        Refused(
+            C.HTTP_FILTER,
+            "envoy.filters.http.ext_authz",
+            authz,
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        ),
+        Refused(
+            C.NETWORK_FILTER,
+            "envoy.filters.network.ext_authz",
+            authz,
+            "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+        ),
+        Refused(
+            C.TRANSPORT_SOCKET,
+            "envoy.transport_sockets.internal_upstream",
+            "internal listeners (Istio's HBONE tunnels: ambient, waypoints) are not supported",
+            "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport",
+        ),
+    ]
     return [
         HttpConnectionManagerFactory(),
         TcpProxyFactory(),
@@ -140,4 +179,12 @@ def builtin_factories() -> list[ExtensionFactory]:
         UuidRequestId(),
         *telemetry,
         *accepted,
+        # In the form istiod emits them, these do nothing (see each module); other forms are
+        # refused.
+        FaultFactory(),
+        CorsFactory(),
+        WasmHttpFactory(),
+        WasmNetworkFactory(),
+        IstioAuthnFactory(),
+        *refused,
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from google.protobuf.message import Message
@@ -28,6 +29,20 @@ class Category(enum.Enum):
     COMPRESSOR_LIBRARY = "compressor_library"
     PROTOCOL_OPTIONS = "protocol_options"
     ACCESS_LOG_FILTER = "access_log_filter"
+
+
+@dataclass(frozen=True, slots=True)
+class NotRun:
+    """What ``parse`` returns for a valid config that pilotfish leaves out of the chain.
+
+    ``telemetry``: the extension only observes traffic in this form (an Istio telemetry
+    plugin in a Wasm wrapper, ...): skipped with a warning and counted, like a
+    ``telemetry_only`` type. Otherwise the config is a no-op as given (a fault filter with no
+    fault configured, ...): dropped silently, since running it would change nothing.
+    """
+
+    telemetry: bool
+    why: str = ""
 
 
 class ExtensionFactory:
@@ -54,6 +69,23 @@ class TelemetryOnly(ExtensionFactory):
         self.category = category  # type: ignore[misc]
         self.name = name  # type: ignore[misc]
         self.type_names = type_names  # type: ignore[misc]
+
+
+class Refused(ExtensionFactory):
+    """A type Envoy knows and pilotfish deliberately does not implement, because skipping it
+    would change what traffic is let through (RBAC, external authorization, ...). Refused with
+    ``reason`` rather than Envoy's "not registered" message, so that the NACK says why."""
+
+    def __init__(self, category: Category, name: str, reason: str, *type_names: str) -> None:
+        self.category = category  # type: ignore[misc]
+        self.name = name  # type: ignore[misc]
+        self.type_names = type_names  # type: ignore[misc]
+        self.reason = reason
+
+    def parse(self, msg: Message, ctx: Any, path: str) -> Any:
+        from pilotfish.errors import ConfigError
+
+        raise ConfigError(f"{path}.typed_config", f"'{self.name}' is not supported: {self.reason}")
 
 
 class Registry:

@@ -1,8 +1,9 @@
 """Transport sockets: raw_buffer (plain TCP) and the TLS contexts' configuration.
 
 TLS configs are validated here so bootstraps that carry them load; serving TLS (certificates
-from files or SDS, mTLS, SAN checks) is the sidecar work item, and until then a TLS transport
-socket is refused where it would be used (docs/compatibility.md).
+from files or SDS, mTLS, SAN checks) is the sidecar work item. Until then a bootstrap's TLS
+transport sockets are loaded and not served, and an xDS resource with one is refused
+(``TranslateContext.accept_unserved_tls``; docs/compatibility.md).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pilotfish.errors import ConfigError
 from pilotfish.extensions.registry import Category, ExtensionFactory
 
 
@@ -36,6 +38,17 @@ class _TlsFactory(ExtensionFactory):
     downstream = False
 
     def parse(self, msg: Any, ctx: Any, path: str) -> TlsContextConfig:
+        if not getattr(ctx, "accept_unserved_tls", True):
+            raise ConfigError(
+                f"{path}.typed_config",
+                "TLS transport sockets are not served by pilotfish yet: "
+                + (
+                    "this filter chain would get the clients' TLS bytes as plaintext"
+                    if self.downstream
+                    else "this upstream would get plaintext where TLS (Istio mTLS or TLS "
+                    "origination) is configured"
+                ),
+            )
         common = msg.common_tls_context
         names = [s.name for s in common.tls_certificate_sds_secret_configs]
         if common.HasField("validation_context_sds_secret_config"):

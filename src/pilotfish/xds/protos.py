@@ -86,6 +86,7 @@ def load_types_in(doc: Any) -> Any:
                 if isinstance(inner, str):
                     find_message_class(type_name(inner))
             elif find_message_class(name) is None:
+                find_message_class(TYPED_STRUCT_TYPES[0])  # so json_format can parse it
                 value = {k: v for k, v in out.items() if k != "@type"}
                 return {"@type": _TYPED_STRUCT_URL, "type_url": at_type, "value": value}
         return out

@@ -84,8 +84,16 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
     connect_timeout = c.duration(msg, "connect_timeout", 5.0)
     if connect_timeout <= 0:
         raise ConfigError(f"{pre}connect_timeout", "value must be greater than 0s")
-    if len(msg.filters):
-        raise ConfigError(f"{pre}filters", "upstream network filters are not supported")
+    for i, f in enumerate(msg.filters):
+        # Istio puts its TCP metadata exchange here (telemetry-only: skipped with a warning).
+        # Any filter that would run is refused: upstream filters are not implemented.
+        fpath = f"{pre}filters[{i}]"
+        if f.HasField("typed_config"):
+            ext = ctx.extension(Category.NETWORK_FILTER, f.name, f.typed_config, fpath)
+            if ext is not None:
+                raise ConfigError(fpath, "upstream network filters are not supported")
+        else:
+            raise ConfigError(fpath, "upstream network filters are not supported")
 
     load_assignment = None
     if msg.HasField("load_assignment"):
@@ -312,9 +320,10 @@ def cluster_load_assignment(
     msg: Any, path: str, *, resolve_names: bool = True
 ) -> ClusterLoadAssignment:
     """``resolve_names``: hostnames are allowed (DNS clusters); else addresses must be IPs."""
+    pre = f"{path}." if path else ""
     localities = []
     for i, loc in enumerate(msg.endpoints):
-        lpath = f"{path}.endpoints[{i}]"
+        lpath = f"{pre}endpoints[{i}]"
         eps = []
         for j, lbe in enumerate(loc.lb_endpoints):
             epath = f"{lpath}.lb_endpoints[{j}]"

@@ -11,7 +11,7 @@ from google.protobuf.json_format import ParseError
 from google.protobuf.message import Message
 
 from pilotfish.errors import ConfigError
-from pilotfish.extensions.registry import Category, Registry, default_registry
+from pilotfish.extensions.registry import Category, NotRun, Registry, default_registry
 from pilotfish.model.common import TypedExtension
 from pilotfish.xds import protos
 
@@ -26,6 +26,11 @@ class TranslateContext:
     # The bootstrap's clusters, against which static route tables are validated (None: no
     # validation, e.g. when translating a lone resource).
     static_clusters: set[str] | None = None
+    # TLS transport sockets are validated and kept, but not served yet. A bootstrap loads
+    # with them (Istio's goldens carry TLS clusters for collectors); xDS resources refuse them
+    # (translate_resource sets False), because the listener or cluster would run in plaintext
+    # where TLS is configured (docs/compatibility.md, "Resources from istiod").
+    accept_unserved_tls: bool = True
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -50,9 +55,19 @@ class TranslateContext:
                 msg = self.unpack(typed_config, f"{path}.typed_config")
             except ConfigError:
                 known = self.registry.by_type(category, tname)
-                if known is not None and not known.telemetry_only:
+                if (
+                    known is not None
+                    and not known.telemetry_only
+                    and inner is not None
+                    and protos.find_message_class(tname) is None
+                ):
+                    # An opaque type (Istio's own, not in xds-protos) that a factory knows:
+                    # the factory gets the TypedStruct's fields as a google.protobuf.Struct.
+                    msg = protos.unpack_any(typed_config).value  # type: ignore[attr-defined]
+                elif known is not None and not known.telemetry_only:
                     raise
-                msg = None  # unknown or telemetry-only type: decided below
+                else:
+                    msg = None  # unknown or telemetry-only type: decided below
         factory = (
             self.registry.by_type(category, tname)
             if tname
@@ -76,6 +91,12 @@ class TranslateContext:
                 raise ConfigError(path, f"no message type for '{name}'")
             msg = cls()
         config = factory.parse(msg, self, path)
+        if isinstance(config, NotRun):
+            if config.telemetry:
+                why = f": {config.why}" if config.why else ""
+                self.warn(f"{path}: '{name}' ({tname}) is accepted but not run by pilotfish{why}")
+                self.skipped.append(name)
+            return None
         return TypedExtension(name=name, type_url=tname, config=config, factory=factory)
 
     def unpack(self, typed_config: AnyProto, path: str) -> Message:

@@ -6,6 +6,8 @@ import os
 from typing import Any
 
 from pilotfish.errors import ConfigError
+from pilotfish.extensions.filters.http import cors, fault
+from pilotfish.extensions.registry import Category
 from pilotfish.model.common import StringMatcher, StringMatchKind
 from pilotfish.model.route import (
     Action,
@@ -28,6 +30,7 @@ from pilotfish.model.route import (
     WeightedCluster,
     WeightedClusters,
 )
+from pilotfish.xds import protos
 from pilotfish.xds.translate import common as c
 from pilotfish.xds.translate.context import TranslateContext
 
@@ -57,12 +60,53 @@ def _validate_clusters(msg: Any, known: set[str], pre: str) -> None:
                     raise ConfigError(where, f"route: unknown cluster '{name}'")
 
 
+# Per-route configs of filters pilotfish refuses (their empty filter form is accepted as a
+# no-op: see pilotfish.extensions.filters.http.fault and .cors).
+_PER_ROUTE_REFUSED = {
+    "envoy.extensions.filters.http.fault.v3.HTTPFault": fault.NOT_IMPLEMENTED,
+    "envoy.extensions.filters.http.cors.v3.CorsPolicy": cors.NOT_IMPLEMENTED,
+}
+_FILTER_CONFIG = "envoy.config.route.v3.FilterConfig"
+
+
+def per_filter_config(configs: Any, ctx: TranslateContext, path: str) -> dict[str, Any]:
+    """``typed_per_filter_config``. pilotfish's HTTP filters take no per-route config yet, so
+    a per-route config would be silently ignored: it is refused, unless it belongs to a
+    telemetry-only filter (not run anyway) or is marked optional (``FilterConfig.is_optional``,
+    which Envoy also skips when it does not know the type)."""
+    for key, value in configs.items():
+        kpath = (
+            f"{path}.typed_per_filter_config[{key}]" if path else f"typed_per_filter_config[{key}]"
+        )
+        tname = protos.type_name(protos.opaque_type_url(value) or value.type_url)
+        optional = False
+        if tname == _FILTER_CONFIG:
+            wrapper = ctx.unpack(value, kpath)
+            optional = bool(wrapper.is_optional)  # type: ignore[attr-defined]
+            inner = wrapper.config  # type: ignore[attr-defined]
+            tname = protos.type_name(protos.opaque_type_url(inner) or inner.type_url)
+        refused = _PER_ROUTE_REFUSED.get(tname)
+        if refused is not None:
+            raise ConfigError(kpath, refused)
+        factory = ctx.registry.by_type(Category.HTTP_FILTER, tname)
+        if factory is not None and factory.telemetry_only:
+            continue
+        if optional:
+            ctx.warn(f"{kpath}: optional per-route config '{tname}' is not supported; skipped")
+            continue
+        raise ConfigError(
+            kpath, f"per-route config for filter '{key}' ({tname}) is not supported by pilotfish"
+        )
+    return dict(configs)
+
+
 def route_configuration(
     msg: Any, ctx: TranslateContext, path: str = "", *, inline: bool = False
 ) -> RouteConfiguration:
     """``inline``: the table is part of a listener (not from RDS), so its clusters are
     validated by default, as Envoy does."""
     pre = f"{path}." if path else ""
+    per_filter_config(msg.typed_per_filter_config, ctx, path)
     validate = c.bool_value(msg, "validate_clusters", inline)
     if validate and ctx.static_clusters is not None:
         _validate_clusters(msg, ctx.static_clusters, pre)
@@ -120,6 +164,8 @@ def virtual_host(msg: Any, ctx: TranslateContext, path: str) -> VirtualHost:
                 f"{path}.domains[{j}]",
                 f"Only a single wildcard at the start or end of a domain is allowed: {d}",
             )
+    if msg.HasField("cors"):
+        raise ConfigError(f"{path}.cors", cors.NOT_IMPLEMENTED)
     routes = tuple(route(r, ctx, f"{path}.routes[{k}]") for k, r in enumerate(msg.routes))
     vclusters = []
     for k, vc in enumerate(msg.virtual_clusters):
@@ -149,7 +195,7 @@ def virtual_host(msg: Any, ctx: TranslateContext, path: str) -> VirtualHost:
         virtual_clusters=tuple(vclusters),
         include_request_attempt_count=msg.include_request_attempt_count,
         include_attempt_count_in_response=msg.include_attempt_count_in_response,
-        typed_per_filter_config=dict(msg.typed_per_filter_config),
+        typed_per_filter_config=per_filter_config(msg.typed_per_filter_config, ctx, path),
         metadata=c.metadata(msg, path),
     )
 
@@ -197,7 +243,7 @@ def route(msg: Any, ctx: TranslateContext, path: str) -> Route:
         ),
         metadata=c.metadata(msg, path),
         decorator=decorator,
-        typed_per_filter_config=dict(msg.typed_per_filter_config),
+        typed_per_filter_config=per_filter_config(msg.typed_per_filter_config, ctx, path),
         stat_prefix=msg.stat_prefix,
     )
 
@@ -360,7 +406,7 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
         kw["cluster_header"] = msg.cluster_header.lower().encode()
     elif kind == "weighted_clusters":
         kw["weighted_clusters"] = weighted_clusters(
-            msg.weighted_clusters, f"{path}.weighted_clusters"
+            msg.weighted_clusters, ctx, f"{path}.weighted_clusters"
         )
     elif kind is None:
         raise ConfigError(
@@ -368,6 +414,8 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
         )
     else:
         raise ConfigError(f"{path}.{kind}", "cluster specifier plugins are not supported")
+    if msg.HasField("cors"):
+        raise ConfigError(f"{path}.cors", cors.NOT_IMPLEMENTED)
     if msg.prefix_rewrite and msg.HasField("regex_rewrite"):
         raise ConfigError(path, "Cannot specify both prefix_rewrite and regex_rewrite")
     if msg.prefix_rewrite:
@@ -441,7 +489,7 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
     return RouteAction(**kw)
 
 
-def weighted_clusters(msg: Any, path: str) -> WeightedClusters:
+def weighted_clusters(msg: Any, ctx: TranslateContext, path: str) -> WeightedClusters:
     clusters = []
     total = 0
     for i, cw in enumerate(msg.clusters):
@@ -469,7 +517,7 @@ def weighted_clusters(msg: Any, path: str) -> WeightedClusters:
                     cw, "response_headers_to_add", "response_headers_to_remove", cpath
                 ),
                 host_rewrite_literal=cw.host_rewrite_literal,
-                typed_per_filter_config=dict(cw.typed_per_filter_config),
+                typed_per_filter_config=per_filter_config(cw.typed_per_filter_config, ctx, cpath),
             )
         )
     if not clusters:

@@ -97,6 +97,15 @@ class HttpConnectionManagerFactory(ExtensionFactory):
                 msg.request_id_extension.typed_config,
                 f"{tc}.request_id_extension",
             )
+        if msg.HasField("tracing") and msg.tracing.HasField("provider"):
+            # Tracing is telemetry: no spans are produced (docs/compatibility.md); the provider
+            # is still checked, so an unknown tracer type is refused as Envoy refuses it.
+            ctx.extension(
+                Category.TRACER,
+                msg.tracing.provider.name,
+                msg.tracing.provider.typed_config,
+                f"{tc}.tracing.provider",
+            )
         internal_cidrs = None
         if msg.HasField("internal_address_config"):
             internal_cidrs = tuple(
