@@ -147,7 +147,7 @@ def test_node_is_sent_once_with_envoys_fields(
 ) -> None:
     serve_basic(server, backends, free_port())
     with start_pilotfish(server, tmp_path, mode):
-        wait_for(lambda: server.connected(), "a connected stream")
+        wait_for(lambda: bool(server.connected()), "a connected stream")
         info = server.connected()[0]
         assert info.node_id == "sidecar~127.0.0.1~test.default~default.svc.cluster.local"
         assert info.cluster == "test.default"
@@ -364,7 +364,7 @@ def test_rds_subscription_follows_listeners(
         [route_config("r2", [{"match": {"prefix": "/"}, "route": {"cluster": "b"}}])],
     )
     with start_pilotfish(server, tmp_path, mode):
-        wait_for(lambda: server.connected(), "connected")
+        wait_for(lambda: bool(server.connected()), "connected")
 
         def routes_wanted() -> set[str]:
             return set(server.connected()[0].subscribed.get(rt.ROUTE.type_url, set()))

@@ -34,11 +34,8 @@ from pilotfish.stats.store import Scope
 from pilotfish.xds import resource_types as rt
 from pilotfish.xds.ads_client import AdsClient, Update, grpc_target
 from pilotfish.xds.resource_types import ResourceType
-from pilotfish.xds.translate.cluster import cluster as translate_cluster
-from pilotfish.xds.translate.cluster import cluster_load_assignment
 from pilotfish.xds.translate.context import TranslateContext
-from pilotfish.xds.translate.listener import listener as translate_listener
-from pilotfish.xds.translate.route import route_configuration
+from pilotfish.xds.translate.resource import translate_resource
 
 if TYPE_CHECKING:
     from pilotfish.server import Server
@@ -298,14 +295,17 @@ class XdsManager:
 
     def _fail(self, rtype: ResourceType, name: str, msg: Message, version: str, e: Any) -> str:
         self.failures[(rtype.type_url, name)] = Failure(msg, str(e), version, time.time())
-        return f"{name}: {e}"
+        # Translation errors name the resource already ("listener 'x': field: reason").
+        return str(e) if isinstance(e, ConfigError) else f"{name}: {e}"
 
     def _changed(self, records: dict[str, Record], name: str, msg: Message) -> bool:
         old = records.get(name)
         return old is None or old.proto != msg
 
     def _tctx(self) -> TranslateContext:
-        return TranslateContext()
+        """Route tables that validate their clusters (inline ones by default) are checked
+        against every cluster the cluster manager has, static or from CDS, as Envoy does."""
+        return TranslateContext(static_clusters=set(self.cm.clusters) | set(self.warming_clusters))
 
     # -- CDS --------------------------------------------------------------------------------
 
@@ -320,7 +320,7 @@ class XdsManager:
                 self.clusters[name].version_info = update.version_info or version
                 continue
             try:
-                model = translate_cluster(msg, self._tctx(), "")
+                model = translate_resource(rt.CLUSTER.type_url, msg, self._tctx())
             except ConfigError as e:
                 errors.append(self._fail(rt.CLUSTER, name, msg, update.version_info, e))
                 continue
@@ -415,9 +415,7 @@ class XdsManager:
                 self.endpoints[name].version_info = update.version_info or version
                 continue
             try:
-                model = cluster_load_assignment(
-                    msg, f"cluster_load_assignment '{name}'", resolve_names=False
-                )
+                model = translate_resource(rt.ENDPOINT.type_url, msg, self._tctx())
             except ConfigError as e:
                 errors.append(self._fail(rt.ENDPOINT, name, msg, update.version_info, e))
                 continue
@@ -464,7 +462,7 @@ class XdsManager:
                 current.version_info = update.version_info or version
                 continue
             try:
-                model = translate_listener(msg, self._tctx(), "")
+                model = translate_resource(rt.LISTENER.type_url, msg, self._tctx())
                 self._check_rds_sources(model)
             except ConfigError as e:
                 errors.append(self._fail(rt.LISTENER, name, msg, update.version_info, e))
@@ -559,7 +557,7 @@ class XdsManager:
                 self.routes[name].version_info = update.version_info or version
                 continue
             try:
-                model = route_configuration(msg, self._tctx(), f"route_config '{name}'")
+                model = translate_resource(rt.ROUTE.type_url, msg, self._tctx())
             except ConfigError as e:
                 errors.append(self._fail(rt.ROUTE, name, msg, update.version_info, e))
                 if stats is not None:
