@@ -87,6 +87,10 @@ def start_pilotfish(
     return ProxyProcess("pilotfish", boot, tmp_path, log_level="info").start()
 
 
+def has_acks(server: ThreadedXdsServer, type_url: str, *, nacks: bool = False) -> bool:
+    return bool(acks(server, type_url, nacks=nacks))
+
+
 def acks(server: ThreadedXdsServer, type_url: str, *, nacks: bool = False) -> list[Any]:
     return [
         a
@@ -113,8 +117,9 @@ def test_initial_config_then_live_and_traffic(
         assert proxy.call("/ready").text.strip() == "LIVE"
         assert answered_by(port) == "A"
         for rtype in (rt.CLUSTER, rt.ENDPOINT, rt.LISTENER, rt.ROUTE):
-            wait_for(lambda r=rtype: acks(server, r.type_url), f"an ACK of {rtype.short}")
-            assert not acks(server, rtype.type_url, nacks=True)
+            url = rtype.type_url
+            wait_for(lambda u=url: has_acks(server, u), f"an ACK of {rtype.short}")  # type: ignore[misc]
+            assert not acks(server, url, nacks=True)
         stats = proxy.stats()
         assert stats["control_plane.connected_state"] == 1
         assert stats["cluster_manager.cds.update_success"] >= 1
@@ -207,10 +212,10 @@ def test_invalid_route_is_nacked_with_reason_and_old_config_serves(
             [{"match": {"safe_regex": {"regex": "(unclosed"}}, "route": {"cluster": "b"}}],
         )
         server.set_resources(rt.ROUTE.type_url, [bad])
-        wait_for(lambda: acks(server, rt.ROUTE.type_url, nacks=True), "a NACK of RDS")
+        wait_for(lambda: has_acks(server, rt.ROUTE.type_url, nacks=True), "a NACK of RDS")
         nack = acks(server, rt.ROUTE.type_url, nacks=True)[0]
-        text = str(nack.error_detail)
-        assert "'r'" in text or " r:" in text, text
+        text = nack.error_message
+        assert "route config 'r'" in text, text
         assert "safe_regex" in text, text
         assert answered_by(port) == "A"  # the last good route config keeps serving
         stats = proxy.stats()
@@ -237,9 +242,9 @@ def test_invalid_cluster_and_listener_nacked_others_applied(
             [eds_cluster("a"), eds_cluster("b", "b-svc"), bad_cluster, eds_cluster("c")],
         )
         server.update(rt.ENDPOINT.type_url, [cla("c", [backends["C"].port])])
-        wait_for(lambda: acks(server, rt.CLUSTER.type_url, nacks=True), "a NACK of CDS")
-        nack = str(acks(server, rt.CLUSTER.type_url, nacks=True)[-1].error_detail)
-        assert "bad" in nack and "lb_policy" in nack, nack
+        wait_for(lambda: has_acks(server, rt.CLUSTER.type_url, nacks=True), "a NACK of CDS")
+        nack = acks(server, rt.CLUSTER.type_url, nacks=True)[-1].error_message
+        assert "cluster 'bad'" in nack and "lb_policy" in nack, nack
         wait_for(lambda: "c::127.0.0.1" in proxy.call("/clusters").text, "cluster c applied")
         assert proxy.stats()["cluster_manager.cds.update_rejected"] >= 1
         dump = proxy.call("/config_dump?resource=dynamic_active_clusters").json()["configs"]
@@ -255,9 +260,9 @@ def test_invalid_cluster_and_listener_nacked_others_applied(
                 rt.LISTENER.type_url,
                 [http_listener("busy", busy, "r"), http_listener("second", port2, "r")],
             )
-            wait_for(lambda: acks(server, rt.LISTENER.type_url, nacks=True), "a NACK of LDS")
-            nack = str(acks(server, rt.LISTENER.type_url, nacks=True)[-1].error_detail)
-            assert "busy" in nack, nack
+            wait_for(lambda: has_acks(server, rt.LISTENER.type_url, nacks=True), "a NACK of LDS")
+            nack = acks(server, rt.LISTENER.type_url, nacks=True)[-1].error_message
+            assert "listener 'busy'" in nack and "in use" in nack, nack
         wait_for(lambda: answered_by(port2) == "A", "listener 'second' serving")
 
 
@@ -269,7 +274,7 @@ def test_garbage_from_the_server_is_nacked_and_nothing_changes(
     port = free_port()
     serve_basic(server, backends, port)
     with start_pilotfish(server, tmp_path, mode) as proxy:
-        wait_for(lambda: acks(server, rt.CLUSTER.type_url), "CDS ACK")
+        wait_for(lambda: has_acks(server, rt.CLUSTER.type_url), "CDS ACK")
         junk = any_pb2.Any(type_url=rt.CLUSTER.type_url, value=b"\xff\xff\xff\xff garbage")
         if mode == "delta":
             delta_response = discovery_pb2.DeltaDiscoveryResponse(
@@ -286,7 +291,7 @@ def test_garbage_from_the_server_is_nacked_and_nothing_changes(
             )
             response.resources.append(junk)
             server.send_raw(rt.CLUSTER.type_url, response)
-        wait_for(lambda: acks(server, rt.CLUSTER.type_url, nacks=True), "a NACK of the garbage")
+        wait_for(lambda: has_acks(server, rt.CLUSTER.type_url, nacks=True), "a NACK of the garbage")
         assert proxy.proc is not None and proxy.proc.poll() is None
         assert answered_by(port) == "A"
         assert "a::127.0.0.1" in proxy.call("/clusters").text
@@ -436,7 +441,7 @@ def test_dropped_stream_resumes_without_reapplying(
     port = free_port()
     serve_basic(server, backends, port)
     with start_pilotfish(server, tmp_path, mode) as proxy:
-        wait_for(lambda: acks(server, rt.ROUTE.type_url), "RDS ACK")
+        wait_for(lambda: has_acks(server, rt.ROUTE.type_url), "RDS ACK")
         before = proxy.stats()
         acked_before = len(server.acks)
         server.drop_streams()
@@ -475,22 +480,25 @@ def test_large_push_1000_clusters_1000_endpoints_each(
         started = time.monotonic()
         server.set_resources(rt.ENDPOINT.type_url, assignments)
         server.set_resources(rt.CLUSTER.type_url, [eds_cluster(f"c{i}") for i in range(n_clusters)])
-        wait_for(
-            lambda: (
-                proxy.stats("cluster_manager.").get("active_clusters") == n_clusters + 1
-                and proxy.stats("cluster_manager.").get("warming_clusters") == 0
-            ),
-            "1,000 clusters warm",
-            timeout=300,
-        )
+
+        def all_warm() -> bool:
+            try:  # the admin answers late while the push is being applied
+                stats = proxy.stats("cluster_manager.")
+            except OSError:
+                return False
+            return stats.get("active_clusters") == n_clusters + 1 and not stats.get(
+                "warming_clusters"
+            )
+
+        wait_for(all_warm, "1,000 clusters warm", timeout=300)
         elapsed = time.monotonic() - started
         rss_after = rss_bytes(proxy.proc.pid) // 1024
         print(
             f"\n[{mode}] {n_clusters} clusters x {n_endpoints} endpoints applied in {elapsed:.1f} s; "
             f"RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB"
         )
-        text = proxy.call("/clusters").text
-        assert text.count("c999::127.0.0.1:") == n_endpoints
+        for name in ("c0", "c500", "c999"):
+            assert proxy.stats(f"cluster.{name}.")["membership_total"] == n_endpoints
 
 
 def _port_open(port: int) -> bool:

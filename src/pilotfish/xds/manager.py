@@ -35,7 +35,7 @@ from pilotfish.xds import resource_types as rt
 from pilotfish.xds.ads_client import AdsClient, Update, grpc_target
 from pilotfish.xds.resource_types import ResourceType
 from pilotfish.xds.translate.context import TranslateContext
-from pilotfish.xds.translate.resource import translate_resource
+from pilotfish.xds.translate.resource import KIND, translate_resource
 
 if TYPE_CHECKING:
     from pilotfish.server import Server
@@ -290,13 +290,14 @@ class XdsManager:
             self._lds_first.set()
         if not errors:
             return None
-        kind = {"cds": "cluster", "lds": "listener", "rds": "route config", "eds": "endpoints"}
-        return f"Error adding/updating {kind[rtype.short]}(s) " + ", ".join(errors)
+        return "Error adding/updating " + "; ".join(errors)
 
     def _fail(self, rtype: ResourceType, name: str, msg: Message, version: str, e: Any) -> str:
         self.failures[(rtype.type_url, name)] = Failure(msg, str(e), version, time.time())
         # Translation errors name the resource already ("listener 'x': field: reason").
-        return str(e) if isinstance(e, ConfigError) else f"{name}: {e}"
+        if isinstance(e, ConfigError) and str(e).startswith(KIND[rtype.type_url]):
+            return str(e)
+        return f"{KIND[rtype.type_url]} '{name}': {e}"
 
     def _changed(self, records: dict[str, Record], name: str, msg: Message) -> bool:
         old = records.get(name)
@@ -314,13 +315,13 @@ class XdsManager:
         now = time.time()
         for name, (version, msg) in update.resources.items():
             if name in self.static_clusters:
-                errors.append(f"{name}: cluster already exists as a static cluster")
+                errors.append(f"cluster '{name}': already exists as a static cluster")
                 continue
             if not self._changed(self.clusters, name, msg):
                 self.clusters[name].version_info = update.version_info or version
                 continue
             try:
-                model = translate_resource(rt.CLUSTER.type_url, msg, self._tctx())
+                model: Any = translate_resource(rt.CLUSTER.type_url, msg, self._tctx())
             except ConfigError as e:
                 errors.append(self._fail(rt.CLUSTER, name, msg, update.version_info, e))
                 continue
@@ -415,7 +416,7 @@ class XdsManager:
                 self.endpoints[name].version_info = update.version_info or version
                 continue
             try:
-                model = translate_resource(rt.ENDPOINT.type_url, msg, self._tctx())
+                model: Any = translate_resource(rt.ENDPOINT.type_url, msg, self._tctx())
             except ConfigError as e:
                 errors.append(self._fail(rt.ENDPOINT, name, msg, update.version_info, e))
                 continue
@@ -455,14 +456,14 @@ class XdsManager:
         now = time.time()
         for name, (version, msg) in update.resources.items():
             if name in self.static_listeners:
-                errors.append(f"{name}: listener already exists as a static listener")
+                errors.append(f"listener '{name}': already exists as a static listener")
                 continue
             current = self.warming_listeners.get(name) or self.listeners.get(name)
             if current is not None and current.proto == msg:
                 current.version_info = update.version_info or version
                 continue
             try:
-                model = translate_resource(rt.LISTENER.type_url, msg, self._tctx())
+                model: Any = translate_resource(rt.LISTENER.type_url, msg, self._tctx())
                 self._check_rds_sources(model)
             except ConfigError as e:
                 errors.append(self._fail(rt.LISTENER, name, msg, update.version_info, e))
@@ -557,7 +558,7 @@ class XdsManager:
                 self.routes[name].version_info = update.version_info or version
                 continue
             try:
-                model = translate_resource(rt.ROUTE.type_url, msg, self._tctx())
+                model: Any = translate_resource(rt.ROUTE.type_url, msg, self._tctx())
             except ConfigError as e:
                 errors.append(self._fail(rt.ROUTE, name, msg, update.version_info, e))
                 if stats is not None:
