@@ -409,6 +409,43 @@ def test_listener_update_drains_in_flight_requests(
         assert proxy.stats()["listener_manager.listener_modified"] == 1
 
 
+def test_removed_listener_connections_closed_after_drain_time(
+    server: ThreadedXdsServer, backends: dict[str, EchoBackend], tmp_path: Path, mode: str
+) -> None:
+    """--drain-time-s (1 s here) bounds the drain of a removed listener: an idle TCP
+    connection through it is closed when the drain period ends."""
+    tcp_port = free_port()
+    serve_basic(server, backends, free_port())
+    server.update(rt.LISTENER.type_url, [tcp_listener("tcp", tcp_port, "a")])
+    with start_pilotfish(server, tmp_path, mode):
+        wait_for(lambda: _port_open(tcp_port), "the TCP listener")
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=10) as conn:
+            conn.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            server.update(rt.LISTENER.type_url, remove=["tcp"])
+            started = time.monotonic()
+            conn.settimeout(10)
+            assert conn.recv(65536) == b""  # closed by the proxy
+            assert 0.5 < time.monotonic() - started < 5
+
+
+def test_listener_not_bound_to_port(
+    server: ThreadedXdsServer, backends: dict[str, EchoBackend], tmp_path: Path, mode: str
+) -> None:
+    """Istio's per-port listeners (``bind_to_port: false``) are accepted and listed, and
+    nothing binds their address."""
+    port = free_port()
+    serve_basic(server, backends, free_port())
+    unbound = http_listener("0.0.0.0_9080", port, "r")
+    unbound.bind_to_port.value = False  # type: ignore[attr-defined]
+    server.update(rt.LISTENER.type_url, [unbound])
+    with start_pilotfish(server, tmp_path, mode) as proxy:
+        names = [ls["name"] for ls in dynamic(proxy, "dynamic_listeners")]
+        assert "0.0.0.0_9080" in names
+        assert not _port_open(port)
+        assert not has_acks(server, rt.LISTENER.type_url, nacks=True)
+
+
 # --- reconnects ---------------------------------------------------------------------------------
 
 

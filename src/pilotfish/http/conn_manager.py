@@ -219,6 +219,11 @@ class HttpConnectionManager:
         for conn in list(self.connections):
             conn.start_drain()
 
+    def close_all(self) -> None:
+        """The drain period of a replaced or removed listener is over: close what is left."""
+        for conn in list(self.connections):
+            conn.close()
+
 
 class HttpConnection:
     """One downstream HTTP/1.1 connection (an asyncio protocol, by duck typing so that it can

@@ -46,6 +46,11 @@ class ChainRuntime:
         if drain is not None:
             drain()
 
+    def close_all(self) -> None:
+        close_all = getattr(self.handler, "close_all", None)
+        if close_all is not None:
+            close_all()
+
 
 class ListenerStats:
     def __init__(self, ctx: ServerContext, prefix: str) -> None:
@@ -439,6 +444,9 @@ class ListenerManager:
         self.gauge_draining.set(len(self.draining))
 
         def forget() -> None:
+            # --drain-time-s bounds the drain: connections still open are closed.
+            for runtime in old.runtimes.values():
+                runtime.close_all()
             if old in self.draining:
                 self.draining.remove(old)
                 self.gauge_draining.set(len(self.draining))

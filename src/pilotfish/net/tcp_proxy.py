@@ -79,6 +79,11 @@ class TcpProxy:
     def drain(self) -> None:
         """TCP connections are left to finish on their own (as Envoy does)."""
 
+    def close_all(self) -> None:
+        """The drain period of a replaced or removed listener is over: close what is left."""
+        for session in list(self.sessions):
+            session.close()
+
 
 class _Upstream(asyncio.Protocol):
     def __init__(self, session: TcpProxySession) -> None:
