@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from typing import Any
 
 from pilotfish.errors import ConfigError
@@ -316,6 +316,18 @@ _HEALTH = {
 }
 
 
+def _is_ip(text: str) -> bool:
+    """An IPv4 or IPv6 literal (inet_pton: an EDS push checks a million of them; the
+    ipaddress module is 20 times slower)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+        except OSError:
+            continue
+        return "%" not in text  # no zone index (ipaddress refuses it too)
+    return False
+
+
 def cluster_load_assignment(
     msg: Any, path: str, *, resolve_names: bool = True
 ) -> ClusterLoadAssignment:
@@ -334,9 +346,7 @@ def cluster_load_assignment(
             ep = lbe.endpoint
             addr = c.address(ep.address, f"{epath}.endpoint.address")
             if isinstance(addr, SocketAddress) and not resolve_names:
-                try:
-                    ipaddress.ip_address(addr.address)
-                except ValueError:
+                if not _is_ip(addr.address):
                     raise ConfigError(
                         f"{epath}.endpoint.address.socket_address.address",
                         f"malformed IP address: {addr.address}",
