@@ -274,7 +274,8 @@ def _endpoints_dump(server: Server) -> Any:
         for record in xds.endpoints.values():
             eitem = dump.dynamic_endpoint_configs.add()
             eitem.version_info = record.version_info
-            eitem.endpoint_config.Pack(record.proto)
+            eitem.endpoint_config.type_url = rt.ENDPOINT.type_url
+            eitem.endpoint_config.value = record.raw
             eitem.last_updated.CopyFrom(_timestamp(record.last_updated))
     return dump
 

@@ -57,6 +57,24 @@ class Record:
 
 
 @dataclass(slots=True)
+class EndpointsRecord:
+    """An accepted ClusterLoadAssignment, kept serialized: a large mesh has a million
+    endpoints, and the clusters hold their hosts already (the proto and the model would
+    double and triple the memory). Parsed again only when a cluster is (re)installed."""
+
+    name: str
+    version_info: str
+    raw: bytes
+    last_updated: float
+
+    def model(self) -> ClusterLoadAssignment:
+        msg = rt.ENDPOINT.message()
+        msg.ParseFromString(self.raw)
+        model: Any = translate_resource(rt.ENDPOINT.type_url, msg, TranslateContext())
+        return model
+
+
+@dataclass(slots=True)
 class Failure:
     """The last rejected version of a resource (Envoy's UpdateFailureState)."""
 
@@ -146,7 +164,7 @@ class XdsManager:
         # listeners (active or warming), route configs.
         self.clusters: dict[str, Record] = {}
         self.warming_clusters: dict[str, Record] = {}
-        self.endpoints: dict[str, Record] = {}
+        self.endpoints: dict[str, EndpointsRecord] = {}
         self.listeners: dict[str, Record] = {}
         self.warming_listeners: dict[str, Record] = {}
         self.routes: dict[str, Record] = {}
@@ -379,7 +397,9 @@ class XdsManager:
             self._activate_cluster(record, empty=True)
             self.cm.warming_clusters.set(len(self.warming_clusters))
 
-    def _activate_cluster(self, record: Record, *, empty: bool = False) -> None:
+    def _activate_cluster(
+        self, record: Record, *, empty: bool = False, assignment: Any = None
+    ) -> None:
         self._cancel_timer("cluster", record.name)
         model: ClusterModel = record.model
         self.cm.add_or_update(model, version_info=record.version_info, added_via_api=True)
@@ -388,9 +408,11 @@ class XdsManager:
             cluster.proto = record.proto
             cluster.last_updated = record.last_updated
         if model.type is DiscoveryType.EDS:
-            assignment = self.endpoints.get(_service_name(model))
+            if assignment is None:
+                known = self.endpoints.get(_service_name(model))
+                assignment = known.model() if known is not None else None
             if assignment is not None:
-                self.cm.update_endpoints(record.name, assignment.model)
+                self.cm.update_endpoints(record.name, assignment)
             elif empty:
                 self.cm.update_endpoints(record.name, ClusterLoadAssignment(record.name))
 
@@ -412,19 +434,21 @@ class XdsManager:
         errors: list[str] = []
         now = time.time()
         for name, (version, msg) in update.resources.items():
-            if not self._changed(self.endpoints, name, msg):
-                self.endpoints[name].version_info = update.version_info or version
+            raw = msg.SerializeToString()
+            known = self.endpoints.get(name)
+            if known is not None and known.raw == raw:
+                known.version_info = update.version_info or version
                 continue
             try:
                 model: Any = translate_resource(rt.ENDPOINT.type_url, msg, self._tctx())
             except ConfigError as e:
                 errors.append(self._fail(rt.ENDPOINT, name, msg, update.version_info, e))
                 continue
-            self.endpoints[name] = Record(name, update.version_info or version, msg, now, model)
+            self.endpoints[name] = EndpointsRecord(name, update.version_info or version, raw, now)
             for cname in self._clusters_of_service(name):
                 warming = self.warming_clusters.pop(cname, None)
                 if warming is not None:
-                    self._activate_cluster(warming)
+                    self._activate_cluster(warming, assignment=model)
                 else:
                     self.cm.update_endpoints(cname, model)
         for name in update.removed:

@@ -19,7 +19,7 @@ from pilotfish.model.cluster import (
     LocalityLbEndpoints,
     OriginalDstConfig,
 )
-from pilotfish.model.common import Locality, SocketAddress
+from pilotfish.model.common import Address, Locality, SocketAddress
 from pilotfish.xds.translate import common as c
 from pilotfish.xds.translate.context import TranslateContext
 
@@ -328,6 +328,19 @@ def _is_ip(text: str) -> bool:
     return False
 
 
+def _plain_socket_address(msg: Any) -> SocketAddress | None:
+    """A TCP socket address with nothing unusual (no named port or resolver, a valid port),
+    or None: the caller then translates it with the field paths for the error."""
+    if msg.WhichOneof("address") != "socket_address":
+        return None
+    sa = msg.socket_address
+    if sa.named_port or sa.resolver_name or not sa.address or sa.port_value > 65535:
+        return None
+    return SocketAddress(
+        sa.address, sa.port_value, "UDP" if sa.protocol == 1 else "TCP", sa.ipv4_compat
+    )
+
+
 def cluster_load_assignment(
     msg: Any, path: str, *, resolve_names: bool = True
 ) -> ClusterLoadAssignment:
@@ -337,32 +350,42 @@ def cluster_load_assignment(
     for i, loc in enumerate(msg.endpoints):
         lpath = f"{pre}endpoints[{i}]"
         eps = []
+        # The common case (an IP socket address, no metadata) is built without the field
+        # paths, which are only needed for an error: an EDS push can carry a million of them.
         for j, lbe in enumerate(loc.lb_endpoints):
-            epath = f"{lpath}.lb_endpoints[{j}]"
             if lbe.WhichOneof("host_identifier") != "endpoint":
                 raise ConfigError(
-                    epath, "named endpoints are not supported; an endpoint is required"
+                    f"{lpath}.lb_endpoints[{j}]",
+                    "named endpoints are not supported; an endpoint is required",
                 )
             ep = lbe.endpoint
-            addr = c.address(ep.address, f"{epath}.endpoint.address")
+            plain = _plain_socket_address(ep.address)
+            addr: Address = (
+                plain
+                if plain is not None
+                else c.address(ep.address, f"{lpath}.lb_endpoints[{j}].endpoint.address")
+            )
             if isinstance(addr, SocketAddress) and not resolve_names:
                 if not _is_ip(addr.address):
                     raise ConfigError(
-                        f"{epath}.endpoint.address.socket_address.address",
+                        f"{lpath}.lb_endpoints[{j}].endpoint.address.socket_address.address",
                         f"malformed IP address: {addr.address}",
                     ) from None
-            weight = c.uint32_value(lbe, "load_balancing_weight", 1)
+            weight = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
             if weight < 1:
                 raise ConfigError(
-                    f"{epath}.load_balancing_weight", "value must be greater than or equal to 1"
+                    f"{lpath}.lb_endpoints[{j}].load_balancing_weight",
+                    "value must be greater than or equal to 1",
                 )
             eps.append(
                 LbEndpoint(
-                    address=addr,
-                    health_status=_HEALTH.get(lbe.health_status, HealthStatus.UNKNOWN),
-                    load_balancing_weight=weight,
-                    hostname=ep.hostname,
-                    metadata=c.metadata(lbe, epath),
+                    addr,
+                    _HEALTH.get(lbe.health_status, HealthStatus.UNKNOWN),
+                    weight,
+                    ep.hostname,
+                    c.metadata(lbe, f"{lpath}.lb_endpoints[{j}]")
+                    if lbe.HasField("metadata")
+                    else {},
                 )
             )
         localities.append(
