@@ -19,7 +19,7 @@ from pilotfish.model.cluster import (
     LocalityLbEndpoints,
     OriginalDstConfig,
 )
-from pilotfish.model.common import Locality, SocketAddress
+from pilotfish.model.common import InternalAddress, Locality, SocketAddress
 from pilotfish.xds.translate import common as c
 from pilotfish.xds.translate.context import TranslateContext
 
@@ -333,6 +333,12 @@ def cluster_load_assignment(
                 )
             ep = lbe.endpoint
             addr = c.address(ep.address, f"{epath}.endpoint.address")
+            if isinstance(addr, InternalAddress):
+                raise ConfigError(
+                    f"{epath}.endpoint.address.envoy_internal_address",
+                    "endpoints on internal listeners (Istio's HBONE tunnels: ambient, "
+                    "waypoints) are not supported",
+                )
             if isinstance(addr, SocketAddress) and not resolve_names:
                 try:
                     ipaddress.ip_address(addr.address)
