@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -367,7 +368,7 @@ def observe(
             last, stable_since = state, now
         if not unexplained and now - stable_since > 1.5:
             for key, why in reasons.items():
-                reasons[key] = why or "(never sent: nothing accepted asks for it)"
+                reasons[key] = why or NOT_SENT
             return Outcome(
                 proxy.kind,
                 accepted,
@@ -385,27 +386,33 @@ def observe(
         time.sleep(0.1)
 
 
+NOT_SENT = "(not sent: nothing accepted asks for it)"
+
+
 def table(replay: Replay, outcomes: list[Outcome]) -> str:
+    """Counts by kind (the dump's resources; stand-ins apart), then every resource a proxy
+    does not accept, with each proxy's reason."""
     documented = replay.documented()
-    lines = [f"== {replay.rel}"]
+    lines = [f"== {replay.rel} ({len(replay.standins)} stand-ins served besides)"]
     for kind in TYPES:
-        keys = [k for k in replay.from_dump if k[0] == kind]
-        if not keys:
-            continue
-        row = f"  {kind}: served {len(keys)}"
-        for o in outcomes:
-            acked = sum(k in o.accepted for k in keys)
-            row += f" | {o.kind}: ACK {acked} NACK {len(keys) - acked}"
-        lines.append(row)
-    standins = len(replay.standins)
-    lines.append(f"  (+ {standins} stand-ins, not counted: {sorted(replay.standins)[:6]}...)")
+        for label, keys in (
+            ("", [k for k in replay.from_dump if k[0] == kind]),
+            (" stand-ins", [k for k in replay.standins if k[0] == kind]),
+        ):
+            if not keys:
+                continue
+            row = f"  {kind + label:<32} served {len(keys):>3}"
+            for o in outcomes:
+                acked = sum(k in o.accepted for k in keys)
+                unsent = sum(o.reasons.get(k) == NOT_SENT for k in keys)
+                nacked = len(keys) - acked - unsent
+                row += f" | {o.kind:>9}: ACK {acked:>3} NACK {nacked:>3} not sent {unsent:>3}"
+            lines.append(row)
     for key in replay.from_dump + replay.standins:
-        verdicts = []
-        for o in outcomes:
-            if key not in o.accepted:
-                verdicts.append(f"{o.kind} NACK: {o.reasons.get(key, '')[:160]}")
+        verdicts = [f"{o.kind}: {o.reasons[key][:200]}" for o in outcomes if key not in o.accepted]
         if verdicts:
-            tag = " [documented]" if key in documented else ""
+            tag = " [pilotfish: documented]" if key in documented else ""
+            tag += " [stand-in]" if key in replay.standins else ""
             lines.append(f"  {key[0]} {key[1]}{tag}")
             lines.extend(f"      {v}" for v in verdicts)
     return "\n".join(lines)
@@ -432,7 +439,7 @@ def test_istio_dump_replayed_over_ads(dump: Path, mode: str, tmp_path: Path) -> 
             outcomes.append(pf)
             # Stand-ins asked for only by a refused resource are never sent (an empty endpoint
             # assignment for a refused HBONE cluster, say); every resource of the dump is.
-            unasked = {k for k, why in pf.reasons.items() if why.startswith("(never sent")}
+            unasked = {k for k, why in pf.reasons.items() if why == NOT_SENT}
             assert unasked <= set(replay.standins), unasked
             expected_rejected = set(documented) | unasked
             assert set(replay.served) - pf.accepted == expected_rejected, (
@@ -472,6 +479,15 @@ def test_istio_dump_replayed_over_ads(dump: Path, mode: str, tmp_path: Path) -> 
                 assert named and named <= set(documented), (nack.error_message, named)
             assert pf.stats["listener_manager.total_listeners_warming"] == 0
             assert pf.stats["cluster_manager.warming_clusters"] == 0
+            # Every accepted listener of the dump that binds accepts connections.
+            bound = [
+                replay.served[k]
+                for k in pf.accepted & set(replay.from_dump)
+                if k[0] == "listener" and replay.served[k].get("bind_to_port") is not False
+            ]
+            for res in bound:
+                port = res["address"]["socket_address"]["port_value"]
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
             # Still alive and serving admin (observe() checked the process all along).
             assert proxy.proc is not None and proxy.proc.poll() is None
             assert proxy.call("/ready").status == 200
