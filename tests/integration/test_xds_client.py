@@ -409,6 +409,34 @@ def test_listener_update_drains_in_flight_requests(
         assert proxy.stats()["listener_manager.listener_modified"] == 1
 
 
+def test_quick_successive_listener_updates_end_on_the_last(
+    server: ThreadedXdsServer, backends: dict[str, EchoBackend], tmp_path: Path, mode: str
+) -> None:
+    """Updates of one listener that arrive before the previous one started accepting: the
+    bound socket passes from one to the next, and the last one serves."""
+    port = free_port()
+    serve_basic(server, backends, port)
+    server.update(
+        rt.ROUTE.type_url,
+        [route_config("r-b", [{"match": {"prefix": "/"}, "route": {"cluster": "b"}}])],
+    )
+    with start_pilotfish(server, tmp_path, mode) as proxy:
+        assert answered_by(port) == "A"
+        for i, route in enumerate(["r-b", "r", "r-b"]):
+            server.update(rt.LISTENER.type_url, [http_listener("http", port, route, f"p{i}")])
+        wait_for(lambda: answered_by(port) == "B", "the last update serving")
+
+        def active_prefix() -> str:
+            state = dynamic(proxy, "dynamic_listeners")[0]["active_state"]
+            hcm = state["listener"]["filter_chains"][0]["filters"][0]["typed_config"]
+            return str(hcm["stat_prefix"])
+
+        wait_for(lambda: active_prefix() == "p2", "the last version active")
+        assert proxy.stats()["listener_manager.listener_modified"] >= 1
+        for _ in range(10):
+            assert answered_by(port) == "B"
+
+
 def test_removed_listener_connections_closed_after_drain_time(
     server: ThreadedXdsServer, backends: dict[str, EchoBackend], tmp_path: Path, mode: str
 ) -> None:

@@ -1,7 +1,8 @@
 """Every resource in Istio's config dumps (shared/refdata, istioctl testdata) through
 ``translate_resource``, as the ADS client will hand them over.
 
-Each rejection must be in REJECTED below — reviewed, and listed in docs/compatibility.md
+Each rejection must be in REJECTED (tests/support/istio_dumps.py, shared with the ADS replay
+in tests/integration/test_istio_replay_ads.py) — reviewed, and listed in docs/compatibility.md
 ("Resources from istiod") — and every entry there must still happen, so the list cannot go
 stale in either direction. A few resources are also checked for what they translate into.
 """
@@ -11,12 +12,22 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
-from google.protobuf.any_pb2 import Any as AnyProto
+from tests.support.istio_dumps import (
+    AUTHZ,
+    COMPARE,
+    COUNTS,
+    DUMPS,
+    ENDPOINTS,
+    PROXYCONFIG,
+    REFDATA,
+    REJECTED,
+    find,
+    resources,
+    to_any,
+)
 
 from pilotfish.errors import ConfigError
 from pilotfish.model.cluster import Cluster, ClusterLoadAssignment, DiscoveryType
@@ -24,99 +35,16 @@ from pilotfish.model.common import SocketAddress
 from pilotfish.model.http import HttpConnectionManagerConfig
 from pilotfish.model.listener import Listener
 from pilotfish.model.route import RouteAction, RouteConfiguration
-from pilotfish.xds import protos
 from pilotfish.xds import resource_types as rt
 from pilotfish.xds.translate.context import TranslateContext
 from pilotfish.xds.translate.resource import translate_resource
 
-REFDATA = pathlib.Path("/work/shared/refdata/istio/istioctl")
-DUMPS = sorted(
-    p
-    for p in REFDATA.glob("**/testdata/**/*")
-    if p.is_file() and p.suffix in (".json", ".yaml") and '"configs"' in p.read_text()[:200]
-)
 pytestmark = pytest.mark.skipif(not DUMPS, reason="shared/refdata is not available")
-
-AUTHZ = "pkg/authz/testdata/configdump.yaml"
-PROXYCONFIG = "pkg/proxyconfig/testdata/config_dump.json"
-COMPARE = "pkg/writer/compare/testdata/configdump.json"
-ENDPOINTS = "pkg/writer/envoy/configdump/testdata/endpoint/configdump.json"
-
-_HBONE = "Istio's HBONE tunnels"
-_AUTHZ = "it decides which requests are allowed (Istio AuthorizationPolicy)"
-
-# (dump, resource kind, resource name, substring of the reason). Reviewed: each is a deliberate
-# limitation of docs/compatibility.md, "Resources from istiod".
-REJECTED: set[tuple[str, str, str, str]] = {
-    # A sidecar with AuthorizationPolicies: RBAC is refused (the first error of virtualInbound;
-    # its mTLS chains would be refused next, see test_virtual_inbound_without_authz).
-    (AUTHZ, "listener", "virtualInbound", _AUTHZ),
-    # HBONE (ambient / waypoints): internal listeners and the filters that feed them.
-    (AUTHZ, "listener", "main_internal", "internal_listener is not supported"),
-    (AUTHZ, "listener", "connect_originate", "internal_listener is not supported"),
-    (AUTHZ, "listener", "connect_terminate", "per-route config for filter 'connect_authority'"),
-    (PROXYCONFIG, "cluster", "inbound-vip|8000|http|httpbin.default.svc.cluster.local", _HBONE),
-    (PROXYCONFIG, "listener", "main_internal", "internal_listener is not supported"),
-    (COMPARE, "cluster", "inbound-vip|9080|http|ratings.default.svc.cluster.local", _HBONE),
-    (COMPARE, "listener", "main_internal", "internal_listener is not supported"),
-    (COMPARE, "listener", "connect_originate", "internal_listener is not supported"),
-    (
-        COMPARE,
-        "listener",
-        "connect_terminate",
-        "Didn't find a registered implementation for 'connect_authority'",
-    ),
-}
-
-# How many resources each dump holds, by kind (so that a parsing slip cannot skip any).
-COUNTS = {
-    AUTHZ: {"listener": 29},
-    PROXYCONFIG: {"cluster": 3, "cluster load assignment": 2, "listener": 2, "route config": 1},
-    COMPARE: {"cluster": 1, "listener": 3, "route config": 1},
-    ENDPOINTS: {"cluster load assignment": 37},
-}
-
-KIND_BY_KEY = {
-    "cluster": "cluster",
-    "route_config": "route config",
-    "endpoint_config": "cluster load assignment",
-    "listener": "listener",
-}
-
-
-def resources(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(kind, resource JSON) for every static and dynamic resource of an admin config dump."""
-    for section in doc.get("configs", []):
-        for items in section.values():
-            if not isinstance(items, list):
-                continue
-            for item in items:
-                for key, kind in KIND_BY_KEY.items():
-                    if key in item:
-                        yield kind, item[key]
-                for state in ("active_state", "warming_state"):
-                    if state in item:
-                        yield "listener", item[state]["listener"]
-
-
-def to_any(resource: dict[str, Any]) -> AnyProto:
-    return json_format.ParseDict(protos.load_types_in(resource), AnyProto())
 
 
 def translate(resource: dict[str, Any], ctx: TranslateContext | None = None) -> Any:
     msg = to_any(resource)
     return translate_resource(msg.type_url, msg, ctx or TranslateContext())
-
-
-def load(rel: str) -> dict[str, Any]:
-    return json.loads((REFDATA / rel).read_text())
-
-
-def find(rel: str, kind: str, name: str) -> dict[str, Any]:
-    for k, r in resources(load(rel)):
-        if k == kind and (r.get("name") or r.get("cluster_name")) == name:
-            return r
-    raise LookupError(f"{kind} {name} not in {rel}")
 
 
 @pytest.mark.parametrize("dump", DUMPS, ids=lambda p: str(p.relative_to(REFDATA)))

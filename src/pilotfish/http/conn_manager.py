@@ -214,10 +214,14 @@ class HttpConnectionManager:
     def new_connection(self, info: Any) -> HttpConnection:
         return HttpConnection(self, info)
 
-    def drain(self) -> None:
-        """Ask every connection to close after its current response."""
+    def drain(self, close_idle: bool = True) -> None:
+        """Ask every connection to close after its current response; idle ones are closed at
+        once, or with ``close_idle`` false after their next response."""
         for conn in list(self.connections):
-            conn.start_drain()
+            if close_idle:
+                conn.start_drain()
+            else:
+                conn.closing = True
 
     def close_all(self) -> None:
         """The drain period of a replaced or removed listener is over: close what is left."""

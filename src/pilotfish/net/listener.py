@@ -41,10 +41,10 @@ class ChainRuntime:
     def protocol_for(self, info: ConnectionInfo) -> asyncio.Protocol:
         return self.handler.new_connection(info)
 
-    def drain(self) -> None:
+    def drain(self, *, close_idle: bool = True) -> None:
         drain = getattr(self.handler, "drain", None)
         if drain is not None:
-            drain()
+            drain(close_idle=close_idle)
 
     def close_all(self) -> None:
         close_all = getattr(self.handler, "close_all", None)
@@ -215,16 +215,17 @@ class ActiveListener:
                 pass
             self.sock = None
 
-    def drain_connections(self) -> None:
-        """Existing connections close after their current request."""
+    def drain_connections(self, *, close_idle: bool = True) -> None:
+        """Existing connections close after their current request (idle ones at once, unless
+        ``close_idle`` is false: then after their next response or at the drain's end)."""
         for runtime in self.runtimes.values():
-            runtime.drain()
+            runtime.drain(close_idle=close_idle)
 
-    def drain(self) -> None:
+    def drain(self, *, close_idle: bool = True) -> None:
         """Stop accepting and let existing connections finish their requests."""
         self.draining = True
         self.stop_accepting()
-        self.drain_connections()
+        self.drain_connections(close_idle=close_idle)
 
 
 class AcceptedConnection(asyncio.Protocol):
@@ -393,7 +394,8 @@ class ListenerManager:
         new = self.prepare(model)
         if new is None:
             return False
-        await self.activate(new, version_info=version_info)
+        self.install(new, version_info=version_info)
+        await new.start()
         return True
 
     def prepare(self, model: Listener) -> ActiveListener | None:
@@ -415,11 +417,13 @@ class ListenerManager:
             return new
         return self.build(model)
 
-    async def activate(self, new: ActiveListener, *, version_info: str = "") -> None:
-        """Start accepting on a prepared listener; the one it replaces drains."""
+    def install(self, new: ActiveListener, *, version_info: str = "") -> None:
+        """Make a prepared listener the one of its name (the one it replaces drains); it
+        accepts once ``start()`` has run. Synchronous, so that a second update of the same
+        listener prepares against this one."""
         old = self.listeners.get(new.name)
         new.version_info = version_info
-        self.listeners[new.name] = new  # before the await: a later update must see it
+        self.listeners[new.name] = new
         if old is not None:
             self.stats_modified.value += 1
             self._drain_old(old)
@@ -427,7 +431,6 @@ class ListenerManager:
             self.stats_added.value += 1
         self.stats_create_success.value += 1
         self.gauge_active.set(len(self.listeners))
-        await new.start()
 
     def remove(self, name: str) -> bool:
         old = self.listeners.pop(name, None)
@@ -439,7 +442,10 @@ class ListenerManager:
         return True
 
     def _drain_old(self, old: ActiveListener) -> None:
-        old.drain()
+        # A replaced or removed listener (Envoy's drainClose): an idle keep-alive connection
+        # is not closed under a client that may be sending on it; its next response says
+        # ``connection: close``, and what is left is closed when the drain time ends.
+        old.drain(close_idle=False)
         self.draining.append(old)
         self.gauge_draining.set(len(self.draining))
 

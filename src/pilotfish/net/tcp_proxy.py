@@ -76,7 +76,7 @@ class TcpProxy:
             point -= weight
         return self.config.weighted_clusters[-1][0]
 
-    def drain(self) -> None:
+    def drain(self, close_idle: bool = True) -> None:
         """TCP connections are left to finish on their own (as Envoy does)."""
 
     def close_all(self) -> None:

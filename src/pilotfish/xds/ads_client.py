@@ -249,7 +249,7 @@ class AdsClient:
         if error is None:
             # RDS/EDS responses carry what was asked for; absence is not removal (xDS spec).
             update = Update(response.version_info, decoded, set(), state.rtype.wildcard)
-            error = self.watcher.apply(state.rtype, update)
+            error = self._apply(state.rtype, update)
         if error is None:
             state.version_info = response.version_info
         else:
@@ -309,7 +309,7 @@ class AdsClient:
         removed = set(response.removed_resources)
         if error is None:
             update = Update(response.system_version_info, decoded, removed, False)
-            error = self.watcher.apply(state.rtype, update)
+            error = self._apply(state.rtype, update)
         if error is None:
             for name, (version, _) in decoded.items():
                 state.resource_versions[name] = version
@@ -324,6 +324,15 @@ class AdsClient:
         if error is not None:
             ack.error_detail.CopyFrom(status_pb2.Status(code=GRPC_INTERNAL, message=error))
         self._send(ack)
+
+    def _apply(self, rtype: ResourceType, update: Update) -> str | None:
+        """The watcher's verdict; a bug while applying is NACKed (and logged), so that one
+        resource can't take the stream down in a reconnect loop."""
+        try:
+            return self.watcher.apply(rtype, update)
+        except Exception as e:
+            log.exception("applying a %s update failed", rtype.short.upper())
+            return f"internal error applying the update: {type(e).__name__}: {e}"
 
     def _note_identifier(self, response: Any) -> None:
         if response.HasField("control_plane"):

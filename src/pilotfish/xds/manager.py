@@ -192,9 +192,17 @@ class XdsManager:
             ads = self.dynamic.ads_config
             from pilotfish.admin.config_dump import node_proto
 
+            node = node_proto(self.server)
+            if not node.id or not node.cluster:
+                # Envoy's words: a management server needs to know who is asking.
+                raise ConfigError(
+                    "node",
+                    "ads: node 'id' and 'cluster' are required. Set it either in 'node' "
+                    "config or via --service-node and --service-cluster options.",
+                )
             self.client = AdsClient(
                 self._target(ads),
-                node_proto(self.server),
+                node,
                 self,
                 self.server_stats,
                 delta=ads.api_type == ads.DELTA_GRPC,
@@ -556,7 +564,8 @@ class XdsManager:
             return True
         prepared.proto = record.proto
         prepared.last_updated = record.last_updated
-        self.loop.create_task(self.lm.activate(prepared, version_info=record.version_info))
+        self.lm.install(prepared, version_info=record.version_info)
+        self.loop.create_task(prepared.start())
         return True
 
     def _update_rds_interest(self) -> None:

@@ -95,6 +95,34 @@ def load_types_in(doc: Any) -> Any:
     return doc
 
 
+def load_types_of(msg: Message) -> None:
+    """Import the proto modules for every ``Any`` nested in ``msg`` (at any depth), so that
+    ``json_format`` can render it: a resource that came over xDS as bytes names types (a
+    ``RawBuffer`` transport socket, say) that nothing has imported yet."""
+    if isinstance(msg, AnyProto):
+        if not msg.type_url:
+            return
+        cls = find_message_class(type_name(msg.type_url))
+        if cls is not None:
+            inner = cls()
+            if msg.Unpack(inner):
+                load_types_of(inner)
+        return
+    for fd, value in msg.ListFields():
+        if fd.message_type is None:
+            continue
+        if fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            if value_fd.message_type is not None:
+                for v in value.values():
+                    load_types_of(v)
+        elif fd.is_repeated:
+            for v in value:
+                load_types_of(v)
+        else:
+            load_types_of(value)
+
+
 def opaque_type_url(any_msg: AnyProto) -> str | None:
     """If ``any_msg`` is a TypedStruct (as written by ``load_types_in`` or by the user), the type
     it stands for; else None."""

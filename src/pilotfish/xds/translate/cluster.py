@@ -19,7 +19,7 @@ from pilotfish.model.cluster import (
     LocalityLbEndpoints,
     OriginalDstConfig,
 )
-from pilotfish.model.common import Address, Locality, SocketAddress
+from pilotfish.model.common import Address, InternalAddress, Locality, SocketAddress
 from pilotfish.xds.translate import common as c
 from pilotfish.xds.translate.context import TranslateContext
 
@@ -365,6 +365,12 @@ def cluster_load_assignment(
                 if plain is not None
                 else c.address(ep.address, f"{lpath}.lb_endpoints[{j}].endpoint.address")
             )
+            if isinstance(addr, InternalAddress):
+                raise ConfigError(
+                    f"{lpath}.lb_endpoints[{j}].endpoint.address.envoy_internal_address",
+                    "endpoints on internal listeners (Istio's HBONE tunnels: ambient, "
+                    "waypoints) are not supported",
+                )
             if isinstance(addr, SocketAddress) and not resolve_names:
                 if not _is_ip(addr.address):
                     raise ConfigError(
