@@ -219,6 +219,13 @@ class HttpConnectionManager:
         for conn in list(self.connections):
             conn.start_drain()
 
+    def drain_gradually(self) -> None:
+        """Envoy's drain of a replaced listener: every connection closes after its next
+        response (with ``connection: close``); an idle keep-alive connection is not closed
+        at once, since its client may be sending a request on it right now."""
+        for conn in list(self.connections):
+            conn.start_gradual_drain()
+
 
 class HttpConnection:
     """One downstream HTTP/1.1 connection (an asyncio protocol, by duck typing so that it can
@@ -246,6 +253,7 @@ class HttpConnection:
         self.read_paused = 0
         self.write_blocked = False
         self.closing = False  # close once the current response is written
+        self.drain_pending = False  # the next response closes the connection (listener drain)
         self.closed = False
         self.requests = 0
         self.last_activity = 0.0
@@ -443,6 +451,12 @@ class HttpConnection:
         if self.active is None and self.parsing is None:
             self.hcm.stats.downstream_cx_drain_close.value += 1
             self.close()
+
+    def start_gradual_drain(self) -> None:
+        if self.active is not None or self.parsing is not None:
+            self.closing = True  # as start_drain: closes after the response under way
+        else:
+            self.drain_pending = True  # idle: answer the next request, then close
 
     def close(self, *, abort: bool = False) -> None:
         if self.closed or self.transport is None:
@@ -978,7 +992,7 @@ class ActiveStream(StreamInfo):
             rid = self.request_headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)
-        if hcm.ctx.draining:
+        if hcm.ctx.draining or conn.drain_pending:
             if not conn.closing:
                 hcm.stats.downstream_cx_drain_close.value += 1
             conn.closing = True

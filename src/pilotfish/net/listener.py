@@ -41,8 +41,10 @@ class ChainRuntime:
     def protocol_for(self, info: ConnectionInfo) -> asyncio.Protocol:
         return self.handler.new_connection(info)
 
-    def drain(self) -> None:
-        drain = getattr(self.handler, "drain", None)
+    def drain(self, *, gradual: bool = False) -> None:
+        drain = getattr(self.handler, "drain_gradually", None) if gradual else None
+        if drain is None:
+            drain = getattr(self.handler, "drain", None)
         if drain is not None:
             drain()
 
@@ -210,16 +212,17 @@ class ActiveListener:
                 pass
             self.sock = None
 
-    def drain_connections(self) -> None:
-        """Existing connections close after their current request."""
+    def drain_connections(self, *, gradual: bool = False) -> None:
+        """Existing connections close after their current request (``gradual``: HTTP
+        connections close after their next response, idle ones are not closed at once)."""
         for runtime in self.runtimes.values():
-            runtime.drain()
+            runtime.drain(gradual=gradual)
 
-    def drain(self) -> None:
+    def drain(self, *, gradual: bool = False) -> None:
         """Stop accepting and let existing connections finish their requests."""
         self.draining = True
         self.stop_accepting()
-        self.drain_connections()
+        self.drain_connections(gradual=gradual)
 
 
 class AcceptedConnection(asyncio.Protocol):
@@ -434,11 +437,16 @@ class ListenerManager:
         return True
 
     def _drain_old(self, old: ActiveListener) -> None:
-        old.drain()
+        # As Envoy drains a replaced or removed listener: over the drain time each HTTP
+        # connection closes after its next response; what is left closes at the end.
+        # Closing idle keep-alive connections at once would fail the requests their clients
+        # are sending at that moment.
+        old.drain(gradual=True)
         self.draining.append(old)
         self.gauge_draining.set(len(self.draining))
 
         def forget() -> None:
+            old.drain_connections()
             if old in self.draining:
                 self.draining.remove(old)
                 self.gauge_draining.set(len(self.draining))
