@@ -173,9 +173,7 @@ def to(cluster: str, **extra: Any) -> dict[str, Any]:
 
 def weighted(w1: int, w3: int) -> dict[str, Any]:
     return {
-        "weighted_clusters": {
-            "clusters": [{"name": V1, "weight": w1}, {"name": V3, "weight": w3}]
-        },
+        "weighted_clusters": {"clusters": [{"name": V1, "weight": w1}, {"name": V3, "weight": w3}]},
         "timeout": "0s",
     }
 
@@ -203,7 +201,10 @@ def reviews_routes(step: str) -> list[dict[str, Any]]:
         raise ValueError(step)
     return [
         *routes,
-        {"match": {"path": "/reviews/health"}, "direct_response": {"status": 200, "body": {"inline_string": f"reviews {step}"}}},
+        {
+            "match": {"path": "/reviews/health"},
+            "direct_response": {"status": 200, "body": {"inline_string": f"reviews {step}"}},
+        },
         {"match": {"prefix": "/"}, "route": default},
     ]
 
@@ -216,32 +217,77 @@ def route_config(name: str, step: str) -> Message:
             "name": name,
             "validate_clusters": False,
             "virtual_hosts": [
-                {"name": f"reviews.{SUFFIX}:9080", "domains": domains("reviews"), "routes": reviews_routes(step)},
+                {
+                    "name": f"reviews.{SUFFIX}:9080",
+                    "domains": domains("reviews"),
+                    "routes": reviews_routes(step),
+                },
                 {
                     "name": f"details.{SUFFIX}:9080",
                     "domains": domains("details"),
                     "routes": [
-                        {"match": {"path": "/details/health"}, "direct_response": {"status": 200, "body": {"inline_string": "details ok"}}},
-                        {"match": {"safe_regex": {"regex": "/details/[0-9]+"}}, "route": to(DETAILS)},
-                        {"match": {"prefix": "/old-details/"}, "route": to(DETAILS, prefix_rewrite="/details/")},
-                        {"match": {"prefix": "/moved"}, "redirect": {"path_redirect": "/details/0", "response_code": "FOUND"}},
-                        {"match": {"prefix": "/secure"}, "redirect": {"https_redirect": True, "host_redirect": "details.example.com"}},
+                        {
+                            "match": {"path": "/details/health"},
+                            "direct_response": {
+                                "status": 200,
+                                "body": {"inline_string": "details ok"},
+                            },
+                        },
+                        {
+                            "match": {"safe_regex": {"regex": "/details/[0-9]+"}},
+                            "route": to(DETAILS),
+                        },
+                        {
+                            "match": {"prefix": "/old-details/"},
+                            "route": to(DETAILS, prefix_rewrite="/details/"),
+                        },
+                        {
+                            "match": {"prefix": "/moved"},
+                            "redirect": {"path_redirect": "/details/0", "response_code": "FOUND"},
+                        },
+                        {
+                            "match": {"prefix": "/secure"},
+                            "redirect": {
+                                "https_redirect": True,
+                                "host_redirect": "details.example.com",
+                            },
+                        },
                         {"match": {"prefix": "/gone"}, "direct_response": {"status": 410}},
-                        {"match": {"prefix": "/"}, "route": to(DETAILS, host_rewrite_literal="details.internal")},
+                        {
+                            "match": {"prefix": "/"},
+                            "route": to(DETAILS, host_rewrite_literal="details.internal"),
+                        },
                     ],
                 },
                 {
                     "name": f"ratings.{SUFFIX}:9080",
                     "domains": domains("ratings"),
                     "routes": [
-                        {"match": {"prefix": "/ratings", "case_sensitive": False}, "route": to(RATINGS)},
-                        {"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": "no such rating"}}},
+                        {
+                            "match": {"prefix": "/ratings", "case_sensitive": False},
+                            "route": to(RATINGS),
+                        },
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {
+                                "status": 404,
+                                "body": {"inline_string": "no such rating"},
+                            },
+                        },
                     ],
                 },
                 {
                     "name": "allow_any",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 502, "body": {"inline_string": "unknown host"}}}],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {
+                                "status": 502,
+                                "body": {"inline_string": "unknown host"},
+                            },
+                        }
+                    ],
                 },
             ],
         },
@@ -259,7 +305,9 @@ def assignments(backends: dict[str, EchoBackend], v3: str = "reviews-v3") -> lis
 
 
 def serve_initial(twin: Twin, backends: dict[str, EchoBackend]) -> None:
-    twin.set_resources(rt.CLUSTER.type_url, [eds_cluster(c) for c in (V1, V2, V3, DETAILS, RATINGS)])
+    twin.set_resources(
+        rt.CLUSTER.type_url, [eds_cluster(c) for c in (V1, V2, V3, DETAILS, RATINGS)]
+    )
     twin.set_resources(rt.ENDPOINT.type_url, assignments(backends))
     twin.set_resources(rt.ROUTE.type_url, [route_config("9080", "all-v1")])
     twin.set_listener("9080")
@@ -272,9 +320,21 @@ Request = tuple[str, str, dict[str, str]]  # host, path, extra headers
 
 def corpus() -> list[Request]:
     cases: list[Request] = []
-    for host in ("reviews", "reviews:9080", f"reviews.{SUFFIX}", f"reviews.{SUFFIX}:9080", "REVIEWS.default:9080", "reviews.default.svc"):
+    for host in (
+        "reviews",
+        "reviews:9080",
+        f"reviews.{SUFFIX}",
+        f"reviews.{SUFFIX}:9080",
+        "REVIEWS.default:9080",
+        "reviews.default.svc",
+    ):
         cases.append((host, "/reviews/0", {}))
-    for headers in ({"end-user": "jason"}, {"end-user": "Jason"}, {"end-user": "jason2"}, {"End-User": "jason"}):
+    for headers in (
+        {"end-user": "jason"},
+        {"end-user": "Jason"},
+        {"end-user": "jason2"},
+        {"End-User": "jason"},
+    ):
         cases.append(("reviews:9080", "/reviews/1", headers))
         cases.append((f"reviews.{SUFFIX}", "/", headers))
     cases += [
@@ -308,7 +368,9 @@ def corpus() -> list[Request]:
 def observe(port: int, req: Request) -> dict[str, Any]:
     """What a proxy did with one request, in the terms the test compares."""
     host, path, headers = req
-    status, resp_headers, body = get(port, path, host=host, **{k.replace("-", "_"): v for k, v in headers.items()})
+    status, resp_headers, body = get(
+        port, path, host=host, **{k.replace("-", "_"): v for k, v in headers.items()}
+    )
     lower = {k.lower(): v for k, v in resp_headers.items()}
     seen: dict[str, Any] = {"status": status, "location": lower.get("location")}
     echo = echo_json(body)
@@ -371,7 +433,9 @@ def mesh(mode: str, backends: dict[str, EchoBackend], tmp_path: Path) -> Iterato
         proxies: dict[str, ProxyProcess] = {}
         try:
             for kind in PROXIES:
-                boot = ads_bootstrap(twin.servers[kind].address, delta=mode == "delta", node_id=node_id(kind))
+                boot = ads_bootstrap(
+                    twin.servers[kind].address, delta=mode == "delta", node_id=node_id(kind)
+                )
                 proxies[kind] = ProxyProcess(kind, boot, tmp_path).start()
             for t in (rt.CLUSTER, rt.ENDPOINT, rt.LISTENER, rt.ROUTE):
                 twin.wait_acked(t.type_url, "1")
@@ -388,7 +452,9 @@ def backend_of(answers: dict[str, Any], host: str, path: str, **headers: str) ->
 # --- the tests ----------------------------------------------------------------------------------
 
 
-def test_same_answers_through_the_bookinfo_pushes(mesh: Mesh, backends: dict[str, EchoBackend]) -> None:
+def test_same_answers_through_the_bookinfo_pushes(
+    mesh: Mesh, backends: dict[str, EchoBackend]
+) -> None:
     twin, ports = mesh.twin, mesh.ports
     cases = corpus()
     assert len(cases) >= 30
@@ -403,7 +469,10 @@ def test_same_answers_through_the_bookinfo_pushes(mesh: Mesh, backends: dict[str
         version = twin.set_resources(rt.ROUTE.type_url, [route_config("9080", step)])
         twin.wait_acked(rt.ROUTE.type_url, version)
         wait_for(
-            lambda: all(get(ports[k], "/reviews/health", host="reviews")[2] == f"reviews {step}".encode() for k in PROXIES),
+            lambda: all(
+                get(ports[k], "/reviews/health", host="reviews")[2] == f"reviews {step}".encode()
+                for k in PROXIES
+            ),
             f"both proxies on step {step}",
         )
         return compare(ports, cases)
@@ -416,21 +485,35 @@ def test_same_answers_through_the_bookinfo_pushes(mesh: Mesh, backends: dict[str
     # 50/50: not comparable request by request; the shares must be near one half for both.
     push_routes_version = twin.set_resources(rt.ROUTE.type_url, [route_config("9080", "50-50")])
     twin.wait_acked(rt.ROUTE.type_url, push_routes_version)
-    wait_for(lambda: all(get(ports[k], "/reviews/health", host="reviews")[2] == b"reviews 50-50" for k in PROXIES), "50-50")
+    wait_for(
+        lambda: all(
+            get(ports[k], "/reviews/health", host="reviews")[2] == b"reviews 50-50" for k in PROXIES
+        ),
+        "50-50",
+    )
     for kind in PROXIES:
-        counts = Counter(observe(ports[kind], ("reviews", "/reviews/0", {}))["backend"] for _ in range(200))
+        counts = Counter(
+            observe(ports[kind], ("reviews", "/reviews/0", {}))["backend"] for _ in range(200)
+        )
         assert set(counts) == {"reviews-v1", "reviews-v3"}, (kind, counts)
         assert 60 <= counts["reviews-v1"] <= 140, (kind, counts)
 
     answers = push_routes("jason")
-    assert backend_of(answers, "reviews:9080", "/reviews/1", **{"end-user": "jason"}) == "reviews-v2"
-    assert backend_of(answers, "reviews:9080", "/reviews/1", **{"end-user": "Jason"}) == "reviews-v3"
+    assert (
+        backend_of(answers, "reviews:9080", "/reviews/1", **{"end-user": "jason"}) == "reviews-v2"
+    )
+    assert (
+        backend_of(answers, "reviews:9080", "/reviews/1", **{"end-user": "Jason"}) == "reviews-v3"
+    )
 
     # EDS: the v3 subset moves to another backend.
     version = twin.set_resources(rt.ENDPOINT.type_url, assignments(backends, v3="reviews-v3b"))
     twin.wait_acked(rt.ENDPOINT.type_url, version)
     wait_for(
-        lambda: all(observe(ports[k], ("reviews", "/reviews/0", {}))["backend"] == "reviews-v3b" for k in PROXIES),
+        lambda: all(
+            observe(ports[k], ("reviews", "/reviews/0", {}))["backend"] == "reviews-v3b"
+            for k in PROXIES
+        ),
         "v3 on its new backend",
     )
     answers = compare(ports, cases)
@@ -447,11 +530,16 @@ def test_same_answers_through_the_bookinfo_pushes(mesh: Mesh, backends: dict[str
     assert answers[repr(("ratings", "/ratings/0", {}))]["status"] == 503
 
     # LDS: the listener changes route config name (to one sending reviews to v2).
-    twin.set_resources(rt.ROUTE.type_url, [route_config("9080", "jason"), route_config("9080-b", "all-v2")])
+    twin.set_resources(
+        rt.ROUTE.type_url, [route_config("9080", "jason"), route_config("9080-b", "all-v2")]
+    )
     version = twin.set_listener("9080-b")
     twin.wait_acked(rt.LISTENER.type_url, version)
     wait_for(
-        lambda: all(get(ports[k], "/reviews/health", host="reviews")[2] == b"reviews all-v2" for k in PROXIES),
+        lambda: all(
+            get(ports[k], "/reviews/health", host="reviews")[2] == b"reviews all-v2"
+            for k in PROXIES
+        ),
         "both proxies on the new listener",
     )
     answers = compare(ports, cases)
@@ -509,7 +597,9 @@ class Load:
                 body = resp.read()
                 closing = resp.will_close
             except (OSError, http.client.HTTPException) as exc:
-                self._record(f"{type(exc).__name__}: {exc} (reused connection: {reused}, sent at +{sent - self.t0:.1f} s)")
+                self._record(
+                    f"{type(exc).__name__}: {exc} (reused connection: {reused}, sent at +{sent - self.t0:.1f} s)"
+                )
                 conn.close()
                 conn = None
                 continue
@@ -541,23 +631,45 @@ def test_no_request_fails_during_pushes(
 
     try:
         time.sleep(0.3)
-        push("route: 50/50", rt.ROUTE.type_url, twin.set_resources(rt.ROUTE.type_url, [route_config("9080", "50-50")]))
-        push("endpoints: v3 moved", rt.ENDPOINT.type_url, twin.set_resources(rt.ENDPOINT.type_url, assignments(backends, v3="reviews-v3b")))
+        push(
+            "route: 50/50",
+            rt.ROUTE.type_url,
+            twin.set_resources(rt.ROUTE.type_url, [route_config("9080", "50-50")]),
+        )
+        push(
+            "endpoints: v3 moved",
+            rt.ENDPOINT.type_url,
+            twin.set_resources(rt.ENDPOINT.type_url, assignments(backends, v3="reviews-v3b")),
+        )
         # A new cluster: its endpoints first, so that it warms at once (a new EDS cluster
         # without endpoints warms until initial_fetch_timeout, and Envoy in SotW holds the CDS
         # ACK back as long).
         extra = cluster_name("reviews", "v4")
         twin.update(rt.ENDPOINT.type_url, [cla(extra, [backends["reviews-v2"].port])])
-        push("cluster: added", rt.CLUSTER.type_url, twin.update(rt.CLUSTER.type_url, [eds_cluster(extra)]))
-        push("cluster: removed", rt.CLUSTER.type_url, twin.update(rt.CLUSTER.type_url, remove=[extra, RATINGS]))
+        push(
+            "cluster: added",
+            rt.CLUSTER.type_url,
+            twin.update(rt.CLUSTER.type_url, [eds_cluster(extra)]),
+        )
+        push(
+            "cluster: removed",
+            rt.CLUSTER.type_url,
+            twin.update(rt.CLUSTER.type_url, remove=[extra, RATINGS]),
+        )
         # An EDS cluster in use is updated; as Istio does, its endpoints are pushed after it
         # (Envoy warms an updated EDS cluster until new endpoints come, and holds the CDS ACK
         # back until then: 15 s if none came).
         cds = twin.update(rt.CLUSTER.type_url, [eds_cluster(V3, connect_timeout="2s")])
         twin.update(rt.ENDPOINT.type_url, [cla(V3, [backends["reviews-v3b"].port], weights=[2])])
         push("cluster: updated in use", rt.CLUSTER.type_url, cds)
-        push("route: all v2", rt.ROUTE.type_url, twin.set_resources(rt.ROUTE.type_url, [route_config("9080", "all-v2")]))
-        twin.set_resources(rt.ROUTE.type_url, [route_config("9080", "all-v2"), route_config("9080-b", "jason")])
+        push(
+            "route: all v2",
+            rt.ROUTE.type_url,
+            twin.set_resources(rt.ROUTE.type_url, [route_config("9080", "all-v2")]),
+        )
+        twin.set_resources(
+            rt.ROUTE.type_url, [route_config("9080", "all-v2"), route_config("9080-b", "jason")]
+        )
         push("listener: updated", rt.LISTENER.type_url, twin.set_listener("9080-b"))
         time.sleep(0.5)
     finally:
