@@ -59,6 +59,7 @@ demo: install
 
 bench: install envoy apt
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/xds_apply.py
 
 clean:
 	rm -rf $(VENV) $(ENVOY_VENV) $(APT_STAMP) .mypy_cache .ruff_cache .pytest_cache

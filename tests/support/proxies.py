@@ -310,7 +310,7 @@ class ProxyProcess:
         if reply.status != 200:
             raise RuntimeError(f"{self.kind}: /listeners?format=json answered {reply.status}")
         ports = {}
-        for entry in reply.json().get("listener_statuses", []):
+        for entry in reply.json().get("listener_statuses", []):  # Envoy: {} without listeners
             sock = entry.get("local_address", {}).get("socket_address")
             if sock:
                 ports[entry["name"]] = int(sock["port_value"])

@@ -214,19 +214,22 @@ class HttpConnectionManager:
     def new_connection(self, info: Any) -> HttpConnection:
         return HttpConnection(self, info)
 
-    def drain(self, close_idle: bool = True) -> None:
-        """Ask every connection to close after its current response; idle ones are closed at
-        once, or with ``close_idle`` false after their next response."""
+    def drain(self) -> None:
+        """Ask every connection to close after its current response."""
         for conn in list(self.connections):
-            if close_idle:
-                conn.start_drain()
-            else:
-                conn.closing = True
+            conn.start_drain()
 
     def close_all(self) -> None:
         """The drain period of a replaced or removed listener is over: close what is left."""
         for conn in list(self.connections):
             conn.close()
+
+    def drain_gradually(self) -> None:
+        """Envoy's drain of a replaced listener: every connection closes after its next
+        response (with ``connection: close``); an idle keep-alive connection is not closed
+        at once, since its client may be sending a request on it right now."""
+        for conn in list(self.connections):
+            conn.start_gradual_drain()
 
 
 class HttpConnection:
@@ -255,6 +258,7 @@ class HttpConnection:
         self.read_paused = 0
         self.write_blocked = False
         self.closing = False  # close once the current response is written
+        self.drain_pending = False  # the next response closes the connection (listener drain)
         self.closed = False
         self.requests = 0
         self.last_activity = 0.0
@@ -452,6 +456,12 @@ class HttpConnection:
         if self.active is None and self.parsing is None:
             self.hcm.stats.downstream_cx_drain_close.value += 1
             self.close()
+
+    def start_gradual_drain(self) -> None:
+        if self.active is not None or self.parsing is not None:
+            self.closing = True  # as start_drain: closes after the response under way
+        else:
+            self.drain_pending = True  # idle: answer the next request, then close
 
     def close(self, *, abort: bool = False) -> None:
         if self.closed or self.transport is None:
@@ -987,7 +997,7 @@ class ActiveStream(StreamInfo):
             rid = self.request_headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)
-        if hcm.ctx.draining:
+        if hcm.ctx.draining or conn.drain_pending:
             if not conn.closing:
                 hcm.stats.downstream_cx_drain_close.value += 1
             conn.closing = True

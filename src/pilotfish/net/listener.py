@@ -41,10 +41,12 @@ class ChainRuntime:
     def protocol_for(self, info: ConnectionInfo) -> asyncio.Protocol:
         return self.handler.new_connection(info)
 
-    def drain(self, *, close_idle: bool = True) -> None:
-        drain = getattr(self.handler, "drain", None)
+    def drain(self, *, gradual: bool = False) -> None:
+        drain = getattr(self.handler, "drain_gradually", None) if gradual else None
+        if drain is None:
+            drain = getattr(self.handler, "drain", None)
         if drain is not None:
-            drain(close_idle=close_idle)
+            drain()
 
     def close_all(self) -> None:
         close_all = getattr(self.handler, "close_all", None)
@@ -215,17 +217,17 @@ class ActiveListener:
                 pass
             self.sock = None
 
-    def drain_connections(self, *, close_idle: bool = True) -> None:
-        """Existing connections close after their current request (idle ones at once, unless
-        ``close_idle`` is false: then after their next response or at the drain's end)."""
+    def drain_connections(self, *, gradual: bool = False) -> None:
+        """Existing connections close after their current request (``gradual``: HTTP
+        connections close after their next response, idle ones are not closed at once)."""
         for runtime in self.runtimes.values():
-            runtime.drain(close_idle=close_idle)
+            runtime.drain(gradual=gradual)
 
-    def drain(self, *, close_idle: bool = True) -> None:
+    def drain(self, *, gradual: bool = False) -> None:
         """Stop accepting and let existing connections finish their requests."""
         self.draining = True
         self.stop_accepting()
-        self.drain_connections(close_idle=close_idle)
+        self.drain_connections(gradual=gradual)
 
 
 class AcceptedConnection(asyncio.Protocol):
@@ -442,10 +444,11 @@ class ListenerManager:
         return True
 
     def _drain_old(self, old: ActiveListener) -> None:
-        # A replaced or removed listener (Envoy's drainClose): an idle keep-alive connection
-        # is not closed under a client that may be sending on it; its next response says
-        # ``connection: close``, and what is left is closed when the drain time ends.
-        old.drain(close_idle=False)
+        # As Envoy drains a replaced or removed listener: over the drain time each HTTP
+        # connection closes after its next response; what is left closes at the end.
+        # Closing idle keep-alive connections at once would fail the requests their clients
+        # are sending at that moment.
+        old.drain(gradual=True)
         self.draining.append(old)
         self.gauge_draining.set(len(self.draining))
 

@@ -76,7 +76,7 @@ class TcpProxy:
             point -= weight
         return self.config.weighted_clusters[-1][0]
 
-    def drain(self, close_idle: bool = True) -> None:
+    def drain(self) -> None:
         """TCP connections are left to finish on their own (as Envoy does)."""
 
     def close_all(self) -> None:

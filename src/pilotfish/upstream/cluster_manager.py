@@ -9,6 +9,7 @@ from pilotfish.model.cluster import Cluster as ClusterConfig
 from pilotfish.model.cluster import ClusterLoadAssignment, DiscoveryType
 from pilotfish.stats.store import Store
 from pilotfish.upstream.cluster import Cluster
+from pilotfish.upstream.host import Host
 
 
 class ClusterManager:
@@ -44,7 +45,9 @@ class ClusterManager:
         cluster.added_via_api = added_via_api
         if old is not None and old.config.type == config.type and not config.load_assignment:
             # EDS clusters keep their endpoints across a cluster update until new ones arrive.
-            cluster.update_hosts(list(old.hosts_by_key.values()))
+            # New Host objects: the old ones' pools drain with the old cluster (sharing them
+            # would leave the new cluster with draining pools that never connect again).
+            cluster.update_hosts([_fresh_host(h) for h in old.hosts_by_key.values()])
         self.clusters[config.name] = cluster
         cluster.start()
         if old is not None:
@@ -96,3 +99,18 @@ class ClusterManager:
     def close(self) -> None:
         for cluster in self.clusters.values():
             cluster.close()
+
+
+def _fresh_host(host: Host) -> Host:
+    """A copy of ``host``'s membership (address, weight, health, locality...) without its
+    connection pool and counters, for the cluster that replaces the one it belongs to."""
+    return Host(
+        host.address,
+        weight=host.weight,
+        health=host.health,
+        hostname=host.hostname,
+        locality=host.locality,
+        locality_weight=host.locality_weight,
+        priority=host.priority,
+        metadata=host.metadata,
+    )

@@ -379,9 +379,8 @@ class Http1ConnPool:
             return
         self.connecting -= 1
         cluster.stats.upstream_cx_connect_ms.record((cluster.loop.time() - started) * 1000)
-        if self.draining:
-            conn.close()
-            return
+        # A draining pool still serves the requests that were waiting for this connection
+        # (closing it here would leave them waiting for ever); _serve_next closes it after.
         self._serve_next(conn)
 
     def _can_attach(self, client: PoolClient) -> bool:
@@ -402,6 +401,9 @@ class Http1ConnPool:
             if self._can_attach(client):
                 conn.attach(client)
                 return
+        if self.draining:
+            conn.close()
+            return
         self._make_idle(conn)
 
     def _make_idle(self, conn: UpstreamConnection) -> None:
@@ -426,16 +428,13 @@ class Http1ConnPool:
             self._idle_timer = self.cluster.loop.call_at(oldest + timeout, self._check_idle)
 
     def release(self, conn: UpstreamConnection) -> None:
-        if self.draining:
-            conn.close()
-            return
-        self._serve_next(conn)
+        self._serve_next(conn)  # closes it if the pool drains and no request waits
 
     def on_closed(self, conn: UpstreamConnection) -> None:
         if conn in self.idle:
             self.idle.remove(conn)
         # Requests waiting for a connection get a new one if this one was needed.
-        if self.pending and self.connecting < len(self.pending) and not self.draining:
+        if self.pending and self.connecting < len(self.pending):
             self._connect()
 
     def drain(self) -> None:
