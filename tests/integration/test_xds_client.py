@@ -474,6 +474,48 @@ def test_listener_not_bound_to_port(
         assert not has_acks(server, rt.LISTENER.type_url, nacks=True)
 
 
+def test_each_node_gets_its_own_resource_set(
+    server: ThreadedXdsServer, backends: dict[str, EchoBackend], tmp_path: Path, mode: str
+) -> None:
+    """Two sidecars on one server, each with its own listeners and routes (as the local
+    mesh gives every workload its own); a push to one node leaves the other alone."""
+    ports = {"one": free_port(), "two": free_port()}
+    for node, backend in (("one", "A"), ("two", "B")):
+        node_id = f"sidecar~127.0.0.1~{node}.default~default.svc.cluster.local"
+        cluster = eds_cluster(node)
+        server.set_resources(rt.CLUSTER.type_url, [cluster], node_id=node_id)
+        server.set_resources(
+            rt.ENDPOINT.type_url, [cla(node, [backends[backend].port])], node_id=node_id
+        )
+        server.set_resources(
+            rt.LISTENER.type_url, [http_listener("http", ports[node], "r")], node_id=node_id
+        )
+        server.set_resources(
+            rt.ROUTE.type_url,
+            [route_config("r", [{"match": {"prefix": "/"}, "route": {"cluster": node}}])],
+            node_id=node_id,
+        )
+    boots = {
+        node: ads_bootstrap(
+            server.address,
+            delta=mode == "delta",
+            node_id=f"sidecar~127.0.0.1~{node}.default~default.svc.cluster.local",
+        )
+        for node in ports
+    }
+    with (
+        ProxyProcess("pilotfish", boots["one"], tmp_path / "one") as one,
+        ProxyProcess("pilotfish", boots["two"], tmp_path / "two"),
+    ):
+        assert answered_by(ports["one"]) == "A"
+        assert answered_by(ports["two"]) == "B"
+        node_one = "sidecar~127.0.0.1~one.default~default.svc.cluster.local"
+        server.update(rt.ENDPOINT.type_url, [cla("one", [backends["C"].port])], node_id=node_one)
+        wait_for(lambda: answered_by(ports["one"]) == "C", "node one's new endpoints")
+        assert answered_by(ports["two"]) == "B"
+        assert [c["cluster"]["name"] for c in dynamic(one, "dynamic_active_clusters")] == ["one"]
+
+
 # --- reconnects ---------------------------------------------------------------------------------
 
 

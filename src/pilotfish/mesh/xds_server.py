@@ -68,13 +68,14 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     """The ADS server; create, ``await start()``, set resources, ``await stop()``."""
 
     def __init__(self) -> None:
-        self.store = ResourceStore()
+        self.store = ResourceStore()  # what every node gets, unless it has its own set
+        self._node_stores: dict[str, ResourceStore] = {}
         self.acks: list[AckRecord] = []
         self._streams: dict[int, Stream] = {}
         self._ids = itertools.count(1)
         self._server: grpc.aio.Server | None = None
         self.address = ""
-        self.store.subscribe(self._on_change)
+        self.store.subscribe(lambda change: self._on_change(change, self.store))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -149,6 +150,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             peer=str(context.peer()),
             record_ack=self.acks.append,
             type_url=type_url,
+            store_for_node=lambda node_id: self._node_stores.get(node_id, self.store),
         )
         self._streams[stream.stream_id] = stream
         try:
@@ -169,11 +171,31 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     # -- resources -----------------------------------------------------------------------------
 
+    def node_store(self, node_id: str) -> ResourceStore:
+        """The resource set of one node (a sidecar gets its own listeners and clusters);
+        created on first use. A node connects to it only if it exists when the node's first
+        request arrives: create it, and fill it, before starting the proxy."""
+        store = self._node_stores.get(node_id)
+        if store is None:
+            store = ResourceStore()
+            store.subscribe(lambda change: self._on_change(change, store))
+            self._node_stores[node_id] = store
+        return store
+
+    def _store(self, node_id: str | None) -> ResourceStore:
+        return self.store if node_id is None else self.node_store(node_id)
+
     def set_resources(
-        self, type_url: str, resources: Iterable[Message], *, version: str | None = None
+        self,
+        type_url: str,
+        resources: Iterable[Message],
+        *,
+        version: str | None = None,
+        node_id: str | None = None,
     ) -> str:
-        """Replace every resource of ``type_url``; bumps the type's version and pushes."""
-        return self.store.set_resources(type_url, resources, version)
+        """Replace every resource of ``type_url`` (of node ``node_id``'s own set if given);
+        bumps the type's version and pushes."""
+        return self._store(node_id).set_resources(type_url, resources, version)
 
     def update(
         self,
@@ -182,16 +204,18 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         remove: Iterable[str] = (),
         *,
         version: str | None = None,
+        node_id: str | None = None,
     ) -> str:
         """Add or replace ``upsert``, delete ``remove``; bumps the version and pushes."""
-        return self.store.update(type_url, upsert, remove, version)
+        return self._store(node_id).update(type_url, upsert, remove, version)
 
-    def resources(self, type_url: str) -> dict[str, Message]:
-        return self.store.resources(type_url)
+    def resources(self, type_url: str, *, node_id: str | None = None) -> dict[str, Message]:
+        return self._store(node_id).resources(type_url)
 
-    def _on_change(self, change: Any) -> None:
+    def _on_change(self, change: Any, store: ResourceStore) -> None:
         for stream in self._streams.values():
-            stream.notify(change)
+            if stream.store is store:
+                stream.notify(change)
 
     # -- observations and test hooks -----------------------------------------------------------
 
@@ -311,10 +335,19 @@ class ThreadedXdsServer:
     # -- the XdsServer API, run in the loop ------------------------------------------------------
 
     def set_resources(
-        self, type_url: str, resources: Iterable[Message], *, version: str | None = None
+        self,
+        type_url: str,
+        resources: Iterable[Message],
+        *,
+        version: str | None = None,
+        node_id: str | None = None,
     ) -> str:
         resources = list(resources)
-        return str(self._call(self.server.set_resources, type_url, resources, version=version))
+        return str(
+            self._call(
+                self.server.set_resources, type_url, resources, version=version, node_id=node_id
+            )
+        )
 
     def update(
         self,
@@ -323,12 +356,17 @@ class ThreadedXdsServer:
         remove: Iterable[str] = (),
         *,
         version: str | None = None,
+        node_id: str | None = None,
     ) -> str:
         upsert, remove = list(upsert), list(remove)
-        return str(self._call(self.server.update, type_url, upsert, remove, version=version))
+        return str(
+            self._call(
+                self.server.update, type_url, upsert, remove, version=version, node_id=node_id
+            )
+        )
 
-    def resources(self, type_url: str) -> dict[str, Message]:
-        result: dict[str, Message] = self._call(self.server.resources, type_url)
+    def resources(self, type_url: str, *, node_id: str | None = None) -> dict[str, Message]:
+        result: dict[str, Message] = self._call(self.server.resources, type_url, node_id=node_id)
         return result
 
     @property

@@ -135,9 +135,12 @@ class Stream:
         peer: str,
         record_ack: Callable[[AckRecord], None],
         type_url: str = "",  # set for the per-type services (CDS, EDS, ...): one type only
+        store_for_node: Callable[[str], ResourceStore] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.store = store
+        # The node's own resource set, if the server has one (known at the first request).
+        self._store_for_node = store_for_node
         self.delta = delta
         self.peer = peer
         self.node = base_pb2.Node()
@@ -233,6 +236,8 @@ class Stream:
         # Only the first request must carry the node (set_node_on_first_message_only).
         if has_node and not self.node.id:
             self.node = node
+            if self._store_for_node is not None:
+                self.store = self._store_for_node(node.id)
 
     def _ack(
         self, st: _TypeState, type_url: str, nonce: str, version: str, error: Any, has_error: bool
