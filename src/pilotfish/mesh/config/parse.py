@@ -27,14 +27,19 @@ __all__ = [
     "parse_yaml",
 ]
 
-ISTIO_API_VERSIONS = frozenset(
-    f"networking.istio.io/{v}" for v in ("v1", "v1beta1", "v1alpha3")
-)
+ISTIO_API_VERSIONS = frozenset(f"networking.istio.io/{v}" for v in ("v1", "v1beta1", "v1alpha3"))
 _KUBE_API_VERSIONS = {"Service": "v1", "ServiceAccount": "v1", "Deployment": "apps/v1"}
 # Metadata the API server fills in; accepted so that `kubectl get -o yaml` output applies.
 _SERVER_METADATA = (
-    "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields",
-    "ownerReferences", "finalizers", "selfLink", "deletionTimestamp",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "ownerReferences",
+    "finalizers",
+    "selfLink",
+    "deletionTimestamp",
     "deletionGracePeriodSeconds",
 )
 
@@ -43,7 +48,8 @@ _SERVER_METADATA = (
 class ParsedObject:
     obj: m.Resource
     raw: Mapping[str, Any]  # the document as written: what the state directory keeps
-    source: str  # file name (or "<inline>"), for messages and `get`
+    source: str  # file name (or "<inline>"), for `get` and `delete -f`
+    where: str  # source and document number, for messages
 
     @property
     def key(self) -> m.ObjectKey:
@@ -89,7 +95,7 @@ def parse_documents(docs: Iterable[tuple[str, Any]], source: str) -> list[Parsed
         if problems:
             messages += problems
         elif obj is not None:
-            parsed.append(ParsedObject(obj, doc, source))
+            parsed.append(ParsedObject(obj, doc, source, where))
     if messages:
         raise ConfigValidationError(messages)
     return parsed
@@ -102,7 +108,9 @@ def parse_document(doc: Any, where: str) -> tuple[m.Resource | None, list[str]]:
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     if not isinstance(kind, str) or not isinstance(api_version, str):
         return None, [f"{where}: apiVersion and kind are required"]
-    meta_raw = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    meta_raw = doc.get("metadata")
+    if not isinstance(meta_raw, dict):
+        meta_raw = {}
     label = f"{kind} {meta_raw.get('namespace') or m.DEFAULT_NAMESPACE}/{meta_raw.get('name')}"
     problems = Problems()
     obj = _parse(doc, kind, api_version, problems)
@@ -110,13 +118,17 @@ def parse_document(doc: Any, where: str) -> tuple[m.Resource | None, list[str]]:
     return (None if messages else obj), messages
 
 
-def _parse(doc: dict[str, Any], kind: str, api_version: str, problems: Problems) -> m.Resource | None:
+def _parse(
+    doc: dict[str, Any], kind: str, api_version: str, problems: Problems
+) -> m.Resource | None:
     top = Node(doc, "", problems)
     top.ignore("apiVersion", "kind", "status")
     meta = _metadata(top.obj("metadata"))
     if kind in SPEC_PARSERS:
         if api_version not in ISTIO_API_VERSIONS:
-            problems.add("apiVersion", f"{kind} needs one of {', '.join(sorted(ISTIO_API_VERSIONS))}")
+            problems.add(
+                "apiVersion", f"{kind} needs one of {', '.join(sorted(ISTIO_API_VERSIONS))}"
+            )
             return None
         spec = top.obj("spec")
         obj = SPEC_PARSERS[kind](meta, spec)
@@ -126,7 +138,9 @@ def _parse(doc: dict[str, Any], kind: str, api_version: str, problems: Problems)
     expected = _KUBE_API_VERSIONS.get(kind)
     if expected is None:
         supported = sorted([*SPEC_PARSERS, *_KUBE_API_VERSIONS])
-        problems.add("kind", f"unsupported kind {kind!r} (the local mesh reads {', '.join(supported)})")
+        problems.add(
+            "kind", f"unsupported kind {kind!r} (the local mesh reads {', '.join(supported)})"
+        )
         return None
     if api_version != expected:
         problems.add("apiVersion", f"{kind} needs apiVersion {expected}, got {api_version}")
@@ -157,10 +171,21 @@ def _metadata(node: Node) -> m.ObjectMeta:
 
 # Kubernetes Service spec fields that mean nothing on one machine but are valid.
 _SERVICE_IGNORED = (
-    "clusterIPs", "sessionAffinity", "sessionAffinityConfig", "externalName",
-    "externalTrafficPolicy", "internalTrafficPolicy", "ipFamilies", "ipFamilyPolicy",
-    "loadBalancerIP", "loadBalancerSourceRanges", "loadBalancerClass", "externalIPs",
-    "publishNotReadyAddresses", "allocateLoadBalancerNodePorts", "healthCheckNodePort",
+    "clusterIPs",
+    "sessionAffinity",
+    "sessionAffinityConfig",
+    "externalName",
+    "externalTrafficPolicy",
+    "internalTrafficPolicy",
+    "ipFamilies",
+    "ipFamilyPolicy",
+    "loadBalancerIP",
+    "loadBalancerSourceRanges",
+    "loadBalancerClass",
+    "externalIPs",
+    "publishNotReadyAddresses",
+    "allocateLoadBalancerNodePorts",
+    "healthCheckNodePort",
     "trafficDistribution",
 )
 
@@ -203,7 +228,9 @@ def _deployment(meta: m.ObjectMeta, spec: Node) -> m.Deployment:
     containers = []
     for node in pod_spec.objs("containers"):
         ports = tuple(p.integer("containerPort") or 0 for p in node.objs("ports"))
-        containers.append(m.Container(name=node.req_str("name"), image=node.string("image"), ports=ports))
+        containers.append(
+            m.Container(name=node.req_str("name"), image=node.string("image"), ports=ports)
+        )
     replicas = spec.integer("replicas")
     return m.Deployment(
         meta=meta,

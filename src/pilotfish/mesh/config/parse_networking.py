@@ -14,6 +14,7 @@ __all__ = ["SPEC_PARSERS"]
 
 # --- shared pieces ---------------------------------------------------------------------------
 
+
 def _string_match(node: Node) -> m.StringMatch:
     found = [k for k in ("exact", "prefix", "regex") if node.has(k)]
     values = {k: node.string(k) for k in ("exact", "prefix", "regex")}
@@ -71,6 +72,7 @@ def _selector(node: Node, key: str) -> dict[str, str] | None:
 
 
 # --- VirtualService --------------------------------------------------------------------------
+
 
 def _http_match(node: Node) -> m.HTTPMatchRequest:
     match = m.HTTPMatchRequest(
@@ -208,7 +210,9 @@ def _fault(node: Node | None) -> m.HTTPFaultInjection | None:
         fixed = delay_node.duration("fixedDelay")
         if not delay_node.has("fixedDelay"):
             delay_node.error("fixedDelay", "required field is missing")
-        delay = m.FaultDelay(fixed_delay=fixed or 0.0, percentage=_legacy_percent(delay_node, "percent"))
+        delay = m.FaultDelay(
+            fixed_delay=fixed or 0.0, percentage=_legacy_percent(delay_node, "percent")
+        )
         delay_node.finish()
     abort_node = node.opt_obj("abort")
     if abort_node is not None:
@@ -266,8 +270,11 @@ def _http_route(node: Node) -> m.HTTPRoute:
         fault=_fault(node.opt_obj("fault")),
         mirror=None if mirror_node is None else _destination(mirror_node),
         mirror_percentage=(
-            mirror_pct if mirror_pct is not None
-            else None if legacy_mirror_pct is None else float(legacy_mirror_pct)
+            mirror_pct
+            if mirror_pct is not None
+            else None
+            if legacy_mirror_pct is None
+            else float(legacy_mirror_pct)
         ),
         mirrors=tuple(_mirror_policy(n) for n in node.objs("mirrors")),
         cors_policy=_cors(node.opt_obj("corsPolicy")),
@@ -341,6 +348,7 @@ def virtual_service(meta: m.ObjectMeta, spec: Node) -> m.VirtualService:
 
 
 # --- DestinationRule -------------------------------------------------------------------------
+
 
 def _consistent_hash(node: Node) -> m.ConsistentHashLB:
     cookie = None
@@ -519,6 +527,7 @@ def destination_rule(meta: m.ObjectMeta, spec: Node) -> m.DestinationRule:
 
 # --- Gateway ---------------------------------------------------------------------------------
 
+
 def _server_tls(node: Node | None) -> m.ServerTLSSettings | None:
     if node is None:
         return None
@@ -563,6 +572,7 @@ def gateway(meta: m.ObjectMeta, spec: Node) -> m.Gateway:
 
 
 # --- ServiceEntry, WorkloadEntry, Sidecar ----------------------------------------------------
+
 
 def _workload(node: Node) -> m.WorkloadEndpoint:
     ports: dict[str, int] = {}

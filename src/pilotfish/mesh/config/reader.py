@@ -27,7 +27,13 @@ class Problems:
 # Go's time.ParseDuration syntax, which Istio's YAML accepts ("7s", "0.5s", "100ms", "1h30m").
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
 }
 
 
@@ -193,7 +199,9 @@ class Node:
             # Kubernetes labels are strings; YAML turns `version: 1` into an int, which
             # kubectl rejects, so do we.
             if not isinstance(v, str):
-                self._problems.add(f"{self.sub(key)}.{k}", f"expected a string, got {_type_name(v)}")
+                self._problems.add(
+                    f"{self.sub(key)}.{k}", f"expected a string, got {_type_name(v)}"
+                )
             else:
                 out[str(k)] = v
         return out
