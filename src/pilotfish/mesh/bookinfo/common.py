@@ -311,13 +311,14 @@ def run_app(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    thread = threading.Thread(target=server.serve_forever, name=f"{name}-serve", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.1,), name=f"{name}-serve", daemon=True
+    )
     thread.start()
     port = server.server_address[1]
     extra = f" ({describe()})" if describe else ""
     print(f"{name} listening on {args.host}:{port}{extra}", flush=True)
-    while not stop.wait(0.5):
-        pass
+    stop.wait()
     server.shutdown()
     server.server_close()
     print(f"{name} stopped", flush=True)
