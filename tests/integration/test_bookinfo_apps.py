@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.bookinfo_apps import BookinfoApp, RecordingStub, Reply, http_request
-from tests.support.loopback import RefusedPort
+from tests.support.loopback import Blackhole, RefusedPort
 
 from pilotfish.mesh.bookinfo.productpage import reviews_version_in_page
 
@@ -528,3 +528,21 @@ def test_prints_port_and_exits_cleanly_on_sigterm(service: str, log_dir: Path) -
     started = time.monotonic()
     assert app.stop() == 0
     assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.slow
+def test_details_that_never_answers_times_out_after_3s(
+    reviews: dict[str, BookinfoApp], log_dir: Path
+) -> None:
+    hole = Blackhole()
+    try:
+        env = productpage_env(hole.port, reviews["v1"].port)
+        with BookinfoApp("productpage", env, log_dir) as page:
+            started = time.monotonic()
+            text = http_request(page.url + "/productpage").text
+            elapsed = time.monotonic() - started
+    finally:
+        hole.close()
+    assert 2.9 <= elapsed < 6.0  # details' timeout is 3 s in the original
+    assert "Error fetching product details" in text
+    assert reviews_version_in_page(text) == "v1"
