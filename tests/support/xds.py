@@ -11,6 +11,7 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from pilotfish.mesh.bootstrap import proxy_bootstrap
 from pilotfish.xds import protos
 from pilotfish.xds import resource_types as rt
 
@@ -141,44 +142,10 @@ def ads_bootstrap(
 ) -> dict[str, Any]:
     """A bootstrap with only an admin, the ``xds-grpc`` cluster and ADS for LDS and CDS, as
     Istio's; ``server_address`` is ``host:port`` or ``unix:/path``."""
-    if server_address.startswith("unix:"):
-        address: dict[str, Any] = {"pipe": {"path": server_address[len("unix:") :]}}
-    else:
-        host, _, port = server_address.rpartition(":")
-        address = {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
-    source: dict[str, Any] = dict(ADS_SOURCE)
-    if initial_fetch_timeout is not None:
-        source["initial_fetch_timeout"] = initial_fetch_timeout
-    return {
-        "node": {"id": node_id, "cluster": "test.default"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "DELTA_GRPC" if delta else "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
-                "set_node_on_first_message_only": True,
-            },
-            "cds_config": source,
-            "lds_config": source,
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
-                    },
-                }
-            ]
-        },
-    }
+    return proxy_bootstrap(
+        server_address,
+        node_id,
+        cluster="test.default",
+        delta=delta,
+        initial_fetch_timeout=initial_fetch_timeout,
+    )

@@ -1,0 +1,253 @@
+"""The local mesh's processes: each workload's app and its pilotfish sidecar, and the ingress
+gateway, all on loopback and without root.
+
+An app listens on its own loopback port and reaches other services through its sidecar as an
+HTTP proxy (``HTTP_PROXY``), so an unmodified app that honours the standard proxy variables
+(Python's requests and urllib, curl, Go's net/http, ...) needs no code change; hostnames
+such as ``reviews`` are resolved by the sidecar's routes, not by DNS. Other sidecars reach
+the app through its sidecar's inbound listener (the "pod address").
+
+The processes are children of the control plane; their output goes to ``STATE/logs/NAME.*``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pilotfish.mesh.bootstrap import node_id, proxy_bootstrap
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pilotfish_command() -> list[str]:
+    """The proxy next to this Python (``.venv/bin/pilotfish``), or ``python -m pilotfish``."""
+    script = Path(sys.executable).with_name("pilotfish")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pilotfish"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    """A workload as the user declares it: what to run and how it is labelled.
+    ``{port}`` in ``command`` and ``env`` values is replaced by the app's port."""
+
+    name: str
+    command: tuple[str, ...]
+    namespace: str = "default"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    service_account: str = "default"
+    env: Mapping[str, str] = field(default_factory=dict)
+    port: int = 9080  # the port the app serves (its Service's targetPort)
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,  # a Ctrl-C of the CLI goes to the control plane only
+            )
+        self.started = time.time()
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+
+@dataclass
+class RunningProxy:
+    """A sidecar (with its workload's app) or the gateway, and the ports it was given."""
+
+    name: str
+    namespace: str
+    kind: str  # "sidecar" or "router" (Istio's node type for gateways)
+    labels: Mapping[str, str]
+    service_account: str
+    admin_port: int
+    app_port: int = 0
+    inbound_port: int = 0
+    outbound_port: int = 0
+    listen_ports: dict[int, int] = field(default_factory=dict)  # gateway: server port -> local
+    app: ManagedProcess | None = None
+    proxy: ManagedProcess | None = None
+
+    @property
+    def node_id(self) -> str:
+        return node_id(self.kind, self.name, self.namespace)
+
+    def describe(self) -> dict[str, Any]:
+        def state(p: ManagedProcess | None) -> str:
+            if p is None:
+                return "-"
+            if p.running:
+                return "Running"
+            return f"Exited({p.exit_code})"
+
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "kind": self.kind,
+            "app": state(self.app),
+            "proxy": state(self.proxy),
+            "admin": f"127.0.0.1:{self.admin_port}",
+            "inbound": f"127.0.0.1:{self.inbound_port}" if self.inbound_port else "",
+            "outbound": f"127.0.0.1:{self.outbound_port}" if self.outbound_port else "",
+            "listen": {str(k): v for k, v in self.listen_ports.items()},
+        }
+
+
+class Supervisor:
+    """Starts, watches and stops the mesh's processes."""
+
+    def __init__(self, state_dir: Path, xds_address: str, *, log_level: str = "warning") -> None:
+        self.state_dir = state_dir
+        self.xds_address = xds_address
+        self.log_level = log_level
+        self.proxies: dict[str, RunningProxy] = {}
+
+    def plan_workload(self, spec: WorkloadSpec) -> RunningProxy:
+        """Give a workload its ports (before the control plane computes its config)."""
+        return RunningProxy(
+            name=spec.name,
+            namespace=spec.namespace,
+            kind="sidecar",
+            labels=dict(spec.labels),
+            service_account=spec.service_account,
+            admin_port=free_port(),
+            app_port=free_port(),
+            inbound_port=free_port(),
+            outbound_port=free_port(),
+        )
+
+    def plan_gateway(
+        self, name: str, labels: Mapping[str, str], server_ports: Sequence[int]
+    ) -> RunningProxy:
+        return RunningProxy(
+            name=name,
+            namespace="istio-system",
+            kind="router",
+            labels=dict(labels),
+            service_account=name,
+            admin_port=free_port(),
+            listen_ports={p: free_port() for p in server_ports},
+        )
+
+    def start(self, running: RunningProxy, spec: WorkloadSpec | None = None) -> None:
+        """Start the proxy (its config must be on the control plane already), then the app."""
+        self.proxies[running.name] = running
+        running.proxy = self._proxy_process(running)
+        running.proxy.start()
+        if spec is not None:
+            running.app = self._app_process(running, spec)
+            running.app.start()
+
+    def _proxy_process(self, running: RunningProxy) -> ManagedProcess:
+        boot = proxy_bootstrap(
+            self.xds_address,
+            running.node_id,
+            cluster=f"{running.labels.get('app', running.name)}.{running.namespace}",
+            admin_port=running.admin_port,
+            metadata={
+                "NAME": running.name,
+                "NAMESPACE": running.namespace,
+                "LABELS": dict(running.labels),
+                "SERVICE_ACCOUNT": running.service_account,
+            },
+            initial_fetch_timeout="0s",
+        )
+        config = self.state_dir / "proxies" / f"{running.name}.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps(boot, indent=1))
+        argv = [
+            *pilotfish_command(),
+            "-c",
+            str(config),
+            "--drain-time-s",
+            "2",
+            "--disable-hot-restart",
+            "-l",
+            self.log_level,
+        ]
+        return ManagedProcess(
+            f"{running.name}/proxy", argv, self.state_dir / "logs" / f"{running.name}.proxy.log"
+        )
+
+    def _app_process(self, running: RunningProxy, spec: WorkloadSpec) -> ManagedProcess:
+        port = str(running.app_port)
+        proxy = f"http://127.0.0.1:{running.outbound_port}"
+        env = {
+            "PORT": port,
+            "HOSTNAME": running.name,
+            "HTTP_PROXY": proxy,
+            "http_proxy": proxy,
+            "NO_PROXY": "",
+            "no_proxy": "",
+            "POD_NAME": running.name,
+            "POD_NAMESPACE": running.namespace,
+            "SERVICE_ACCOUNT": running.service_account,
+        }
+        env.update({k: v.replace("{port}", port) for k, v in spec.env.items()})
+        argv = [arg.replace("{port}", port) for arg in spec.command]
+        return ManagedProcess(
+            f"{running.name}/app", argv, self.state_dir / "logs" / f"{running.name}.app.log", env
+        )
+
+    def status(self) -> list[dict[str, Any]]:
+        return [p.describe() for p in self.proxies.values()]
+
+    def log_paths(self, name: str) -> list[Path]:
+        return sorted((self.state_dir / "logs").glob(f"{name}.*.log"))
+
+    def stop_all(self) -> None:
+        """Apps first (they may still be answering), then their proxies."""
+        for running in self.proxies.values():
+            if running.app is not None:
+                running.app.stop()
+        for running in self.proxies.values():
+            if running.proxy is not None:
+                running.proxy.stop()
