@@ -35,6 +35,7 @@ __all__ = [
 # --- protobuf wire framing ----------------------------------------------------------------
 # Field numbers come from the descriptors, not from memory.
 
+
 def _number(msg: type[Message], name: str) -> int:
     return int(msg.DESCRIPTOR.fields_by_name[name].number)
 
@@ -66,9 +67,7 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def encode_sotw_response(
-    type_url: str, version: str, nonce: str, chunks: Iterable[bytes]
-) -> bytes:
+def encode_sotw_response(type_url: str, version: str, nonce: str, chunks: Iterable[bytes]) -> bytes:
     """A serialized DiscoveryResponse from pre-framed resource chunks (Entry.sotw_chunk)."""
     return b"".join(
         (
@@ -245,4 +244,3 @@ def _entries(type_url: str, resources: Iterable[Message]) -> dict[str, Entry]:
             raise ValueError(f"a {type_url} resource without a name")
         out[entry.name] = entry
     return out
-

@@ -424,8 +424,10 @@ async def _serve_file(address: str, path: Path) -> None:
         except Exception as exc:  # a bad edit must not kill the server: keep the last set
             log.error("cannot load %s: %s", path, exc)
             return
-        counts = {BY_URL[t].short if t in BY_URL else t: len(server.resources(t))
-                  for t in server.store.types}
+        counts = {
+            BY_URL[t].short if t in BY_URL else t: len(server.resources(t))
+            for t in server.store.types
+        }
         log.warning("serving %s: %s", path, counts)
 
     load()

@@ -325,9 +325,7 @@ class Stream:
 
     # -- delta ---------------------------------------------------------------------------------
 
-    def _on_delta_request(
-        self, req: discovery_pb2.DeltaDiscoveryRequest
-    ) -> list[bytes | Response]:
+    def _on_delta_request(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[bytes | Response]:
         self._take_node(req.node, req.HasField("node"))
         type_url = req.type_url or self.fixed_type_url
         st = self._types.get(type_url)
@@ -399,5 +397,3 @@ def _raw_names(response: Response) -> list[str]:
     if isinstance(response, discovery_pb2.DeltaDiscoveryResponse):
         return [r.name for r in response.resources]
     return []
-
-

@@ -1,0 +1,286 @@
+"""The local mesh's control plane: the config store, the ADS server and the workloads'
+processes in one process (istiod and the kubelet of a one-machine mesh).
+
+Every change (config applied or deleted, a workload added) recomputes each proxy's
+resources and pushes them to that proxy's own resource set on the ADS server; a proxy's set
+is filled before the proxy starts, so its first request finds its config.
+
+The CLI talks to it over a Unix socket (``STATE/ctl.sock``): one JSON request per line, one
+JSON answer per line (see ``handle``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pilotfish.mesh.config.errors import ConfigValidationError
+from pilotfish.mesh.config.store import ConfigStore
+from pilotfish.mesh.runner import RunningProxy, Supervisor, WorkloadSpec
+from pilotfish.mesh.workloads import parse_workloads, split_documents
+from pilotfish.mesh.xds_server import XdsServer
+from pilotfish.xds import resource_types as rt
+
+log = logging.getLogger("pilotfish.mesh")
+
+GATEWAY_NAME = "istio-ingressgateway"
+
+# (store, proxies) -> {node id: {type URL: resources}}
+Translate = Callable[[ConfigStore, Sequence[RunningProxy]], Mapping[str, Mapping[str, list[Any]]]]
+
+
+class ControlPlane:
+    def __init__(self, state_dir: Path, translate: Translate) -> None:
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ConfigStore(state_dir / "config")
+        self.translate = translate
+        self.server = XdsServer()
+        self.xds_address = f"unix:{state_dir / 'xds.sock'}"
+        self.supervisor = Supervisor(state_dir, self.xds_address)
+        self.specs: dict[str, WorkloadSpec] = {}
+        self._stopped = asyncio.Event()
+        self._ctl: asyncio.AbstractServer | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        (self.state_dir / "xds.sock").unlink(missing_ok=True)
+        await self.server.start(self.xds_address)
+        self.store.add_listener(lambda changes: self.push())
+        ctl = self.state_dir / "ctl.sock"
+        ctl.unlink(missing_ok=True)
+        self._ctl = await asyncio.start_unix_server(self._client, path=str(ctl))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopped.set)
+        for spec in self._saved_workloads():
+            self.add_workload(spec)
+        self.sync_gateway()
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stopped.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
+        self.supervisor.stop_all()
+        await self.server.stop()
+
+    # -- workloads ------------------------------------------------------------------------------
+
+    def add_workload(self, spec: WorkloadSpec) -> RunningProxy:
+        """Plan the workload's ports, push its sidecar's config, then start app and sidecar."""
+        old = self.supervisor.proxies.get(spec.name)
+        if old is not None and self.specs.get(spec.name) == spec:
+            return old
+        if old is not None:
+            self.remove_workload(spec.name)
+        running = self.supervisor.plan_workload(spec)
+        self.supervisor.proxies[spec.name] = running
+        self.specs[spec.name] = spec
+        self._save_workloads()
+        self.push()
+        self.supervisor.start(running, spec)
+        return running
+
+    def add_gateway(
+        self, name: str, labels: Mapping[str, str], ports: Sequence[int]
+    ) -> RunningProxy:
+        running = self.supervisor.plan_gateway(name, labels, ports)
+        self.supervisor.proxies[name] = running
+        self.push()
+        self.supervisor.start(running)
+        return running
+
+    def sync_gateway(self) -> None:
+        """One ingress gateway proxy (``istio: ingressgateway``), started when a Gateway
+        selects it, listening on a loopback port for each server port of the Gateways."""
+        from pilotfish.mesh.config import model as m
+
+        labels = {"istio": "ingressgateway", "app": "istio-ingressgateway"}
+        ports = sorted(
+            {
+                server.port.number
+                for gw in self.store.get(m.Gateway)
+                if all(labels.get(k) == v for k, v in gw.selector.items())
+                for server in gw.servers
+            }
+        )
+        current = self.supervisor.proxies.get(GATEWAY_NAME)
+        if not ports or (current is not None and sorted(current.listen_ports) == ports):
+            return
+        if current is not None:
+            self.remove_workload(GATEWAY_NAME)
+        self.add_gateway(GATEWAY_NAME, labels, ports)
+
+    def remove_workload(self, name: str) -> None:
+        running = self.supervisor.proxies.pop(name, None)
+        self.specs.pop(name, None)
+        if running is not None:
+            for process in (running.app, running.proxy):
+                if process is not None:
+                    process.stop()
+        self._save_workloads()
+        self.push()
+
+    def _save_workloads(self) -> None:
+        docs = [
+            {
+                "name": s.name,
+                "namespace": s.namespace,
+                "labels": dict(s.labels),
+                "serviceAccount": s.service_account,
+                "command": list(s.command),
+                "env": dict(s.env),
+                "port": s.port,
+            }
+            for s in self.specs.values()
+        ]
+        (self.state_dir / "workloads.json").write_text(json.dumps(docs, indent=1))
+
+    def _saved_workloads(self) -> list[WorkloadSpec]:
+        path = self.state_dir / "workloads.json"
+        if not path.exists():
+            return []
+        return [
+            WorkloadSpec(
+                name=d["name"],
+                namespace=d["namespace"],
+                labels=d["labels"],
+                service_account=d["serviceAccount"],
+                command=tuple(d["command"]),
+                env=d["env"],
+                port=d["port"],
+            )
+            for d in json.loads(path.read_text())
+        ]
+
+    # -- config -> xDS ----------------------------------------------------------------------------
+
+    def push(self) -> None:
+        """Recompute every proxy's resources and hand them to its resource set."""
+        proxies = list(self.supervisor.proxies.values())
+        per_node = self.translate(self.store, proxies)
+        for node, resources in per_node.items():
+            # Clusters and endpoints before listeners and routes (Envoy's order).
+            for rtype in (rt.CLUSTER, rt.ENDPOINT, rt.LISTENER, rt.ROUTE):
+                self.server.set_resources(
+                    rtype.type_url, resources.get(rtype.type_url, []), node_id=node
+                )
+
+    # -- the CLI's requests ---------------------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    answer = self.handle(json.loads(line))
+                except ConfigValidationError as e:
+                    answer = {"ok": False, "errors": list(e.messages)}
+                except Exception as e:  # a bad request must not end the control plane
+                    log.exception("control request failed")
+                    answer = {"ok": False, "errors": [f"{type(e).__name__}: {e}"]}
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """``apply``/``delete`` (YAML text), ``get`` (kind), ``status``, ``down``."""
+        cmd = request.get("cmd")
+        if cmd in ("apply", "delete"):
+            text = str(request.get("yaml", ""))
+            source = str(request.get("source", "<stdin>"))
+            workload_docs, config_text = split_documents(text)
+            specs = parse_workloads(workload_docs, source)
+            if cmd == "apply":
+                changes = self.store.apply_yaml(config_text, source) if config_text.strip() else []
+                for spec in specs:
+                    self.add_workload(spec)
+                self.sync_gateway()
+            else:
+                changes = (
+                    self.store.delete(yaml_objects(config_text)) if config_text.strip() else []
+                )
+                for spec in specs:
+                    self.remove_workload(spec.name)
+            lines = [f"{c.key.kind.lower()}/{c.key.name} {c.action}" for c in changes]
+            lines += [
+                f"workload/{s.name} {'configured' if cmd == 'apply' else 'deleted'}" for s in specs
+            ]
+            return {"ok": True, "lines": lines}
+        if cmd == "get":
+            kind = str(request.get("kind", ""))
+            if kind.lower() in ("workload", "workloads", "wl"):
+                return {
+                    "ok": True,
+                    "rows": [p.describe() for p in self.supervisor.proxies.values()],
+                }
+            objects = self.store.get(kind)
+            return {
+                "ok": True,
+                "rows": [{"namespace": o.meta.namespace, "name": o.meta.name} for o in objects],
+            }
+        if cmd == "status":
+            return {"ok": True, "rows": self.supervisor.status(), "xds": self.xds_address}
+        if cmd == "down":
+            asyncio.get_running_loop().call_soon(self._stopped.set)
+            return {"ok": True}
+        return {"ok": False, "errors": [f"unknown command {cmd!r}"]}
+
+
+def istio_translate(
+    store: ConfigStore, proxies: Sequence[RunningProxy]
+) -> dict[str, Mapping[str, list[Any]]]:
+    """Every proxy's resources in Istio's shape (``pilotfish.mesh.translate``)."""
+    from pilotfish.mesh.translate import (
+        GatewayProxy,
+        MeshConfig,
+        Workload,
+        gateway_resources,
+        sidecar_resources,
+    )
+
+    config = MeshConfig.from_store(store)
+    workloads = {
+        p.name: Workload(
+            name=p.name,
+            namespace=p.namespace,
+            labels=p.labels,
+            service_account=p.service_account,
+            app_port=p.app_port,
+            inbound_port=p.inbound_port,
+            outbound_port=p.outbound_port,
+            admin_port=p.admin_port,
+        )
+        for p in proxies
+        if p.kind == "sidecar"
+    }
+    everyone = list(workloads.values())
+    out: dict[str, Mapping[str, list[Any]]] = {}
+    for p in proxies:
+        if p.kind == "sidecar":
+            out[p.node_id] = sidecar_resources(config, everyone, workloads[p.name]).by_type_url()
+        else:
+            gateway = GatewayProxy(
+                name=p.name,
+                namespace=p.namespace,
+                labels=p.labels,
+                ports=p.listen_ports,
+                admin_port=p.admin_port,
+            )
+            out[p.node_id] = gateway_resources(config, everyone, gateway).by_type_url()
+    return out
+
+
+def yaml_objects(text: str) -> list[Any]:
+    return [d for d in yaml.safe_load_all(text) if d]

@@ -1,0 +1,283 @@
+"""pilotfishctl: the local mesh's command line, modelled on istioctl and kubectl.
+
+    pilotfishctl up [DIR]            control plane + the workloads and config in DIR
+    pilotfishctl apply -f FILE...    Istio / Kubernetes / Workload YAML
+    pilotfishctl delete -f FILE...
+    pilotfishctl get KIND            virtualservices, destinationrules, gateways, workloads, ...
+    pilotfishctl proxy-config {listeners|routes|clusters|endpoints|secrets} WORKLOAD
+    pilotfishctl status              every proxy and app, and whether it runs
+    pilotfishctl logs WORKLOAD [--proxy]
+    pilotfishctl down
+
+State (config, sockets, logs) lives in ``--state`` (default ``$PILOTFISH_STATE`` or
+``./.pilotfish``). ``up`` starts the control plane in the background; the other commands
+talk to it over ``STATE/ctl.sock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_STATE = ".pilotfish"
+
+
+class CtlError(Exception):
+    pass
+
+
+# --- talking to the control plane -------------------------------------------------------------
+
+
+def request(state: Path, payload: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    path = state / "ctl.sock"
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(timeout)
+            s.connect(str(path))
+            s.sendall(json.dumps(payload).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        raise CtlError(
+            f"the control plane is not running (no answer on {path}); start it with "
+            "`pilotfishctl up`"
+        ) from None
+    answer: dict[str, Any] = json.loads(data)
+    if not answer.get("ok"):
+        raise CtlError("\n".join(answer.get("errors") or ["request failed"]))
+    return answer
+
+
+def running(state: Path) -> bool:
+    try:
+        request(state, {"cmd": "status"}, timeout=5)
+    except CtlError:
+        return False
+    return True
+
+
+def start_control_plane(state: Path) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "logs").mkdir(exist_ok=True)
+    with (state / "logs" / "controlplane.log").open("ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "pilotfish.mesh.ctl", "--state", str(state), "daemon"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")},
+        )
+    deadline = time.monotonic() + 30
+    while not running(state):
+        if time.monotonic() > deadline:
+            raise CtlError(f"the control plane did not start; see {state}/logs/controlplane.log")
+        time.sleep(0.1)
+
+
+def wait_ready(state: Path, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Wait until every proxy's admin says LIVE and every app runs; the status rows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = request(state, {"cmd": "status"})["rows"]
+        pending = [r["name"] for r in rows if not _ready(r)]
+        if not pending:
+            return list(rows)
+        if time.monotonic() > deadline:
+            raise CtlError(
+                "not ready after %ds: %s (see `pilotfishctl status` and `pilotfishctl logs`)"
+                % (timeout, ", ".join(pending))
+            )
+        time.sleep(0.2)
+
+
+def _ready(row: dict[str, Any]) -> bool:
+    if row["proxy"] != "Running" or row["app"] not in ("Running", "-"):
+        return False
+    try:
+        with urllib.request.urlopen(f"http://{row['admin']}/ready", timeout=2) as r:
+            return bool(r.read().strip() == b"LIVE")
+    except OSError:
+        return False
+
+
+def gateway_url(rows: Sequence[dict[str, Any]]) -> str | None:
+    for row in rows:
+        if row["kind"] == "router" and row["listen"]:
+            ports = row["listen"]
+            port = ports.get("80") or ports.get("8080") or next(iter(ports.values()))
+            return f"http://127.0.0.1:{port}"
+    return None
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def yaml_files(paths: Sequence[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(x for x in p.iterdir() if x.suffix in (".yaml", ".yml"))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise CtlError(f"{p}: no such file")
+    return out
+
+
+def cmd_apply(state: Path, files: Sequence[str], delete: bool = False) -> None:
+    for path in yaml_files(files):
+        answer = request(
+            state,
+            {"cmd": "delete" if delete else "apply", "yaml": path.read_text(), "source": str(path)},
+        )
+        for line in answer["lines"]:
+            print(line)
+
+
+def cmd_up(state: Path, directory: str | None) -> None:
+    if not running(state):
+        print(f"starting the control plane (state in {state}) ...", flush=True)
+        start_control_plane(state)
+    if directory:
+        print(f"applying {directory} ...", flush=True)
+        cmd_apply(state, [directory])
+    print("waiting for the workloads and their sidecars ...", flush=True)
+    rows = wait_ready(state)
+    for row in rows:
+        print(f"  {row['name']:<28} app {row['app']:<10} proxy {row['proxy']}")
+    url = gateway_url(rows)
+    if url:
+        print(f"gateway: {url}")
+
+
+def cmd_get(state: Path, kind: str) -> None:
+    rows = request(state, {"cmd": "get", "kind": kind})["rows"]
+    if kind.lower() in ("workload", "workloads", "wl"):
+        table(
+            [[r["name"], r["namespace"], r["app"], r["proxy"]] for r in rows],
+            ["NAME", "NAMESPACE", "APP", "PROXY"],
+        )
+        return
+    table([[r["namespace"], r["name"]] for r in rows], ["NAMESPACE", "NAME"])
+
+
+def cmd_status(state: Path) -> None:
+    rows = request(state, {"cmd": "status"})["rows"]
+    table(
+        [
+            [r["name"], r["kind"], r["app"], r["proxy"], "LIVE" if _ready(r) else "-", r["admin"]]
+            for r in rows
+        ],
+        ["NAME", "KIND", "APP", "PROXY", "READY", "ADMIN"],
+    )
+
+
+def cmd_logs(state: Path, name: str, proxy: bool) -> None:
+    path = state / "logs" / f"{name}.{'proxy' if proxy else 'app'}.log"
+    if not path.exists():
+        raise CtlError(f"no logs for {name!r} (see `pilotfishctl status` for the names)")
+    sys.stdout.write(path.read_text(errors="replace"))
+
+
+def cmd_down(state: Path) -> None:
+    if not running(state):
+        print("the control plane is not running")
+        return
+    request(state, {"cmd": "down"})
+    deadline = time.monotonic() + 30
+    while (state / "ctl.sock").exists() and running(state) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print("stopped")
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    cells = [list(map(str, header)), *[list(map(str, r)) for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for r in cells:
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pilotfishctl", description=__doc__.split("\n")[0])
+    parser.add_argument("--state", default=os.environ.get("PILOTFISH_STATE", DEFAULT_STATE))
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the control plane and the mesh in DIR")
+    up.add_argument("dir", nargs="?")
+    for name in ("apply", "delete"):
+        p = sub.add_parser(name, help=f"{name} YAML files or directories")
+        p.add_argument("-f", "--filename", action="append", required=True)
+    get = sub.add_parser("get", help="list objects of a kind")
+    get.add_argument("kind")
+    pc = sub.add_parser("proxy-config", help="a proxy's config, as istioctl shows it")
+    pc.add_argument(
+        "what", choices=["listeners", "routes", "clusters", "endpoints", "secrets", "all"]
+    )
+    pc.add_argument("workload")
+    pc.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    sub.add_parser("status", help="every proxy and app")
+    logs = sub.add_parser("logs", help="a workload's app (or --proxy) output")
+    logs.add_argument("workload")
+    logs.add_argument("--proxy", action="store_true")
+    sub.add_parser("down", help="stop everything")
+    sub.add_parser("daemon", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    state = Path(args.state).absolute()
+    try:
+        if args.command == "daemon":
+            return run_daemon(state)
+        if args.command == "up":
+            cmd_up(state, args.dir)
+        elif args.command in ("apply", "delete"):
+            cmd_apply(state, args.filename, delete=args.command == "delete")
+        elif args.command == "get":
+            cmd_get(state, args.kind)
+        elif args.command == "proxy-config":
+            from pilotfish.mesh.proxy_config import show
+
+            rows = request(state, {"cmd": "status"})["rows"]
+            row = next((r for r in rows if r["name"] == args.workload), None)
+            if row is None:
+                raise CtlError(f"no workload {args.workload!r} (see `pilotfishctl status`)")
+            show(row["admin"], args.what, args.output)
+        elif args.command == "status":
+            cmd_status(state)
+        elif args.command == "logs":
+            cmd_logs(state, args.workload, args.proxy)
+        elif args.command == "down":
+            cmd_down(state)
+    except CtlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_daemon(state: Path) -> int:
+    import logging
+
+    import uvloop
+
+    from pilotfish.mesh.controlplane import ControlPlane, istio_translate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    plane = ControlPlane(state, istio_translate)
+    uvloop.run(plane.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
