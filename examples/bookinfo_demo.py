@@ -1,0 +1,113 @@
+"""`make demo`: Istio's BookInfo on this machine, with pilotfish as every sidecar and as the
+ingress gateway, driven by Istio's own YAML files.
+
+1. `pilotfishctl up examples/bookinfo`: the control plane, the four services (six workloads,
+   each with a pilotfish sidecar) and the ingress gateway;
+2. Istio's three routing steps, each applied with `pilotfishctl apply` and then exercised
+   with N requests through the gateway, with a table of which reviews version answered:
+   all traffic to v1; v1 and v3 half each; user `jason` to v2, everyone else to v1.
+
+The mesh is left running (with the commands to look at it), or torn down with `--once`."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import http.cookiejar
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from pilotfish.mesh.bookinfo.productpage import reviews_version_in_page
+
+HERE = Path(__file__).resolve().parent
+BOOKINFO = HERE / "bookinfo"
+NETWORKING = BOOKINFO / "networking"
+STEPS = [
+    ("all traffic to reviews v1", ["destination-rule-all.yaml", "virtual-service-all-v1.yaml"]),
+    ("reviews v1 and v3, half each", ["virtual-service-reviews-50-v3.yaml"]),
+    ("user jason to v2, everyone else to v1", ["virtual-service-reviews-test-v2.yaml"]),
+]
+
+
+def ctl(state: Path, *args: str) -> str:
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("pilotfishctl")), "--state", str(state), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        sys.exit(f"pilotfishctl {' '.join(args)} failed:\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def versions(url: str, n: int, user: str | None = None) -> collections.Counter[str]:
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(jar), urllib.request.ProxyHandler({})
+    )
+    if user:
+        form = urllib.parse.urlencode({"username": user, "passwd": "password"}).encode()
+        opener.open(f"{url}/login", data=form, timeout=10).read()
+    seen: collections.Counter[str] = collections.Counter()
+    for _ in range(n):
+        with opener.open(f"{url}/productpage", timeout=10) as r:
+            seen[reviews_version_in_page(r.read().decode()) or "none"] += 1
+    return seen
+
+
+def show(title: str, rows: dict[str, collections.Counter[str]], n: int) -> None:
+    print(f"\n  {title}")
+    print(f"  {'who':<10} {'v1':>5} {'v2':>5} {'v3':>5} {'none':>5}")
+    for who, seen in rows.items():
+        cells = " ".join(f"{seen.get(v, 0):>5}" for v in ("v1", "v2", "v3", "none"))
+        print(f"  {who:<10} {cells}   of {n}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=40, help="requests per step (default 40)")
+    parser.add_argument("--once", action="store_true", help="tear the mesh down at the end")
+    parser.add_argument("--state", default=".pilotfish-demo")
+    args = parser.parse_args()
+    state = Path(args.state).absolute()
+    ctl(state, "down")  # a mesh left from an earlier run
+    print("== pilotfishctl up examples/bookinfo", flush=True)
+    out = ctl(state, "up", str(BOOKINFO))
+    print(out.rstrip())
+    url = next(line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("gateway:"))
+    show(
+        "before any routing rule (round robin over v1, v2, v3)",
+        {"anyone": versions(url, args.n)},
+        args.n,
+    )
+    for i, (title, files) in enumerate(STEPS, 1):
+        print(f"\n== step {i}: {title}: pilotfishctl apply " + " ".join(files), flush=True)
+        ctl(state, "apply", *[a for f in files for a in ("-f", str(NETWORKING / f))])
+        time.sleep(0.5)  # the push reaches the sidecars in milliseconds; be generous
+        rows = {"anyone": versions(url, args.n)}
+        if i == 3:
+            rows["jason"] = versions(url, args.n, user="jason")
+        show(title, rows, args.n)
+    if args.once:
+        ctl(state, "down")
+        print("\nthe mesh is down")
+        return 0
+    ctl_cmd = f"{Path(sys.executable).with_name('pilotfishctl')} --state {state}"
+    print(
+        f"""
+The mesh is still up: open {url}/productpage (log in as jason to see v2).
+  {ctl_cmd} status
+  {ctl_cmd} proxy-config routes productpage-v1
+  {ctl_cmd} apply -f examples/bookinfo/networking/virtual-service-reviews-80-20.yaml
+  {ctl_cmd} down"""
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

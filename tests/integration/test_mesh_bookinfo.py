@@ -1,0 +1,214 @@
+"""BookInfo end to end through the local mesh: `pilotfishctl up examples/bookinfo` (the four
+services as six workloads, each with a pilotfish sidecar, and a pilotfish ingress gateway),
+then Istio's own routing files applied with `pilotfishctl apply`, observed through the
+gateway. Distributions are checked with binomial bounds (p < 0.001 of a false failure).
+
+The mesh runs once for the module; each test leaves the routing as it found it or sets what
+it needs first. Everything listens on 127.0.0.1 and `down` stops every process."""
+
+from __future__ import annotations
+
+import collections
+import http.cookiejar
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support.waiting import wait_for
+
+from pilotfish.mesh.bookinfo.productpage import reviews_version_in_page
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOKINFO = ROOT / "examples" / "bookinfo"
+NET = BOOKINFO / "networking"
+CTL = str(Path(sys.executable).with_name("pilotfishctl"))
+
+
+class Mesh:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.url = ""
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [CTL, "--state", str(self.state), *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+            env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
+        )
+        if check and out.returncode != 0:
+            raise AssertionError(f"pilotfishctl {args} failed: {out.stdout}{out.stderr}")
+        return out
+
+    def apply(self, *files: str) -> None:
+        self.ctl("apply", *[a for f in files for a in ("-f", str(NET / f))])
+        time.sleep(0.3)  # the push reaches the sidecars in milliseconds
+
+    def status(self) -> list[dict[str, Any]]:
+        payload = {"cmd": "status"}
+        from pilotfish.mesh.ctl import request
+
+        rows: list[dict[str, Any]] = request(self.state, payload)["rows"]
+        return rows
+
+    def versions(self, n: int, user: str | None = None) -> collections.Counter[str]:
+        opener = _opener()
+        if user:
+            form = urllib.parse.urlencode({"username": user, "passwd": "x"}).encode()
+            opener.open(f"{self.url}/login", data=form, timeout=10).read()
+        seen: collections.Counter[str] = collections.Counter()
+        for _ in range(n):
+            with opener.open(f"{self.url}/productpage", timeout=15) as r:
+                seen[reviews_version_in_page(r.read().decode()) or "none"] += 1
+        return seen
+
+    def page(self, user: str | None = None) -> tuple[int, str, float]:
+        opener = _opener()
+        if user:
+            form = urllib.parse.urlencode({"username": user, "passwd": "x"}).encode()
+            opener.open(f"{self.url}/login", data=form, timeout=10).read()
+        started = time.monotonic()
+        with opener.open(f"{self.url}/productpage", timeout=30) as r:
+            return r.status, r.read().decode(), time.monotonic() - started
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+        urllib.request.ProxyHandler({}),
+    )
+
+
+def binomial_bounds(n: int, p: float, z: float = 3.3) -> tuple[float, float]:
+    sd = math.sqrt(n * p * (1 - p))
+    return n * p - z * sd, n * p + z * sd
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    mesh = Mesh(tmp_path_factory.mktemp("mesh") / "state")
+    try:
+        out = mesh.ctl("up", str(BOOKINFO)).stdout
+        mesh.url = next(ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith("gateway:"))
+        yield mesh
+    finally:
+        mesh.ctl("down", check=False)
+
+
+def test_up_starts_every_workload_with_a_live_sidecar(mesh: Mesh) -> None:
+    rows = {r["name"]: r for r in mesh.status()}
+    assert set(rows) == {
+        "details-v1",
+        "ratings-v1",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+        "productpage-v1",
+        "istio-ingressgateway",
+    }
+    assert all(r["proxy"] == "Running" for r in rows.values())
+    # With no routing rule, Istio balances over every version.
+    seen = mesh.versions(45)
+    assert set(seen) == {"v1", "v2", "v3"}, seen
+
+
+def test_bookinfo_routing_steps(mesh: Mesh) -> None:
+    mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
+    assert mesh.versions(30) == {"v1": 30}
+    mesh.apply("virtual-service-reviews-50-v3.yaml")
+    seen = mesh.versions(120)
+    low, high = binomial_bounds(120, 0.5)
+    assert set(seen) == {"v1", "v3"} and low <= seen["v1"] <= high, seen
+    mesh.apply("virtual-service-reviews-test-v2.yaml")
+    assert mesh.versions(20, user="jason") == {"v2": 20}
+    assert mesh.versions(20) == {"v1": 20}
+    assert mesh.versions(10, user="alice") == {"v1": 10}
+
+
+def test_weighted_80_20_and_jason_v2_else_v3(mesh: Mesh) -> None:
+    mesh.apply("destination-rule-all.yaml", "virtual-service-reviews-80-20.yaml")
+    seen = mesh.versions(150)
+    low, high = binomial_bounds(150, 0.8)
+    assert set(seen) <= {"v1", "v2"} and low <= seen["v1"] <= high, seen
+    mesh.apply("virtual-service-reviews-jason-v2-v3.yaml")
+    assert mesh.versions(15, user="jason") == {"v2": 15}
+    assert mesh.versions(15) == {"v3": 15}
+
+
+def test_bad_config_is_rejected_and_changes_nothing(mesh: Mesh, tmp_path: Path) -> None:
+    mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (NET / "virtual-service-all-v1.yaml").read_text().replace("subset: v1", "subset: v9")
+    )
+    out = mesh.ctl("apply", "-f", str(bad), check=False)
+    assert out.returncode == 1
+    assert "v9" in out.stderr, out.stderr
+    assert mesh.versions(10) == {"v1": 10}
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(
+        (NET / "virtual-service-reviews-50-v3.yaml").read_text().replace("weight:", "wieght:")
+    )
+    out = mesh.ctl("apply", "-f", str(unknown), check=False)
+    assert out.returncode == 1 and "wieght" in out.stderr, out.stderr
+    assert mesh.versions(10) == {"v1": 10}
+
+
+def test_delete_and_reapply(mesh: Mesh) -> None:
+    mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
+    mesh.ctl("delete", "-f", str(NET / "virtual-service-all-v1.yaml"))
+    time.sleep(0.3)
+    seen = mesh.versions(45)
+    assert set(seen) == {"v1", "v2", "v3"}, seen  # back to round robin
+    mesh.apply("virtual-service-all-v1.yaml")
+    assert mesh.versions(10) == {"v1": 10}
+    listed = mesh.ctl("get", "virtualservices").stdout
+    assert "reviews" in listed and "bookinfo" in listed
+
+
+def test_proxy_config_shows_istio_shaped_config(mesh: Mesh) -> None:
+    mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
+    clusters = mesh.ctl("proxy-config", "clusters", "productpage-v1").stdout
+    assert re.search(r"reviews\.default\.svc\.cluster\.local\s+9080\s+v2\s+outbound", clusters)
+    routes = mesh.ctl("proxy-config", "routes", "productpage-v1").stdout
+    assert "reviews.default.svc.cluster.local:9080" in routes, routes
+    listeners = mesh.ctl("proxy-config", "listeners", "productpage-v1").stdout
+    assert "Route: http_proxy" in listeners, listeners
+    endpoints = mesh.ctl("proxy-config", "endpoints", "productpage-v1").stdout
+    assert "outbound|9080|v3|reviews.default.svc.cluster.local" in endpoints, endpoints
+    dump = json.loads(mesh.ctl("proxy-config", "all", "productpage-v1", "-o", "json").stdout)
+    assert dump["configs"]
+
+
+def test_workload_crash_is_reported_by_status(mesh: Mesh) -> None:
+    rows = {r["name"]: r for r in mesh.status()}
+    os.kill(rows["ratings-v1"]["app_pid"], signal.SIGKILL)
+    wait_for(
+        lambda: {r["name"]: r for r in mesh.status()}["ratings-v1"]["app"].startswith("Exited"),
+        "ratings-v1 reported as exited",
+    )
+    out = mesh.ctl("status").stdout
+    assert "ratings-v1" in out and "Exited(-9)" in out, out
+
+
+def test_control_plane_restart_keeps_config(mesh: Mesh) -> None:
+    """`down` then `up` with no directory: config and workloads come back from the state."""
+    mesh.apply("destination-rule-all.yaml", "virtual-service-reviews-jason-v2-v3.yaml")
+    mesh.ctl("down")
+    out = mesh.ctl("up").stdout
+    mesh.url = next(ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith("gateway:"))
+    assert mesh.versions(10, user="jason") == {"v2": 10}
+    assert mesh.versions(10) == {"v3": 10}
