@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,7 @@ from tests.support.bookinfo_mesh import (
     gateway,
     workload,
 )
-from tests.support.echo_backend import EchoBackend
-from tests.support.proxies import ProxyProcess, free_port, http_request
+from tests.support.proxies import ProxyProcess, free_port
 from tests.support.xds import ads_bootstrap
 
 from pilotfish.mesh.translate import (
@@ -76,7 +75,7 @@ def resources_for(scenario: str, proxy: str, ports: dict[str, int]) -> tuple[str
 _FIXED: dict[str, int] = {}
 
 
-def _ports() -> object:
+def _ports() -> Callable[[], int]:
     """The same made-up ports for every scenario of a run (listeners must not move)."""
     names = iter(range(1000))
 
@@ -117,7 +116,9 @@ def push(
     try:
         server.wait_for(answered, timeout)
     except TimeoutError:
-        got = [(a.type_url.rsplit(".", 1)[-1], a.version_info, a.is_nack) for a in server.acks[start:]]
+        got = [
+            (a.type_url.rsplit(".", 1)[-1], a.version_info, a.is_nack) for a in server.acks[start:]
+        ]
         raise AssertionError(f"no answer for every type: want {versions}, got {got}") from None
     deadline = time.monotonic() + timeout
     seen = -1
@@ -128,7 +129,9 @@ def push(
 
 
 @contextlib.contextmanager
-def proxy_for(kind: str, node_id: str, tmp_path: Path, name: str) -> Iterator[tuple[ThreadedXdsServer, ProxyProcess]]:
+def proxy_for(
+    kind: str, node_id: str, tmp_path: Path, name: str
+) -> Iterator[tuple[ThreadedXdsServer, ProxyProcess]]:
     with ThreadedXdsServer() as server:
         boot = ads_bootstrap(server.address, node_id=node_id)
         proc = ProxyProcess(kind, boot, tmp_path / name, wait_live=False)
@@ -140,7 +143,7 @@ def proxy_for(kind: str, node_id: str, tmp_path: Path, name: str) -> Iterator[tu
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_every_scenario_is_accepted(kind: str, proxy: str, tmp_path: Path) -> None:
     ports = {"gateway": free_port()}
-    node_id, first = resources_for("no-rules", proxy, ports)
+    node_id, _ = resources_for("no-rules", proxy, ports)
     nacks: list[tuple[str, str, str]] = []
     with proxy_for(kind, node_id, tmp_path, proxy) as (server, proc):
         for scenario in SCENARIOS:

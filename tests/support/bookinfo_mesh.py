@@ -44,8 +44,16 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "reviews-v3": (_DR, "virtual-service-reviews-v3.yaml"),
     "reviews-v2-v3": (_DR, "virtual-service-reviews-v2-v3.yaml"),
     "details-v2": (_DR, "virtual-service-details-v2.yaml"),
-    "ratings-test-abort": (_DR, "virtual-service-all-v1.yaml", "virtual-service-ratings-test-abort.yaml"),
-    "ratings-test-delay": (_DR, "virtual-service-all-v1.yaml", "virtual-service-ratings-test-delay.yaml"),
+    "ratings-test-abort": (
+        _DR,
+        "virtual-service-all-v1.yaml",
+        "virtual-service-ratings-test-abort.yaml",
+    ),
+    "ratings-test-delay": (
+        _DR,
+        "virtual-service-all-v1.yaml",
+        "virtual-service-ratings-test-delay.yaml",
+    ),
     "fault-injection-details-v1": (_DR, "fault-injection-details-v1.yaml"),
     "bookinfo-gateway": (_DR, "virtual-service-all-v1.yaml", "bookinfo-gateway.yaml"),
     "egress-google-apis": ("egress-rule-google-apis.yaml",),
@@ -80,9 +88,15 @@ def bookinfo_workloads(
     if app_ports:
         out = [
             Workload(
-                w.name, w.namespace, w.labels, w.service_account, w.address,
+                w.name,
+                w.namespace,
+                w.labels,
+                w.service_account,
+                w.address,
                 app_ports.get(w.name.rsplit("-", 1)[0], w.app_port),
-                w.inbound_port, w.outbound_port, w.admin_port,
+                w.inbound_port,
+                w.outbound_port,
+                w.admin_port,
             )
             for w in out
         ]
