@@ -27,7 +27,8 @@ from tests.support.bookinfo_mesh import (
     gateway,
     workload,
 )
-from tests.support.proxies import ProxyProcess, free_port
+from tests.support.echo_backend import EchoBackend
+from tests.support.proxies import ProxyProcess, free_port, http_request
 from tests.support.xds import ads_bootstrap
 
 from pilotfish.mesh.translate import (
@@ -166,3 +167,50 @@ def test_every_scenario_is_accepted(kind: str, proxy: str, tmp_path: Path) -> No
             )
         ]
         assert unexpected == []
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+REVIEWS_DEPLOYMENTS = ("reviews-v1", "reviews-v2", "reviews-v3")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_http_proxy_request_follows_subset_routing(kind: str, tmp_path: Path) -> None:
+    """productpage's app → its sidecar's HTTP-proxy listener (absolute-form URL) → reviews'
+    sidecar inbound listener (the EDS endpoint of the subset) → the reviews "app"."""
+    with contextlib.ExitStack() as stack:
+        backends = {d: stack.enter_context(EchoBackend(d)) for d in REVIEWS_DEPLOYMENTS}
+        workloads = bookinfo_workloads(
+            allocate_port=free_port, app_ports={d: b.port for d, b in backends.items()}
+        )
+        config = bookinfo_config("reviews-test-v2")
+        procs = {}
+        for name in ("productpage-v1", *REVIEWS_DEPLOYMENTS):
+            w = workload(workloads, name)
+            server = stack.enter_context(ThreadedXdsServer())
+            for type_url, protos in sidecar_resources(config, workloads, w).by_type_url().items():
+                server.set_resources(type_url, protos)
+            proc = ProxyProcess(
+                kind, ads_bootstrap(server.address, node_id=w.node_id()), tmp_path / name
+            )
+            procs[name] = stack.enter_context(proc)
+            assert not [a for a in server.acks if a.is_nack], proc.log()[-2000:]
+        proxy_port = workload(workloads, "productpage-v1").outbound_port
+
+        def via_proxy(user: str | None) -> tuple[int, str]:
+            extra = f"end-user: {user}\r\n" if user else ""
+            raw = (
+                f"GET http://reviews:9080/reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\n{extra}\r\n"
+            ).encode()
+            status, headers, body = http_request(proxy_port, raw)
+            return status, headers.get("x-backend", body.decode(errors="replace")[:300])
+
+        deadline = time.monotonic() + 10
+        while via_proxy(None)[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the reviews sidecars may still be warming
+        for _ in range(5):
+            assert via_proxy("jason") == (200, "reviews-v2")
+            assert via_proxy(None) == (200, "reviews-v1")
+            assert via_proxy("someone") == (200, "reviews-v1")
+        # The backend saw the request as the app sent it, path and all.
+        assert backends["reviews-v2"].requests[-1].target == "/reviews/0"
