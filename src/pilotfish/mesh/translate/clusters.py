@@ -34,6 +34,7 @@ __all__ = [
     "outbound_clusters",
 ]
 
+TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 MAX = 4294967295  # Istio's "no limit" for circuit breakers
 CONNECT_TIMEOUT = "10s"  # Istio's default connectTimeout (MeshConfig)
 
@@ -85,9 +86,7 @@ def _apply(base: Policy, tp: m.TrafficPolicy | None, port: int) -> Policy:
     return Policy(lb, cp, od, tls)
 
 
-def effective_policy(
-    dr: m.DestinationRule | None, subset: m.Subset | None, port: int
-) -> Policy:
+def effective_policy(dr: m.DestinationRule | None, subset: m.Subset | None, port: int) -> Policy:
     """The rule's policy at ``port``, overridden section by section by the subset's (Istio's
     MergeTrafficPolicies)."""
     policy = Policy()
@@ -241,7 +240,7 @@ def _tls(cluster: JSON, tls: m.ClientTLSSettings | None, host: str) -> None:
     cluster["transport_socket"] = {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "@type": TLS_CONTEXT,
             "common_tls_context": common,
             "sni": tls.sni or host,
         },
@@ -284,9 +283,7 @@ def _cluster(
 ) -> tuple[JSON, JSON | None]:
     name = cluster_name("outbound", port.number, subset.name if subset else None, svc.hostname)
     endpoints = [
-        ep
-        for ep in svc.endpoints
-        if subset is None or labels_match(subset.labels, ep.labels)
+        ep for ep in svc.endpoints if subset is None or labels_match(subset.labels, ep.labels)
     ]
     cluster: JSON = {"name": name, "connect_timeout": CONNECT_TIMEOUT}
     assignment: JSON | None = None
@@ -309,9 +306,7 @@ def _cluster(
     _outlier(cluster, policy.outlier_detection)
     _tls(cluster, policy.tls, svc.hostname)
     istio: JSON = {
-        "services": [
-            {"host": svc.hostname, "name": svc.short_name, "namespace": svc.namespace}
-        ],
+        "services": [{"host": svc.hostname, "name": svc.short_name, "namespace": svc.namespace}],
         "default_original_port": port.number,
     }
     if subset is not None:

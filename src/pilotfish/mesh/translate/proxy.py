@@ -55,7 +55,10 @@ __all__ = [
 ]
 
 HTTP_PROXY_ROUTE = "http_proxy"
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 # Istio's HTTP filters, less its telemetry (metadata exchange, stats, alpn): fault, cors, router.
@@ -152,8 +155,14 @@ def _listener(name: str, host: str, port: int, filters: list[JSON], direction: s
     }
 
 
-def _hcm(stat_prefix: str, *, rds: str | None = None, route_config: JSON | None = None,
-         filters: list[JSON] | None = None, **extra: object) -> JSON:
+def _hcm(
+    stat_prefix: str,
+    *,
+    rds: str | None = None,
+    route_config: JSON | None = None,
+    filters: list[JSON] | None = None,
+    **extra: object,
+) -> JSON:
     config: JSON = {
         "@type": HCM,
         "stat_prefix": stat_prefix,
@@ -172,8 +181,9 @@ def _hcm(stat_prefix: str, *, rds: str | None = None, route_config: JSON | None 
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": config}
 
 
-def _tcp_proxy(stat_prefix: str, cluster: str | None = None,
-               weighted: list[JSON] | None = None) -> JSON:
+def _tcp_proxy(
+    stat_prefix: str, cluster: str | None = None, weighted: list[JSON] | None = None
+) -> JSON:
     config: JSON = {"@type": TCP_PROXY, "stat_prefix": stat_prefix}
     if weighted:
         config["weighted_clusters"] = {"clusters": weighted}
@@ -185,14 +195,12 @@ def _tcp_proxy(stat_prefix: str, cluster: str | None = None,
 # --- route configs ---------------------------------------------------------------------------
 
 
-def _service_vhost(
-    ctx: RouteContext, svc: MeshService, port: ServicePortInfo
-) -> JSON:
+def _service_vhost(ctx: RouteContext, svc: MeshService, port: ServicePortInfo) -> JSON:
     host_port = f"{svc.hostname}:{port.number}"
     vs = select_virtual_service(ctx, svc.hostname)
     routes = translate_http_routes(ctx, vs, port.number, host_port) if vs is not None else []
     if vs is None:
-        routes = [default_route(cluster_name("outbound", port.number, None, svc.hostname), host_port)]
+        routes = [default_route(ctx, svc.hostname, port.number)]
     return {
         "name": host_port,
         "domains": sidecar_domains(svc, port.number, ctx.namespace),
@@ -216,10 +224,7 @@ def _dedup_domains(vhosts: list[JSON]) -> list[JSON]:
 
 def _http_proxy_route_config(ctx: RouteContext, services: Sequence[MeshService]) -> JSON:
     vhosts = [
-        _service_vhost(ctx, svc, port)
-        for svc in services
-        for port in svc.ports
-        if port.is_http
+        _service_vhost(ctx, svc, port) for svc in services for port in svc.ports if port.is_http
     ]
     vhosts = _dedup_domains(vhosts)
     # REGISTRY_ONLY: an HTTP proxy has no original destination to pass unknown hosts through.
@@ -236,7 +241,9 @@ def _http_proxy_route_config(ctx: RouteContext, services: Sequence[MeshService])
     return {"name": HTTP_PROXY_ROUTE, "virtual_hosts": vhosts, "validate_clusters": False}
 
 
-def _tcp_destination(ctx: RouteContext, svc: MeshService, port: int) -> tuple[str | None, list[JSON]]:
+def _tcp_destination(
+    ctx: RouteContext, svc: MeshService, port: int
+) -> tuple[str | None, list[JSON]]:
     vs = select_virtual_service(ctx, svc.hostname)
     default = cluster_name("outbound", port, None, svc.hostname)
     if vs is None:
@@ -249,8 +256,15 @@ def _tcp_destination(ctx: RouteContext, svc: MeshService, port: int) -> tuple[st
         ):
             continue
         dests = [
-            (cluster_name("outbound", d.destination.port or port, d.destination.subset,
-                          fqdn(d.destination.host, vs.meta.namespace)), d.weight)
+            (
+                cluster_name(
+                    "outbound",
+                    d.destination.port or port,
+                    d.destination.subset,
+                    fqdn(d.destination.host, vs.meta.namespace),
+                ),
+                d.weight,
+            )
             for d in route.route
         ]
         if len(dests) == 1:
@@ -262,7 +276,9 @@ def _tcp_destination(ctx: RouteContext, svc: MeshService, port: int) -> tuple[st
 # --- sidecar ---------------------------------------------------------------------------------
 
 
-def _inbound_port(services: Sequence[MeshService], config: MeshConfig, w: Workload) -> tuple[int, MeshService | None, ServicePortInfo | None]:
+def _inbound_port(
+    services: Sequence[MeshService], config: MeshConfig, w: Workload
+) -> tuple[int, MeshService | None, ServicePortInfo | None]:
     """The port of Istio's ``inbound|<port>||`` name: the target port of the first service
     port that selects the workload (the app's port if none)."""
     for svc_obj in config.services:
@@ -270,7 +286,9 @@ def _inbound_port(services: Sequence[MeshService], config: MeshConfig, w: Worklo
             continue
         if not labels_match(svc_obj.selector, w.labels):
             continue
-        svc = next((s for s in services if s.hostname == fqdn(svc_obj.meta.name, w.namespace)), None)
+        svc = next(
+            (s for s in services if s.hostname == fqdn(svc_obj.meta.name, w.namespace)), None
+        )
         if svc is None or not svc.ports:
             continue
         p = svc.ports[0]
@@ -284,11 +302,17 @@ def sidecar_config(
 ) -> ProxyConfig:
     """The resources of ``workload``'s sidecar, as Envoy JSON."""
     services = build_services(config, workloads)
-    ctx = RouteContext(config, {s.hostname: s for s in services}, workload.namespace, workload.labels)
+    ctx = RouteContext(
+        config, {s.hostname: s for s in services}, workload.namespace, workload.labels
+    )
     clusters, endpoints = outbound_clusters(config, services, workload.namespace)
     port, svc, svc_port = _inbound_port(services, config, workload)
     inbound_name = cluster_name("inbound", port, None, "")
-    clusters = [*clusters, inbound_cluster(port, workload.address, workload.app_port), static_blackhole()]
+    clusters = [
+        *clusters,
+        inbound_cluster(port, workload.address, workload.app_port),
+        static_blackhole(),
+    ]
 
     listeners: list[JSON] = []
     routes: list[JSON] = []
@@ -349,7 +373,9 @@ def sidecar_config(
                     forward_client_cert_details="APPEND_FORWARD",
                 )
             ]
-        listeners.append(_listener(in_name, workload.address, workload.inbound_port, filters, "INBOUND"))
+        listeners.append(
+            _listener(in_name, workload.address, workload.inbound_port, filters, "INBOUND")
+        )
     by_host = {s.hostname: s for s in services}
     for key, local_port in sorted(workload.tcp_outbound.items()):
         host, _, port_text = key.rpartition(":")
@@ -438,7 +464,10 @@ def gateway_config(
         vhosts: list[JSON] = []
         for g, s in servers_by_port[port]:
             ctx = RouteContext(
-                config, by_host, gateway.namespace, gateway.labels,
+                config,
+                by_host,
+                gateway.namespace,
+                gateway.labels,
                 f"{g.meta.namespace}/{g.meta.name}",
             )
             vhosts += _gateway_vhosts(ctx, [s], port)
@@ -449,7 +478,11 @@ def gateway_config(
                     "name": f"blackhole:{port}",
                     "domains": ["*"],
                     "routes": [
-                        {"name": "default", "match": {"prefix": "/"}, "direct_response": {"status": 404}}
+                        {
+                            "name": "default",
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 404},
+                        }
                     ],
                 }
             ]
@@ -462,7 +495,13 @@ def gateway_config(
                 name,
                 gateway.address,
                 local,
-                [_hcm(f"outbound_{gateway.address}_{port}", rds=route_name, use_remote_address=True)],
+                [
+                    _hcm(
+                        f"outbound_{gateway.address}_{port}",
+                        rds=route_name,
+                        use_remote_address=True,
+                    )
+                ],
                 "OUTBOUND",
             )
         )

@@ -27,7 +27,8 @@ __all__ = [
 _PREVIOUS_HOSTS: JSON = {
     "name": "envoy.retry_host_predicates.previous_hosts",
     "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+        "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+        "PreviousHostsPredicate"
     },
 }
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
@@ -47,14 +48,12 @@ _REDIRECT_CODES = {
     307: "TEMPORARY_REDIRECT",
     308: "PERMANENT_REDIRECT",
 }
-_GRPC_CODES = {
-    name: i
-    for i, name in enumerate(
-        "OK CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND ALREADY_EXISTS "
-        "PERMISSION_DENIED RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE "
-        "UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED".split()
-    )
-}
+_GRPC_NAMES = (
+    "OK CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND ALREADY_EXISTS "
+    "PERMISSION_DENIED RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE "
+    "UNIMPLEMENTED INTERNAL UNAVAILABLE DATA_LOSS UNAUTHENTICATED"
+)
+_GRPC_CODES = {name: i for i, name in enumerate(_GRPC_NAMES.split())}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +85,7 @@ def sidecar_domains(svc: MeshService, port: int, proxy_namespace: str) -> list[s
     return out
 
 
-def select_virtual_service(
-    ctx: RouteContext, host: str
-) -> m.VirtualService | None:
+def select_virtual_service(ctx: RouteContext, host: str) -> m.VirtualService | None:
     """The VirtualService bound to ``ctx.gateway`` for ``host``: an exact host before the
     longest wildcard, then the first by namespace/name."""
     best: tuple[tuple[int, int, str, str], m.VirtualService] | None = None
@@ -219,9 +216,7 @@ def _destination_cluster(
     number = dest.port
     if number is None:
         svc = ctx.services.get(host)
-        if svc is not None and len(svc.ports) == 1:
-            number = svc.ports[0].number
-        elif svc is not None and not port and svc.ports:
+        if svc is not None and (len(svc.ports) == 1 or (not port and svc.ports)):
             number = svc.ports[0].number
         else:
             number = port
@@ -344,13 +339,13 @@ def _route_action(
     dests = [d for d in route.route if d.weight is None or d.weight > 0 or len(route.route) == 1]
     if len(dests) == 1:
         d = dests[0]
-        name, host = _destination_cluster(ctx, d.destination, vs_ns, port)
+        name, _ = _destination_cluster(ctx, d.destination, vs_ns, port)
         action["cluster"] = name
         extra.update(_headers(d.headers))
     else:
         clusters = []
         for d in dests:
-            name, host = _destination_cluster(ctx, d.destination, vs_ns, port)
+            name, _ = _destination_cluster(ctx, d.destination, vs_ns, port)
             wc: JSON = {"name": name, "weight": d.weight or 0}
             wc.update(_headers(d.headers))
             clusters.append(wc)
@@ -454,9 +449,11 @@ def translate_http_routes(
     return out
 
 
-def default_route(cluster: str, operation_host: str) -> JSON:
+def default_route(ctx: RouteContext, host: str, port: int) -> JSON:
     """Istio's route when no VirtualService applies: everything to the service's cluster."""
-    return {
+    cluster = cluster_name("outbound", port, None, host)
+    operation_host = f"{host}:{port}"
+    route: JSON = {
         "name": "default",
         "match": {"prefix": "/"},
         "route": {
@@ -467,3 +464,7 @@ def default_route(cluster: str, operation_host: str) -> JSON:
         },
         "decorator": {"operation": f"{operation_host}/*"},
     }
+    hash_policy = _hash_policy(ctx, host)
+    if hash_policy:
+        route["route"]["hash_policy"] = hash_policy
+    return route

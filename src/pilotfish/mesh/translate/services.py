@@ -37,7 +37,9 @@ _PROTOCOLS = {
 HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-Web"})
 
 
-def protocol_of(name: str | None, app_protocol: str | None = None, declared: str | None = None) -> str:
+def protocol_of(
+    name: str | None, app_protocol: str | None = None, declared: str | None = None
+) -> str:
     """Istio's protocol of a port: ``appProtocol``, a ServiceEntry/Gateway port's ``protocol``,
     else the name (``http``, ``tcp-db``, ...); unknown → ``HTTP`` (Istio would sniff; a sidecar
     used as an HTTP proxy only sees HTTP)."""
@@ -135,6 +137,11 @@ class MeshService:
         return next((p for p in self.ports if p.number == number), None)
 
 
+def _target(p: ServicePortInfo) -> int:
+    """A ServiceEntry port's targetPort (a number there), else the port itself."""
+    return p.target_port if isinstance(p.target_port, int) else p.number
+
+
 def _workload_meta(name: str, namespace: str, labels: Mapping[str, str]) -> str:
     app = labels.get("app", "")
     return f"{name};{namespace};{app};{labels.get('version', '')};Kubernetes"
@@ -202,7 +209,9 @@ def _service_entry_services(
 ) -> list[MeshService]:
     ns = se.meta.namespace
     ports = tuple(
-        ServicePortInfo(p.number, p.name or str(p.number), protocol_of(p.name, None, p.protocol), p.target_port)
+        ServicePortInfo(
+            p.number, p.name or str(p.number), protocol_of(p.name, None, p.protocol), p.target_port
+        )
         for p in se.ports
     )
     endpoints: list[Endpoint] = []
@@ -224,9 +233,7 @@ def _service_entry_services(
     for spec, name in sources:
         if not spec.address:
             continue
-        mapped = {
-            p.number: spec.ports.get(p.name, p.target_port or p.number) for p in ports
-        }
+        mapped = {p.number: spec.ports.get(p.name, _target(p)) for p in ports}
         endpoints.append(
             Endpoint(
                 spec.address,
@@ -247,7 +254,7 @@ def _service_entry_services(
             res = "NONE"
         eps = tuple(endpoints)
         if res.startswith("DNS") and not eps and not host.startswith("*"):
-            eps = (Endpoint(host, {p.number: p.target_port or p.number for p in ports}),)
+            eps = (Endpoint(host, {p.number: _target(p) for p in ports}),)
         out.append(
             MeshService(
                 host,

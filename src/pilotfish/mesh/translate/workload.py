@@ -50,7 +50,8 @@ class Workload:
 
     def node_id(self) -> str:
         """Istio's sidecar node id: ``sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local``."""
-        return f"sidecar~{self.address}~{self.name}.{self.namespace}~{self.namespace}.svc.cluster.local"
+        ns = self.namespace
+        return f"sidecar~{self.address}~{self.name}.{ns}~{ns}.svc.cluster.local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,8 @@ class GatewayProxy:
     admin_port: int = 0
 
     def node_id(self) -> str:
-        return f"router~{self.address}~{self.name}.{self.namespace}~{self.namespace}.svc.cluster.local"
+        ns = self.namespace
+        return f"router~{self.address}~{self.name}.{ns}~{ns}.svc.cluster.local"
 
 
 def labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
