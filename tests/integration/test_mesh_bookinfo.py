@@ -148,6 +148,46 @@ def test_weighted_80_20_and_jason_v2_else_v3(mesh: Mesh) -> None:
     assert mesh.versions(15) == {"v3": 15}
 
 
+def test_fault_abort_on_details_page_still_renders(mesh: Mesh) -> None:
+    """fault-injection-details-v1.yaml: details answers 555 to everyone; productpage shows
+    its error text for the details and the rest of the page."""
+    mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
+    mesh.apply("fault-injection-details-v1.yaml")
+    status, page, _ = mesh.page()
+    assert status == 200
+    assert "Error fetching product details" in page, page[:2000]
+    assert reviews_version_in_page(page) == "v1"
+    mesh.apply("virtual-service-all-v1.yaml")  # details routed normally again
+    status, page, _ = mesh.page()
+    assert "Error fetching product details" not in page
+
+
+def test_fault_delay_for_jason_hits_productpages_timeout(mesh: Mesh) -> None:
+    """virtual-service-ratings-test-delay.yaml (Istio's "find the bug" task): a 7 s delay to
+    ratings for jason; reviews v2 waits 10 s, but productpage gives up on reviews after 3 s and
+    one retry, so jason sees the reviews error after about 6 s; others are not delayed."""
+    mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
+    mesh.apply("virtual-service-reviews-test-v2.yaml", "virtual-service-ratings-test-delay.yaml")
+    status, page, elapsed = mesh.page()
+    assert status == 200 and elapsed < 3 and reviews_version_in_page(page) == "v1"
+    status, page, elapsed = mesh.page(user="jason")
+    assert status == 200
+    assert "Sorry, product reviews are currently unavailable" in page, page[:2000]
+    assert 5.5 < elapsed < 9, elapsed
+    mesh.apply("virtual-service-all-v1.yaml")
+
+
+def test_fault_abort_for_jason_on_ratings(mesh: Mesh) -> None:
+    mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
+    mesh.apply("virtual-service-reviews-test-v2.yaml", "virtual-service-ratings-test-abort.yaml")
+    _, page, _ = mesh.page(user="jason")
+    assert reviews_version_in_page(page) == "v2"
+    assert "Ratings service is currently unavailable" in page
+    _, page, _ = mesh.page()
+    assert "Ratings service is currently unavailable" not in page
+    mesh.apply("virtual-service-all-v1.yaml")
+
+
 def test_bad_config_is_rejected_and_changes_nothing(mesh: Mesh, tmp_path: Path) -> None:
     mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
     bad = tmp_path / "bad.yaml"
