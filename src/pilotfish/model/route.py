@@ -217,3 +217,5 @@ class RouteConfiguration:
     validate_clusters: bool = False
     ignore_port_in_host_matching: bool = False
     max_direct_response_body_size_bytes: int = 4096
+    # filter name -> per-route config as parsed by the filter (ExtensionFactory.parse_per_route)
+    typed_per_filter_config: dict[str, Any] = field(default_factory=dict)
