@@ -9,7 +9,8 @@ main request never waits for a shadow and never fails because of one.
 The body is mirrored when the request completes and the body fitted in the connection's buffer
 limit (it is kept in memory until then); a larger body abandons the shadow
 (``cluster.<main>.retry_or_shadow_abandoned``), where Envoy streams it. Trailers are not
-mirrored.
+mirrored. ``host_rewrite_literal`` and ``disable_shadow_host_suffix_append`` apply; header
+mutations of the mirror policy are refused at translation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pilotfish.codec.http1 import encode_request_head
 from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
+from pilotfish.model.route import MirrorPolicy
 
 if TYPE_CHECKING:
     from pilotfish.upstream.conn_pool import UpstreamConnection
@@ -36,10 +38,14 @@ class Shadows:
     """The shadows of one request, waiting for its body (if any)."""
 
     def __init__(
-        self, router: Any, clusters: list[Any], headers: RequestHeaders, limit: int
+        self,
+        router: Any,
+        targets: list[tuple[MirrorPolicy, Any]],
+        headers: RequestHeaders,
+        limit: int,
     ) -> None:
         self.router = router
-        self.clusters = clusters
+        self.targets = targets
         self.headers = headers
         self.body: list[bytes] = []
         self.size = 0
@@ -61,23 +67,26 @@ class Shadows:
             self.send()
 
     def send(self) -> None:
-        headers = self.headers
         body = b"".join(self.body)
         self.body = []
+        src = self.headers
         has_body = bool(body) or self.router.stream.has_body
+        items = list(src.items)
         if has_body:
-            headers.items = [
-                (n, v)
-                for n, v in headers.items
-                if n != b"content-length" and n != b"transfer-encoding"
+            items = [
+                (n, v) for n, v in items if n != b"content-length" and n != b"transfer-encoding"
             ]
-            headers.items.append((b"content-length", b"%d" % len(body)))
-        head, _ = encode_request_head(headers, not has_body)
+            items.append((b"content-length", b"%d" % len(body)))
         timeout = self.router.timeout
-        for cluster in self.clusters:
+        for policy, cluster in self.targets:
             host = cluster.choose_host()
             if host is None:
                 continue
+            authority = policy.host_rewrite_literal or src.authority
+            if policy.append_shadow_suffix:
+                authority = shadow_host(authority)
+            headers = RequestHeaders(src.method, src.path, authority, items, src.scheme)
+            head, _ = encode_request_head(headers, not has_body)
             pool = host.pool
             if pool is None:
                 from pilotfish.upstream.conn_pool import Http1ConnPool
@@ -91,20 +100,18 @@ def start_shadows(router: Any, end_stream: bool) -> Shadows | None:
     when the body is still to come (the router feeds it to ``data``), else None."""
     stream = router.stream
     cm = router.settings.cluster_manager
-    clusters = []
-    for name, fraction in router.action.request_mirror_policies:
-        if fraction < 1.0 and random.random() >= fraction:
+    targets = []
+    for policy in router.action.request_mirror_policies:
+        if policy.fraction < 1.0 and random.random() >= policy.fraction:
             continue
-        cluster = cm.clusters.get(name)
+        cluster = cm.clusters.get(policy.cluster)
         if cluster is not None:
-            clusters.append(cluster)
-    if not clusters:
+            targets.append((policy, cluster))
+    if not targets:
         return None
     src = stream.request_headers
-    headers = RequestHeaders(
-        src.method, src.path, shadow_host(src.authority), list(src.items), src.scheme
-    )
-    shadows = Shadows(router, clusters, headers, stream.conn.info.buffer_limit)
+    headers = RequestHeaders(src.method, src.path, src.authority, list(src.items), src.scheme)
+    shadows = Shadows(router, targets, headers, stream.conn.info.buffer_limit)
     if end_stream:
         shadows.send()
         return None

@@ -16,6 +16,7 @@ from pilotfish.model.route import (
     HashPolicy,
     HeaderMatcher,
     HeaderMatchKind,
+    MirrorPolicy,
     NonForwardingAction,
     PathMatchKind,
     QueryParameterMatcher,
@@ -483,7 +484,19 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
         fraction = 1.0
         if mp.HasField("runtime_fraction"):
             fraction = c.runtime_fraction(mp.runtime_fraction).default.ratio
-        mirrors.append((mp.cluster, fraction))
+        if len(mp.request_headers_mutations):
+            raise ConfigError(
+                f"{path}.request_mirror_policies[{i}].request_headers_mutations",
+                "header mutations of mirrored requests are not supported",
+            )
+        mirrors.append(
+            MirrorPolicy(
+                mp.cluster,
+                fraction,
+                not mp.disable_shadow_host_suffix_append,
+                mp.host_rewrite_literal.encode(),
+            )
+        )
     kw["request_mirror_policies"] = tuple(mirrors)
     if msg.HasField("metadata_match"):
         kw["metadata_match"] = {
