@@ -30,8 +30,10 @@ from tests.support.istio_dumps import (
 )
 
 from pilotfish.errors import ConfigError
+from pilotfish.extensions.filters.http.cors import CorsPolicy
+from pilotfish.extensions.filters.http.fault import FaultSettings
 from pilotfish.model.cluster import Cluster, ClusterLoadAssignment, DiscoveryType
-from pilotfish.model.common import SocketAddress
+from pilotfish.model.common import FractionalPercent, SocketAddress
 from pilotfish.model.http import HttpConnectionManagerConfig
 from pilotfish.model.listener import Listener
 from pilotfish.model.route import RouteAction, RouteConfiguration
@@ -96,8 +98,14 @@ def test_sidecar_outbound_http_listener() -> None:
     assert hcm.route_config is None
     assert hcm.stream_idle_timeout == 0.0 and hcm.normalize_path
     # Metadata exchange (null-VM Wasm), istio.stats and grpc_stats are telemetry, skipped with
-    # a warning; the empty fault and CORS filters are no-ops, left out silently.
-    assert [f.name for f in hcm.http_filters] == ["istio.alpn", "envoy.filters.http.router"]
+    # a warning; the empty fault and CORS filters are kept (they act on routes with a per-route
+    # config; the connection manager runs them only there).
+    assert [f.name for f in hcm.http_filters] == [
+        "istio.alpn",
+        "envoy.filters.http.fault",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.router",
+    ]
     assert "istio.metadata_exchange" in ctx.skipped and "istio.stats" in ctx.skipped
     assert not any("http.fault" in w or "http.cors" in w for w in ctx.warnings)
     assert lis.default_filter_chain is not None
@@ -188,38 +196,94 @@ def test_rds_route_config_is_not_validated_against_clusters() -> None:
         translate({**rc, "validate_clusters": True}, TranslateContext(static_clusters={"agent"}))
 
 
-def test_per_route_fault_and_cors_are_refused() -> None:
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+CORS_POLICY_TYPE = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+
+
+def test_per_route_fault_and_cors_are_parsed() -> None:
+    """A VirtualService's fault and corsPolicy, as istiod renders them per route / vhost."""
     rc = find(COMPARE, "route config", "inbound-vip|9080|http|reviews-v3.default.svc.cluster.local")
     fault = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "@type": FAULT_TYPE,
         "abort": {"http_status": 555, "percentage": {"numerator": 100}},
+        "delay": {
+            "fixed_delay": "7s",
+            "percentage": {"numerator": 5000, "denominator": "TEN_THOUSAND"},
+        },
     }
+    cors = {
+        "@type": CORS_POLICY_TYPE,
+        "allow_origin_string_match": [{"exact": "https://a.test"}],
+        "allow_methods": "GET",
+    }
+    good = copy.deepcopy(rc)
+    good["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"] = {
+        "envoy.filters.http.fault": fault
+    }
+    good["virtual_hosts"][0]["typed_per_filter_config"] = {"envoy.filters.http.cors": cors}
+    out = translate(good)
+    assert isinstance(out, RouteConfiguration)
+    settings = out.virtual_hosts[0].routes[0].typed_per_filter_config["envoy.filters.http.fault"]
+    assert isinstance(settings, FaultSettings)
+    assert settings.abort is not None and settings.abort.http_status == 555
+    assert settings.delay is not None and settings.delay.fixed_delay == 7.0
+    assert settings.delay.percentage == FractionalPercent(5000, 10_000)
+    policy = out.virtual_hosts[0].typed_per_filter_config["envoy.filters.http.cors"]
+    assert isinstance(policy, CorsPolicy) and policy.allow_methods == b"GET"
+
+
+@pytest.mark.parametrize(
+    ("abort", "where", "reason"),
+    [
+        ({"http_status": 600}, "abort.http_status", "range [200, 600)"),
+        ({"http_status": 199}, "abort.http_status", "range [200, 600)"),
+        ({"percentage": {"numerator": 1}}, "abort", "error_type is required"),
+    ],
+)
+def test_per_route_fault_is_validated(abort: dict[str, Any], where: str, reason: str) -> None:
+    rc = find(COMPARE, "route config", "inbound-vip|9080|http|reviews-v3.default.svc.cluster.local")
     bad = copy.deepcopy(rc)
     bad["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"] = {
-        "envoy.filters.http.fault": fault
+        "envoy.filters.http.fault": {"@type": FAULT_TYPE, "abort": abort}
     }
     with pytest.raises(ConfigError) as e:
         translate(bad)
-    assert e.value.path.startswith("route config 'inbound-vip|9080|http|reviews-v3")
     assert e.value.path.endswith(
-        "virtual_hosts[0].routes[0].typed_per_filter_config[envoy.filters.http.fault]"
+        f"virtual_hosts[0].routes[0].typed_per_filter_config[envoy.filters.http.fault].{where}"
     )
-    assert "fault injection is not implemented" in e.value.reason
-    cors = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
-        "allow_methods": "GET",
+    assert reason in e.value.reason
+
+
+def test_legacy_cors_field_and_response_rate_limit_are_refused() -> None:
+    rc = find(COMPARE, "route config", "inbound-vip|9080|http|reviews-v3.default.svc.cluster.local")
+    bad = copy.deepcopy(rc)
+    bad["virtual_hosts"][0]["cors"] = {"allow_methods": "GET"}
+    with pytest.raises(ConfigError, match="deprecated cors field"):
+        translate(bad)
+    bad = copy.deepcopy(rc)
+    bad["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"] = {
+        "envoy.filters.http.fault": {
+            "@type": FAULT_TYPE,
+            "response_rate_limit": {"fixed_limit": {"limit_kbps": 1}},
+        }
     }
-    bad["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"] = {}
-    bad["virtual_hosts"][0]["typed_per_filter_config"] = {"envoy.filters.http.cors": cors}
-    with pytest.raises(ConfigError, match="CORS policies are not implemented"):
+    with pytest.raises(ConfigError, match="response rate limit"):
         translate(bad)
 
 
-def test_listener_fault_filter_with_a_fault_is_refused() -> None:
+def test_listener_fault_filter_with_a_fault() -> None:
     lis = copy.deepcopy(find(AUTHZ, "listener", "0.0.0.0_9080"))
     hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
     i = [f["name"] for f in hcm["http_filters"]].index("envoy.filters.http.fault")
-    hcm["http_filters"][i]["typed_config"]["delay"] = {"fixed_delay": "7s"}
+    hcm["http_filters"][i]["typed_config"]["delay"] = {
+        "fixed_delay": "7s",
+        "percentage": {"numerator": 10},
+    }
+    out = translate(lis)
+    filters = out.filter_chains[0].filters[0].config.http_filters
+    (ext,) = [f for f in filters if f.name == "envoy.filters.http.fault"]
+    assert ext.config.delay.fixed_delay == 7.0
+    hcm["http_filters"][i]["typed_config"]["delay"] = {"percentage": {"numerator": 10}}
     with pytest.raises(ConfigError) as e:
         translate(lis)
     assert e.value.path.endswith(f"http_filters[{i}].typed_config.delay")

@@ -54,9 +54,17 @@ class ExtensionFactory:
     # Accepted and skipped: the extension only observes traffic (stats, tracing, logs sent
     # to a collector) so leaving it out changes no request's outcome.
     telemetry_only: ClassVar[bool] = False
+    # HTTP filters with a per-route config (``typed_per_filter_config`` of a route, virtual
+    # host or route table): its message full names, parsed by ``parse_per_route``.
+    per_route_type_names: ClassVar[tuple[str, ...]] = ()
 
     def parse(self, msg: Message, ctx: Any, path: str) -> Any:
         """Validate ``msg`` and return the config the runtime needs. Raise ConfigError."""
+        return msg
+
+    def parse_per_route(self, msg: Message, ctx: Any, path: str) -> Any:
+        """Validate a per-route config (one of ``per_route_type_names``) once, at translation
+        time; the result is what the filter gets from ``stream.per_filter_config(name)``."""
         return msg
 
 
@@ -92,10 +100,13 @@ class Registry:
     def __init__(self) -> None:
         self._by_type: dict[tuple[Category, str], ExtensionFactory] = {}
         self._by_name: dict[tuple[Category, str], ExtensionFactory] = {}
+        self._per_route: dict[str, ExtensionFactory] = {}
 
     def register(self, factory: ExtensionFactory) -> None:
         for t in factory.type_names:
             self._by_type[(factory.category, t)] = factory
+        for t in factory.per_route_type_names:
+            self._per_route[t] = factory
         self._by_name[(factory.category, factory.name)] = factory
 
     def register_all(self, factories: Iterable[ExtensionFactory]) -> None:
@@ -104,6 +115,10 @@ class Registry:
 
     def by_type(self, category: Category, type_name: str) -> ExtensionFactory | None:
         return self._by_type.get((category, type_name))
+
+    def per_route(self, type_name: str) -> ExtensionFactory | None:
+        """The HTTP filter whose per-route config is of type ``type_name``."""
+        return self._per_route.get(type_name)
 
     def by_name(self, category: Category, name: str) -> ExtensionFactory | None:
         return self._by_name.get((category, name))

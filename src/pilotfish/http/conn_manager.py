@@ -175,17 +175,33 @@ class HttpConnectionManager:
             if listener_stat_prefix
             else None
         )
-        self.stats = HcmStats(ctx.stats.scope(f"http.{config.stat_prefix}."), listener_scope)
-        # Filter factories, without the router (the connection manager's terminal step).
+        hcm_scope = ctx.stats.scope(f"http.{config.stat_prefix}.")
+        self.stats = HcmStats(hcm_scope, listener_scope)
+        # Filter factories, without the router (the connection manager's terminal step): the
+        # filters every request gets, and (when some filter runs only where a route has a
+        # per-filter config for it) the whole chain in order, with that flag.
         self.filter_factories: list[tuple[str, Callable[[], hf.HttpFilter]]] = []
+        self.all_filters: list[tuple[str, Callable[[], hf.HttpFilter], bool]] = []
+        self.route_only_filters = False
         router_config = None
         for ext in config.http_filters:
             if ext.factory is not None and ext.factory.name == "envoy.filters.http.router":
                 router_config = ext.config
                 continue
+            build_filter = getattr(ext.factory, "build_filter", None)
+            if build_filter is not None:
+                make, route_only = build_filter(ext.config, ctx, ext.name, hcm_scope)
+                self.all_filters.append((ext.name, make, route_only))
+                if route_only:
+                    self.route_only_filters = True
+                else:
+                    self.filter_factories.append((ext.name, make))
+                continue
             build = getattr(ext.factory, "build", None)
             if build is not None:
-                self.filter_factories.append((ext.name, build(ext.config, ctx)))
+                make = build(ext.config, ctx)
+                self.filter_factories.append((ext.name, make))
+                self.all_filters.append((ext.name, make, False))
         self.router = RouterSettings(router_config, ctx)
         self.access_loggers = [
             ext.factory.build(ext.config, ctx.access_logs)
@@ -201,6 +217,17 @@ class HttpConnectionManager:
         # A new stream's earliest timeout (stream idle or whole-request), 0 if none.
         stream_timeouts = [t for t in (config.stream_idle_timeout, config.request_timeout) if t]
         self.first_stream_timeout = min(stream_timeouts) if stream_timeouts else 0.0
+
+    def filters_for(
+        self, per_filter_config: dict[str, Any]
+    ) -> list[tuple[str, Callable[[], hf.HttpFilter]]]:
+        """The chain for a route with per-filter configs: the filters every request gets, plus
+        the route-only ones this route configures, in config order."""
+        return [
+            (name, make)
+            for name, make, route_only in self.all_filters
+            if not route_only or name in per_filter_config
+        ]
 
     def is_internal(self, address: str) -> bool:
         if not self._internal_nets:
@@ -694,6 +721,10 @@ class ActiveStream(StreamInfo):
             self.send_local_reply(403, b"", "upgrade_failed", 0)
             return
         factories = hcm.filter_factories
+        if hcm.route_only_filters:
+            cr = self.route
+            if cr is not None and cr.per_filter_config:
+                factories = hcm.filters_for(cr.per_filter_config)
         if factories:
             filters = []
             for _, make in factories:
@@ -840,6 +871,24 @@ class ActiveStream(StreamInfo):
         self.route = route
         if route is not None:
             self.route_name = route.name
+
+    def per_filter_config(self, name: str) -> Any:
+        """The per-route config of filter ``name`` for this request's route: the route's
+        ``typed_per_filter_config``, else its virtual host's, else its route table's (most
+        specific wins, resolved when the table was compiled), as the filter parsed it; None
+        without a route or a config."""
+        route = self.route
+        if route is None:
+            return None
+        return route.per_filter_config.get(name)
+
+    def per_filter_configs(self, name: str) -> tuple[Any, ...]:
+        """Every level's per-route config of filter ``name``, most specific first (route,
+        virtual host, route table), for filters that merge them field by field."""
+        route = self.route
+        if route is None:
+            return ()
+        return route.per_filter_levels.get(name, ())
 
     def clear_route_cache(self) -> None:
         """A filter changed what routing depends on (Envoy's clearRouteCache)."""

@@ -8,6 +8,18 @@ connection manager then buffers what follows until the filter calls
 bytes: the message goes on with those instead (a filter that transforms bodies). A filter may
 answer itself with ``stream.send_local_reply(...)``. The router is not one of these filters: it is
 the connection manager's terminal step.
+
+Per-route config: a factory that lists ``per_route_type_names`` parses those configs once, at
+translation (``parse_per_route``), and the model keeps the result on the route, virtual host and
+route table (``typed_per_filter_config``: filter name -> parsed config). Route tables are
+compiled with the most specific level resolved, so a filter asks for it at no cost beyond a dict
+lookup: ``stream.per_filter_config(name)`` (the most specific, or None) or
+``stream.per_filter_configs(name)`` (every level, most specific first). Such a factory builds its
+filters with ``build_filter(config, ctx, name, scope) -> (make, route_only)``: ``name`` is the
+filter's name in the chain (the key of ``typed_per_filter_config``), ``scope`` the connection
+manager's ``http.<stat_prefix>.`` stats scope, and ``route_only`` says the filter-level config does
+nothing, so that the connection manager creates the filter only for requests whose route has a
+per-route config for it (requests on other routes do not pay for it).
 """
 
 from __future__ import annotations

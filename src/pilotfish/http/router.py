@@ -364,6 +364,7 @@ class Router:
     cancelled = False
     downstream_complete_at = 0.0
     tunnel: Any = None
+    shadows: Any = None  # mirrored copies waiting for the request body (pilotfish.http.shadow)
 
     def __init__(
         self,
@@ -430,6 +431,10 @@ class Router:
             self.request_ended = True
             self._start_global_timer()
         self._attempt()
+        if self.action.request_mirror_policies and not stream.done:
+            from pilotfish.http.shadow import start_shadows
+
+            self.shadows = start_shadows(self, end_stream)
 
     def _read_control_headers(self, headers: RequestHeaders) -> None:
         """x-envoy-* control headers, honoured on internal requests only (as in Envoy)."""
@@ -522,6 +527,9 @@ class Router:
         if end_stream:
             self.request_ended = True
             self._start_global_timer()
+        shadows = self.shadows
+        if shadows is not None:
+            shadows.data(data, end_stream)
         up = self.upstream
         if up is not None and up.conn is not None:
             up.send_data(data, end_stream)
@@ -544,6 +552,9 @@ class Router:
         self.trailers = trailers
         self.request_ended = True
         self._start_global_timer()
+        shadows = self.shadows
+        if shadows is not None:
+            shadows.data(b"", True)
         up = self.upstream
         if up is not None and up.conn is not None:
             up.send_trailers(trailers)

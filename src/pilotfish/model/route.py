@@ -115,6 +115,16 @@ class HashPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """RouteAction.RequestMirrorPolicy (pilotfish.http.shadow)."""
+
+    cluster: str
+    fraction: float = 1.0  # runtime_fraction's default value
+    append_shadow_suffix: bool = True  # not disable_shadow_host_suffix_append
+    host_rewrite_literal: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class RouteAction:
     cluster: str = ""
     cluster_header: bytes = b""
@@ -136,7 +146,7 @@ class RouteAction:
     upgrade_configs: tuple[tuple[str, bool], ...] = ()  # (upgrade_type, enabled)
     include_vh_rate_limits: bool = False
     metadata_match: dict[str, Any] | None = None
-    request_mirror_policies: tuple[tuple[str, float], ...] = ()  # cluster, fraction
+    request_mirror_policies: tuple[MirrorPolicy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,3 +227,5 @@ class RouteConfiguration:
     validate_clusters: bool = False
     ignore_port_in_host_matching: bool = False
     max_direct_response_body_size_bytes: int = 4096
+    # filter name -> per-route config as parsed by the filter (ExtensionFactory.parse_per_route)
+    typed_per_filter_config: dict[str, Any] = field(default_factory=dict)

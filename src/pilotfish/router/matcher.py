@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 from pilotfish.http.headers import RequestHeaders
 from pilotfish.model.route import (
@@ -173,6 +174,8 @@ class CompiledRoute:
         "name",
         "needs_random",
         "path_rewrite",
+        "per_filter_config",
+        "per_filter_levels",
         "request_mutations",
         "response_mutations",
         "retry_policy",
@@ -226,6 +229,21 @@ class CompiledRoute:
             vhost.response_headers if vhost else None,
             config.response_headers if config else None,
         ]
+        # Per-filter configs: the most specific level that has one for a filter wins (Envoy's
+        # mostSpecificPerFilterConfig); resolved here, once per table, not per request.
+        # Every level's config is kept too, most specific first, for filters that merge them
+        # field by field (CORS).
+        levels: dict[str, tuple[Any, ...]] = {}
+        for level in (
+            config.typed_per_filter_config if config is not None else None,
+            vhost.typed_per_filter_config if vhost is not None else None,
+            route.typed_per_filter_config,
+        ):
+            if level:
+                for name, value in level.items():
+                    levels[name] = (value, *levels.get(name, ()))
+        self.per_filter_levels = levels
+        self.per_filter_config = {name: values[0] for name, values in levels.items()}
         self.most_specific_wins = bool(config and config.most_specific_header_mutations_wins)
         if self.most_specific_wins:
             req.reverse()

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from pilotfish.errors import ConfigError
-from pilotfish.extensions.filters.http import cors, fault
+from pilotfish.extensions.filters.http import cors
 from pilotfish.extensions.registry import Category
 from pilotfish.model.common import StringMatcher, StringMatchKind
 from pilotfish.model.route import (
@@ -16,6 +16,7 @@ from pilotfish.model.route import (
     HashPolicy,
     HeaderMatcher,
     HeaderMatchKind,
+    MirrorPolicy,
     NonForwardingAction,
     PathMatchKind,
     QueryParameterMatcher,
@@ -60,34 +61,36 @@ def _validate_clusters(msg: Any, known: set[str], pre: str) -> None:
                     raise ConfigError(where, f"route: unknown cluster '{name}'")
 
 
-# Per-route configs of filters pilotfish refuses (their empty filter form is accepted as a
-# no-op: see pilotfish.extensions.filters.http.fault and .cors).
-_PER_ROUTE_REFUSED = {
-    "envoy.extensions.filters.http.fault.v3.HTTPFault": fault.NOT_IMPLEMENTED,
-    "envoy.extensions.filters.http.cors.v3.CorsPolicy": cors.NOT_IMPLEMENTED,
-}
 _FILTER_CONFIG = "envoy.config.route.v3.FilterConfig"
 
 
 def per_filter_config(configs: Any, ctx: TranslateContext, path: str) -> dict[str, Any]:
-    """``typed_per_filter_config``. pilotfish's HTTP filters take no per-route config yet, so
-    a per-route config would be silently ignored: it is refused, unless it belongs to a
-    telemetry-only filter (not run anyway) or is marked optional (``FilterConfig.is_optional``,
-    which Envoy also skips when it does not know the type)."""
+    """``typed_per_filter_config``: filter name -> the config parsed by the filter that takes
+    that type (``ExtensionFactory.parse_per_route``). A config no pilotfish filter takes would
+    be silently ignored: it is refused, unless it belongs to a telemetry-only filter (not run
+    anyway) or is marked optional (``FilterConfig.is_optional``, which Envoy also skips when it
+    does not know the type)."""
+    out: dict[str, Any] = {}
     for key, value in configs.items():
         kpath = (
             f"{path}.typed_per_filter_config[{key}]" if path else f"typed_per_filter_config[{key}]"
         )
         tname = protos.type_name(protos.opaque_type_url(value) or value.type_url)
         optional = False
+        any_msg = value
         if tname == _FILTER_CONFIG:
             wrapper = ctx.unpack(value, kpath)
             optional = bool(wrapper.is_optional)  # type: ignore[attr-defined]
-            inner = wrapper.config  # type: ignore[attr-defined]
-            tname = protos.type_name(protos.opaque_type_url(inner) or inner.type_url)
-        refused = _PER_ROUTE_REFUSED.get(tname)
-        if refused is not None:
-            raise ConfigError(kpath, refused)
+            if wrapper.disabled:  # type: ignore[attr-defined]
+                raise ConfigError(
+                    f"{kpath}.disabled", "disabling a filter per route is not supported"
+                )
+            any_msg = wrapper.config  # type: ignore[attr-defined]
+            tname = protos.type_name(protos.opaque_type_url(any_msg) or any_msg.type_url)
+        factory = ctx.registry.per_route(tname)
+        if factory is not None:
+            out[key] = factory.parse_per_route(ctx.unpack(any_msg, kpath), ctx, kpath)
+            continue
         factory = ctx.registry.by_type(Category.HTTP_FILTER, tname)
         if factory is not None and factory.telemetry_only:
             continue
@@ -97,7 +100,7 @@ def per_filter_config(configs: Any, ctx: TranslateContext, path: str) -> dict[st
         raise ConfigError(
             kpath, f"per-route config for filter '{key}' ({tname}) is not supported by pilotfish"
         )
-    return dict(configs)
+    return out
 
 
 def route_configuration(
@@ -106,7 +109,7 @@ def route_configuration(
     """``inline``: the table is part of a listener (not from RDS), so its clusters are
     validated by default, as Envoy does."""
     pre = f"{path}." if path else ""
-    per_filter_config(msg.typed_per_filter_config, ctx, path)
+    table_filter_configs = per_filter_config(msg.typed_per_filter_config, ctx, path)
     validate = c.bool_value(msg, "validate_clusters", inline)
     if validate and ctx.static_clusters is not None:
         _validate_clusters(msg, ctx.static_clusters, pre)
@@ -144,6 +147,7 @@ def route_configuration(
         most_specific_header_mutations_wins=msg.most_specific_header_mutations_wins,
         validate_clusters=validate,
         ignore_port_in_host_matching=msg.ignore_port_in_host_matching,
+        typed_per_filter_config=table_filter_configs,
         max_direct_response_body_size_bytes=c.uint32_value(
             msg, "max_direct_response_body_size_bytes", 4096
         ),
@@ -165,7 +169,7 @@ def virtual_host(msg: Any, ctx: TranslateContext, path: str) -> VirtualHost:
                 f"Only a single wildcard at the start or end of a domain is allowed: {d}",
             )
     if msg.HasField("cors"):
-        raise ConfigError(f"{path}.cors", cors.NOT_IMPLEMENTED)
+        raise ConfigError(f"{path}.cors", cors.LEGACY_NOT_IMPLEMENTED)
     routes = tuple(route(r, ctx, f"{path}.routes[{k}]") for k, r in enumerate(msg.routes))
     vclusters = []
     for k, vc in enumerate(msg.virtual_clusters):
@@ -415,7 +419,7 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
     else:
         raise ConfigError(f"{path}.{kind}", "cluster specifier plugins are not supported")
     if msg.HasField("cors"):
-        raise ConfigError(f"{path}.cors", cors.NOT_IMPLEMENTED)
+        raise ConfigError(f"{path}.cors", cors.LEGACY_NOT_IMPLEMENTED)
     if msg.prefix_rewrite and msg.HasField("regex_rewrite"):
         raise ConfigError(path, "Cannot specify both prefix_rewrite and regex_rewrite")
     if msg.prefix_rewrite:
@@ -480,13 +484,38 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
         fraction = 1.0
         if mp.HasField("runtime_fraction"):
             fraction = c.runtime_fraction(mp.runtime_fraction).default.ratio
-        mirrors.append((mp.cluster, fraction))
+        if len(mp.request_headers_mutations):
+            raise ConfigError(
+                f"{path}.request_mirror_policies[{i}].request_headers_mutations",
+                "header mutations of mirrored requests are not supported",
+            )
+        mirrors.append(
+            MirrorPolicy(
+                mp.cluster,
+                fraction,
+                not mp.disable_shadow_host_suffix_append,
+                mp.host_rewrite_literal.encode(),
+            )
+        )
     kw["request_mirror_policies"] = tuple(mirrors)
     if msg.HasField("metadata_match"):
         kw["metadata_match"] = {
             k: c.struct_to_dict(v) for k, v in msg.metadata_match.filter_metadata.items()
         }
     return RouteAction(**kw)
+
+
+def _weighted_cluster_filter_configs(cw: Any, ctx: TranslateContext, path: str) -> dict[str, Any]:
+    """A weighted cluster's ``typed_per_filter_config``: the cluster is picked by the router,
+    after the HTTP filters ran, so a filter could not see it; refused unless skippable."""
+    configs = per_filter_config(cw.typed_per_filter_config, ctx, path)
+    if configs:
+        key = next(iter(configs))
+        raise ConfigError(
+            f"{path}.typed_per_filter_config[{key}]",
+            "per-filter config on a weighted cluster is not supported by pilotfish",
+        )
+    return configs
 
 
 def weighted_clusters(msg: Any, ctx: TranslateContext, path: str) -> WeightedClusters:
@@ -517,7 +546,7 @@ def weighted_clusters(msg: Any, ctx: TranslateContext, path: str) -> WeightedClu
                     cw, "response_headers_to_add", "response_headers_to_remove", cpath
                 ),
                 host_rewrite_literal=cw.host_rewrite_literal,
-                typed_per_filter_config=per_filter_config(cw.typed_per_filter_config, ctx, cpath),
+                typed_per_filter_config=_weighted_cluster_filter_configs(cw, ctx, cpath),
             )
         )
     if not clusters:
