@@ -18,6 +18,7 @@ __all__ = [
     "NETWORKING",
     "SCENARIOS",
     "bookinfo_config",
+    "bookinfo_store",
     "bookinfo_workloads",
     "gateway",
     "workload",

@@ -469,3 +469,71 @@ def test_workload_node_id() -> None:
         "sidecar~127.0.0.1~productpage-v1-0.default~default.svc.cluster.local"
     )
     assert isinstance(bookinfo_config().services[0], m.Service)
+
+
+def test_sidecar_resource_limits_egress() -> None:
+    sc = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "productpage"},
+        "spec": {
+            "workloadSelector": {"labels": {"app": "productpage"}},
+            "egress": [{"hosts": ["./reviews.default.svc.cluster.local", "*/details"]}],
+        },
+    }
+    config = _config_with(sc)
+    cfg = sidecar_config(config, WORKLOADS, PRODUCTPAGE)
+    vhosts = [v["name"] for v in cfg.route(HTTP_PROXY_ROUTE)["virtual_hosts"]]
+    assert vhosts == [
+        "details.default.svc.cluster.local:9080",
+        f"{REVIEWS}:9080",
+        "block_all",
+    ]
+    assert {c["name"] for c in cfg.clusters} == {
+        "outbound|9080||details.default.svc.cluster.local",
+        f"outbound|9080||{REVIEWS}",
+        "inbound|9080||",
+        "BlackHoleCluster",
+    }
+    # Another workload is not selected: it sees every service.
+    other = sidecar_config(config, WORKLOADS, workload(WORKLOADS, "reviews-v1"))
+    assert len(other.route(HTTP_PROXY_ROUTE)["virtual_hosts"]) == 5
+
+
+def test_source_labels_select_routes_per_sidecar() -> None:
+    vs = _vs(
+        [
+            {
+                "match": [{"sourceLabels": {"app": "productpage"}}],
+                "route": [{"destination": {"host": "reviews", "subset": "v2"}}],
+            },
+            {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]},
+        ]
+    )
+    config = _config_with(vs, *_bookinfo_rules())
+    from_productpage = vhost(sidecar_config(config, WORKLOADS, PRODUCTPAGE), f"{REVIEWS}:9080")
+    assert [targets(r) for r in from_productpage["routes"]] == [
+        subset_cluster("v2"),
+        subset_cluster("v1"),
+    ]
+    ratings = sidecar_config(config, WORKLOADS, workload(WORKLOADS, "ratings-v1"))
+    assert [targets(r) for r in vhost(ratings, f"{REVIEWS}:9080")["routes"]] == [
+        subset_cluster("v1")
+    ]
+
+
+def _bookinfo_rules() -> list[dict[str, Any]]:
+    import yaml
+    from tests.support.bookinfo_mesh import NETWORKING
+
+    return [
+        d for d in yaml.safe_load_all((NETWORKING / "destination-rule-all.yaml").read_text()) if d
+    ]
+
+
+def test_gateway_route_operation_names_the_destination() -> None:
+    cfg = gateway_config(bookinfo_config("bookinfo-gateway"), WORKLOADS, gateway())
+    (vh,) = cfg.route("http.8080")["virtual_hosts"]
+    assert {r["decorator"]["operation"] for r in vh["routes"]} == {
+        "productpage.default.svc.cluster.local:9080/*"
+    }
