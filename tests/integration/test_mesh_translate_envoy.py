@@ -54,6 +54,7 @@ PROXIES = ("productpage-v1", "reviews-v2", "gateway")
 KINDS = ("envoy", "pilotfish")
 # (scenario, proxy, type short name, substring of the message): what pilotfish refuses.
 _FAULT = "fault injection is not implemented by pilotfish"  # being added (http-filters)
+_CORS = "CORS policies are not implemented by pilotfish"  # being added (http-filters)
 _TLS = "TLS transport sockets are not served by pilotfish yet"
 KNOWN_PILOTFISH_NACKS: set[tuple[str, str, str, str]] = {
     *(
@@ -63,6 +64,14 @@ KNOWN_PILOTFISH_NACKS: set[tuple[str, str, str, str]] = {
     ),
     # DestinationRule tls SIMPLE (TLS origination to www.googleapis.com:443).
     *(("egress-google-apis", proxy, "Cluster", _TLS) for proxy in PROXIES),
+    # consistentHash → RING_HASH (ringHash / legacy minimumRingSize) or MAGLEV.
+    *(("features", proxy, "Cluster", "is not supported") for proxy in PROXIES),
+    # The route config holds fault and CORS per-route configs; the first error is reported.
+    *(
+        ("features", proxy, "RouteConfiguration", why)
+        for proxy in ("productpage-v1", "reviews-v2")
+        for why in (_FAULT, _CORS)
+    ),
 }
 
 

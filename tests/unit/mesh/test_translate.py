@@ -537,3 +537,42 @@ def test_gateway_route_operation_names_the_destination() -> None:
     assert {r["decorator"]["operation"] for r in vh["routes"]} == {
         "productpage.default.svc.cluster.local:9080/*"
     }
+
+
+def test_features_scenario() -> None:
+    cfg = sidecar("features")
+    api, moved, regex, direct, last = reviews_routes("features")
+    assert api["name"] == "api.regex"
+    assert api["match"]["case_sensitive"] is False
+    # weight 0 destinations are dropped, per-destination headers go on the weighted cluster.
+    clusters = api["route"]["weighted_clusters"]["clusters"]
+    assert [(c["name"], c["weight"]) for c in clusters] == [
+        (subset_cluster("v1"), 60),
+        (subset_cluster("v2"), 40),
+    ]
+    assert clusters[0]["request_headers_to_add"][0]["header"] == {"key": "x-subset", "value": "v1"}
+    assert api["route"]["hash_policy"] == [{"header": {"header_name": "x-user"}}]
+    assert api["route"]["request_mirror_policies"][0]["cluster"] == subset_cluster(
+        "v1", "ratings.default.svc.cluster.local"
+    )
+    assert moved["redirect"]["response_code"] == "FOUND"
+    assert regex["route"]["regex_rewrite"] == {
+        "pattern": {"regex": "^/regex/(.*)$"},
+        "substitution": "/\\1",
+    }
+    assert direct["direct_response"] == {"status": 418, "body": {"inline_string": "teapot"}}
+    assert "retry_policy" not in last["route"]  # attempts: 0 turns retries off
+    reviews = cfg.cluster(f"outbound|9080||{REVIEWS}")
+    assert reviews["lb_policy"] == "RING_HASH"
+    assert reviews["ring_hash_lb_config"] == {"minimum_ring_size": 1024}
+    assert reviews["upstream_connection_options"] == {
+        "tcp_keepalive": {"keepalive_time": 60, "keepalive_interval": 10}
+    }
+    assert reviews["outlier_detection"]["consecutive_gateway_failure"] == 2
+    assert reviews["common_lb_config"] == {"healthy_panic_threshold": {"value": 10.0}}
+    assert cfg.cluster(subset_cluster("v2"))["lb_policy"] == "LEAST_REQUEST"
+    ratings = cfg.cluster("outbound|9080||ratings.default.svc.cluster.local")
+    assert ratings["lb_policy"] == "MAGLEV"
+    assert ratings["maglev_lb_config"] == {"table_size": 65537}
+    (route,) = vhost(cfg, "ratings.default.svc.cluster.local:9080")["routes"]
+    assert route["route"]["hash_policy"] == [{"cookie": {"name": "session", "ttl": "0s"}}]
