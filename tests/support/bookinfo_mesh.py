@@ -14,8 +14,8 @@ from pilotfish.mesh.translate import GatewayProxy, MeshConfig, Workload
 from pilotfish.mesh.translate.workload import workloads_from_deployments
 
 __all__ = [
-    "FEATURES_YAML",
     "BOOKINFO",
+    "FEATURES_YAML",
     "NETWORKING",
     "SCENARIOS",
     "bookinfo_config",
