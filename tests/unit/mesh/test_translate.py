@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from google.protobuf.json_format import MessageToDict
 from tests.support.bookinfo_mesh import (
     BOOKINFO,
     SCENARIOS,
@@ -576,3 +577,13 @@ def test_features_scenario() -> None:
     assert ratings["maglev_lb_config"] == {"table_size": 65537}
     (route,) = vhost(cfg, "ratings.default.svc.cluster.local:9080")["routes"]
     assert route["route"]["hash_policy"] == [{"cookie": {"name": "session", "ttl": "0s"}}]
+
+
+def test_mesh_resources_by_node_id() -> None:
+    from pilotfish.mesh.translate import mesh_resources
+
+    gw = gateway()
+    out = mesh_resources(bookinfo_config("bookinfo-gateway"), WORKLOADS, [gw])
+    assert set(out) == {w.node_id() for w in WORKLOADS} | {gw.node_id()}
+    (route,) = out[gw.node_id()].routes
+    assert MessageToDict(route)["name"] == "http.8080"

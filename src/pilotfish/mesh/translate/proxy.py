@@ -50,6 +50,7 @@ __all__ = [
     "ProxyResources",
     "gateway_config",
     "gateway_resources",
+    "mesh_resources",
     "sidecar_config",
     "sidecar_resources",
     "sidecar_scope",
@@ -548,6 +549,18 @@ def gateway_config(
             )
         )
     return ProxyConfig(gateway.node_id(), clusters, endpoints, listeners, routes)
+
+
+def mesh_resources(
+    config: MeshConfig,
+    workloads: Sequence[Workload],
+    gateways: Sequence[GatewayProxy] = (),
+) -> dict[str, ProxyResources]:
+    """Every proxy's resources by node id (``Workload.node_id()``, ``GatewayProxy.node_id()``):
+    one sidecar per workload, one per gateway."""
+    out = {w.node_id(): sidecar_resources(config, workloads, w) for w in workloads}
+    out.update({g.node_id(): gateway_resources(config, workloads, g) for g in gateways})
+    return out
 
 
 def gateway_resources(
