@@ -15,9 +15,11 @@ from pilotfish.mesh.translate.workload import workloads_from_deployments
 
 __all__ = [
     "BOOKINFO",
+    "FEATURES_YAML",
     "NETWORKING",
     "SCENARIOS",
     "bookinfo_config",
+    "bookinfo_store",
     "bookinfo_workloads",
     "gateway",
     "workload",
@@ -57,14 +59,106 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "fault-injection-details-v1": (_DR, "fault-injection-details-v1.yaml"),
     "bookinfo-gateway": (_DR, "virtual-service-all-v1.yaml", "bookinfo-gateway.yaml"),
     "egress-google-apis": ("egress-rule-google-apis.yaml",),
+    # Not in the samples: every other translated feature at once.
+    "features": ("features.yaml",),
 }
+
+# Applied as the file ``features.yaml`` of SCENARIOS: the VirtualService and DestinationRule
+# features BookInfo's samples do not use.
+FEATURES_YAML = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+    connectionPool:
+      tcp: {maxConnections: 100, connectTimeout: 3s, tcpKeepalive: {time: 60s, interval: 10s}}
+      http: {http1MaxPendingRequests: 10, http2MaxRequests: 100, maxRequestsPerConnection: 5,
+             maxRetries: 3, idleTimeout: 30s}
+    outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, interval: 5s,
+                       baseEjectionTime: 30s, maxEjectionPercent: 50, minHealthPercent: 10}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ratings}
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpCookie: {name: session, ttl: 0s}, maglev: {tableSize: 65537}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: api
+    match:
+    - name: regex
+      uri: {regex: "/reviews/[0-9]+"}
+      method: {exact: GET}
+      authority: {prefix: reviews}
+      queryParams: {debug: {exact: "1"}}
+      headers: {x-version: {prefix: v}, x-any: {}}
+      withoutHeaders: {x-skip: {}}
+      ignoreUriCase: true
+    rewrite: {uri: /reviews, authority: reviews.internal}
+    timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 1s, retryOn: "5xx,gateway-error,503"}
+    mirror: {host: ratings, subset: v1}
+    mirrorPercentage: {value: 10.5}
+    headers:
+      request: {set: {x-a: "1"}, add: {x-b: "2"}, remove: [x-c]}
+      response: {set: {x-d: "3"}, remove: [x-e]}
+    corsPolicy:
+      allowOrigins: [{exact: "https://a.example"}, {regex: 'https://.*\\.b\\.example'}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-user]
+      exposeHeaders: [x-version]
+      maxAge: 24h
+      allowCredentials: true
+    fault:
+      delay: {fixedDelay: 0.5s, percentage: {value: 0.1}}
+      abort: {httpStatus: 503, percentage: {value: 0.1}}
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: 60
+      headers: {request: {set: {x-subset: v1}}}
+    - destination: {host: reviews, subset: v2}
+      weight: 40
+    - destination: {host: reviews, subset: v3}
+      weight: 0
+  - match: [{uri: {exact: /moved}, port: 9080}]
+    redirect: {uri: /reviews/0, authority: reviews:9080, redirectCode: 302}
+  - match: [{uri: {prefix: /regex}}]
+    rewrite: {uriRegexRewrite: {match: "^/regex/(.*)$", rewrite: '/\\1'}}
+    route: [{destination: {host: reviews, subset: v3}}]
+  - match: [{uri: {exact: /direct}}]
+    directResponse: {status: 418, body: {string: teapot}}
+  - retries: {attempts: 0}
+    route: [{destination: {host: reviews}}]
+"""
 
 
 def bookinfo_store(scenario: str = "no-rules") -> ConfigStore:
     store = ConfigStore()
     store.apply([KUBE_YAML])
     for name in SCENARIOS[scenario]:
-        store.apply([NETWORKING / name])
+        if name == "features.yaml":
+            store.apply_yaml(FEATURES_YAML, "features.yaml")
+        else:
+            store.apply([NETWORKING / name])
     return store
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from google.protobuf.json_format import MessageToDict
 from tests.support.bookinfo_mesh import (
     BOOKINFO,
     SCENARIOS,
@@ -469,3 +470,120 @@ def test_workload_node_id() -> None:
         "sidecar~127.0.0.1~productpage-v1-0.default~default.svc.cluster.local"
     )
     assert isinstance(bookinfo_config().services[0], m.Service)
+
+
+def test_sidecar_resource_limits_egress() -> None:
+    sc = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "productpage"},
+        "spec": {
+            "workloadSelector": {"labels": {"app": "productpage"}},
+            "egress": [{"hosts": ["./reviews.default.svc.cluster.local", "*/details"]}],
+        },
+    }
+    config = _config_with(sc)
+    cfg = sidecar_config(config, WORKLOADS, PRODUCTPAGE)
+    vhosts = [v["name"] for v in cfg.route(HTTP_PROXY_ROUTE)["virtual_hosts"]]
+    assert vhosts == [
+        "details.default.svc.cluster.local:9080",
+        f"{REVIEWS}:9080",
+        "block_all",
+    ]
+    assert {c["name"] for c in cfg.clusters} == {
+        "outbound|9080||details.default.svc.cluster.local",
+        f"outbound|9080||{REVIEWS}",
+        "inbound|9080||",
+        "BlackHoleCluster",
+    }
+    # Another workload is not selected: it sees every service.
+    other = sidecar_config(config, WORKLOADS, workload(WORKLOADS, "reviews-v1"))
+    assert len(other.route(HTTP_PROXY_ROUTE)["virtual_hosts"]) == 5
+
+
+def test_source_labels_select_routes_per_sidecar() -> None:
+    vs = _vs(
+        [
+            {
+                "match": [{"sourceLabels": {"app": "productpage"}}],
+                "route": [{"destination": {"host": "reviews", "subset": "v2"}}],
+            },
+            {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]},
+        ]
+    )
+    config = _config_with(vs, *_bookinfo_rules())
+    from_productpage = vhost(sidecar_config(config, WORKLOADS, PRODUCTPAGE), f"{REVIEWS}:9080")
+    assert [targets(r) for r in from_productpage["routes"]] == [
+        subset_cluster("v2"),
+        subset_cluster("v1"),
+    ]
+    ratings = sidecar_config(config, WORKLOADS, workload(WORKLOADS, "ratings-v1"))
+    assert [targets(r) for r in vhost(ratings, f"{REVIEWS}:9080")["routes"]] == [
+        subset_cluster("v1")
+    ]
+
+
+def _bookinfo_rules() -> list[dict[str, Any]]:
+    import yaml
+    from tests.support.bookinfo_mesh import NETWORKING
+
+    return [
+        d for d in yaml.safe_load_all((NETWORKING / "destination-rule-all.yaml").read_text()) if d
+    ]
+
+
+def test_gateway_route_operation_names_the_destination() -> None:
+    cfg = gateway_config(bookinfo_config("bookinfo-gateway"), WORKLOADS, gateway())
+    (vh,) = cfg.route("http.8080")["virtual_hosts"]
+    assert {r["decorator"]["operation"] for r in vh["routes"]} == {
+        "productpage.default.svc.cluster.local:9080/*"
+    }
+
+
+def test_features_scenario() -> None:
+    cfg = sidecar("features")
+    api, moved, regex, direct, last = reviews_routes("features")
+    assert api["name"] == "api.regex"
+    assert api["match"]["case_sensitive"] is False
+    # weight 0 destinations are dropped, per-destination headers go on the weighted cluster.
+    clusters = api["route"]["weighted_clusters"]["clusters"]
+    assert [(c["name"], c["weight"]) for c in clusters] == [
+        (subset_cluster("v1"), 60),
+        (subset_cluster("v2"), 40),
+    ]
+    assert clusters[0]["request_headers_to_add"][0]["header"] == {"key": "x-subset", "value": "v1"}
+    assert api["route"]["hash_policy"] == [{"header": {"header_name": "x-user"}}]
+    assert api["route"]["request_mirror_policies"][0]["cluster"] == subset_cluster(
+        "v1", "ratings.default.svc.cluster.local"
+    )
+    assert moved["redirect"]["response_code"] == "FOUND"
+    assert regex["route"]["regex_rewrite"] == {
+        "pattern": {"regex": "^/regex/(.*)$"},
+        "substitution": "/\\1",
+    }
+    assert direct["direct_response"] == {"status": 418, "body": {"inline_string": "teapot"}}
+    assert "retry_policy" not in last["route"]  # attempts: 0 turns retries off
+    reviews = cfg.cluster(f"outbound|9080||{REVIEWS}")
+    assert reviews["lb_policy"] == "RING_HASH"
+    assert reviews["ring_hash_lb_config"] == {"minimum_ring_size": 1024}
+    assert reviews["upstream_connection_options"] == {
+        "tcp_keepalive": {"keepalive_time": 60, "keepalive_interval": 10}
+    }
+    assert reviews["outlier_detection"]["consecutive_gateway_failure"] == 2
+    assert reviews["common_lb_config"] == {"healthy_panic_threshold": {"value": 10.0}}
+    assert cfg.cluster(subset_cluster("v2"))["lb_policy"] == "LEAST_REQUEST"
+    ratings = cfg.cluster("outbound|9080||ratings.default.svc.cluster.local")
+    assert ratings["lb_policy"] == "MAGLEV"
+    assert ratings["maglev_lb_config"] == {"table_size": 65537}
+    (route,) = vhost(cfg, "ratings.default.svc.cluster.local:9080")["routes"]
+    assert route["route"]["hash_policy"] == [{"cookie": {"name": "session", "ttl": "0s"}}]
+
+
+def test_mesh_resources_by_node_id() -> None:
+    from pilotfish.mesh.translate import mesh_resources
+
+    gw = gateway()
+    out = mesh_resources(bookinfo_config("bookinfo-gateway"), WORKLOADS, [gw])
+    assert set(out) == {w.node_id() for w in WORKLOADS} | {gw.node_id()}
+    (route,) = out[gw.node_id()].routes
+    assert MessageToDict(route)["name"] == "http.8080"

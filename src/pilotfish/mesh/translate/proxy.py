@@ -50,8 +50,11 @@ __all__ = [
     "ProxyResources",
     "gateway_config",
     "gateway_resources",
+    "mesh_resources",
     "sidecar_config",
     "sidecar_resources",
+    "sidecar_scope",
+    "visible_services",
 ]
 
 HTTP_PROXY_ROUTE = "http_proxy"
@@ -276,6 +279,45 @@ def _tcp_destination(
 # --- sidecar ---------------------------------------------------------------------------------
 
 
+def sidecar_scope(config: MeshConfig, workload: Workload) -> m.Sidecar | None:
+    """The Sidecar resource that applies to ``workload``: one in its namespace whose
+    workloadSelector matches it, else the namespace's Sidecar without selector (Istio's
+    order; the root namespace default is not modelled)."""
+    own = [sc for sc in config.sidecars if sc.meta.namespace == workload.namespace]
+    for sc in own:
+        if sc.workload_selector and labels_match(sc.workload_selector, workload.labels):
+            return sc
+    return next((sc for sc in own if not sc.workload_selector), None)
+
+
+def _egress_allows(hosts: Sequence[str], svc: MeshService, proxy_namespace: str) -> bool:
+    """Istio's egress host syntax: ``ns/dnsName`` with ``.`` (the proxy's namespace), ``*``
+    (any namespace) or ``~`` (none) as the namespace, ``*`` or ``*.suffix`` as the name."""
+    for entry in hosts:
+        ns, _, name = entry.rpartition("/")
+        if ns == "~":
+            continue
+        if ns == ".":
+            ns = proxy_namespace
+        if ns not in ("*", svc.namespace):
+            continue
+        if host_matches(fqdn(name, svc.namespace), svc.hostname):
+            return True
+    return False
+
+
+def visible_services(
+    config: MeshConfig, services: Sequence[MeshService], workload: Workload
+) -> list[MeshService]:
+    """The services a sidecar knows: all, or those its Sidecar resource's egress hosts name
+    (a port-specific egress listener narrows nothing here: the HTTP proxy is one listener)."""
+    scope = sidecar_scope(config, workload)
+    if scope is None or not scope.egress:
+        return list(services)
+    hosts = [h for egress in scope.egress for h in egress.hosts]
+    return [s for s in services if _egress_allows(hosts, s, workload.namespace)]
+
+
 def _inbound_port(
     services: Sequence[MeshService], config: MeshConfig, w: Workload
 ) -> tuple[int, MeshService | None, ServicePortInfo | None]:
@@ -301,12 +343,13 @@ def sidecar_config(
     config: MeshConfig, workloads: Sequence[Workload], workload: Workload
 ) -> ProxyConfig:
     """The resources of ``workload``'s sidecar, as Envoy JSON."""
-    services = build_services(config, workloads)
+    all_services = build_services(config, workloads)
+    port, svc, svc_port = _inbound_port(all_services, config, workload)
+    services = visible_services(config, all_services, workload)
     ctx = RouteContext(
         config, {s.hostname: s for s in services}, workload.namespace, workload.labels
     )
     clusters, endpoints = outbound_clusters(config, services, workload.namespace)
-    port, svc, svc_port = _inbound_port(services, config, workload)
     inbound_name = cluster_name("inbound", port, None, "")
     clusters = [
         *clusters,
@@ -506,6 +549,18 @@ def gateway_config(
             )
         )
     return ProxyConfig(gateway.node_id(), clusters, endpoints, listeners, routes)
+
+
+def mesh_resources(
+    config: MeshConfig,
+    workloads: Sequence[Workload],
+    gateways: Sequence[GatewayProxy] = (),
+) -> dict[str, ProxyResources]:
+    """Every proxy's resources by node id (``Workload.node_id()``, ``GatewayProxy.node_id()``):
+    one sidecar per workload, one per gateway."""
+    out = {w.node_id(): sidecar_resources(config, workloads, w) for w in workloads}
+    out.update({g.node_id(): gateway_resources(config, workloads, g) for g in gateways})
+    return out
 
 
 def gateway_resources(

@@ -416,6 +416,7 @@ def translate_http_routes(
             if match is not None and not _match_applies(match, ctx, vs_ns, port):
                 continue
             envoy: JSON = {"match": _match(match)}
+            operation = operation_host
             name = route.name
             if match is not None and match.name:
                 name = f"{route.name}.{match.name}" if route.name else match.name
@@ -432,10 +433,17 @@ def translate_http_routes(
                 action, extra = _route_action(ctx, route, vs_ns, port)
                 envoy["route"] = action
                 envoy.update(extra)
+                if ctx.gateway != MESH_GATEWAY:
+                    # A gateway names the operation by the (first) destination service.
+                    first = (
+                        action.get("cluster") or action["weighted_clusters"]["clusters"][0]["name"]
+                    )
+                    _, dest_port, _, dest_host = first.split("|")
+                    operation = f"{dest_host}:{dest_port}"
             else:
                 continue  # a delegate: not supported yet
             envoy["metadata"] = meta
-            envoy["decorator"] = {"operation": f"{operation_host}/*"}
+            envoy["decorator"] = {"operation": f"{operation}/*"}
             for key, value in _headers(route.headers).items():
                 envoy.setdefault(key, []).extend(value)
             per_filter: JSON = {}
