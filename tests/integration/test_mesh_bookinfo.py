@@ -181,7 +181,7 @@ def test_fault_abort_for_jason_on_ratings(mesh: Mesh) -> None:
     mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
     mesh.apply("virtual-service-reviews-test-v2.yaml", "virtual-service-ratings-test-abort.yaml")
     _, page, _ = mesh.page(user="jason")
-    assert reviews_version_in_page(page) == "v2"
+    assert "Reviews served by: reviews-v2" in page  # no stars: ratings failed
     assert "Ratings service is currently unavailable" in page
     _, page, _ = mesh.page()
     assert "Ratings service is currently unavailable" not in page
