@@ -64,6 +64,11 @@ class Mesh:
         rows: list[dict[str, Any]] = request(self.state, payload)["rows"]
         return rows
 
+    def ready(self, name: str) -> bool:
+        from pilotfish.mesh.ctl import _ready
+
+        return any(r["name"] == name and _ready(r) for r in self.status())
+
     def versions(self, n: int, user: str | None = None) -> collections.Counter[str]:
         opener = _opener()
         if user:
@@ -186,6 +191,65 @@ def test_fault_abort_for_jason_on_ratings(mesh: Mesh) -> None:
     _, page, _ = mesh.page()
     assert "Ratings service is currently unavailable" not in page
     mesh.apply("virtual-service-all-v1.yaml")
+
+
+FAULTY_RATINGS = """
+apiVersion: pilotfish.io/v1alpha1
+kind: Workload
+metadata: {name: ratings-v2, labels: {app: ratings, version: v2}}
+spec:
+  serviceAccount: bookinfo-ratings
+  command: ["{python}", -m, pilotfish.mesh.bookinfo.ratings, --port, "{port}", --quiet]
+  env: {SERVICE_VERSION: v-faulty}
+"""
+RATINGS_V2_RETRIES = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - route:
+    - destination: {host: ratings, subset: v2}
+    retries: {attempts: ATTEMPTS, retryOn: 5xx}
+"""
+
+
+def test_retries_hide_a_faulty_ratings_version(mesh: Mesh, tmp_path: Path) -> None:
+    """A ratings version that answers 503 half of the time: with retries off, about half of
+    the pages say ratings are unavailable; with 15 attempts on 5xx, none does."""
+    workload = tmp_path / "faulty.yaml"
+    workload.write_text(FAULTY_RATINGS)
+    mesh.ctl("apply", "-f", str(workload))
+    mesh.apply("destination-rule-all.yaml")
+    try:
+        wait_for(lambda: mesh.ready("ratings-v2"), "ratings-v2 ready", timeout=30)
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RATINGS_V2_RETRIES.replace("ATTEMPTS", "0"))
+        mesh.ctl("apply", "-f", str(rules))
+        time.sleep(0.3)
+        n = 40
+        failed = sum("Ratings service is currently unavailable" in mesh.page()[1] for _ in range(n))
+        low, high = binomial_bounds(n, 0.5)
+        assert low <= failed <= high, failed
+        rules.write_text(RATINGS_V2_RETRIES.replace("ATTEMPTS", "15"))
+        mesh.ctl("apply", "-f", str(rules))
+        time.sleep(0.3)
+        pages = [mesh.page()[1] for _ in range(30)]
+        assert not any("Ratings service is currently unavailable" in p for p in pages)
+        assert all("text-black-500" in p for p in pages)  # v2's black stars: ratings answered
+    finally:
+        mesh.apply("virtual-service-all-v1.yaml")
+        mesh.ctl("delete", "-f", str(workload), check=False)
 
 
 def test_bad_config_is_rejected_and_changes_nothing(mesh: Mesh, tmp_path: Path) -> None:
