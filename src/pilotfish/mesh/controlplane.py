@@ -22,7 +22,7 @@ import yaml
 
 from pilotfish.mesh.config.errors import ConfigValidationError
 from pilotfish.mesh.config.store import ConfigStore
-from pilotfish.mesh.runner import RunningProxy, Supervisor, WorkloadSpec
+from pilotfish.mesh.runner import RunningProxy, Supervisor, WorkloadSpec, saved_proxy_binary
 from pilotfish.mesh.workloads import parse_workloads, split_documents
 from pilotfish.mesh.xds_server import XdsServer
 from pilotfish.xds import resource_types as rt
@@ -43,7 +43,9 @@ class ControlPlane:
         self.translate = translate
         self.server = XdsServer()
         self.xds_address = f"unix:{state_dir / 'xds.sock'}"
-        self.supervisor = Supervisor(state_dir, self.xds_address)
+        self.supervisor = Supervisor(
+            state_dir, self.xds_address, proxy_binary=saved_proxy_binary(state_dir)
+        )
         self.specs: dict[str, WorkloadSpec] = {}
         self._stopped = asyncio.Event()
         self._ctl: asyncio.AbstractServer | None = None
@@ -231,7 +233,12 @@ class ControlPlane:
                 "rows": [{"namespace": o.meta.namespace, "name": o.meta.name} for o in objects],
             }
         if cmd == "status":
-            return {"ok": True, "rows": self.supervisor.status(), "xds": self.xds_address}
+            return {
+                "ok": True,
+                "rows": self.supervisor.status(),
+                "xds": self.xds_address,
+                "proxy_binary": self.supervisor.proxy_binary or "pilotfish",
+            }
         if cmd == "down":
             asyncio.get_running_loop().call_soon(self._stopped.set)
             return {"ok": True}

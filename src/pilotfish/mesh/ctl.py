@@ -1,6 +1,7 @@
 """pilotfishctl: the local mesh's command line, modelled on istioctl and kubectl.
 
     pilotfishctl up [DIR]            control plane + the workloads and config in DIR
+                 [--proxy-binary PATH]   run PATH (e.g. Envoy) as every proxy, not pilotfish
     pilotfishctl apply -f FILE...    Istio / Kubernetes / Workload YAML
     pilotfishctl delete -f FILE...
     pilotfishctl get KIND            virtualservices, destinationrules, gateways, workloads, ...
@@ -149,10 +150,30 @@ def cmd_apply(state: Path, files: Sequence[str], delete: bool = False) -> None:
             print(line)
 
 
-def cmd_up(state: Path, directory: str | None) -> None:
+def cmd_up(state: Path, directory: str | None, proxy_binary: str | None = None) -> None:
+    """``proxy_binary``: the program every proxy runs (Envoy, or anything that takes Envoy's
+    command line and bootstrap); ``pilotfish`` for pilotfish; ``None`` keeps what the state
+    directory has (pilotfish at first)."""
+    from pilotfish.mesh.runner import save_proxy_binary, saved_proxy_binary
+
+    if proxy_binary not in (None, "pilotfish") and not os.access(proxy_binary, os.X_OK):
+        raise CtlError(f"--proxy-binary {proxy_binary}: not an executable file")
     if not running(state):
+        if proxy_binary is not None:
+            save_proxy_binary(state, proxy_binary)
         print(f"starting the control plane (state in {state}) ...", flush=True)
         start_control_plane(state)
+    elif proxy_binary is not None:
+        serving = request(state, {"cmd": "status"}).get("proxy_binary") or "pilotfish"
+        wanted = "pilotfish" if proxy_binary == "pilotfish" else str(Path(proxy_binary).absolute())
+        if serving != wanted:
+            raise CtlError(
+                f"the control plane runs {serving} as its proxies; `pilotfishctl down` first "
+                "to change it"
+            )
+    binary = saved_proxy_binary(state)
+    if binary:
+        print(f"proxies: {binary}", flush=True)
     if directory:
         print(f"applying {directory} ...", flush=True)
         cmd_apply(state, [directory])
@@ -240,6 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the control plane and the mesh in DIR")
     up.add_argument("dir", nargs="?")
+    up.add_argument(
+        "--proxy-binary",
+        default=os.environ.get("PILOTFISH_PROXY_BINARY") or None,
+        metavar="PATH",
+        help="run PATH (e.g. Envoy) as every sidecar and the gateway instead of pilotfish; "
+        "kept in the state directory ('pilotfish' goes back to pilotfish; env "
+        "PILOTFISH_PROXY_BINARY)",
+    )
     for name in ("apply", "delete"):
         p = sub.add_parser(name, help=f"{name} YAML files or directories")
         p.add_argument("-f", "--filename", action="append", required=True)
@@ -263,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "daemon":
             return run_daemon(state)
         if args.command == "up":
-            cmd_up(state, args.dir)
+            cmd_up(state, args.dir, args.proxy_binary)
         elif args.command in ("apply", "delete"):
             cmd_apply(state, args.filename, delete=args.command == "delete")
         elif args.command == "get":

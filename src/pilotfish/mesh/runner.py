@@ -41,6 +41,52 @@ def pilotfish_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "pilotfish"]
 
 
+PROXY_SETTINGS = "proxy.json"  # in the state directory: {"binary": PATH} (absent: pilotfish)
+
+
+def saved_proxy_binary(state_dir: Path) -> str | None:
+    """The proxy binary ``pilotfishctl up --proxy-binary`` stored for this state directory
+    (``None``: pilotfish)."""
+    path = state_dir / PROXY_SETTINGS
+    if not path.exists():
+        return None
+    binary = json.loads(path.read_text()).get("binary")
+    return str(binary) if binary else None
+
+
+def save_proxy_binary(state_dir: Path, binary: str | None) -> None:
+    """Store the proxy binary for this state directory (``None`` or ``pilotfish``: pilotfish),
+    so that a restarted control plane keeps it."""
+    path = state_dir / PROXY_SETTINGS
+    if binary is None or binary == "pilotfish":
+        path.unlink(missing_ok=True)
+        return
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"binary": str(Path(binary).absolute())}) + "\n")
+
+
+def proxy_argv(binary: str | None, config: Path, *, base_id: int, log_level: str) -> list[str]:
+    """The command line of a mesh proxy: Envoy's, for pilotfish (the default) or any binary
+    that takes Envoy's options (Envoy itself). One worker (pilotfish is one event loop; Envoy
+    would start one worker per core), no hot restart, and a ``--base-id`` of its own, since
+    several proxies run on the machine at once."""
+    command = [binary] if binary else pilotfish_command()
+    return [
+        *command,
+        "-c",
+        str(config),
+        "--drain-time-s",
+        "2",
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "--base-id",
+        str(base_id),
+        "-l",
+        log_level,
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class WorkloadSpec:
     """A workload as the user declares it: what to run and how it is labelled.
@@ -148,10 +194,18 @@ class RunningProxy:
 class Supervisor:
     """Starts, watches and stops the mesh's processes."""
 
-    def __init__(self, state_dir: Path, xds_address: str, *, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        xds_address: str,
+        *,
+        log_level: str = "warning",
+        proxy_binary: str | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.xds_address = xds_address
         self.log_level = log_level
+        self.proxy_binary = proxy_binary  # None: pilotfish
         self.proxies: dict[str, RunningProxy] = {}
 
     def plan_workload(self, spec: WorkloadSpec) -> RunningProxy:
@@ -207,16 +261,10 @@ class Supervisor:
         config = self.state_dir / "proxies" / f"{running.name}.json"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(json.dumps(boot, indent=1))
-        argv = [
-            *pilotfish_command(),
-            "-c",
-            str(config),
-            "--drain-time-s",
-            "2",
-            "--disable-hot-restart",
-            "-l",
-            self.log_level,
-        ]
+        # The admin port is unique among the live proxies of the machine: so is the base id.
+        argv = proxy_argv(
+            self.proxy_binary, config, base_id=running.admin_port, log_level=self.log_level
+        )
         return ManagedProcess(
             f"{running.name}/proxy", argv, self.state_dir / "logs" / f"{running.name}.proxy.log"
         )
