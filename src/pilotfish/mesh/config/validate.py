@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.hosts import MESH_GATEWAY, is_ip, is_valid_dns_name
 from pilotfish.stats.re2 import RegexError, compile_re2
+from pilotfish.xds.translate.route import RETRY_ON
 
 __all__ = ["validate_object"]
 
@@ -29,26 +30,7 @@ SERVER_TLS_MODES = frozenset(
 PROTOCOLS = frozenset(
     {"HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "MYSQL", "REDIS", "TCP", "TLS", "UDP"}
 )
-RETRY_ON = frozenset(
-    {
-        "5xx",
-        "gateway-error",
-        "reset",
-        "reset-before-request",
-        "connect-failure",
-        "envoy-ratelimited",
-        "retriable-4xx",
-        "refused-stream",
-        "retriable-status-codes",
-        "retriable-headers",
-        "http3-post-connect-failure",
-        "cancelled",
-        "deadline-exceeded",
-        "internal",
-        "resource-exhausted",
-        "unavailable",
-    }
-)
+# retryOn takes Envoy's retry_on policies (and HTTP status codes).
 HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )

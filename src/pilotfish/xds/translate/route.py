@@ -564,30 +564,33 @@ def weighted_clusters(msg: Any, ctx: TranslateContext, path: str) -> WeightedClu
     )
 
 
-_RETRY_ON = {
-    "5xx",
-    "gateway-error",
-    "reset",
-    "reset-before-request",
-    "connect-failure",
-    "envoy-ratelimited",
-    "retriable-4xx",
-    "refused-stream",
-    "retriable-status-codes",
-    "retriable-headers",
-    "http3-post-connect-failure",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-    "resource-exhausted",
-    "unavailable",
-}
+# The retry_on policies Envoy knows (Istio's retryOn takes the same, plus status codes).
+RETRY_ON = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "envoy-ratelimited",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
 
 
 def retry_policy(msg: Any, path: str) -> RetryPolicy:
     retry_on = frozenset(x.strip() for x in msg.retry_on.split(",") if x.strip())
     for x in retry_on:
-        if x not in _RETRY_ON:
+        if x not in RETRY_ON:
             raise ConfigError(f"{path}.retry_on", f"unknown retry condition '{x}'")
     base = (
         c.duration(msg.retry_back_off, "base_interval", 0.025)
