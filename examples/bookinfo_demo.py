@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import collections
 import http.cookiejar
+import shutil
 import subprocess
 import sys
 import time
@@ -75,7 +76,8 @@ def main() -> int:
     parser.add_argument("--state", default=".pilotfish-demo")
     args = parser.parse_args()
     state = Path(args.state).absolute()
-    ctl(state, "down")  # a mesh left from an earlier run
+    ctl(state, "down")  # a mesh left from an earlier run: the demo starts from scratch
+    shutil.rmtree(state, ignore_errors=True)
     print("== pilotfishctl up examples/bookinfo", flush=True)
     out = ctl(state, "up", str(BOOKINFO))
     print(out.rstrip())
