@@ -83,7 +83,7 @@ def main() -> int:
     print(out.rstrip())
     url = next(line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("gateway:"))
     show(
-        "before any routing rule (round robin over v1, v2, v3)",
+        "before any routing rule (every version: Istio's default balancing)",
         {"anyone": versions(url, args.n)},
         args.n,
     )
