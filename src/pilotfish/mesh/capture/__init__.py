@@ -1,0 +1,1 @@
+"""Traffic capture for sidecars: the iptables rules Istio's istio-init applies."""
