@@ -311,7 +311,9 @@ class Server:
             return
         self._drain_sequence = True
         if inbound_only:
-            lm.drain_connections(inbound_only=True)
+            # As the whole-server drain below: each response closes its connection; idle
+            # keep-alive connections are not closed at once (their clients may be sending).
+            lm.drain_connections(inbound_only=True, gradual=True)
         else:
             self._graceful_drain = True
             self._update_draining()

@@ -183,6 +183,9 @@ class HttpConnectionManager:
         self.filter_factories: list[tuple[str, Callable[[], hf.HttpFilter]]] = []
         self.all_filters: list[tuple[str, Callable[[], hf.HttpFilter], bool]] = []
         self.route_only_filters = False
+        # Set by a listener drain (drain_gradually): every response, on connections open
+        # now or accepted later, closes its connection (Envoy's drain_close).
+        self.drain_close = False
         router_config = None
         for ext in config.http_filters:
             if ext.factory is not None and ext.factory.name == "envoy.filters.http.router":
@@ -254,7 +257,9 @@ class HttpConnectionManager:
     def drain_gradually(self) -> None:
         """Envoy's drain of a replaced listener: every connection closes after its next
         response (with ``connection: close``); an idle keep-alive connection is not closed
-        at once, since its client may be sending a request on it right now."""
+        at once, since its client may be sending a request on it right now. Connections
+        accepted afterwards (an inbound drain keeps accepting) close after each response."""
+        self.drain_close = True
         for conn in list(self.connections):
             conn.start_gradual_drain()
 
@@ -1046,7 +1051,7 @@ class ActiveStream(StreamInfo):
             rid = self.request_headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)
-        if hcm.ctx.draining or conn.drain_pending:
+        if hcm.ctx.draining or hcm.drain_close or conn.drain_pending:
             if not conn.closing:
                 hcm.stats.downstream_cx_drain_close.value += 1
             conn.closing = True

@@ -496,10 +496,11 @@ class ListenerManager:
                 listener.stop_accepting()
                 self.stats_stopped.value += 1
 
-    def drain_connections(self, *, inbound_only: bool = False) -> None:
-        """Drain-close the listeners' connections (after their current request)."""
+    def drain_connections(self, *, inbound_only: bool = False, gradual: bool = False) -> None:
+        """Drain-close the listeners' connections (after their current request; ``gradual``:
+        see ActiveListener.drain_connections)."""
         for listener in self._selected(inbound_only):
-            listener.drain_connections()
+            listener.drain_connections(gradual=gradual)
 
     def stop_all(self) -> None:
         for listener in list(self.listeners.values()) + self.draining:
