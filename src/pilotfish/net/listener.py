@@ -106,6 +106,13 @@ class ActiveListener:
             for ext in model.listener_filters
             if ext.factory is not None and hasattr(ext.factory, "build")
         ]
+        if model.use_original_dst:
+            # Envoy's buildOriginalDstListenerFilter: use_original_dst implies the original_dst
+            # listener filter (Istio's virtualOutbound names none), after the configured ones.
+            from pilotfish.extensions.filters.listener.original_dst import OriginalDstFilter
+
+            if not any(isinstance(lf, OriginalDstFilter) for lf in self.listener_filters):
+                self.listener_filters.append(OriginalDstFilter())
         # Filters that decide from the connection's first bytes (tls_inspector, ...).
         self.inspecting = any(getattr(lf, "max_read_bytes", 0) for lf in self.listener_filters)
         self.server: asyncio.AbstractServer | None = None
