@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.proxies import HCM_TYPE, PILOTFISH_BIN, ROUTER_FILTER
+from tests.support.proxies import ENVOY_BIN, HCM_TYPE, KINDS, PILOTFISH_BIN, ROUTER_FILTER
 
 from pilotfish.mesh.capture import pods
 from pilotfish.mesh.capture.iptables import CaptureConfig
@@ -243,16 +243,24 @@ def start_app(pod: pods.Pod, port: int) -> None:
         assert proc.stdout.readline().strip() == "READY"
 
 
-def start_sidecar(pod: pods.Pod, bootstrap: dict[str, Any], workdir: Path) -> Path:
-    """pilotfish in the pod as uid/gid 1337, waiting until its admin answers LIVE."""
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The sidecar: pilotfish, and Envoy (the oracle) when it is installed."""
+    if request.param == "envoy" and not ENVOY_BIN.exists():
+        pytest.skip("no Envoy binary (make envoy)")
+    return str(request.param)
+
+
+def start_sidecar(kind: str, pod: pods.Pod, bootstrap: dict[str, Any], workdir: Path) -> Path:
+    """The sidecar in the pod as uid/gid 1337, waiting until its admin answers LIVE."""
     config = workdir / f"{pod.name}-bootstrap.json"
     config.write_text(json.dumps(bootstrap))
     config.chmod(0o644)
-    log = workdir / f"{pod.name}-pilotfish.log"
+    log = workdir / f"{pod.name}-{kind}.log"
     with log.open("wb") as out:
         proc = pod.popen(
             [
-                str(PILOTFISH_BIN),
+                str(PILOTFISH_BIN if kind == "pilotfish" else ENVOY_BIN),
                 "-c",
                 str(config),
                 "--concurrency",
@@ -271,11 +279,11 @@ def start_sidecar(pod: pods.Pod, bootstrap: dict[str, Any], workdir: Path) -> Pa
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"pilotfish exited {proc.returncode}: {log.read_text()[-3000:]}")
+            pytest.fail(f"{kind} exited {proc.returncode}: {log.read_text()[-3000:]}")
         if admin(pod, "/ready").strip() == "LIVE":
             return log
         time.sleep(0.2)
-    pytest.fail(f"pilotfish not LIVE: {log.read_text()[-3000:]}")
+    pytest.fail(f"{kind} not LIVE: {log.read_text()[-3000:]}")
 
 
 def curl(pod: pods.Pod, url: str) -> subprocess.CompletedProcess[str]:
@@ -314,7 +322,7 @@ def stats(pod: pods.Pod) -> dict[str, int]:
 
 
 def test_outbound_capture_through_per_port_listener_and_passthrough(
-    net: pods.PodNetwork, workdir: Path
+    kind: str, net: pods.PodNetwork, workdir: Path
 ) -> None:
     b = net.pod("b")
     a = net.pod("a", hosts={SERVICE: b.ip})
@@ -326,7 +334,7 @@ def test_outbound_capture_through_per_port_listener_and_passthrough(
     assert "x-request-id" not in body["headers"]
     assert "x-envoy-upstream-service-time" not in headers
 
-    log = start_sidecar(a, outbound_bootstrap(b.ip), workdir)
+    log = start_sidecar(kind, a, outbound_bootstrap(b.ip), workdir)
     rules = a.apply_capture(ISTIO_INIT)
     assert "--uid-owner 1337" in rules
     assert "ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in a.iptables_save()
@@ -358,12 +366,14 @@ def test_outbound_capture_through_per_port_listener_and_passthrough(
     assert s.get("tcp.PassthroughCluster.downstream_cx_total", 0) == 1, s
 
 
-def test_inbound_capture_to_app_from_127_0_0_6(net: pods.PodNetwork, workdir: Path) -> None:
+def test_inbound_capture_to_app_from_127_0_0_6(
+    kind: str, net: pods.PodNetwork, workdir: Path
+) -> None:
     b = net.pod("b")
     a = net.pod("a", hosts={SERVICE: b.ip})
     start_app(b, 8080)
     start_app(b, 9090)
-    log = start_sidecar(b, inbound_bootstrap(), workdir)
+    log = start_sidecar(kind, b, inbound_bootstrap(), workdir)
     b.apply_capture(ISTIO_INIT)
 
     # HTTP on 8080: PREROUTING -> 15006, the 8080 chain (HCM), to the app from 127.0.0.6.
