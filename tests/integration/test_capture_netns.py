@@ -16,7 +16,10 @@ namespace; nothing of the host's network is touched). ``b`` runs small HTTP apps
   a chain for destination port 8080 with an HTTP connection manager, a catch-all tcp_proxy),
   both to InboundPassthroughCluster (ORIGINAL_DST, ``upstream_bind_config`` 127.0.0.6), the
   rules in ``b``; ``curl`` from ``a`` (no rules there) reaches the app, which sees the
-  connection from 127.0.0.6.
+  connection from 127.0.0.6. Both with REDIRECT and with TPROXY (mangle rules, policy
+  routing, a ``transparent`` listener, the sidecar keeping CAP_NET_ADMIN).
+
+Each test runs with pilotfish and with Envoy (the oracle, when installed): same assertions.
 
 Everything the tests create (namespaces, veths, bridge, rules, /etc/netns dirs, processes by
 PID, the temp dir) is removed at the end, also on failure; names carry a random suffix.
@@ -24,6 +27,7 @@ PID, the temp dir) is removed at the end, also on failure; names carry a random 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -177,13 +181,15 @@ def outbound_bootstrap(b_ip: str) -> dict[str, Any]:
     )
 
 
-def inbound_bootstrap() -> dict[str, Any]:
-    """Istio's inbound shape: virtualInbound, HTTP on 8080, TCP passthrough for the rest."""
+def inbound_bootstrap(mode: str) -> dict[str, Any]:
+    """Istio's inbound shape: virtualInbound, HTTP on 8080, TCP passthrough for the rest;
+    ``transparent`` (IP_TRANSPARENT) in TPROXY mode, as Istio sets it."""
     return _bootstrap(
         [
             {
                 "name": "virtualInbound",
                 "address": _addr("0.0.0.0", 15006),
+                "transparent": mode == "TPROXY",
                 "traffic_direction": "INBOUND",
                 "listener_filters": [ORIGINAL_DST_FILTER],
                 "filter_chains": [
@@ -251,7 +257,9 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def start_sidecar(kind: str, pod: pods.Pod, bootstrap: dict[str, Any], workdir: Path) -> Path:
+def start_sidecar(
+    kind: str, pod: pods.Pod, bootstrap: dict[str, Any], workdir: Path, caps: tuple[str, ...] = ()
+) -> Path:
     """The sidecar in the pod as uid/gid 1337, waiting until its admin answers LIVE."""
     config = workdir / f"{pod.name}-bootstrap.json"
     config.write_text(json.dumps(bootstrap))
@@ -273,6 +281,7 @@ def start_sidecar(kind: str, pod: pods.Pod, bootstrap: dict[str, Any], workdir: 
             ],
             uid=PROXY_UID,
             gid=PROXY_UID,
+            caps=caps,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -366,15 +375,17 @@ def test_outbound_capture_through_per_port_listener_and_passthrough(
     assert s.get("tcp.PassthroughCluster.downstream_cx_total", 0) == 1, s
 
 
+@pytest.mark.parametrize("mode", ["REDIRECT", "TPROXY"])
 def test_inbound_capture_to_app_from_127_0_0_6(
-    kind: str, net: pods.PodNetwork, workdir: Path
+    kind: str, mode: str, net: pods.PodNetwork, workdir: Path
 ) -> None:
     b = net.pod("b")
     a = net.pod("a", hosts={SERVICE: b.ip})
     start_app(b, 8080)
     start_app(b, 9090)
-    log = start_sidecar(kind, b, inbound_bootstrap(), workdir)
-    b.apply_capture(ISTIO_INIT)
+    caps = ("net_admin",) if mode == "TPROXY" else ()  # IP_TRANSPARENT, as Istio grants it
+    log = start_sidecar(kind, b, inbound_bootstrap(mode), workdir, caps)
+    b.apply_capture(dataclasses.replace(ISTIO_INIT, inbound_intercept_mode=mode))
 
     # HTTP on 8080: PREROUTING -> 15006, the 8080 chain (HCM), to the app from 127.0.0.6.
     status, headers, body = response(curl(a, f"http://{SERVICE}:8080/in"))

@@ -40,6 +40,7 @@ from pilotfish.mesh.capture.iptables import CaptureConfig, render
 
 NETNS_ETC = Path("/etc/netns")
 BRIDGE = "br0"
+TPROXY_ROUTE_TABLE = 133  # istio-iptables' --inbound-tproxy-route-table default
 
 
 class PodError(RuntimeError):
@@ -133,9 +134,16 @@ class Pod:
     # -- running things in the pod ----------------------------------------------------------
 
     def command(
-        self, argv: Sequence[str], *, uid: int | None = None, gid: int | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        caps: Sequence[str] = (),
     ) -> list[str]:
-        """``argv`` run inside the pod (``ip netns exec``), as ``uid``/``gid`` when given."""
+        """``argv`` run inside the pod (``ip netns exec``), as ``uid``/``gid`` when given,
+        keeping the capabilities ``caps`` (e.g. ``net_admin``: IP_TRANSPARENT in TPROXY mode,
+        which Istio grants the proxy) as ambient ones."""
         cmd = ["ip", "netns", "exec", self.ns]
         if uid is not None or gid is not None:
             cmd += ["setpriv"]
@@ -143,6 +151,9 @@ class Pod:
                 cmd += ["--reuid", str(uid)]
             if gid is not None:
                 cmd += ["--regid", str(gid)]
+            if caps:
+                wanted = ",".join(f"+{c}" for c in caps)
+                cmd += ["--inh-caps", wanted, "--ambient-caps", wanted]
             cmd += ["--clear-groups", "--"]
         return cmd + list(argv)
 
@@ -164,12 +175,18 @@ class Pod:
         )
 
     def popen(
-        self, argv: Sequence[str], *, uid: int | None = None, gid: int | None = None, **kwargs: Any
+        self,
+        argv: Sequence[str],
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        caps: Sequence[str] = (),
+        **kwargs: Any,
     ) -> subprocess.Popen[Any]:
         """Start a process inside the pod; it is ended (by PID) when the pod closes.
         ``ip netns exec`` and ``setpriv`` exec, so the PID is the program's own."""
         proc: subprocess.Popen[Any] = subprocess.Popen(
-            self.command(argv, uid=uid, gid=gid), **kwargs
+            self.command(argv, uid=uid, gid=gid, caps=caps), **kwargs
         )
         self.processes.append(proc)
         return proc
@@ -180,6 +197,29 @@ class Pod:
         """istio-init: load ``render(cfg)`` with ``iptables-restore`` in the pod; returns it."""
         rules = render(cfg)
         _run(self.command(["iptables-restore", "--noflush"]), stdin=rules)
+        if cfg.inbound_intercept_mode == "TPROXY":
+            # What istio-iptables adds in TPROXY mode: marked packets are delivered locally.
+            mark, table = str(cfg.inbound_tproxy_mark), str(TPROXY_ROUTE_TABLE)
+            _run(
+                ["ip", "-n", self.ns, "-f", "inet", "rule", "add", "fwmark", mark, "lookup", table]
+            )
+            _run(
+                [
+                    "ip",
+                    "-n",
+                    self.ns,
+                    "-f",
+                    "inet",
+                    "route",
+                    "add",
+                    "local",
+                    "default",
+                    "dev",
+                    "lo",
+                    "table",
+                    table,
+                ]
+            )
         return rules
 
     def iptables_save(self, table: str = "nat") -> str:
