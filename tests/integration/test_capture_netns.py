@@ -424,3 +424,23 @@ def test_pod_network_teardown_is_complete_and_idempotent() -> None:
     assert not any(name in listed for name in names)
     assert not pod.etc_dir.exists()
     assert not os.path.exists(f"/run/netns/{pod.ns}")
+
+
+def test_transparent_listener_without_net_admin_fails_naming_it(
+    kind: str, net: pods.PodNetwork, workdir: Path
+) -> None:
+    """TPROXY's IP_TRANSPARENT needs CAP_NET_ADMIN: without it the sidecar refuses to start
+    and says which listener (Envoy: "listener 'virtualInbound' failed to bind or apply socket
+    options")."""
+    b = net.pod("b")
+    config = workdir / "bootstrap.json"
+    config.write_text(json.dumps(inbound_bootstrap("TPROXY")))
+    config.chmod(0o644)
+    binary = PILOTFISH_BIN if kind == "pilotfish" else ENVOY_BIN
+    result = b.run(
+        [str(binary), "-c", str(config), "--disable-hot-restart", "-l", "error"],
+        uid=PROXY_UID,
+        gid=PROXY_UID,
+    )
+    assert result.returncode != 0
+    assert "'virtualInbound'" in result.stdout + result.stderr
