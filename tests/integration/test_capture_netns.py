@@ -19,6 +19,9 @@ namespace; nothing of the host's network is touched). ``b`` runs small HTTP apps
   connection from 127.0.0.6. Both with REDIRECT and with TPROXY (mangle rules, policy
   routing, a ``transparent`` listener, the sidecar keeping CAP_NET_ADMIN).
 
+* sidecar to sidecar: both pods captured, a's outbound path into b's inbound path.
+* a ``transparent`` listener without CAP_NET_ADMIN: the sidecar refuses to start, naming it.
+
 Each test runs with pilotfish and with Envoy (the oracle, when installed): same assertions.
 
 Everything the tests create (namespaces, veths, bridge, rules, /etc/netns dirs, processes by
@@ -444,3 +447,25 @@ def test_transparent_listener_without_net_admin_fails_naming_it(
     )
     assert result.returncode != 0
     assert "'virtualInbound'" in result.stdout + result.stderr
+
+
+def test_sidecar_to_sidecar(kind: str, net: pods.PodNetwork, workdir: Path) -> None:
+    """Both pods captured: a's app -> a's 15001 -> 0.0.0.0_8080 -> b's 15006 -> b's app."""
+    b = net.pod("b")
+    a = net.pod("a", hosts={SERVICE: b.ip})
+    start_app(b, 8080)
+    start_sidecar(kind, b, inbound_bootstrap("REDIRECT"), workdir)
+    b.apply_capture(ISTIO_INIT)
+    log = start_sidecar(kind, a, outbound_bootstrap(b.ip), workdir)
+    a.apply_capture(ISTIO_INIT)
+
+    status, headers, body = response(curl(a, f"http://{SERVICE}:8080/both"))
+    assert status == 200, log.read_text()
+    assert (body["app"], body["peer"]) == ("b", "127.0.0.6")
+    # Headers only a proxy adds, on the way in and on the way back.
+    assert body["headers"].get("x-request-id")
+    assert "x-envoy-upstream-service-time" in headers
+    sa, sb = stats(a), stats(b)
+    assert sa.get("cluster.outbound|8080||b.test.svc.upstream_rq_2xx", 0) == 1, sa
+    assert sb.get("http.inbound_0.0.0.0_8080.downstream_rq_2xx", 0) == 1, sb
+    assert sb.get("cluster.InboundPassthroughCluster.upstream_rq_2xx", 0) == 1, sb
