@@ -106,6 +106,13 @@ class ActiveListener:
             for ext in model.listener_filters
             if ext.factory is not None and hasattr(ext.factory, "build")
         ]
+        if model.use_original_dst:
+            # Envoy's buildOriginalDstListenerFilter: use_original_dst implies the original_dst
+            # listener filter (Istio's virtualOutbound names none), after the configured ones.
+            from pilotfish.extensions.filters.listener.original_dst import OriginalDstFilter
+
+            if not any(isinstance(lf, OriginalDstFilter) for lf in self.listener_filters):
+                self.listener_filters.append(OriginalDstFilter())
         # Filters that decide from the connection's first bytes (tls_inspector, ...).
         self.inspecting = any(getattr(lf, "max_read_bytes", 0) for lf in self.listener_filters)
         self.server: asyncio.AbstractServer | None = None
@@ -146,10 +153,19 @@ class ActiveListener:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and not addr.ipv4_compat:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if model.transparent:
-                sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
-            if model.freebind:
-                sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
+            try:
+                if model.transparent:
+                    sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT (CAP_NET_ADMIN)
+                if model.freebind:
+                    sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
+            except OSError as e:
+                sock.close()
+                option = "IP_TRANSPARENT" if model.transparent else "IP_FREEBIND"
+                raise OSError(
+                    e.errno,
+                    f"listener '{model.name}' failed to apply socket options "
+                    f"({option}): {e.strerror}",
+                ) from None
             try:
                 sock.bind((addr.address, addr.port))
             except OSError as e:
