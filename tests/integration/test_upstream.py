@@ -235,8 +235,8 @@ class Stack:
         ]
         for name in HASH_POLICIES:
             policy = "MAGLEV" if name == "maglev" else "RING_HASH"
-            hosts = [ep(x) for x in p(*(f"{name}{i}" for i in three))]
-            clusters.append(cl(name, hosts, lb_policy=policy))
+            endpoints = [ep(x) for x in p(*(f"{name}{i}" for i in three))]
+            clusters.append(cl(name, endpoints, lb_policy=policy))
         for name, weighted in (("locality", True), ("locality_off", False)):
             # Zone a (weight 1) has one host, zone b (weight 3) two.
             hosts = p(f"{name}0", f"{name}1", f"{name}2")
