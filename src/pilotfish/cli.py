@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
 
     stale = stale_compiled_modules()
     if stale:
-        log.warning("compiled modules are older than their sources (run `make install`): %s",
-                    ", ".join(stale))
+        log.warning(
+            "compiled modules are older than their sources (run `make install`): %s",
+            ", ".join(stale),
+        )
     origin = options.config_path or "--config-yaml"
     try:
         loaded = load_bootstrap(

@@ -57,8 +57,6 @@ _TLS = "TLS transport sockets are not served by pilotfish yet"
 KNOWN_PILOTFISH_NACKS: set[tuple[str, str, str, str]] = {
     # DestinationRule tls SIMPLE (TLS origination to www.googleapis.com:443).
     *(("egress-google-apis", proxy, "Cluster", _TLS) for proxy in PROXIES),
-    # consistentHash → RING_HASH (ringHash / legacy minimumRingSize) or MAGLEV.
-    *(("features", proxy, "Cluster", "is not supported") for proxy in PROXIES),
 }
 
 

@@ -51,6 +51,15 @@ ACCESS_LOG_FORMAT = (
 RESET_BODY = b"upstream connect error or disconnect/reset before headers. "
 CONNECT_TIMEOUT_S = 0.5
 ROUTE_TIMEOUTS = {"rq_timeout": "0.3s", "per_try": "5s"}
+# Route hash_policy of the consistent-hash clusters.
+HASH_POLICIES: dict[str, list[dict[str, Any]]] = {
+    "ring": [{"header": {"header_name": "x-user"}}],
+    "maglev": [{"header": {"header_name": "x-user"}}],
+    "ring_ip": [{"connection_properties": {"source_ip": True}}],
+    "ring_cookie": [{"cookie": {"name": "sess"}}],
+    "ring_cookie_ttl": [{"cookie": {"name": "sticky", "ttl": "60s", "path": "/"}}],
+    "ring_query": [{"query_parameter": {"name": "user"}}],
+}
 
 # --- the bootstrap ---------------------------------------------------------------------------
 
@@ -106,6 +115,8 @@ class Stack:
                     route["retry_policy"] = retry_policies[c["name"]]
                 if c["name"] in ROUTE_TIMEOUTS:
                     route["timeout"] = ROUTE_TIMEOUTS[c["name"]]
+                if c["name"] in HASH_POLICIES:
+                    route["hash_policy"] = HASH_POLICIES[c["name"]]
                 routes.append({"match": {"prefix": f"/{c['name']}/"}, "route": route})
             self.proxy = ProxyProcess(
                 kind, self._bootstrap(clusters, routes), workdir, args=FLUSH_ACCESS_LOGS
@@ -222,6 +233,10 @@ class Stack:
             cl("per_try", [ep(x) for x in p("per_try0")]),
             cl("names", [ep(x) for x in p("names0")]),
         ]
+        for name in HASH_POLICIES:
+            policy = "MAGLEV" if name == "maglev" else "RING_HASH"
+            endpoints = [ep(x) for x in p(*(f"{name}{i}" for i in three))]
+            clusters.append(cl(name, endpoints, lb_policy=policy))
         for name, weighted in (("locality", True), ("locality_off", False)):
             # Zone a (weight 1) has one host, zone b (weight 3) two.
             hosts = p(f"{name}0", f"{name}1", f"{name}2")
@@ -1000,3 +1015,78 @@ def test_a_static_cluster_has_envoys_stats(stack: Stack) -> None:
         "membership_healthy": 1,
         "membership_total": 1,
     }
+
+
+# --- consistent hashing (RING_HASH, MAGLEV) ---------------------------------------------------
+# The hash function differs from Envoy's (xxHash64 there, BLAKE2b here), so a key need not land
+# on the same backend on both proxies: what is checked is stickiness and spread on each.
+
+
+def _sticky_backends(stack: Stack, path: str, values: Sequence[str], header: str) -> list[str]:
+    chosen = []
+    for v in values:
+        seen = {stack.get(path, {header: v}).response.header("x-backend") for _ in range(3)}
+        assert len(seen) == 1, f"{header}: {v} went to {seen}"
+        chosen.append(seen.pop() or "-")
+    return chosen
+
+
+@kinds()
+@pytest.mark.parametrize("cluster", ["ring", "maglev"])
+def test_consistent_hash_on_a_header_is_sticky_and_spread(stack: Stack, cluster: str) -> None:
+    values = [f"user-{i}" for i in range(30)]
+    chosen = _sticky_backends(stack, f"/{cluster}/x", values, "x-user")
+    counts = collections.Counter(chosen)
+    assert set(counts) == {f"{cluster}{i}" for i in range(3)}, counts
+    assert max(counts.values()) <= 20, counts
+
+
+@kinds()
+def test_consistent_hash_without_a_hash_picks_at_random(stack: Stack) -> None:
+    responses = [stack.get("/ring/x").response for _ in range(30)]
+    assert all(r.status == 200 for r in responses)
+    assert len(backends_of(responses)) > 1
+
+
+@kinds()
+def test_consistent_hash_on_a_query_parameter(stack: Stack) -> None:
+    chosen = []
+    for i in range(30):
+        seen = {stack.get(f"/ring_query/x?a=1&user=u{i}").response.header("x-backend")}
+        seen.add(stack.get(f"/ring_query/y?user=u{i}").response.header("x-backend"))
+        assert len(seen) == 1, seen
+        chosen.append(seen.pop())
+    assert len(set(chosen)) == 3
+
+
+@kinds()
+def test_consistent_hash_on_the_source_ip_is_sticky(stack: Stack) -> None:
+    responses = [stack.get("/ring_ip/x").response for _ in range(10)]
+    assert len(backends_of(responses)) == 1
+
+
+@kinds()
+def test_consistent_hash_on_an_existing_cookie(stack: Stack) -> None:
+    values = [f"s{i}" for i in range(30)]
+    chosen = []
+    for v in values:
+        rs = [stack.get("/ring_cookie/x", {"cookie": f"a=b; sess={v}"}).response for _ in range(3)]
+        assert all(r.header("set-cookie") is None for r in rs)
+        seen = {r.header("x-backend") for r in rs}
+        assert len(seen) == 1, seen
+        chosen.append(seen.pop())
+    assert len(set(chosen)) == 3
+
+
+@kinds()
+def test_consistent_hash_cookie_with_a_ttl_is_generated(stack: Stack) -> None:
+    first = stack.get("/ring_cookie_ttl/x").response
+    cookie = first.header("set-cookie")
+    assert cookie is not None
+    assert cookie.startswith('sticky="') and cookie.endswith('"; Max-Age=60; Path=/; HttpOnly')
+    value = cookie.split('"')[1]
+    again = [
+        stack.get("/ring_cookie_ttl/x", {"cookie": f"sticky={value}"}).response for _ in range(5)
+    ]
+    assert all(r.header("set-cookie") is None for r in again)
+    assert {r.header("x-backend") for r in again} == {first.header("x-backend")}

@@ -528,8 +528,7 @@ def _prometheus(server: Server, params: dict[str, str], p: _StatsParams) -> Resp
     if p.histogram_buckets == "prometheusnative":
         return Response(
             400,
-            "unsupported prometheusnative histogram type when not using protobuf exposition "
-            "format",
+            "unsupported prometheusnative histogram type when not using protobuf exposition format",
         )
     if p.histogram_buckets not in ("", "cumulative", "summary"):
         return Response(400, "unsupported prometheus histogram bucket mode")

@@ -115,6 +115,9 @@ class Cluster:
     transport_socket_matches: tuple[tuple[str, dict[str, Any], TypedExtension], ...] = ()
     least_request_choice_count: int = 2
     least_request_active_request_bias: float = 1.0
+    ring_hash_minimum_ring_size: int = 1024
+    ring_hash_maximum_ring_size: int = 8 * 1024 * 1024
+    maglev_table_size: int = 65537
     healthy_panic_threshold: float = 50.0
     locality_weighted_lb: bool = False
     original_dst: OriginalDstConfig = OriginalDstConfig()

@@ -112,6 +112,8 @@ class HashPolicy:
     name: str = ""
     terminal: bool = False
     regex_rewrite: tuple[re.Pattern[bytes], bytes] | None = None
+    cookie_ttl: float | None = None  # cookie: with a ttl, Envoy generates a missing cookie
+    cookie_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -351,6 +351,9 @@ class Cluster:
             cfg.least_request_choice_count,
             cfg.least_request_active_request_bias,
             panic_counter=self.stats.lb_healthy_panic,
+            minimum_ring_size=cfg.ring_hash_minimum_ring_size,
+            maximum_ring_size=cfg.ring_hash_maximum_ring_size,
+            maglev_table_size=cfg.maglev_table_size,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -476,14 +479,16 @@ class Cluster:
         original_dst: tuple[str, int] | None = None,
         exclude: AbstractSet[Host] = frozenset(),
         attempts: int = 1,
+        hash_key: int | None = None,
     ) -> Host | None:
         """A host for one request or connection, or None (counted in upstream_cx_none_healthy,
         as Envoy's cluster manager does). ``original_dst``: the destination an ORIGINAL_DST
-        cluster connects to (see ``original_destination``)."""
+        cluster connects to (see ``original_destination``). ``hash_key``: the request's hash
+        from the route's hash_policy, for the consistent-hash balancers."""
         if self.original_dst:
             host = self._original_dst_host(original_dst)
         else:
-            host = self.lb.choose(exclude, attempts)
+            host = self.lb.choose(exclude, attempts, hash_key)
         if host is None:
             self.stats.upstream_cx_none_healthy.value += 1
         return host

@@ -463,7 +463,15 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
             )
             hps.append(HashPolicy("header", hp.header.header_name.lower(), hp.terminal, rr))
         elif hkind == "cookie":
-            hps.append(HashPolicy("cookie", hp.cookie.name, hp.terminal))
+            ck = hp.cookie
+            if ck.attributes:
+                raise ConfigError(
+                    f"{hpath}.cookie.attributes", "cookie attributes are not supported"
+                )
+            ttl = c.duration(ck, "ttl", 0.0) if ck.HasField("ttl") else None
+            hps.append(
+                HashPolicy("cookie", ck.name, hp.terminal, cookie_ttl=ttl, cookie_path=ck.path)
+            )
         elif hkind == "connection_properties":
             hps.append(HashPolicy("connection_properties", "source_ip", hp.terminal))
         elif hkind == "query_parameter":

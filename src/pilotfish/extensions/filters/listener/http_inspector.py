@@ -19,7 +19,7 @@ _PARTIAL_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]*(?: \S*(?: [HTP/0-9.]*)
 
 
 def detect(data: bytes) -> str | None:
-    """"h2c", "http/1.1", "http/1.0"; "" when the bytes are not HTTP; None: need more."""
+    """ "h2c", "http/1.1", "http/1.0"; "" when the bytes are not HTTP; None: need more."""
     if data[:24] == H2C_PREFACE[: len(data[:24])]:
         return "h2c" if len(data) >= 24 else None
     m = _REQUEST_LINE.match(data)
