@@ -42,6 +42,8 @@ class ServerContext:
     next_connection_id: int = 0
     # Route configs from RDS, by name (xds.manager.RouteProviders); None without xDS.
     rds: Any = None
+    # Named TLS secrets, static and from SDS (tls.secrets.SecretStore).
+    secrets: Any = None
 
     def connection_id(self) -> int:
         self.next_connection_id += 1

@@ -19,6 +19,7 @@ from pilotfish.context import ServerContext, detect_local_address
 from pilotfish.errors import ConfigError
 from pilotfish.net.listener import ListenerManager
 from pilotfish.stats.store import Store
+from pilotfish.tls.secrets import SecretStore
 from pilotfish.upstream.cluster_manager import ClusterManager
 from pilotfish.xds.bootstrap import LoadedBootstrap
 
@@ -79,6 +80,7 @@ class Server:
             node_cluster=model.node.cluster,
             runtime=model.runtime,
             drain_time=float(opts.drain_time_s),
+            secrets=SecretStore(),
         )
         self.ctx = ctx
         if access_logs is not None:
