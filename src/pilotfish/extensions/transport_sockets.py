@@ -13,6 +13,7 @@ from typing import Any
 
 from pilotfish.errors import ConfigError
 from pilotfish.extensions.registry import Category, ExtensionFactory
+from pilotfish.tls.secrets import SdsSecretRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,9 @@ class TlsContextConfig:
     downstream: bool
     sni: str = ""
     alpn: tuple[str, ...] = ()
-    sds_secret_names: tuple[str, ...] = ()
+    # Secrets the context takes from SDS, with the config source of each (helper for the SDS
+    # subscriptions; the context itself reads them from the SecretStore by name).
+    sds_secrets: tuple[SdsSecretRef, ...] = ()
 
 
 class RawBufferFactory(ExtensionFactory):
@@ -50,18 +53,22 @@ class _TlsFactory(ExtensionFactory):
                 ),
             )
         common = msg.common_tls_context
-        names = [s.name for s in common.tls_certificate_sds_secret_configs]
+        configs = list(common.tls_certificate_sds_secret_configs)
         if common.HasField("validation_context_sds_secret_config"):
-            names.append(common.validation_context_sds_secret_config.name)
+            configs.append(common.validation_context_sds_secret_config)
         if common.HasField("combined_validation_context"):
             cvc = common.combined_validation_context
             if cvc.HasField("validation_context_sds_secret_config"):
-                names.append(cvc.validation_context_sds_secret_config.name)
+                configs.append(cvc.validation_context_sds_secret_config)
+        refs = tuple(
+            SdsSecretRef(c.name, c.sds_config if c.HasField("sds_config") else None)
+            for c in configs
+        )
         return TlsContextConfig(
             downstream=self.downstream,
             sni=getattr(msg, "sni", ""),
             alpn=tuple(common.alpn_protocols),
-            sds_secret_names=tuple(names),
+            sds_secrets=refs,
         )
 
 

@@ -29,6 +29,15 @@ class ValidationContext:
     match_subject_alt_names: tuple[object, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class SdsSecretRef:
+    """A secret a TLS context names (``sds_secret_config``): its name and the ConfigSource
+    proto to fetch it from (None: it must be a static secret of the bootstrap)."""
+
+    name: str
+    sds_config: object = None
+
+
 Secret = TlsCertificate | ValidationContext
 Watcher = Callable[[str, "Secret | None"], None]
 
