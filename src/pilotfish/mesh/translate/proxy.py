@@ -339,6 +339,57 @@ def _inbound_port(
     return w.app_port, None, None
 
 
+def inbound_filter_chains(
+    stat_address: str,
+    port: int,
+    svc: MeshService | None,
+    svc_port: ServicePortInfo | None,
+) -> list[JSON]:
+    """The filter chains that hand a connection for port ``port`` to the app (cluster
+    ``inbound|<port>||``): an HTTP connection manager, or a tcp_proxy for a TCP service port.
+    Loopback mode's inbound listener takes them as they are; capture mode's virtualInbound
+    adds a ``destination_port`` match to each (mTLS modes may return more than one)."""
+    inbound_name = cluster_name("inbound", port, None, "")
+    operation = f"{svc.hostname}:{svc_port.number}" if svc and svc_port else f":{port}"
+    if svc_port is not None and not svc_port.is_http:
+        filters = [_tcp_proxy(inbound_name, inbound_name)]
+    else:
+        route_config = {
+            "name": inbound_name,
+            "virtual_hosts": [
+                {
+                    "name": f"inbound|http|{port}",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "name": "default",
+                            "match": {"prefix": "/"},
+                            "route": {
+                                "cluster": inbound_name,
+                                "timeout": "0s",
+                                "max_stream_duration": {
+                                    "max_stream_duration": "0s",
+                                    "grpc_timeout_header_max": "0s",
+                                },
+                            },
+                            "decorator": {"operation": f"{operation}/*"},
+                        }
+                    ],
+                }
+            ],
+            "validate_clusters": False,
+        }
+        filters = [
+            _hcm(
+                f"inbound_{stat_address}_{port}",
+                route_config=route_config,
+                filters=_ROUTER_ONLY,
+                forward_client_cert_details="APPEND_FORWARD",
+            )
+        ]
+    return [{"filters": filters}]
+
+
 def sidecar_config(
     config: MeshConfig, workloads: Sequence[Workload], workload: Workload
 ) -> ProxyConfig:
@@ -350,7 +401,6 @@ def sidecar_config(
         config, {s.hostname: s for s in services}, workload.namespace, workload.labels
     )
     clusters, endpoints = outbound_clusters(config, services, workload.namespace)
-    inbound_name = cluster_name("inbound", port, None, "")
     clusters = [
         *clusters,
         inbound_cluster(port, workload.address, workload.app_port),
@@ -379,46 +429,9 @@ def sidecar_config(
         routes.append(_http_proxy_route_config(ctx, services))
     if workload.inbound_port:
         in_name = f"{workload.address}_{workload.inbound_port}"
-        operation = f"{svc.hostname}:{svc_port.number}" if svc and svc_port else f":{port}"
-        if svc_port is not None and not svc_port.is_http:
-            filters = [_tcp_proxy(inbound_name, inbound_name)]
-        else:
-            route_config = {
-                "name": inbound_name,
-                "virtual_hosts": [
-                    {
-                        "name": f"inbound|http|{port}",
-                        "domains": ["*"],
-                        "routes": [
-                            {
-                                "name": "default",
-                                "match": {"prefix": "/"},
-                                "route": {
-                                    "cluster": inbound_name,
-                                    "timeout": "0s",
-                                    "max_stream_duration": {
-                                        "max_stream_duration": "0s",
-                                        "grpc_timeout_header_max": "0s",
-                                    },
-                                },
-                                "decorator": {"operation": f"{operation}/*"},
-                            }
-                        ],
-                    }
-                ],
-                "validate_clusters": False,
-            }
-            filters = [
-                _hcm(
-                    f"inbound_{workload.address}_{port}",
-                    route_config=route_config,
-                    filters=_ROUTER_ONLY,
-                    forward_client_cert_details="APPEND_FORWARD",
-                )
-            ]
-        listeners.append(
-            _listener(in_name, workload.address, workload.inbound_port, filters, "INBOUND")
-        )
+        listener = _listener(in_name, workload.address, workload.inbound_port, [], "INBOUND")
+        listener["filter_chains"] = inbound_filter_chains(workload.address, port, svc, svc_port)
+        listeners.append(listener)
     by_host = {s.hostname: s for s in services}
     for key, local_port in sorted(workload.tcp_outbound.items()):
         host, _, port_text = key.rpartition(":")
