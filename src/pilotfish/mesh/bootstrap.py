@@ -4,7 +4,7 @@ delta mode, the shape of the bootstrap Istio's pilot-agent renders."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 ADS_SOURCE = {"ads": {}, "resource_api_version": "V3"}
@@ -33,9 +33,12 @@ def proxy_bootstrap(
     delta: bool = True,
     metadata: Mapping[str, Any] | None = None,
     initial_fetch_timeout: str | None = None,
+    admin_address: str = "127.0.0.1",
+    extra_clusters: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """A bootstrap (Envoy v3 JSON shape) whose config all comes over ADS from ``xds``
-    (``host:port`` or ``unix:/path``)."""
+    (``host:port`` or ``unix:/path``); ``extra_clusters`` are more static clusters (e.g.
+    Istio's ``sds-grpc``)."""
     source: dict[str, Any] = dict(ADS_SOURCE)
     if initial_fetch_timeout is not None:
         source["initial_fetch_timeout"] = initial_fetch_timeout
@@ -45,7 +48,7 @@ def proxy_bootstrap(
     return {
         "node": node_doc,
         "admin": {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+            "address": {"socket_address": {"address": admin_address, "port_value": admin_port}}
         },
         "dynamic_resources": {
             "ads_config": {
@@ -76,7 +79,8 @@ def proxy_bootstrap(
                             {"lb_endpoints": [{"endpoint": {"address": xds_address(xds)}}]}
                         ],
                     },
-                }
+                },
+                *(dict(c) for c in extra_clusters),
             ]
         },
     }

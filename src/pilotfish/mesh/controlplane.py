@@ -36,25 +36,41 @@ Translate = Callable[[ConfigStore, Sequence[RunningProxy]], Mapping[str, Mapping
 
 
 class ControlPlane:
-    def __init__(self, state_dir: Path, translate: Translate) -> None:
+    def __init__(self, state_dir: Path, translate: Translate, capture: str | None = None) -> None:
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ConfigStore(state_dir / "config")
         self.translate = translate
         self.server = XdsServer()
-        self.xds_address = f"unix:{state_dir / 'xds.sock'}"
-        self.supervisor = Supervisor(
-            state_dir, self.xds_address, proxy_binary=saved_proxy_binary(state_dir)
-        )
+        self.capture = capture
+        self.xds_socket = state_dir / "xds.sock"
+        if capture:
+            # iptables capture mode (capture/supervisor.py): pods, sidecars as uid 1337.
+            from pilotfish.mesh.capture import supervisor as cap
+
+            cap.clean_leftovers(state_dir)  # of a control plane that crashed
+            self.xds_socket = cap.runtime_dir(state_dir) / "xds.sock"
+            self.translate = cap.capture_translate
+        self.xds_address = f"unix:{self.xds_socket}"
+        self.supervisor = self._supervisor(saved_proxy_binary(state_dir))
         self.specs: dict[str, WorkloadSpec] = {}
         self._stopped = asyncio.Event()
         self._ctl: asyncio.AbstractServer | None = None
 
+    def _supervisor(self, proxy_binary: str | None) -> Supervisor:
+        if not self.capture:
+            return Supervisor(self.state_dir, self.xds_address, proxy_binary=proxy_binary)
+        from pilotfish.mesh.capture.supervisor import CaptureSupervisor
+
+        return CaptureSupervisor(self.state_dir, self.xds_address, proxy_binary=proxy_binary)
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        (self.state_dir / "xds.sock").unlink(missing_ok=True)
+        self.xds_socket.unlink(missing_ok=True)
         await self.server.start(self.xds_address)
+        if self.capture:
+            self.xds_socket.chmod(0o666)  # the sidecars run as uid 1337
         self.store.add_listener(lambda changes: self.push())
         ctl = self.state_dir / "ctl.sock"
         ctl.unlink(missing_ok=True)
@@ -131,6 +147,7 @@ class ControlPlane:
             for process in (running.app, running.proxy):
                 if process is not None:
                     process.stop()
+            self.supervisor.release(running)
         self._save_workloads()
         self.push()
 
@@ -170,6 +187,7 @@ class ControlPlane:
 
     def push(self) -> None:
         """Recompute every proxy's resources and hand them to its resource set."""
+        self.supervisor.on_config(self.store)
         proxies = list(self.supervisor.proxies.values())
         per_node = self.translate(self.store, proxies)
         for node, resources in per_node.items():
@@ -238,6 +256,7 @@ class ControlPlane:
                 "rows": self.supervisor.status(),
                 "xds": self.xds_address,
                 "proxy_binary": self.supervisor.proxy_binary or "pilotfish",
+                "capture": self.capture or "none",
             }
         if cmd == "down":
             asyncio.get_running_loop().call_soon(self._stopped.set)

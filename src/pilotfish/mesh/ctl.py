@@ -2,6 +2,7 @@
 
     pilotfishctl up [DIR]            control plane + the workloads and config in DIR
                  [--proxy-binary PATH]   run PATH (e.g. Envoy) as every proxy, not pilotfish
+                 [--capture iptables]    pods (netns) with istio-iptables rules (root)
     pilotfishctl apply -f FILE...    Istio / Kubernetes / Workload YAML
     pilotfishctl delete -f FILE...
     pilotfishctl get KIND            virtualservices, destinationrules, gateways, workloads, ...
@@ -150,17 +151,27 @@ def cmd_apply(state: Path, files: Sequence[str], delete: bool = False) -> None:
             print(line)
 
 
-def cmd_up(state: Path, directory: str | None, proxy_binary: str | None = None) -> None:
+def cmd_up(
+    state: Path, directory: str | None, proxy_binary: str | None = None, capture: str | None = None
+) -> None:
     """``proxy_binary``: the program every proxy runs (Envoy, or anything that takes Envoy's
     command line and bootstrap); ``pilotfish`` for pilotfish; ``None`` keeps what the state
-    directory has (pilotfish at first)."""
+    directory has (pilotfish at first). ``capture``: ``iptables`` (pods with capture rules,
+    root), ``none`` (loopback), ``None`` keeps what the state directory has."""
+    from pilotfish.mesh.capture.supervisor import capture_available, load_mode, save_mode
     from pilotfish.mesh.runner import save_proxy_binary, saved_proxy_binary
 
     if proxy_binary not in (None, "pilotfish") and not os.access(proxy_binary, os.X_OK):
         raise CtlError(f"--proxy-binary {proxy_binary}: not an executable file")
+    if (capture or load_mode(state)) == "iptables" and capture != "none":
+        why = capture_available()
+        if why is not None:
+            raise CtlError(f"--capture iptables: {why} (root, ip, iptables-restore, setpriv)")
     if not running(state):
         if proxy_binary is not None:
             save_proxy_binary(state, proxy_binary)
+        if capture is not None:
+            save_mode(state, capture)
         print(f"starting the control plane (state in {state}) ...", flush=True)
         start_control_plane(state)
     elif proxy_binary is not None:
@@ -169,6 +180,13 @@ def cmd_up(state: Path, directory: str | None, proxy_binary: str | None = None) 
         if serving != wanted:
             raise CtlError(
                 f"the control plane runs {serving} as its proxies; `pilotfishctl down` first "
+                "to change it"
+            )
+    if capture is not None and running(state):
+        serving = request(state, {"cmd": "status"}).get("capture") or "none"
+        if serving != capture:
+            raise CtlError(
+                f"the control plane runs with --capture {serving}; `pilotfishctl down` first "
                 "to change it"
             )
     binary = saved_proxy_binary(state)
@@ -216,8 +234,15 @@ def cmd_logs(state: Path, name: str, proxy: bool) -> None:
 
 
 def cmd_down(state: Path) -> None:
+    from pilotfish.mesh.capture.supervisor import clean_leftovers
+
     if not running(state):
-        print("the control plane is not running")
+        # A capture-mode control plane that crashed leaves pods behind: remove them.
+        removed = clean_leftovers(state) if os.geteuid() == 0 else []
+        print(
+            "the control plane is not running"
+            + (f"; removed {len(removed)} leftovers" if removed else "")
+        )
         return
     request(state, {"cmd": "down"})
     # Wait for the process to be gone: it removes its sockets last, and a new control plane
@@ -227,6 +252,8 @@ def cmd_down(state: Path) -> None:
     deadline = time.monotonic() + 60
     while pid and _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
+    if os.geteuid() == 0:
+        clean_leftovers(state)  # nothing when the control plane removed everything
     print("stopped")
 
 
@@ -269,6 +296,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kept in the state directory ('pilotfish' goes back to pilotfish; env "
         "PILOTFISH_PROXY_BINARY)",
     )
+    up.add_argument(
+        "--capture",
+        choices=["iptables", "none"],
+        default=None,
+        help="iptables: run each workload in its own network namespace with istio-iptables "
+        "rules, the sidecar as uid 1337 (needs root); none: loopback mode (the default); kept "
+        "in the state directory",
+    )
     for name in ("apply", "delete"):
         p = sub.add_parser(name, help=f"{name} YAML files or directories")
         p.add_argument("-f", "--filename", action="append", required=True)
@@ -292,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "daemon":
             return run_daemon(state)
         if args.command == "up":
-            cmd_up(state, args.dir, args.proxy_binary)
+            cmd_up(state, args.dir, args.proxy_binary, args.capture)
         elif args.command in ("apply", "delete"):
             cmd_apply(state, args.filename, delete=args.command == "delete")
         elif args.command == "get":
@@ -322,10 +357,11 @@ def run_daemon(state: Path) -> int:
 
     import uvloop
 
+    from pilotfish.mesh.capture.supervisor import load_mode
     from pilotfish.mesh.controlplane import ControlPlane, istio_translate
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    plane = ControlPlane(state, istio_translate)
+    plane = ControlPlane(state, istio_translate, capture=load_mode(state))
     pid_file = state / "controlplane.pid"
     pid_file.write_text(str(os.getpid()))
     try:

@@ -161,10 +161,11 @@ class RunningProxy:
     listen_ports: dict[int, int] = field(default_factory=dict)  # gateway: server port -> local
     app: ManagedProcess | None = None
     proxy: ManagedProcess | None = None
+    address: str = "127.0.0.1"  # the pod's IP in capture mode
 
     @property
     def node_id(self) -> str:
-        return node_id(self.kind, self.name, self.namespace)
+        return node_id(self.kind, self.name, self.namespace, self.address)
 
     def describe(self) -> dict[str, Any]:
         def state(p: ManagedProcess | None) -> str:
@@ -181,7 +182,8 @@ class RunningProxy:
             "app": state(self.app),
             "proxy": state(self.proxy),
             "admin": f"127.0.0.1:{self.admin_port}",
-            "inbound": f"127.0.0.1:{self.inbound_port}" if self.inbound_port else "",
+            "address": self.address,
+            "inbound": f"{self.address}:{self.inbound_port}" if self.inbound_port else "",
             "outbound": f"127.0.0.1:{self.outbound_port}" if self.outbound_port else "",
             "listen": {str(k): v for k, v in self.listen_ports.items()},
             "app_pid": self.app.proc.pid if self.app is not None and self.app.proc else None,
@@ -207,6 +209,14 @@ class Supervisor:
         self.log_level = log_level
         self.proxy_binary = proxy_binary  # None: pilotfish
         self.proxies: dict[str, RunningProxy] = {}
+        self.config_dir = state_dir / "proxies"  # the proxies' bootstrap files
+
+    def on_config(self, store: Any) -> None:
+        """The config changed (before the proxies get it); capture mode refreshes the pods'
+        hosts files here."""
+
+    def release(self, running: RunningProxy) -> None:
+        """A workload's processes have stopped; free what it held (capture mode: its pod)."""
 
     def plan_workload(self, spec: WorkloadSpec) -> RunningProxy:
         """Give a workload its ports (before the control plane computes its config)."""
@@ -244,8 +254,8 @@ class Supervisor:
             running.app = self._app_process(running, spec)
             running.app.start()
 
-    def _proxy_process(self, running: RunningProxy) -> ManagedProcess:
-        boot = proxy_bootstrap(
+    def bootstrap(self, running: RunningProxy) -> dict[str, Any]:
+        return proxy_bootstrap(
             self.xds_address,
             running.node_id,
             cluster=f"{running.labels.get('app', running.name)}.{running.namespace}",
@@ -258,7 +268,10 @@ class Supervisor:
             },
             initial_fetch_timeout="0s",
         )
-        config = self.state_dir / "proxies" / f"{running.name}.json"
+
+    def _proxy_process(self, running: RunningProxy) -> ManagedProcess:
+        boot = self.bootstrap(running)
+        config = self.config_dir / f"{running.name}.json"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(json.dumps(boot, indent=1))
         # The admin port is unique among the live proxies of the machine: so is the base id.

@@ -94,7 +94,7 @@ class Pod:
         self.ip = ip
         self.hosts = dict(hosts)
         self.processes: list[subprocess.Popen[Any]] = []
-        self._veth = f"v{network.suffix}{len(network.pods)}"  # the bridge end, < 16 chars
+        self._veth = f"v{network.suffix}{network.next_index()}"  # the bridge end, < 16 chars
         self._closed = False
 
     @property
@@ -271,6 +271,7 @@ class PodNetwork:
         self.gateway = str(next(hosts))
         self._free = hosts
         self.pods: dict[str, Pod] = {}
+        self._index = 0
         self._created = False
         self._closed = False
 
@@ -316,6 +317,17 @@ class PodNetwork:
                 pod.close()
             raise
         return pod
+
+    def next_index(self) -> int:
+        """A number for a pod's veth name, never reused (pods may come and go)."""
+        self._index += 1
+        return self._index - 1
+
+    def remove(self, name: str) -> None:
+        """Close the pod ``name`` and forget it (its name may be used again)."""
+        pod = self.pods.pop(name, None)
+        if pod is not None:
+            pod.close()
 
     def close(self) -> None:
         """Close every pod, then the node namespace. Idempotent; goes on after errors."""
