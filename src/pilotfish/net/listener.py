@@ -289,7 +289,9 @@ class AcceptedConnection(asyncio.Protocol):
         for lf in listener.listener_filters:
             lf.on_accept(info, sock)
         if listener.inspecting:
-            self.inspectors = [lf for lf in listener.listener_filters if lf.max_read_bytes]
+            self.inspectors = [
+                lf for lf in listener.listener_filters if getattr(lf, "max_read_bytes", 0)
+            ]
             timeout = listener.model.listener_filters_timeout
             if timeout:
                 self.timer = ctx.loop.call_later(timeout, self._inspection_timeout)
