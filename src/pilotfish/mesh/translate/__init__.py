@@ -15,7 +15,8 @@ Layout: ``workload.py`` (Workload, GatewayProxy), ``services.py`` (MeshConfig sn
 service registry: Services and ServiceEntries with endpoints from workloads and
 WorkloadEntries), ``clusters.py`` (CDS/EDS, DestinationRule policies), ``routes.py``
 (VirtualService HTTP routes, domains, defaults), ``proxy.py`` (listeners, route configs,
-the per-proxy assembly), ``common.py`` (names, durations, JSON → proto).
+the per-proxy assembly), ``capture.py`` (iptables capture mode: virtualOutbound/virtualInbound),
+``vips.py`` (service VIPs and pod hosts entries), ``common.py`` (names, durations, JSON → proto).
 
 Istio → Envoy, as istiod does it (telemetry filters, mTLS and HBONE left out):
 
