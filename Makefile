@@ -34,11 +34,11 @@ $(ENVOY_STAMP):
 envoy: $(ENVOY_STAMP)
 
 # Debian packages the tests and benchmarks use: curl, nginx (fast backend), wrk (load),
-# iproute2 and iptables (the capture-mode pods of test_capture_netns.py, root only).
+# iproute2 and iptables (the capture-mode pods, root only), tcpdump (the mTLS wire check).
 $(APT_STAMP):
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl nginx-light wrk iproute2 iptables >/dev/null; \
-	else echo "skipping apt (not root or no apt-get): install curl, nginx, wrk, iproute2, iptables yourself"; fi
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl nginx-light wrk iproute2 iptables tcpdump >/dev/null; \
+	else echo "skipping apt (not root or no apt-get): install curl, nginx, wrk, iproute2, iptables, tcpdump yourself"; fi
 	touch $@
 
 apt: $(APT_STAMP)
