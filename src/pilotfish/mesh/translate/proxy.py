@@ -7,7 +7,9 @@ Sidecar (no iptables, no root: the app uses its sidecar as an HTTP proxy):
   the outbound virtual hosts of every HTTP service port, absolute-form URLs allowed.
 * ``127.0.0.1_<inbound_port>``: the "pod address" other sidecars reach; an inline route
   config ``inbound|<port>||`` sends everything to cluster ``inbound|<port>||`` (the app).
-  A TCP service port gets a tcp_proxy instead.
+  A TCP service port gets a tcp_proxy instead. Its filter chains follow the workload's
+  PeerAuthentication mode at that port (``inbound.py``: mTLS and/or plaintext chains behind
+  a tls_inspector), unless the mesh has no certificates (``MeshConfig.mtls``): one chain.
 * ``127.0.0.1_<local port>`` per ``Workload.tcp_outbound`` entry: tcp_proxy to a TCP service.
 
 Gateway: ``127.0.0.1_<local port>`` per Gateway server port, RDS ``http.<server port>``,
@@ -23,8 +25,10 @@ from google.protobuf.message import Message
 
 from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.hosts import fqdn, host_matches
+from pilotfish.mesh.translate.authn import workload_mtls
 from pilotfish.mesh.translate.clusters import inbound_cluster, outbound_clusters, static_blackhole
 from pilotfish.mesh.translate.common import ADS, JSON, cluster_name, to_proto
+from pilotfish.mesh.translate.inbound import inbound_filter_chains
 from pilotfish.mesh.translate.routes import (
     CORS,
     FAULT,
@@ -414,11 +418,21 @@ def sidecar_config(
                     route_config=route_config,
                     filters=_ROUTER_ONLY,
                     forward_client_cert_details="APPEND_FORWARD",
+                    set_current_client_cert_details={"subject": True, "dns": True, "uri": True},
                 )
             ]
-        listeners.append(
-            _listener(in_name, workload.address, workload.inbound_port, filters, "INBOUND")
-        )
+        inbound = _listener(in_name, workload.address, workload.inbound_port, filters, "INBOUND")
+        if config.mtls:
+            mode = workload_mtls(config, workload.namespace, workload.labels).mode_at(port)
+            chains = inbound_filter_chains(
+                mode,
+                filters,
+                http=svc_port is None or svc_port.is_http,
+                name=f"{workload.address}_{port}",
+            )
+            inbound["filter_chains"] = chains.filter_chains
+            inbound["listener_filters"] = chains.listener_filters
+        listeners.append(inbound)
     by_host = {s.hostname: s for s in services}
     for key, local_port in sorted(workload.tcp_outbound.items()):
         host, _, port_text = key.rpartition(":")
