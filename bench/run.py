@@ -129,8 +129,9 @@ class Processes:
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, argv: Sequence[str], *, log: Path, cwd: Path | None = None
-              ) -> subprocess.Popen[bytes]:
+    def start(
+        self, argv: Sequence[str], *, log: Path, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start `argv` with stdout and stderr going to `log`."""
         with log.open("wb") as out:
             proc = subprocess.Popen(
@@ -173,6 +174,7 @@ class Processes:
 
 
 # --------------------------------------------------------------------------- /proc
+
 
 def cpu_seconds(pid: int) -> float:
     """utime+stime of `pid` and its live descendants (all threads), in seconds."""
@@ -263,6 +265,7 @@ def tail(path: Path, lines: int = 20) -> str:
 
 # --------------------------------------------------------------------------- nginx
 
+
 @dataclass(slots=True)
 class Backend:
     port: int
@@ -319,8 +322,18 @@ http {{
     )
     log = d / "stderr.log"
     proc = procs.start(
-        ["taskset", "-c", LOAD_CORE, nginx, "-e", str(d / "error.log"), "-p", str(d),
-         "-c", str(conf)],
+        [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            nginx,
+            "-e",
+            str(d / "error.log"),
+            "-p",
+            str(d),
+            "-c",
+            str(conf),
+        ],
         log=log,
     )
     wait_for_port(port, proc, "nginx", log)
@@ -334,6 +347,7 @@ http {{
 
 # --------------------------------------------------------------------------- proxies
 
+
 def bench_bootstrap(admin_port: int, listener_port: int, backend_port: int) -> dict[str, Any]:
     def addr(port: int) -> dict[str, Any]:
         return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
@@ -344,41 +358,55 @@ def bench_bootstrap(admin_port: int, listener_port: int, backend_port: int) -> d
         "stat_prefix": "bench",
         "route_config": {
             "name": "local_route",
-            "virtual_hosts": [{
-                "name": "backend",
-                "domains": ["*"],
-                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "nginx"}}],
-            }],
+            "virtual_hosts": [
+                {
+                    "name": "backend",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "nginx"}}],
+                }
+            ],
         },
-        "http_filters": [{
-            "name": "envoy.filters.http.router",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-            },
-        }],
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
     }
     return {
         "admin": {"address": addr(admin_port)},
         "static_resources": {
-            "listeners": [{
-                "name": "bench",
-                "address": addr(listener_port),
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm,
-                }]}],
-            }],
-            "clusters": [{
-                "name": "nginx",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "load_assignment": {
-                    "cluster_name": "nginx",
-                    "endpoints": [
-                        {"lb_endpoints": [{"endpoint": {"address": addr(backend_port)}}]}
+            "listeners": [
+                {
+                    "name": "bench",
+                    "address": addr(listener_port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
                     ],
-                },
-            }],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "nginx",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "nginx",
+                        "endpoints": [
+                            {"lb_endpoints": [{"endpoint": {"address": addr(backend_port)}}]}
+                        ],
+                    },
+                }
+            ],
         },
     }
 
@@ -411,8 +439,18 @@ def istio_bootstrap(admin_port: int) -> dict[str, Any]:
 def proxy_argv(name: str, config: Path) -> list[str]:
     if name == "envoy":
         base_id = random.randint(1000, 2**30)
-        return [str(ENVOY), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
-                "--base-id", str(base_id), "-l", "warning"]
+        return [
+            str(ENVOY),
+            "-c",
+            str(config),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--base-id",
+            str(base_id),
+            "-l",
+            "warning",
+        ]
     return [str(PILOTFISH), "-c", str(config), "--concurrency", "1", "-l", "warning"]
 
 
@@ -429,8 +467,9 @@ class Proxy:
         return self.proc.pid
 
 
-def launch(procs: Processes, tmp: Path, name: str, bootstrap: dict[str, Any], tag: str,
-           admin_port: int) -> Proxy:
+def launch(
+    procs: Processes, tmp: Path, name: str, bootstrap: dict[str, Any], tag: str, admin_port: int
+) -> Proxy:
     d = tmp / f"{name}-{tag}"
     d.mkdir()
     config = d / "bootstrap.json"
@@ -446,13 +485,16 @@ def wait_live(proxy: Proxy) -> None:
     while time.monotonic() < deadline:
         if proxy.proc.poll() is not None:
             raise BenchError(
-                f"{proxy.name} exited with {proxy.proc.returncode}:\n{tail(proxy.log)}")
+                f"{proxy.name} exited with {proxy.proc.returncode}:\n{tail(proxy.log)}"
+            )
         state = admin_ready(proxy.admin_port)
         if state == "LIVE":
             return
         time.sleep(0.05)
-    raise BenchError(f"{proxy.name} not LIVE after {READY_TIMEOUT_S:.0f}s (/ready: {state!r}):\n"
-                     f"{tail(proxy.log)}")
+    raise BenchError(
+        f"{proxy.name} not LIVE after {READY_TIMEOUT_S:.0f}s (/ready: {state!r}):\n"
+        f"{tail(proxy.log)}"
+    )
 
 
 def verify_proxied(proxy: Proxy, backend: Backend) -> None:
@@ -463,11 +505,14 @@ def verify_proxied(proxy: Proxy, backend: Backend) -> None:
         except (OSError, http.client.HTTPException) as e:
             raise BenchError(f"{proxy.name}: GET {path} failed: {e}\n{tail(proxy.log)}") from e
         if status != 200 or body != want:
-            raise BenchError(f"{proxy.name}: GET {path} answered {status} {body[:80]!r}, "
-                             f"expected nginx's body {want[:40]!r}...")
+            raise BenchError(
+                f"{proxy.name}: GET {path} answered {status} {body[:80]!r}, "
+                f"expected nginx's body {want[:40]!r}..."
+            )
 
 
 # --------------------------------------------------------------------------- wrk
+
 
 @dataclass(slots=True)
 class WrkResult:
@@ -513,18 +558,27 @@ def parse_wrk(out: str) -> WrkResult:
     m_non = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if m_non:
         res.non_2xx_3xx = int(m_non.group(1))
-    m_sock = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    m_sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m_sock:
-        res.socket_errors = dict(zip(("connect", "read", "write", "timeout"),
-                                     map(int, m_sock.groups()), strict=True))
+        res.socket_errors = dict(
+            zip(("connect", "read", "write", "timeout"), map(int, m_sock.groups()), strict=True)
+        )
     return res
 
 
 def run_wrk(procs: Processes, port: int, case: Case, duration: float, tmp: Path) -> WrkResult:
     url = f"http://127.0.0.1:{port}{case.path}"
-    argv = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{case.connections}",
-            f"-d{max(1, round(duration))}s", "--latency", url]
+    argv = [
+        "taskset",
+        "-c",
+        LOAD_CORE,
+        "wrk",
+        "-t1",
+        f"-c{case.connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        url,
+    ]
     log = tmp / "wrk.out"
     proc = procs.start(argv, log=log)
     try:
@@ -540,6 +594,7 @@ def run_wrk(procs: Processes, port: int, case: Case, duration: float, tmp: Path)
 
 
 # --------------------------------------------------------------------------- measuring
+
 
 @dataclass(slots=True)
 class Run:
@@ -569,8 +624,9 @@ def children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def measure(procs: Processes, proxy: Proxy, case: Case, duration: float, tmp: Path,
-            ours: Sequence[int]) -> Run:
+def measure(
+    procs: Processes, proxy: Proxy, case: Case, duration: float, tmp: Path, ours: Sequence[int]
+) -> Run:
     """One wrk run through `proxy`; `ours` = PIDs of every long-lived process we started."""
     if proxy.proc.poll() is not None:
         raise BenchError(f"{proxy.name} died ({proxy.proc.returncode}):\n{tail(proxy.log)}")
@@ -628,6 +684,7 @@ def measure_istio_rss(procs: Processes, tmp: Path, name: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- report
 
+
 def fmt_ms(x: float) -> str:
     return f"{x * 1e3:.0f} µs" if x < 1 else f"{x:.2f} ms"
 
@@ -636,8 +693,9 @@ def fmt_mb(kb: float | None) -> str:
     return "—" if kb is None else f"{kb * 1024 / 1e6:.1f}"
 
 
-def render_table(summary: dict[str, dict[str, dict[str, Any]]],
-                 istio: dict[str, dict[str, Any]]) -> str:
+def render_table(
+    summary: dict[str, dict[str, dict[str, Any]]], istio: dict[str, dict[str, Any]]
+) -> str:
     lines = [
         "| case | Envoy rps | pilotfish rps | pilotfish/Envoy | Envoy p50 / p99 "
         "| pilotfish p50 / p99 | Envoy CPU ms/1k req | pilotfish CPU ms/1k req "
@@ -664,8 +722,9 @@ def render_table(summary: dict[str, dict[str, dict[str, Any]]],
     return "\n".join(lines)
 
 
-def check_targets(summary: dict[str, dict[str, dict[str, Any]]],
-                  istio: dict[str, dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+def check_targets(
+    summary: dict[str, dict[str, dict[str, Any]]], istio: dict[str, dict[str, Any]]
+) -> list[tuple[str, bool | None, str]]:
     c32 = summary[CASES[0].name]
     c1 = summary[CASES[1].name]
     out: list[tuple[str, bool | None, str]] = []
@@ -693,20 +752,27 @@ def version_of(argv: Sequence[str]) -> str:
 
 def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
-        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                           check=False)
+        r = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        )
         return r.stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
 
 
 # --------------------------------------------------------------------------- main
 
+
 def preflight() -> None:
     missing = [str(p) for p in (PILOTFISH, ENVOY, ISTIO_GOLDEN) if not p.exists()]
-    missing += [t for t in ("wrk", "nginx", "taskset") if not (
-        shutil.which(t) or (t == "nginx" and Path("/usr/sbin/nginx").exists()))]
+    missing += [
+        t
+        for t in ("wrk", "nginx", "taskset")
+        if not (shutil.which(t) or (t == "nginx" and Path("/usr/sbin/nginx").exists()))
+    ]
     if missing:
         raise BenchError("missing: " + ", ".join(missing) + " (try `make install envoy apt`)")
     if (os.cpu_count() or 1) < 2:
@@ -715,8 +781,9 @@ def preflight() -> None:
 
 def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
     started = time.strftime("%Y%m%d-%H%M%S")
-    print(f"load average at start: {loadavg()} (other work on the machine skews numbers)",
-          flush=True)
+    print(
+        f"load average at start: {loadavg()} (other work on the machine skews numbers)", flush=True
+    )
     backend = start_nginx(procs, tmp)
     print(f"nginx on 127.0.0.1:{backend.port} (core {LOAD_CORE})", flush=True)
 
@@ -724,23 +791,30 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
     idle_rss: dict[str, int | None] = {}
     for name in PROXIES:
         admin, listener = free_port(), free_port()
-        proxy = launch(procs, tmp, name, bench_bootstrap(admin, listener, backend.port),
-                       "bench", admin)
+        proxy = launch(
+            procs, tmp, name, bench_bootstrap(admin, listener, backend.port), "bench", admin
+        )
         proxy.listener_port = listener
         wait_live(proxy)
         verify_proxied(proxy, backend)
         idle_rss[name] = rss_kb(proxy.pid)
         proxies[name] = proxy
-        print(f"{name}: pid {proxy.pid}, listener {listener}, admin {admin}, LIVE, "
-              f"proxies nginx's bodies, idle RSS {fmt_mb(idle_rss[name])} MB", flush=True)
+        print(
+            f"{name}: pid {proxy.pid}, listener {listener}, admin {admin}, LIVE, "
+            f"proxies nginx's bodies, idle RSS {fmt_mb(idle_rss[name])} MB",
+            flush=True,
+        )
 
     ours = [backend.proc.pid, *(p.pid for p in proxies.values())]
     warm = 1.0 if args.quick else 2.0
     for name, proxy in proxies.items():
         for case in (CASES[0], CASES[2]):
             w = run_wrk(procs, proxy.listener_port, case, warm, tmp)
-            print(f"warm-up {name} {case.name}: {w.rps:,.0f} rps"
-                  + (f" (errors: {w.errors})" if w.errors else ""), flush=True)
+            print(
+                f"warm-up {name} {case.name}: {w.rps:,.0f} rps"
+                + (f" (errors: {w.errors})" if w.errors else ""),
+                flush=True,
+            )
 
     raw: dict[str, dict[str, list[Run]]] = {c.name: {n: [] for n in PROXIES} for c in CASES}
     for n, case in enumerate(CASES):
@@ -749,11 +823,14 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
             for name in order:
                 r = measure(procs, proxies[name], case, args.duration, tmp, ours)
                 raw[case.name][name].append(r)
-                print(f"  {case.name:16} run {i + 1}/{args.runs} {name:9} "
-                      f"{r.wrk.rps:9,.0f} rps  p50 {fmt_ms(r.wrk.p50_ms):>9}  "
-                      f"p99 {fmt_ms(r.wrk.p99_ms):>9}  cpu {r.cpu_ms_per_1k:5.1f} ms/1k  "
-                      f"rss {fmt_mb(r.rss_kb)} MB  other load {r.other_load:.2f} cores"
-                      + (f"  ERRORS: {r.wrk.errors}" if r.wrk.errors else ""), flush=True)
+                print(
+                    f"  {case.name:16} run {i + 1}/{args.runs} {name:9} "
+                    f"{r.wrk.rps:9,.0f} rps  p50 {fmt_ms(r.wrk.p50_ms):>9}  "
+                    f"p99 {fmt_ms(r.wrk.p99_ms):>9}  cpu {r.cpu_ms_per_1k:5.1f} ms/1k  "
+                    f"rss {fmt_mb(r.rss_kb)} MB  other load {r.other_load:.2f} cores"
+                    + (f"  ERRORS: {r.wrk.errors}" if r.wrk.errors else ""),
+                    flush=True,
+                )
 
     # Still proxying after all that load?
     for proxy in proxies.values():
@@ -764,18 +841,25 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
     istio: dict[str, dict[str, Any]] = {}
     for name in PROXIES:
         istio[name] = measure_istio_rss(procs, tmp, name)
-        print(f"{name} with Istio's golden bootstrap after {ISTIO_SETTLE_S:.0f} s: "
-              f"/ready {istio[name]['ready']!r}, RSS {fmt_mb(istio[name]['rss_kb'])} MB"
-              + ("" if istio[name]["alive"] else
-                 f" (EXITED {istio[name].get('exit_code')}:\n{istio[name].get('log_tail')})"),
-              flush=True)
+        print(
+            f"{name} with Istio's golden bootstrap after {ISTIO_SETTLE_S:.0f} s: "
+            f"/ready {istio[name]['ready']!r}, RSS {fmt_mb(istio[name]['rss_kb'])} MB"
+            + (
+                ""
+                if istio[name]["alive"]
+                else f" (EXITED {istio[name].get('exit_code')}:\n{istio[name].get('log_tail')})"
+            ),
+            flush=True,
+        )
 
     summary = {c: {n: summarize(runs) for n, runs in per.items()} for c, per in raw.items()}
     table = render_table(summary, istio)
     targets = check_targets(summary, istio)
     print()
-    print(f"pilotfish vs Envoy, medians of {args.runs} x {args.duration:g} s "
-          f"(proxy on core {PROXY_CORE}, nginx + wrk on core {LOAD_CORE}):")
+    print(
+        f"pilotfish vs Envoy, medians of {args.runs} x {args.duration:g} s "
+        f"(proxy on core {PROXY_CORE}, nginx + wrk on core {LOAD_CORE}):"
+    )
     print()
     print(table)
     print()
@@ -783,8 +867,9 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
         mark = "n/a " if ok is None else ("PASS" if ok else "MISS")
         print(f"  {mark}  {what}: {detail}")
 
-    failures = [f"{c} / {n}: {e}" for c, per in summary.items() for n, s in per.items()
-                for e in s["errors"]]
+    failures = [
+        f"{c} / {n}: {e}" for c, per in summary.items() for n, s in per.items() for e in s["errors"]
+    ]
     if failures:
         print("\nwrk reported errors (those runs are suspect):")
         for f in failures:
@@ -792,34 +877,61 @@ def run(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
 
     busiest = max(s["other_load_max"] for per in summary.values() for s in per.values())
     if busiest > OTHER_LOAD_WARN:
-        print(f"\nwarning: other processes used up to {busiest:.2f} cores of cores "
-              f"{LOAD_CORE}-{PROXY_CORE} during a run: these numbers are skewed, rerun on an "
-              "idle machine before quoting them")
+        print(
+            f"\nwarning: other processes used up to {busiest:.2f} cores of cores "
+            f"{LOAD_CORE}-{PROXY_CORE} during a run: these numbers are skewed, rerun on an "
+            "idle machine before quoting them"
+        )
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{started}.json"
-    out.write_text(json.dumps({
-        "started": started,
-        "args": vars(args),
-        "machine": {"cpus": os.cpu_count(), "loadavg_end": loadavg(),
-                    "proxy_core": PROXY_CORE, "load_core": LOAD_CORE},
-        "versions": {"envoy": version_of([str(ENVOY), "--version"]),
-                     "pilotfish": version_of([str(PILOTFISH), "--version"]),
-                     "nginx": version_of(["nginx", "-v"]),
-                     "wrk": version_of(["wrk", "--version"]),
-                     "git": git_state()},
-        "idle_rss_kb": idle_rss,
-        "cases": {c.name: {"connections": c.connections, "path": c.path,
-                           "summary": summary[c.name],
-                           "runs": {n: [{**asdict(r.wrk), "cpu_s": r.cpu_s,
-                                         "cpu_ms_per_1k": r.cpu_ms_per_1k, "rss_kb": r.rss_kb,
-                                         "other_load_cores": r.other_load}
-                                        for r in raw[c.name][n]] for n in PROXIES}}
-                  for c in CASES},
-        "istio_bootstrap": istio,
-        "targets": [{"target": t, "met": ok, "detail": d} for t, ok, d in targets],
-        "table_markdown": table,
-    }, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "started": started,
+                "args": vars(args),
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "loadavg_end": loadavg(),
+                    "proxy_core": PROXY_CORE,
+                    "load_core": LOAD_CORE,
+                },
+                "versions": {
+                    "envoy": version_of([str(ENVOY), "--version"]),
+                    "pilotfish": version_of([str(PILOTFISH), "--version"]),
+                    "nginx": version_of(["nginx", "-v"]),
+                    "wrk": version_of(["wrk", "--version"]),
+                    "git": git_state(),
+                },
+                "idle_rss_kb": idle_rss,
+                "cases": {
+                    c.name: {
+                        "connections": c.connections,
+                        "path": c.path,
+                        "summary": summary[c.name],
+                        "runs": {
+                            n: [
+                                {
+                                    **asdict(r.wrk),
+                                    "cpu_s": r.cpu_s,
+                                    "cpu_ms_per_1k": r.cpu_ms_per_1k,
+                                    "rss_kb": r.rss_kb,
+                                    "other_load_cores": r.other_load,
+                                }
+                                for r in raw[c.name][n]
+                            ]
+                            for n in PROXIES
+                        },
+                    }
+                    for c in CASES
+                },
+                "istio_bootstrap": istio,
+                "targets": [{"target": t, "met": ok, "detail": d} for t, ok, d in targets],
+                "table_markdown": table,
+            },
+            indent=2,
+        )
+    )
     print(f"\nraw numbers: {out.relative_to(ROOT)}")
     return 1 if failures else 0
 

@@ -188,7 +188,9 @@ def test_http_proxy_request_follows_subset_routing(kind: str, tmp_path: Path) ->
         )
         store = bookinfo_store("reviews-test-v2")
         store.apply([NETWORKING / "bookinfo-gateway.yaml"])
-        config = MeshConfig.from_store(store)
+        config = MeshConfig.from_store(
+            store, mtls=False
+        )  # plaintext: test_mesh_mtls_envoy has mTLS
         gw = gateway(free_port())
         procs = {}
         for name in (*APPS, "gateway"):

@@ -162,8 +162,10 @@ def bookinfo_store(scenario: str = "no-rules") -> ConfigStore:
     return store
 
 
-def bookinfo_config(scenario: str = "no-rules") -> MeshConfig:
-    return MeshConfig.from_store(bookinfo_store(scenario))
+def bookinfo_config(scenario: str = "no-rules", *, mtls: bool = False) -> MeshConfig:
+    """The BookInfo mesh under ``scenario``; plaintext unless ``mtls`` (Istio's workload
+    certificates: auto mTLS, PeerAuthentication, ISTIO_MUTUAL)."""
+    return MeshConfig.from_store(bookinfo_store(scenario), mtls=mtls)
 
 
 def bookinfo_workloads(

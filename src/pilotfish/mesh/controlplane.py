@@ -276,7 +276,9 @@ def istio_translate(
         sidecar_resources,
     )
 
-    config = MeshConfig.from_store(store)
+    # The proxies get no workload certificates yet (no sds-grpc in their bootstrap): a
+    # plaintext mesh. Turn mtls on when the agent's SDS serves `default` and `ROOTCA`.
+    config = MeshConfig.from_store(store, mtls=False)
     workloads = {
         p.name: Workload(
             name=p.name,

@@ -31,6 +31,9 @@ class ObjectMeta:
     namespace: str = DEFAULT_NAMESPACE
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # metadata.creationTimestamp as UTC ISO 8601, when given: Istio's "oldest wins" between
+    # policies of the same scope (None sorts first, as Go's zero time).
+    creation_timestamp: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +527,23 @@ class Sidecar(Resource):
     outbound_traffic_policy: Mapping[str, Any] | None = None  # kept raw for now
 
 
+# --- PeerAuthentication (security.istio.io) --------------------------------------------------
+
+MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthentication(Resource):
+    """``selector`` is ``selector.matchLabels`` (None or empty: namespace-wide, or mesh-wide in
+    the root namespace); ``mode`` is ``mtls.mode``; ``port_level_mtls`` maps a workload port to
+    its mode."""
+
+    kind: ClassVar[str] = "PeerAuthentication"
+    selector: Mapping[str, str] | None = None
+    mode: str = "UNSET"
+    port_level_mtls: Mapping[int, str] = field(default_factory=dict)
+
+
 KINDS: tuple[type[Resource], ...] = (
     Service,
     Deployment,
@@ -534,4 +554,5 @@ KINDS: tuple[type[Resource], ...] = (
     ServiceEntry,
     WorkloadEntry,
     Sidecar,
+    PeerAuthentication,
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import yaml
 from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.errors import ConfigValidationError
 from pilotfish.mesh.config.parse_networking import SPEC_PARSERS
+from pilotfish.mesh.config.parse_security import SECURITY_SPEC_PARSERS
 from pilotfish.mesh.config.reader import Node, Problems
 
 __all__ = [
@@ -28,6 +30,12 @@ __all__ = [
 ]
 
 ISTIO_API_VERSIONS = frozenset(f"networking.istio.io/{v}" for v in ("v1", "v1beta1", "v1alpha3"))
+SECURITY_API_VERSIONS = frozenset(f"security.istio.io/{v}" for v in ("v1", "v1beta1"))
+# Istio kinds: their spec parser and the apiVersions their CRDs serve.
+_ISTIO_KINDS = {
+    **{kind: (parser, ISTIO_API_VERSIONS) for kind, parser in SPEC_PARSERS.items()},
+    **{kind: (parser, SECURITY_API_VERSIONS) for kind, parser in SECURITY_SPEC_PARSERS.items()},
+}
 _KUBE_API_VERSIONS = {"Service": "v1", "ServiceAccount": "v1", "Deployment": "apps/v1"}
 # Metadata the API server fills in; accepted so that `kubectl get -o yaml` output applies.
 _SERVER_METADATA = (
@@ -124,20 +132,19 @@ def _parse(
     top = Node(doc, "", problems)
     top.ignore("apiVersion", "kind", "status")
     meta = _metadata(top.obj("metadata"))
-    if kind in SPEC_PARSERS:
-        if api_version not in ISTIO_API_VERSIONS:
-            problems.add(
-                "apiVersion", f"{kind} needs one of {', '.join(sorted(ISTIO_API_VERSIONS))}"
-            )
+    if kind in _ISTIO_KINDS:
+        parser, versions = _ISTIO_KINDS[kind]
+        if api_version not in versions:
+            problems.add("apiVersion", f"{kind} needs one of {', '.join(sorted(versions))}")
             return None
         spec = top.obj("spec")
-        obj = SPEC_PARSERS[kind](meta, spec)
+        obj = parser(meta, spec)
         spec.finish()
         top.finish()
         return obj
     expected = _KUBE_API_VERSIONS.get(kind)
     if expected is None:
-        supported = sorted([*SPEC_PARSERS, *_KUBE_API_VERSIONS])
+        supported = sorted([*_ISTIO_KINDS, *_KUBE_API_VERSIONS])
         problems.add(
             "kind", f"unsupported kind {kind!r} (the local mesh reads {', '.join(supported)})"
         )
@@ -163,10 +170,30 @@ def _metadata(node: Node) -> m.ObjectMeta:
         namespace=node.string("namespace") or m.DEFAULT_NAMESPACE,
         labels=node.str_map("labels"),
         annotations=node.str_map("annotations"),
+        creation_timestamp=_timestamp(node, "creationTimestamp"),
     )
     node.ignore(*_SERVER_METADATA)
     node.finish()
     return meta
+
+
+def _timestamp(node: Node, key: str) -> str | None:
+    """An RFC 3339 time (YAML gives a datetime, the state file a string) as UTC ISO 8601."""
+    value = node.raw(key)
+    if value is None:
+        return None
+    when = value
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            when = None
+    if not isinstance(when, datetime):
+        node.error(key, f"invalid timestamp {value!r} (expected e.g. 2024-01-02T03:04:05Z)")
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat()
 
 
 # Kubernetes Service spec fields that mean nothing on one machine but are valid.

@@ -62,6 +62,7 @@ _SHORT_NAMES = {
     "gw": "Gateway",
     "se": "ServiceEntry",
     "we": "WorkloadEntry",
+    "pa": "PeerAuthentication",
 }
 _ALIASES: dict[str, type[m.Resource]] = {}
 for _kind, _cls in _BY_KIND.items():

@@ -608,6 +608,24 @@ def _deployment(dep: m.Deployment, out: Issues) -> None:
     _labels(dep.pod_labels, "spec.template.metadata.labels", out)
 
 
+def _peer_authentication(pa: m.PeerAuthentication, out: Issues) -> None:
+    # Istio's ValidatePeerAuthentication.
+    _enum(pa.mode, m.MTLS_MODES, "spec.mtls.mode", out)
+    if pa.selector is not None:
+        _labels(pa.selector, "spec.selector.matchLabels", out)
+    if pa.port_level_mtls and not pa.selector:
+        out.append(
+            (
+                "spec.portLevelMtls",
+                "portLevelMtls requires a workload selector (spec.selector.matchLabels): "
+                "a mesh- or namespace-wide PeerAuthentication cannot set port-level mTLS",
+            )
+        )
+    for port, mode in pa.port_level_mtls.items():
+        _port(port, f"spec.portLevelMtls.{port}", out)
+        _enum(mode, m.MTLS_MODES, f"spec.portLevelMtls.{port}.mode", out)
+
+
 _CHECKS: dict[type, Callable[..., None]] = {
     m.VirtualService: _virtual_service,
     m.DestinationRule: _destination_rule,
@@ -617,4 +635,5 @@ _CHECKS: dict[type, Callable[..., None]] = {
     m.Sidecar: _sidecar,
     m.Service: _service,
     m.Deployment: _deployment,
+    m.PeerAuthentication: _peer_authentication,
 }

@@ -16,9 +16,12 @@ service registry: Services and ServiceEntries with endpoints from workloads and
 WorkloadEntries), ``clusters.py`` (CDS/EDS, DestinationRule policies), ``routes.py``
 (VirtualService HTTP routes, domains, defaults), ``proxy.py`` (listeners, route configs,
 the per-proxy assembly), ``capture.py`` (iptables capture mode: virtualOutbound/virtualInbound),
-``vips.py`` (service VIPs and pod hosts entries), ``common.py`` (names, durations, JSON → proto).
+``vips.py`` (service VIPs and pod hosts entries), ``common.py`` (names, durations, JSON → proto),
+``authn.py`` (PeerAuthentication composition), ``mtls.py`` (Istio's TLS contexts, SDS secrets),
+``inbound.py`` (an inbound port's filter chains per mTLS mode).
 
-Istio → Envoy, as istiod does it (telemetry filters, mTLS and HBONE left out):
+Istio → Envoy, as istiod does it (telemetry filters and HBONE left out; mTLS: see
+docs/mesh-security.md):
 
 ========================================  ==================================================
 Service port / ServiceEntry host:port     cluster ``outbound|<port>||<host>`` (EDS,
@@ -40,6 +43,11 @@ VirtualService http                       routes in order, one per match; no rul
 Gateway server (HTTP)                     listener ``127.0.0.1_<local port>``, RDS
                                           ``http.<server port>``, vhost ``<host>:<port>``
 Sidecar egress hosts                      which services a sidecar sees
+PeerAuthentication (workload's mode)      inbound chains: mTLS (``tls`` + Istio ALPNs,
+                                          DownstreamTlsContext) and/or ``raw_buffer``
+auto mTLS / DestinationRule ISTIO_MUTUAL  ``transport_socket_matches`` tlsMode-istio /
+                                          tlsMode-disabled, or ``transport_socket``; EDS
+                                          ``envoy.transport_socket_match: {tlsMode: istio}``
 ========================================  ==================================================
 """
 

@@ -33,7 +33,7 @@ from pilotfish.mesh.translate.proxy import (
     _service_vhost,
     _tcp_destination,
     _tcp_proxy,
-    inbound_filter_chains,
+    inbound_port_chains,
     visible_services,
 )
 from pilotfish.mesh.translate.routes import RouteContext
@@ -204,6 +204,8 @@ def _outbound_tcp(ctx: RouteContext, services: Sequence[MeshService]) -> list[JS
 
 
 def _virtual_inbound(
+    config: MeshConfig,
+    workload: Workload,
     ports: Sequence[tuple[int, MeshService | None, ServicePortInfo | None]],
 ) -> JSON:
     chains: list[JSON] = [
@@ -214,9 +216,10 @@ def _virtual_inbound(
         }
     ]
     for port, svc, svc_port in ports:
-        for chain in inbound_filter_chains(ANY, port, svc, svc_port):
-            match = {**chain.get("filter_chain_match", {}), "destination_port": port}
-            chains.append({"name": f"{ANY}_{port}", **chain, "filter_chain_match": match})
+        port_chains = inbound_port_chains(
+            config, workload, ANY, port, svc, svc_port, destination_port=port
+        )
+        chains.extend(port_chains.filter_chains)
     return {
         "name": "virtualInbound",
         "address": _address(ANY, INBOUND_CAPTURE_PORT),
@@ -263,7 +266,7 @@ def capture_sidecar_config(
         _virtual_outbound(),
         *http_listeners,
         *_outbound_tcp(ctx, services),
-        _virtual_inbound(ports),
+        _virtual_inbound(config, workload, ports),
     ]
     return ProxyConfig(workload.node_id(), clusters, endpoints, listeners, routes)
 

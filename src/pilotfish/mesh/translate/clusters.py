@@ -6,8 +6,17 @@ sidecar's ``inbound|<port>||`` cluster to its app.
 DestinationRule traffic policies: loadBalancer (simple → lb_policy, consistentHash →
 RING_HASH/MAGLEV; the route's hash_policy is made in routes.py), connectionPool →
 circuit_breakers / protocol options / keepalive, outlierDetection → outlier_detection, tls
-(SIMPLE/MUTUAL with files) → an upstream TLS transport socket. ISTIO_MUTUAL is left out: the
-local mesh has no certificates, sidecars talk plaintext.
+(SIMPLE/MUTUAL with files) → an upstream TLS transport socket, ISTIO_MUTUAL → Istio's mTLS
+context (SDS secrets of the proxy's agent).
+
+Auto mTLS (Istio's default): a cluster to an in-mesh service without a DestinationRule tls
+setting gets ``transport_socket_matches``, mTLS to endpoints with a sidecar (EDS metadata
+``envoy.transport_socket_match: {tlsMode: istio}``) and plaintext to the others; none when
+the service's namespace is DISABLE, the service is MESH_EXTERNAL or the cluster is
+ORIGINAL_DST. An endpoint loses its ``tlsMode`` when the DestinationRule disables TLS for it,
+or (unless the rule says ISTIO_MUTUAL) its workload's PeerAuthentication is DISABLE at its
+port. With ``MeshConfig.mtls`` false (no certificates) all of this is off and ISTIO_MUTUAL is
+plaintext.
 """
 
 from __future__ import annotations
@@ -17,7 +26,9 @@ from dataclasses import dataclass
 
 from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.hosts import fqdn, host_matches
+from pilotfish.mesh.translate.authn import namespace_mtls_mode, workload_mtls
 from pilotfish.mesh.translate.common import ADS, JSON, cluster_name, duration
+from pilotfish.mesh.translate.mtls import auto_mtls_matches, istio_sni, upstream_istio_mutual
 from pilotfish.mesh.translate.services import (
     Endpoint,
     MeshConfig,
@@ -247,7 +258,7 @@ def _tls(cluster: JSON, tls: m.ClientTLSSettings | None, host: str) -> None:
     }
 
 
-def _lb_endpoint(ep: Endpoint, port: int) -> JSON:
+def _lb_endpoint(ep: Endpoint, port: int, mtls: bool) -> JSON:
     out: JSON = {
         "endpoint": {
             "address": {
@@ -257,25 +268,105 @@ def _lb_endpoint(ep: Endpoint, port: int) -> JSON:
         "health_status": "HEALTHY",
         "load_balancing_weight": ep.weight,
     }
+    metadata: JSON = {}
+    if mtls:
+        metadata["envoy.transport_socket_match"] = {"tlsMode": "istio"}
     if ep.workload:
-        out["metadata"] = {"filter_metadata": {"istio": {"workload": ep.workload}}}
+        metadata["istio"] = {"workload": ep.workload}
+    if metadata:
+        out["metadata"] = {"filter_metadata": metadata}
     return out
 
 
-def _assignment(name: str, endpoints: Sequence[Endpoint], port: int) -> JSON:
+def _assignment(name: str, endpoints: Sequence[Endpoint], port: int, mtls: Sequence[bool]) -> JSON:
     cla: JSON = {"cluster_name": name}
     if endpoints:
         cla["endpoints"] = [
             {
                 "locality": {},
-                "lb_endpoints": [_lb_endpoint(ep, port) for ep in endpoints],
+                "lb_endpoints": [
+                    _lb_endpoint(ep, port, ep_mtls)
+                    for ep, ep_mtls in zip(endpoints, mtls, strict=True)
+                ],
                 "load_balancing_weight": sum(ep.weight for ep in endpoints),
             }
         ]
     return cla
 
 
+def _dr_tls_mode(dr: m.DestinationRule | None, ep: Endpoint, port: int) -> str | None:
+    """The tls mode a DestinationRule sets for one endpoint: the first subset selecting it
+    that sets one at ``port``, else the rule's own (Istio's mtlsChecker)."""
+    if dr is None:
+        return None
+    for subset in dr.subsets:
+        if subset.traffic_policy is not None and labels_match(subset.labels, ep.labels):
+            tls = _apply(Policy(), subset.traffic_policy, port).tls
+            if tls is not None:
+                return tls.mode
+    tls = _apply(Policy(), dr.traffic_policy, port).tls
+    return None if tls is None else tls.mode
+
+
+def _endpoint_mtls(
+    config: MeshConfig, dr: m.DestinationRule | None, ep: Endpoint, port: ServicePortInfo
+) -> bool:
+    """Whether EDS marks the endpoint ``tlsMode: istio`` (mTLS under auto mTLS)."""
+    if not config.mtls:
+        return False
+    mode = _dr_tls_mode(dr, ep, port.number)
+    if mode == "DISABLE":
+        return False
+    if not ep.sidecar:
+        return False  # no tlsMode label to keep
+    if mode == "ISTIO_MUTUAL":
+        return True  # the rule wins over the workload's PeerAuthentication
+    # PeerAuthentication port-level modes name the workload's port: the target port.
+    target = port.target_port if isinstance(port.target_port, int) else port.number
+    return workload_mtls(config, ep.namespace, ep.labels).mode_at(target) != "DISABLE"
+
+
+def _is_http2(cluster: JSON) -> bool:
+    options = cluster.get("typed_extension_protocol_options", {})
+    for value in options.values():
+        if "http2_protocol_options" in value.get("explicit_http_config", {}):
+            return True
+    return False
+
+
+def _mesh_tls(
+    config: MeshConfig,
+    cluster: JSON,
+    svc: MeshService,
+    port: ServicePortInfo,
+    subset: m.Subset | None,
+    tls: m.ClientTLSSettings | None,
+) -> None:
+    """ISTIO_MUTUAL from a DestinationRule, or auto mTLS when the rule sets no tls."""
+    if not config.mtls:
+        return
+    sni = istio_sni(port.number, subset.name if subset else None, svc.hostname)
+    if tls is not None:
+        if tls.mode == "ISTIO_MUTUAL":
+            cluster["transport_socket"] = upstream_istio_mutual(
+                tls.subject_alt_names or svc.service_accounts,
+                tls.sni or sni,
+                http2=_is_http2(cluster),
+            )
+        return
+    if (
+        not config.enable_auto_mtls
+        or svc.mesh_external
+        or cluster["type"] == "ORIGINAL_DST"
+        or namespace_mtls_mode(config, svc.namespace) == "DISABLE"
+    ):
+        return
+    socket = upstream_istio_mutual(svc.service_accounts, sni, http2=_is_http2(cluster))
+    cluster["transport_socket_matches"] = auto_mtls_matches(socket)
+
+
 def _cluster(
+    config: MeshConfig,
     svc: MeshService,
     port: ServicePortInfo,
     subset: m.Subset | None,
@@ -285,16 +376,17 @@ def _cluster(
     endpoints = [
         ep for ep in svc.endpoints if subset is None or labels_match(subset.labels, ep.labels)
     ]
+    mtls = [_endpoint_mtls(config, dr, ep, port) for ep in endpoints]
     cluster: JSON = {"name": name, "connect_timeout": CONNECT_TIMEOUT}
     assignment: JSON | None = None
     if svc.resolution == "EDS":
         cluster["type"] = "EDS"
         cluster["eds_cluster_config"] = {"eds_config": ADS, "service_name": name}
-        assignment = _assignment(name, endpoints, port.number)
+        assignment = _assignment(name, endpoints, port.number, mtls)
     elif svc.resolution.startswith("DNS"):
         cluster["type"] = "STRICT_DNS" if svc.resolution == "DNS" else "LOGICAL_DNS"
         cluster["dns_lookup_family"] = "V4_ONLY"
-        cluster["load_assignment"] = _assignment(name, endpoints, port.number)
+        cluster["load_assignment"] = _assignment(name, endpoints, port.number, mtls)
     else:
         cluster["type"] = "ORIGINAL_DST"
     policy = effective_policy(dr, subset, port.number)
@@ -305,6 +397,7 @@ def _cluster(
     _connection_pool(cluster, policy.connection_pool, port)
     _outlier(cluster, policy.outlier_detection)
     _tls(cluster, policy.tls, svc.hostname)
+    _mesh_tls(config, cluster, svc, port, subset, policy.tls)
     istio: JSON = {
         "services": [{"host": svc.hostname, "name": svc.short_name, "namespace": svc.namespace}],
         "default_original_port": port.number,
@@ -330,7 +423,7 @@ def outbound_clusters(
         dr = destination_rule_for(config, svc.hostname, proxy_namespace)
         for port in svc.ports:
             for subset in (None, *(dr.subsets if dr else ())):
-                cluster, cla = _cluster(svc, port, subset, dr)
+                cluster, cla = _cluster(config, svc, port, subset, dr)
                 clusters.append(cluster)
                 if cla is not None:
                     assignments.append(cla)

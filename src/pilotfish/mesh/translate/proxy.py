@@ -7,7 +7,9 @@ Sidecar (no iptables, no root: the app uses its sidecar as an HTTP proxy):
   the outbound virtual hosts of every HTTP service port, absolute-form URLs allowed.
 * ``127.0.0.1_<inbound_port>``: the "pod address" other sidecars reach; an inline route
   config ``inbound|<port>||`` sends everything to cluster ``inbound|<port>||`` (the app).
-  A TCP service port gets a tcp_proxy instead.
+  A TCP service port gets a tcp_proxy instead. Its filter chains follow the workload's
+  PeerAuthentication mode at that port (``inbound.py``: mTLS and/or plaintext chains behind
+  a tls_inspector), unless the mesh has no certificates (``MeshConfig.mtls``): one chain.
 * ``127.0.0.1_<local port>`` per ``Workload.tcp_outbound`` entry: tcp_proxy to a TCP service.
 
 Gateway: ``127.0.0.1_<local port>`` per Gateway server port, RDS ``http.<server port>``,
@@ -23,8 +25,10 @@ from google.protobuf.message import Message
 
 from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.hosts import fqdn, host_matches
+from pilotfish.mesh.translate.authn import workload_mtls
 from pilotfish.mesh.translate.clusters import inbound_cluster, outbound_clusters, static_blackhole
 from pilotfish.mesh.translate.common import ADS, JSON, cluster_name, to_proto
+from pilotfish.mesh.translate.inbound import InboundChains, inbound_filter_chains
 from pilotfish.mesh.translate.routes import (
     CORS,
     FAULT,
@@ -339,16 +343,14 @@ def _inbound_port(
     return w.app_port, None, None
 
 
-def inbound_filter_chains(
+def inbound_filters(
     stat_address: str,
     port: int,
     svc: MeshService | None,
     svc_port: ServicePortInfo | None,
 ) -> list[JSON]:
-    """The filter chains that hand a connection for port ``port`` to the app (cluster
-    ``inbound|<port>||``): an HTTP connection manager, or a tcp_proxy for a TCP service port.
-    Loopback mode's inbound listener takes them as they are; capture mode's virtualInbound
-    adds a ``destination_port`` match to each (mTLS modes may return more than one)."""
+    """The network filters that hand a connection for port ``port`` to the app (cluster
+    ``inbound|<port>||``): an HTTP connection manager, or a tcp_proxy for a TCP service port."""
     inbound_name = cluster_name("inbound", port, None, "")
     operation = f"{svc.hostname}:{svc_port.number}" if svc and svc_port else f":{port}"
     if svc_port is not None and not svc_port.is_http:
@@ -385,9 +387,40 @@ def inbound_filter_chains(
                 route_config=route_config,
                 filters=_ROUTER_ONLY,
                 forward_client_cert_details="APPEND_FORWARD",
+                set_current_client_cert_details={"subject": True, "dns": True, "uri": True},
             )
         ]
-    return [{"filters": filters}]
+    return filters
+
+
+def inbound_port_chains(
+    config: MeshConfig,
+    workload: Workload,
+    stat_address: str,
+    port: int,
+    svc: MeshService | None,
+    svc_port: ServicePortInfo | None,
+    *,
+    destination_port: int | None = None,
+) -> InboundChains:
+    """The filter chains (and the listener filters they need) of one inbound port under the
+    workload's PeerAuthentication mode at that port. Loopback mode's inbound listener takes
+    them as they are; capture mode's virtualInbound passes ``destination_port``."""
+    filters = inbound_filters(stat_address, port, svc, svc_port)
+    name = f"{stat_address}_{port}"
+    if not config.mtls:
+        chain: JSON = {"name": name, "filters": filters}
+        if destination_port is not None:
+            chain["filter_chain_match"] = {"destination_port": destination_port}
+        return InboundChains([chain], [])
+    mode = workload_mtls(config, workload.namespace, workload.labels).mode_at(port)
+    return inbound_filter_chains(
+        mode,
+        filters,
+        http=svc_port is None or svc_port.is_http,
+        name=name,
+        destination_port=destination_port,
+    )
 
 
 def sidecar_config(
@@ -429,9 +462,12 @@ def sidecar_config(
         routes.append(_http_proxy_route_config(ctx, services))
     if workload.inbound_port:
         in_name = f"{workload.address}_{workload.inbound_port}"
-        listener = _listener(in_name, workload.address, workload.inbound_port, [], "INBOUND")
-        listener["filter_chains"] = inbound_filter_chains(workload.address, port, svc, svc_port)
-        listeners.append(listener)
+        inbound = _listener(in_name, workload.address, workload.inbound_port, [], "INBOUND")
+        chains = inbound_port_chains(config, workload, workload.address, port, svc, svc_port)
+        inbound["filter_chains"] = chains.filter_chains
+        if chains.listener_filters:
+            inbound["listener_filters"] = chains.listener_filters
+        listeners.append(inbound)
     by_host = {s.hostname: s for s in services}
     for key, local_port in sorted(workload.tcp_outbound.items()):
         host, _, port_text = key.rpartition(":")

@@ -18,6 +18,7 @@ __all__ = [
     "ServicePortInfo",
     "build_services",
     "protocol_of",
+    "spiffe_id",
 ]
 
 # Istio's protocol selection: appProtocol, else the port name's prefix (``http-web`` → HTTP).
@@ -61,7 +62,11 @@ def protocol_of(
 
 @dataclass(frozen=True, slots=True)
 class MeshConfig:
-    """A snapshot of the config store: what the translation reads."""
+    """A snapshot of the config store: what the translation reads, and two mesh-wide settings
+    (Istio's MeshConfig): ``mtls`` says the proxies have Istio workload certificates (SDS
+    secrets ``default``/``ROOTCA`` from ``sds-grpc``); without them the mesh is plaintext
+    (PeerAuthentication and ISTIO_MUTUAL have no effect). ``enable_auto_mtls`` is Istio's
+    ``enableAutoMtls`` (default true)."""
 
     services: tuple[m.Service, ...] = ()
     virtual_services: tuple[m.VirtualService, ...] = ()
@@ -70,9 +75,14 @@ class MeshConfig:
     service_entries: tuple[m.ServiceEntry, ...] = ()
     workload_entries: tuple[m.WorkloadEntry, ...] = ()
     sidecars: tuple[m.Sidecar, ...] = ()
+    peer_authentications: tuple[m.PeerAuthentication, ...] = ()
+    mtls: bool = True
+    enable_auto_mtls: bool = True
 
     @classmethod
-    def from_objects(cls, objects: Iterable[m.Resource]) -> MeshConfig:
+    def from_objects(
+        cls, objects: Iterable[m.Resource], *, mtls: bool = True, enable_auto_mtls: bool = True
+    ) -> MeshConfig:
         by_kind: dict[type[m.Resource], list[m.Resource]] = {}
         for obj in objects:
             by_kind.setdefault(type(obj), []).append(obj)
@@ -88,12 +98,15 @@ class MeshConfig:
             service_entries=of(m.ServiceEntry),  # type: ignore[arg-type]
             workload_entries=of(m.WorkloadEntry),  # type: ignore[arg-type]
             sidecars=of(m.Sidecar),  # type: ignore[arg-type]
+            peer_authentications=of(m.PeerAuthentication),  # type: ignore[arg-type]
+            mtls=mtls,
+            enable_auto_mtls=enable_auto_mtls,
         )
 
     @classmethod
-    def from_store(cls, store: object) -> MeshConfig:
+    def from_store(cls, store: object, **settings: bool) -> MeshConfig:
         """From a ``ConfigStore`` (anything with ``list_all()``)."""
-        return cls.from_objects(store.list_all())  # type: ignore[attr-defined]
+        return cls.from_objects(store.list_all(), **settings)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +130,11 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=dict)
     workload: str = ""  # Istio's ``name;namespace;app;version;Kubernetes``
     weight: int = 1
+    namespace: str = ""
+    service_account: str = ""
+    # Has an Istio sidecar (Istio's ``security.istio.io/tlsMode: istio`` label): the workloads
+    # of the local mesh, and WorkloadEntries / ServiceEntry endpoints labelled so.
+    sidecar: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +146,20 @@ class MeshService:
     resolution: str = "EDS"  # EDS | DNS | DNS_ROUND_ROBIN | NONE
     cluster_ip: str | None = None
     kubernetes: bool = True
+    mesh_external: bool = False
+    subject_alt_names: tuple[str, ...] = ()  # a ServiceEntry's subjectAltNames
+
+    @property
+    def service_accounts(self) -> list[str]:
+        """The identities its endpoints may present (Istio's SAN list for ISTIO_MUTUAL):
+        ``spiffe://cluster.local/ns/<ns>/sa/<sa>`` per endpoint service account, plus a
+        ServiceEntry's subjectAltNames; sorted."""
+        ids = {
+            spiffe_id(ep.namespace, ep.service_account)
+            for ep in self.endpoints
+            if ep.service_account
+        }
+        return sorted(ids | set(self.subject_alt_names))
 
     @property
     def short_name(self) -> str:
@@ -142,9 +174,36 @@ def _target(p: ServicePortInfo) -> int:
     return p.target_port if isinstance(p.target_port, int) else p.number
 
 
+TRUST_DOMAIN = "cluster.local"
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
+
+
+def spiffe_id(namespace: str, service_account: str) -> str:
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
+
+
+def _labelled_sidecar(labels: Mapping[str, str]) -> bool:
+    return labels.get(TLS_MODE_LABEL) == "istio"
+
+
 def _workload_meta(name: str, namespace: str, labels: Mapping[str, str]) -> str:
     app = labels.get("app", "")
     return f"{name};{namespace};{app};{labels.get('version', '')};Kubernetes"
+
+
+def _workload_endpoint(w: Workload, ports: Sequence[ServicePortInfo]) -> Endpoint:
+    """A workload of the local mesh: every service port reaches its sidecar's inbound
+    listener, which forwards to the app."""
+    return Endpoint(
+        w.address,
+        {p.number: w.inbound_port for p in ports},
+        w.labels,
+        _workload_meta(w.name, w.namespace, w.labels),
+        1,
+        w.namespace,
+        w.service_account,
+        True,
+    )
 
 
 def _k8s_service(
@@ -161,16 +220,7 @@ def _k8s_service(
     if svc.selector:
         for w in workloads:
             if w.namespace == ns and labels_match(svc.selector, w.labels):
-                # The local mesh: every service port of a workload reaches its sidecar's
-                # inbound listener, which forwards to the app.
-                endpoints.append(
-                    Endpoint(
-                        w.address,
-                        {p.number: w.inbound_port for p in ports},
-                        w.labels,
-                        _workload_meta(w.name, w.namespace, w.labels),
-                    )
-                )
+                endpoints.append(_workload_endpoint(w, ports))
         for we in entries:
             spec = we.spec
             if we.meta.namespace != ns or not spec.address:
@@ -190,6 +240,9 @@ def _k8s_service(
                     spec.labels,
                     _workload_meta(we.meta.name, we.meta.namespace, spec.labels),
                     spec.weight or 1,
+                    we.meta.namespace,
+                    spec.service_account or "",
+                    _labelled_sidecar(spec.labels),
                 )
             )
     cluster_ip = svc.cluster_ip if svc.cluster_ip and svc.cluster_ip != "None" else None
@@ -222,14 +275,7 @@ def _service_entry_services(
                 sources.append((we.spec, we.meta.name))
         for w in workloads:
             if w.namespace == ns and labels_match(se.workload_selector, w.labels):
-                endpoints.append(
-                    Endpoint(
-                        w.address,
-                        {p.number: w.inbound_port for p in ports},
-                        w.labels,
-                        _workload_meta(w.name, w.namespace, w.labels),
-                    )
-                )
+                endpoints.append(_workload_endpoint(w, ports))
     for spec, name in sources:
         if not spec.address:
             continue
@@ -241,6 +287,9 @@ def _service_entry_services(
                 spec.labels,
                 _workload_meta(name, ns, spec.labels) if name else "",
                 spec.weight or 1,
+                ns,
+                spec.service_account or "",
+                _labelled_sidecar(spec.labels),
             )
         )
     resolution = se.resolution
@@ -264,6 +313,8 @@ def _service_entry_services(
                 res,
                 se.addresses[0] if se.addresses and is_ip(se.addresses[0]) else None,
                 False,
+                se.location != "MESH_INTERNAL",
+                se.subject_alt_names,
             )
         )
     return out
