@@ -13,6 +13,7 @@ from tests.support.bookinfo_mesh import BOOKINFO, SCENARIOS, bookinfo_config, bo
 
 from pilotfish.mesh.translate import MeshConfig, ProxyConfig, Workload
 from pilotfish.mesh.translate.capture import capture_sidecar_config, capture_sidecar_resources
+from pilotfish.mesh.translate.mtls import MTLS_APPLICATION_PROTOCOLS
 from pilotfish.mesh.translate.vips import SERVICE_CIDR, hosts_entries, service_vips
 
 pytestmark = pytest.mark.skipif(not BOOKINFO.is_dir(), reason="shared/refdata is not available")
@@ -43,6 +44,9 @@ def sidecar(scenario: str = "no-rules", name: str = "productpage-v1") -> ProxyCo
     config = bookinfo_config(scenario)
     w = next(w for w in WORKLOADS if w.name.startswith(name))
     return capture_sidecar_config(config, WORKLOADS, w, service_vips(config))
+
+
+ANY_MTLS = list(MTLS_APPLICATION_PROTOCOLS)
 
 
 def chain(listener: dict[str, Any], name: str) -> dict[str, Any]:
@@ -200,5 +204,10 @@ def test_workload_without_service_serves_its_app_port() -> None:
     w = Workload("lonely-0", address="10.244.0.9", app_port=8000, inbound_port=8000)
     cfg = capture_sidecar_config(MeshConfig(), [w], w, {})
     vi = cfg.listener("virtualInbound")
-    assert chain(vi, "0.0.0.0_8000")["filter_chain_match"] == {"destination_port": 8000}
+    port_chains = [c for c in vi["filter_chains"] if c.get("name") == "0.0.0.0_8000"]
+    # PERMISSIVE (no PeerAuthentication): an mTLS and a plaintext chain, both for port 8000.
+    assert [c["filter_chain_match"] for c in port_chains] == [
+        {"destination_port": 8000, "transport_protocol": "tls", "application_protocols": ANY_MTLS},
+        {"destination_port": 8000, "transport_protocol": "raw_buffer"},
+    ]
     assert cfg.node_id.startswith("sidecar~10.244.0.9~lonely-0.default~")
