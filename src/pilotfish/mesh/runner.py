@@ -161,6 +161,7 @@ class RunningProxy:
     listen_ports: dict[int, int] = field(default_factory=dict)  # gateway: server port -> local
     app: ManagedProcess | None = None
     proxy: ManagedProcess | None = None
+    sds_socket: str | None = None  # its SDS server's socket (the bootstrap's sds-grpc)
 
     @property
     def node_id(self) -> str:
@@ -257,6 +258,7 @@ class Supervisor:
                 "SERVICE_ACCOUNT": running.service_account,
             },
             initial_fetch_timeout="0s",
+            sds_socket=running.sds_socket,
         )
         config = self.state_dir / "proxies" / f"{running.name}.json"
         config.parent.mkdir(parents=True, exist_ok=True)
