@@ -260,7 +260,7 @@ def _secrets_dump(server: Server) -> Any:
     sds = server.sds
     if sds is None:
         return dump
-    for name in sorted(sds.subscriptions):
+    for name in sds.subscriptions:  # in subscription order, as Envoy lists them
         entry = sds.store.entries.get(name)
         if entry is None or entry.source != "sds" or entry.proto is None:
             warming = dump.dynamic_warming_secrets.add()

@@ -5,16 +5,16 @@ SecretStore, as Envoy's secret manager does.
   cluster's transport sockets (static or from xDS) is subscribed by name on its source, and
   dropped when nothing names it any more (non-wildcard, as Envoy's SDS subscriptions).
 - Sources: ``ads`` (the ADS stream of the xDS manager) or an ``api_config_source`` of type
-  GRPC/DELTA_GRPC with an ``envoy_grpc`` cluster; secrets of the same source share one
-  stream (``AdsClient`` speaking SecretDiscoveryService).
+  GRPC/DELTA_GRPC with an ``envoy_grpc`` cluster: a stream per secret (``AdsClient``
+  speaking SecretDiscoveryService), as Envoy 1.40 does (measured: two secrets of one source
+  are two streams).
 - Each secret is decoded (xds/translate/secret.py) before it is stored; a bad one is NACKed
   naming the field and the last good one is kept.
 - A secret is *ready* once it arrived or its source's ``initial_fetch_timeout`` passed:
   listeners and clusters needing it warm until then (xds/manager.py), and the server is not
   LIVE before the secrets of its static listeners and clusters are ready (server.py).
-- Stats: ``sds.<name>.update_attempt|update_success|update_rejected|init_fetch_timeout|...``,
-  and ``sds.<name>.control_plane.*`` for a stream of its own (the first secret subscribed on
-  it names it).
+- Stats: ``sds.<name>.update_attempt|update_success|update_rejected|init_fetch_timeout|...``
+  and the stream's ``sds.<name>.control_plane.*``.
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class SdsManager:
         self._ready_callbacks: list[Callable[[], None]] = []
         self._stats: dict[str, SubscriptionStats] = {}
         self._stopped = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- static secrets ------------------------------------------------------------------------
 
@@ -158,7 +159,9 @@ class SdsManager:
 
     def _subscribe(self, ref: SdsSecretRef) -> None:
         source = ref.sds_config
-        key = source_key(source)
+        # One stream per secret, as Envoy 1.40 opens them (two secrets of one source: two
+        # streams, each with its sds.<name>.control_plane.* stats).
+        key = source_key(source, ref.name)
         stream = self.streams.get(key)
         if key != ADS_KEY and stream is None:
             stream = SourceStream(key, source, self._start_stream(source, ref.name))
@@ -188,14 +191,22 @@ class SdsManager:
         stream = self.streams.get(sub.source_key)
         if stream is not None:
             stream.names.discard(name)
-            if stream.client is not None:
+            if not stream.names:  # nothing left on it: close it, as Envoy does
+                del self.streams[sub.source_key]
+                if stream.client is not None:
+                    task = asyncio.get_running_loop().create_task(stream.client.stop())
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+            elif stream.client is not None:
                 stream.client.subscribe(rt.SECRET, set(stream.names))
 
     def _stats_of(self, name: str) -> SubscriptionStats:
         stats = self._stats.get(name)
         if stats is None:
             assert self.server.stats is not None
-            stats = SubscriptionStats(self.server.stats.scope(f"sds.{name}."))
+            scope = self.server.stats.scope(f"sds.{name}.")
+            stats = SubscriptionStats(scope)
+            scope.counter("key_rotation_failed")  # Envoy's; no key rotation here to fail
             self._stats[name] = stats
         return stats
 
@@ -230,7 +241,7 @@ class SdsManager:
         if names or rt.SECRET.type_url in client.types:
             client.subscribe(rt.SECRET, names)
 
-    def _start_stream(self, source: Any, first_name: str) -> AdsClient | None:
+    def _start_stream(self, source: Any, name: str) -> AdsClient | None:
         api = source.api_config_source
         where = "sds_config.api_config_source"
         if api.api_type not in (api.GRPC, api.DELTA_GRPC):
@@ -253,7 +264,7 @@ class SdsManager:
             delta=api.api_type == api.DELTA_GRPC,
             node_on_first_message_only=api.set_node_on_first_message_only,
             service=SDS,
-            stats_prefix=f"sds.{first_name}.",
+            stats_prefix=f"sds.{name}.",
         )
         if not self._stopped:
             client.start()
@@ -331,13 +342,11 @@ class _StreamWatcher:
             log.warning("lost an SDS server; the last good secrets keep serving")
 
 
-def source_key(source: Any) -> str:
-    """Secrets whose config sources are equal (but for their timeouts) share one stream."""
+def source_key(source: Any, name: str) -> str:
+    """The stream a secret comes over: the ADS stream, or its own."""
     if source.HasField("ads"):
         return ADS_KEY
-    api = type(source.api_config_source)()
-    api.CopyFrom(source.api_config_source)
-    return api.SerializeToString(deterministic=True).hex()
+    return name + "/" + source.api_config_source.SerializeToString(deterministic=True).hex()
 
 
 def _fetch_timeout(source: Any) -> float:

@@ -38,13 +38,15 @@ class WorkloadCertificate:
 
     certificate_chain: bytes
     private_key: bytes
-    not_before: float
+    not_before: float  # backdated a little before issued_at
     not_after: float
     identity: str
+    issued_at: float
 
     @property
     def lifetime(self) -> float:
-        return self.not_after - self.not_before
+        """The TTL it was issued with (its validity without the backdating)."""
+        return self.not_after - self.issued_at
 
 
 class MeshCA:
@@ -157,7 +159,12 @@ class MeshCA:
             serialization.NoEncryption(),
         )
         return WorkloadCertificate(
-            chain, key_pem, not_before.timestamp(), not_after.timestamp(), identity
+            chain,
+            key_pem,
+            not_before.timestamp(),
+            not_after.timestamp(),
+            identity,
+            start.timestamp(),
         )
 
 

@@ -100,7 +100,8 @@ class WorkloadSdsServer:
             self._timer.cancel()
             self.rotations += 1
         loop = asyncio.get_running_loop()
-        delay = max(cert.lifetime * self.renew_at - ca_backdate(cert), 0.0)
+        age = datetime.datetime.now(datetime.UTC).timestamp() - cert.issued_at
+        delay = max(cert.lifetime * self.renew_at - age, 0.0)
         self._timer = loop.call_later(delay, self._renew)
         return cert
 
@@ -112,12 +113,6 @@ class WorkloadSdsServer:
         except Exception:  # keep serving the current one; try again soon
             log.exception("renewing %s failed", self.service_account)
             self._timer = asyncio.get_running_loop().call_later(1.0, self._renew)
-
-
-def ca_backdate(cert: WorkloadCertificate) -> float:
-    """How long before its issue a certificate's validity starts (its backdating)."""
-    now = datetime.datetime.now(datetime.UTC).timestamp()
-    return max(now - cert.not_before, 0.0)
 
 
 def _version() -> str:
