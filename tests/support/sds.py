@@ -4,6 +4,7 @@ cluster names the Istio secrets (``default``, ``ROOTCA``) through the ``sds-grpc
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,7 @@ UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Up
 
 
 def sds_source(*, delta: bool = False, initial_fetch_timeout: str | None = None) -> dict[str, Any]:
-    source: dict[str, Any] = {
-        **SDS_SOURCE,
-        "api_config_source": dict(SDS_SOURCE["api_config_source"]),  # type: ignore[call-overload]
-    }
+    source: dict[str, Any] = copy.deepcopy(SDS_SOURCE)
     if delta:
         source["api_config_source"]["api_type"] = "DELTA_GRPC"
     if initial_fetch_timeout is not None:
