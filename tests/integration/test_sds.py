@@ -123,7 +123,9 @@ def test_bad_secret_is_nacked_and_the_last_good_kept(
                 lambda: any(a.error_detail is not None for a in xds.acks), "a NACK", timeout=10
             )
             nack = next(a for a in xds.acks if a.error_detail is not None)
-            assert "secret 'default': tls_certificate.certificate_chain" in nack.error_detail.message
+            assert (
+                "secret 'default': tls_certificate.certificate_chain" in nack.error_detail.message
+            )
             kept = secrets(proxy)["default"]
             assert chain_of(kept) == cert.certificate_chain
             assert kept["version_info"] == "v1"
