@@ -13,13 +13,17 @@ from typing import Any
 
 import pytest
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
-from tests.support.proxies import ProxyProcess
+from google.protobuf import json_format
+from google.protobuf.any_pb2 import Any as AnyProto
+from tests.support.proxies import ProxyProcess, free_port
 from tests.support.sds import ThreadedSds, sds_bootstrap, sds_source
 from tests.support.waiting import wait_for
+from tests.support.xds import ads_bootstrap, tcp_listener
 
 from pilotfish.mesh.security.ca import MeshCA
 from pilotfish.mesh.security.sds_server import root_secret, workload_secret
 from pilotfish.mesh.xds_server import ThreadedXdsServer
+from pilotfish.xds import protos
 from pilotfish.xds import resource_types as rt
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -162,3 +166,52 @@ def test_initial_fetch_timeout_lets_the_server_go_live(sock: Path, tmp_path: Pat
         assert stats["sds.ROOTCA.init_fetch_timeout"] == 1
         assert stats["sds.default.control_plane.connected_state"] == 0
         assert list(secrets(proxy, "dynamic_warming_secrets")) == ["default", "ROOTCA"]
+
+
+def test_dynamic_listener_warms_until_its_ads_secret_arrives(ca: MeshCA, tmp_path: Path) -> None:
+    """A listener from LDS whose TLS context takes ``default`` over ADS stays warming until the
+    secret arrives. Skipped while xDS resources with TLS are refused (before TLS serving)."""
+    listener = tcp_listener("tls-in", free_port(), "nowhere")
+    tls = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+        "DownstreamTlsContext",
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [
+                {
+                    "name": "default",
+                    "sds_config": {"ads": {}, "initial_fetch_timeout": "30s"},
+                }
+            ]
+        },
+    }
+    socket = listener.filter_chains[0].transport_socket  # type: ignore[attr-defined]
+    socket.name = "envoy.transport_sockets.tls"
+    socket.typed_config.CopyFrom(json_format.ParseDict(protos.load_types_in(tls), AnyProto()))
+    with ThreadedXdsServer() as xds:
+        xds.set_resources(rt.CLUSTER.type_url, [])
+        xds.set_resources(rt.LISTENER.type_url, [listener])
+        boot = ads_bootstrap(xds.address)
+        with ProxyProcess("pilotfish", boot, tmp_path, wait_live=False) as proxy:
+            wait_for(lambda: bool(xds.acks), "an LDS answer", 10)
+            nacks = [a for a in xds.acks if a.error_detail is not None]
+            if nacks and "not served by pilotfish yet" in nacks[0].error_detail.message:
+                pytest.skip("xDS resources with TLS are refused until TLS is served")
+            wait_for(lambda: "default" in _subscribed(xds), "the SDS subscription over ADS", 10)
+            dump = proxy.call("/config_dump?resource=dynamic_listeners").json()["configs"][0]
+            assert "warming_state" in dump and "active_state" not in dump
+            assert proxy.stats()["listener_manager.total_listeners_warming"] == 1
+            assert proxy.call("/ready").text.strip() != "LIVE"  # LDS initializing
+            cert = ca.issue("default", "bookinfo", ttl=60)
+            xds.set_resources(rt.SECRET.type_url, [workload_secret("default", cert)])
+            wait_for(
+                lambda: proxy.stats()["listener_manager.total_listeners_warming"] == 0,
+                "the listener to warm",
+                10,
+            )
+            dump = proxy.call("/config_dump?resource=dynamic_listeners").json()["configs"][0]
+            assert "active_state" in dump and "warming_state" not in dump
+            wait_for(lambda: proxy.call("/ready").text.strip() == "LIVE", "LIVE", 10)
+
+
+def _subscribed(xds: ThreadedXdsServer) -> set[str]:
+    return {n for i in xds.connected() for n in i.subscribed.get(rt.SECRET.type_url, ())}
