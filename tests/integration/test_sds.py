@@ -192,8 +192,12 @@ def test_dynamic_listener_warms_until_its_ads_secret_arrives(ca: MeshCA, tmp_pat
         xds.set_resources(rt.LISTENER.type_url, [listener])
         boot = ads_bootstrap(xds.address)
         with ProxyProcess("pilotfish", boot, tmp_path, wait_live=False) as proxy:
-            wait_for(lambda: bool(xds.acks), "an LDS answer", 10)
-            nacks = [a for a in xds.acks if a.error_detail is not None]
+
+            def lds_answers() -> list[Any]:
+                return [a for a in xds.acks if a.type_url == rt.LISTENER.type_url]
+
+            wait_for(lambda: bool(lds_answers()), "an LDS answer", 10)
+            nacks = [a for a in lds_answers() if a.error_detail is not None]
             if nacks and "not served by pilotfish yet" in nacks[0].error_detail.message:
                 pytest.skip("xDS resources with TLS are refused until TLS is served")
             wait_for(lambda: "default" in _subscribed(xds), "the SDS subscription over ADS", 10)
