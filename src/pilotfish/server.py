@@ -50,6 +50,7 @@ class Server:
         self.admin: Any = None
         self.stats: Store | None = None
         self.xds: Any = None  # xds.manager.XdsManager, with dynamic_resources
+        self.sds: Any = None  # xds.sds.SdsManager: static secrets and SDS subscriptions
         self._stopping = False  # SIGTERM/SIGINT or /quitquitquit: draining to exit
         self._drain_sequence = False  # /drain_listeners?graceful (or skip_exit) started
         self._graceful_drain = False  # ... and it drains every listener's connections
@@ -89,6 +90,12 @@ class Server:
         self._set_state(ServerState.PRE_INITIALIZING)
         for cluster in model.clusters:
             cm.add_or_update(cluster)
+        try:
+            static_secret_refs = self._start_sds()
+        except ConfigError as e:
+            log.critical("%s", e)
+            print(f"error: {e}", flush=True)
+            return 1
         lm = ListenerManager(ctx)
         lm.max_connections = model.max_downstream_connections
         self.listener_manager = lm
@@ -133,6 +140,9 @@ class Server:
                 self._set_state(ServerState.INITIALIZING)
                 await self._unless_shutdown(self.xds.initialize_listeners())
         if not self._shutdown.is_set():
+            # Envoy's init manager: static listeners and clusters wait for their secrets.
+            await self._unless_shutdown(self.sds.initialize(static_secret_refs))
+        if not self._shutdown.is_set():
             for listener in built:
                 await listener.start()
             lm.gauge_workers_started.set(1)
@@ -142,6 +152,19 @@ class Server:
         await self._shutdown.wait()
         await self._drain_and_stop()
         return self.exit_code
+
+    def _start_sds(self) -> list[Any]:
+        """Static secrets into the store, and the SDS subscriptions of static listeners and
+        clusters; returns those references."""
+        from pilotfish.xds.manager import static_secret_refs
+        from pilotfish.xds.sds import SdsManager
+
+        assert self.ctx is not None
+        self.sds = SdsManager(self, self.ctx.secrets)
+        self.sds.load_static(self.model.static_secrets)
+        refs = list(static_secret_refs(self.model))
+        self.sds.want(refs, "static_resources")
+        return refs
 
     async def _unless_shutdown(self, step: Any) -> None:
         """Run an initialization step, abandoned if the server is told to stop meanwhile."""
@@ -344,6 +367,8 @@ class Server:
         lm.stop_all()
         if self.xds is not None:
             await self.xds.stop()
+        if self.sds is not None:
+            await self.sds.stop()
         if self.admin is not None:
             self.admin.stop()
         if self.cluster_manager is not None:

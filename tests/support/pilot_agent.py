@@ -28,8 +28,9 @@ What pilot-agent does, and where (istio/istio at 86c9f01f, fetched for this modu
 
 The UDS peers the bootstrap names are stubbed: ``xds-grpc`` by a
 :class:`~pilotfish.mesh.xds_server.ThreadedXdsServer` the caller provides resources to,
-``sds-grpc`` by :class:`SdsStub`, a gRPC server that accepts SDS streams and holds them
-without answering (pilotfish serves no TLS yet)."""
+``sds-grpc`` by :class:`SdsStub`, a gRPC server that answers each SDS request with secrets
+of a throw-away mesh CA (as istio-agent serves ``default``, ``ROOTCA`` and the ``file-cert:``
+/ ``file-root:`` secrets of the goldens' TLS clusters), so that no proxy waits for them."""
 
 from __future__ import annotations
 
@@ -49,7 +50,11 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from envoy.service.discovery.v3 import discovery_pb2
 from tests.support.proxies import LOCALHOST, PILOTFISH_BIN, free_port
+
+from pilotfish.mesh.security.ca import MeshCA
+from pilotfish.mesh.security.sds_server import root_secret, workload_secret
 
 __all__ = [
     "GOLDEN_DIR",
@@ -102,8 +107,9 @@ def render_bootstrap(golden: Path, directory: Path) -> dict[str, Any]:
 
 
 class SdsStub:
-    """A gRPC server on a Unix socket serving SecretDiscoveryService: every stream is
-    accepted and held open, requests are read and never answered."""
+    """A gRPC server on a Unix socket serving SecretDiscoveryService (SotW): each request
+    naming secrets not sent yet on its stream gets them; the stream is then held open.
+    ``ROOTCA`` and ``file-root:`` names are CA bundles, others a certificate and its key."""
 
     SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 
@@ -111,12 +117,30 @@ class SdsStub:
         self.path = path
         self.streams = 0
         self._server: grpc.Server | None = None
+        self._ca_dir = tempfile.mkdtemp(prefix="sds-stub-ca")
+        self._ca = MeshCA(Path(self._ca_dir))
+        self._cert = self._ca.issue("default", "default")
+
+    def _secret(self, name: str) -> Any:
+        if name == "ROOTCA" or name.startswith("file-root:"):
+            return root_secret(name, self._ca.root_pem)
+        return workload_secret(name, self._cert)
 
     def _hold(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         self.streams += 1
-        for _ in requests:
-            pass
-        return iter(())
+        sent: set[str] = set()
+        for raw in requests:
+            request = discovery_pb2.DiscoveryRequest.FromString(raw)
+            names = [n for n in request.resource_names if n not in sent]
+            if not names:
+                continue
+            sent.update(names)
+            response = discovery_pb2.DiscoveryResponse(
+                version_info="1", type_url=request.type_url, nonce=str(len(sent))
+            )
+            for name in sorted(sent):
+                response.resources.add().Pack(self._secret(name))
+            yield response.SerializeToString()
 
     def start(self) -> SdsStub:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -136,6 +160,7 @@ class SdsStub:
         if self._server is not None:
             self._server.stop(grace=None).wait(5)
             self._server = None
+        shutil.rmtree(self._ca_dir, ignore_errors=True)
 
     def __enter__(self) -> SdsStub:
         return self.start()

@@ -249,13 +249,59 @@ def _routes_dump(server: Server) -> Any:
 
 
 def _secrets_dump(server: Server) -> Any:
+    """Static secrets, then SDS secrets: active (received) and warming (subscribed, not yet
+    received), with sensitive fields (private keys) redacted as Envoy does."""
     dump = config_dump_pb2.SecretsConfigDump()
     for secret in server.bootstrap.proto.static_resources.secrets:
         item = dump.static_secrets.add()
         item.name = secret.name
-        item.secret.Pack(secret)
+        item.secret.Pack(redacted(secret))
         item.last_updated.CopyFrom(_timestamp(server.start_time))
+    sds = server.sds
+    if sds is None:
+        return dump
+    for name in sds.subscriptions:  # in subscription order, as Envoy lists them
+        entry = sds.store.entries.get(name)
+        if entry is None or entry.source != "sds" or entry.proto is None:
+            warming = dump.dynamic_warming_secrets.add()
+            warming.name = name
+            continue
+        active = dump.dynamic_active_secrets.add()
+        active.name = name
+        active.version_info = entry.version_info
+        active.last_updated.CopyFrom(_timestamp(entry.last_updated))
+        active.secret.Pack(redacted(entry.proto))
     return dump
+
+
+_REDACTED = "[redacted]"
+
+
+def redacted(msg: Any) -> Any:
+    """A copy of ``msg`` whose fields marked ``(udpa.annotations.sensitive)`` have every
+    string and bytes value replaced by ``[redacted]`` (Envoy's MessageUtil::redact)."""
+    out = type(msg)()
+    out.CopyFrom(msg)
+    _redact(out, False)
+    return out
+
+
+def _redact(msg: Any, sensitive: bool) -> None:
+    from udpa.annotations import sensitive_pb2
+
+    for fd, value in msg.ListFields():
+        inner = sensitive or fd.GetOptions().Extensions[sensitive_pb2.sensitive]
+        if fd.message_type is not None:
+            if fd.message_type.GetOptions().map_entry:
+                continue
+            for item in value if fd.is_repeated else [value]:
+                _redact(item, inner)
+        elif inner and fd.type in (fd.TYPE_STRING, fd.TYPE_BYTES):
+            blank = _REDACTED if fd.type == fd.TYPE_STRING else _REDACTED.encode()
+            if fd.is_repeated:
+                value[:] = [blank] * len(value)
+            else:
+                setattr(msg, fd.name, blank)
 
 
 def _endpoints_dump(server: Server) -> Any:

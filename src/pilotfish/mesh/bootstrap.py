@@ -4,10 +4,21 @@ delta mode, the shape of the bootstrap Istio's pilot-agent renders."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 ADS_SOURCE = {"ads": {}, "resource_api_version": "V3"}
+# Istio's sidecar TLS contexts name their secrets (``default``, ``ROOTCA``) with this source:
+# istio-agent's SDS server behind the bootstrap's ``sds-grpc`` cluster.
+SDS_SOURCE = {
+    "api_config_source": {
+        "api_type": "GRPC",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}],
+        "set_node_on_first_message_only": True,
+        "transport_api_version": "V3",
+    },
+    "resource_api_version": "V3",
+}
 
 
 def node_id(kind: str, name: str, namespace: str, address: str = "127.0.0.1") -> str:
@@ -33,18 +44,21 @@ def proxy_bootstrap(
     delta: bool = True,
     metadata: Mapping[str, Any] | None = None,
     initial_fetch_timeout: str | None = None,
+    sds_socket: str | None = None,
     admin_address: str = "127.0.0.1",
-    extra_clusters: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """A bootstrap (Envoy v3 JSON shape) whose config all comes over ADS from ``xds``
-    (``host:port`` or ``unix:/path``); ``extra_clusters`` are more static clusters (e.g.
-    Istio's ``sds-grpc``)."""
+    (``host:port`` or ``unix:/path``). With ``sds_socket`` (a path), the ``sds-grpc``
+    cluster Istio's TLS contexts take their secrets from (``SDS_SOURCE``) points at it."""
     source: dict[str, Any] = dict(ADS_SOURCE)
     if initial_fetch_timeout is not None:
         source["initial_fetch_timeout"] = initial_fetch_timeout
     node_doc: dict[str, Any] = {"id": node, "cluster": cluster}
     if metadata:
         node_doc["metadata"] = dict(metadata)
+    clusters = [_grpc_cluster("xds-grpc", xds_address(xds))]
+    if sds_socket is not None:
+        clusters.append(_grpc_cluster("sds-grpc", {"pipe": {"path": sds_socket}}))
     return {
         "node": node_doc,
         "admin": {
@@ -60,27 +74,25 @@ def proxy_bootstrap(
             "cds_config": source,
             "lds_config": source,
         },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/"
-                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [
-                            {"lb_endpoints": [{"endpoint": {"address": xds_address(xds)}}]}
-                        ],
-                    },
-                },
-                *(dict(c) for c in extra_clusters),
-            ]
+        "static_resources": {"clusters": clusters},
+    }
+
+
+def _grpc_cluster(name: str, address: dict[str, Any]) -> dict[str, Any]:
+    """A static HTTP/2 cluster of one endpoint, for a gRPC service."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }

@@ -23,6 +23,8 @@ import yaml
 from pilotfish.mesh.config.errors import ConfigValidationError
 from pilotfish.mesh.config.store import ConfigStore
 from pilotfish.mesh.runner import RunningProxy, Supervisor, WorkloadSpec, saved_proxy_binary
+from pilotfish.mesh.security.ca import MeshCA
+from pilotfish.mesh.security.sds_server import WorkloadSdsServers
 from pilotfish.mesh.workloads import parse_workloads, split_documents
 from pilotfish.mesh.xds_server import XdsServer
 from pilotfish.xds import resource_types as rt
@@ -54,6 +56,11 @@ class ControlPlane:
         self.xds_address = f"unix:{self.xds_socket}"
         self.supervisor = self._supervisor(saved_proxy_binary(state_dir))
         self.specs: dict[str, WorkloadSpec] = {}
+        # istio-agent's part: each proxy's certificates from its own SDS socket.
+        # Capture mode: the sockets must be reachable by uid 1337 (the state dir may not be).
+        sds_dir = self.xds_socket.parent / "sds"
+        self.sds = WorkloadSdsServers(MeshCA(state_dir / "ca"), sds_dir)
+        self._sds_tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._ctl: asyncio.AbstractServer | None = None
 
@@ -91,6 +98,7 @@ class ControlPlane:
         if self._ctl is not None:
             self._ctl.close()
         self.supervisor.stop_all()
+        await self.sds.stop_all()
         await self.server.stop()
 
     # -- workloads ------------------------------------------------------------------------------
@@ -103,6 +111,7 @@ class ControlPlane:
         if old is not None:
             self.remove_workload(spec.name)
         running = self.supervisor.plan_workload(spec)
+        self._serve_secrets(running)
         self.supervisor.proxies[spec.name] = running
         self.specs[spec.name] = spec
         self._save_workloads()
@@ -114,6 +123,7 @@ class ControlPlane:
         self, name: str, labels: Mapping[str, str], ports: Sequence[int]
     ) -> RunningProxy:
         running = self.supervisor.plan_gateway(name, labels, ports)
+        self._serve_secrets(running)
         self.supervisor.proxies[name] = running
         self.push()
         self.supervisor.start(running)
@@ -148,8 +158,20 @@ class ControlPlane:
                 if process is not None:
                     process.stop()
             self.supervisor.release(running)
+            self._in_background(self.sds.remove(name))
         self._save_workloads()
         self.push()
+
+    def _serve_secrets(self, running: RunningProxy) -> None:
+        """Start the proxy's SDS server (its socket is bound before the proxy has booted;
+        a proxy that is faster retries)."""
+        running.sds_socket = str(self.sds.socket_path(running.name))
+        self._in_background(self.sds.add(running.name, running.namespace, running.service_account))
+
+    def _in_background(self, step: Any) -> None:
+        task = asyncio.get_running_loop().create_task(step)
+        self._sds_tasks.add(task)
+        task.add_done_callback(self._sds_tasks.discard)
 
     def _save_workloads(self) -> None:
         docs = [

@@ -162,6 +162,7 @@ class RunningProxy:
     app: ManagedProcess | None = None
     proxy: ManagedProcess | None = None
     address: str = "127.0.0.1"  # the pod's IP in capture mode
+    sds_socket: str | None = None  # its SDS server's socket (the bootstrap's sds-grpc)
 
     @property
     def node_id(self) -> str:
@@ -267,6 +268,7 @@ class Supervisor:
                 "SERVICE_ACCOUNT": running.service_account,
             },
             initial_fetch_timeout="0s",
+            sds_socket=running.sds_socket,
         )
 
     def _proxy_process(self, running: RunningProxy) -> ManagedProcess:

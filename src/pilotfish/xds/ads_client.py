@@ -1,5 +1,7 @@
-"""The ADS client: one aggregated gRPC stream to the management server, state-of-the-world
-(``GRPC``) or incremental (``DELTA_GRPC``), as Envoy's xDS protocol page specifies.
+"""The xDS client: one gRPC stream to a management server, state-of-the-world (``GRPC``) or
+incremental (``DELTA_GRPC``), as Envoy's xDS protocol page specifies. The aggregated service
+(ADS) by default; any other discovery service speaks the same protocol (``XdsService``: SDS's
+``StreamSecrets``/``DeltaSecrets``), so one client serves them all.
 
 It knows nothing of listeners or clusters: a ``Watcher`` (the xDS manager) says which types and
 names it wants (``subscribe``) and gets every response decoded (``apply``); the error text it
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
@@ -32,6 +34,26 @@ log = logging.getLogger("pilotfish.xds")
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 GRPC_INTERNAL = 13  # the status code Envoy puts in a NACK's error_detail
+
+
+@dataclass(frozen=True, slots=True)
+class XdsService:
+    """A discovery service's gRPC name and its SotW and delta methods."""
+
+    name: str
+    sotw_method: str
+    delta_method: str
+
+    def path(self, delta: bool) -> str:
+        return f"/{self.name}/{self.delta_method if delta else self.sotw_method}"
+
+
+ADS = XdsService(
+    "envoy.service.discovery.v3.AggregatedDiscoveryService",
+    "StreamAggregatedResources",
+    "DeltaAggregatedResources",
+)
+SDS = XdsService("envoy.service.secret.v3.SecretDiscoveryService", "StreamSecrets", "DeltaSecrets")
 
 
 @dataclass(slots=True)
@@ -74,8 +96,11 @@ class AdsClient:
         *,
         delta: bool = False,
         node_on_first_message_only: bool = False,
+        service: XdsService = ADS,
+        stats_prefix: str = "",
     ) -> None:
         self.target = target
+        self.service = service
         self.node = node
         self.watcher = watcher
         self.delta = delta
@@ -89,7 +114,8 @@ class AdsClient:
         self._channel: grpc.aio.Channel | None = None
         self._stopped = False
         self._attempt = 0
-        scope = stats.scope("control_plane.")
+        # Envoy's control_plane.* stats, under the subscription's scope for a non-ADS stream.
+        scope = stats.scope(stats_prefix + "control_plane.")
         self.g_connected = scope.gauge("connected_state", accumulate=False)
         self.c_rate_limit = scope.counter("rate_limit_enforced")
         self.g_pending = scope.gauge("pending_requests", accumulate=False)
@@ -148,10 +174,14 @@ class AdsClient:
                 raise
             except grpc.aio.AioRpcError as e:
                 log.warning(
-                    "ADS stream to %s closed: %s %s", self.target, e.code().name, e.details()
+                    "%s stream to %s closed: %s %s",
+                    self.service.name.rsplit(".", 1)[-1],
+                    self.target,
+                    e.code().name,
+                    e.details(),
                 )
             except Exception:
-                log.exception("ADS stream to %s failed", self.target)
+                log.exception("xDS stream to %s failed", self.target)
             self._set_connected(False)
             if self._stopped:
                 return
@@ -165,7 +195,6 @@ class AdsClient:
             self._channel = grpc.aio.insecure_channel(
                 self.target, options=[("grpc.max_receive_message_length", 1 << 30)]
             )
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
         self._queue = asyncio.Queue()
         self._node_sent = False
         for state in self.types.values():
@@ -174,7 +203,17 @@ class AdsClient:
             state.sent_names = set()
         for url in self.order:
             self._send_subscription(self.types[url])
-        method = stub.DeltaAggregatedResources if self.delta else stub.StreamAggregatedResources
+        request_class = (
+            discovery_pb2.DeltaDiscoveryRequest if self.delta else discovery_pb2.DiscoveryRequest
+        )
+        response_class = (
+            discovery_pb2.DeltaDiscoveryResponse if self.delta else discovery_pb2.DiscoveryResponse
+        )
+        method = self._channel.stream_stream(
+            self.service.path(self.delta),
+            request_serializer=request_class.SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
         call = method(self._requests(self._queue))
         got = False
         try:

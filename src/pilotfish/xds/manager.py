@@ -8,7 +8,8 @@ as Envoy does.
   of the EDS clusters, RDS for the route configs the HTTP connection managers name.
 - Warming: a new EDS cluster is installed once its first endpoints arrive, a new or updated
   listener once every route config it names has arrived (or after the source's
-  ``initial_fetch_timeout``); until then the old one keeps serving.
+  ``initial_fetch_timeout``); until then the old one keeps serving. Both also wait for the
+  SDS secrets their TLS contexts name (xds/sds.py).
 - Initialization: CDS first (and the clusters it brings warm), then LDS (and its routes),
   each bounded by ``initial_fetch_timeout``; the server goes LIVE after both.
 """
@@ -32,6 +33,7 @@ from pilotfish.model.listener import Listener as ListenerModel
 from pilotfish.router.matcher import RouteConfigProvider, RouteTable
 from pilotfish.stats.store import Scope
 from pilotfish.xds import resource_types as rt
+from pilotfish.xds import secret_refs
 from pilotfish.xds.ads_client import AdsClient, Update, grpc_target
 from pilotfish.xds.resource_types import ResourceType
 from pilotfish.xds.translate.context import TranslateContext
@@ -39,6 +41,7 @@ from pilotfish.xds.translate.resource import KIND, translate_resource
 
 if TYPE_CHECKING:
     from pilotfish.server import Server
+    from pilotfish.xds.sds import SdsManager
 
 log = logging.getLogger("pilotfish.xds")
 
@@ -181,6 +184,9 @@ class XdsManager:
         self._lds_first = asyncio.Event()
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.client: AdsClient | None = None
+        self.sds: SdsManager | None = server.sds
+        if self.sds is not None:
+            self.sds.on_ready(self._secrets_ready)
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -209,24 +215,17 @@ class XdsManager:
                 node_on_first_message_only=ads.set_node_on_first_message_only,
             )
             self.client.start()
+        if self.sds is not None:
+            self.sds.attach_ads(self.client)
         if self._source_is_ads("cds_config") and self.client is not None:
             self.client.subscribe(rt.CLUSTER, None)
         else:
             self._cds_first.set()
 
     def _target(self, ads: Any) -> str:
-        service = ads.grpc_services[0]
-        if service.HasField("google_grpc"):
-            return str(service.google_grpc.target_uri)
-        name = service.envoy_grpc.cluster_name
-        cluster = self.cm.get(name)
-        if cluster is None or not cluster.hosts_by_key:
-            raise ConfigError(
-                "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
-                f"cluster '{name}' has no endpoint to connect to",
-            )
-        host = next(iter(cluster.hosts_by_key.values()))
-        return grpc_target(host.address)
+        return grpc_service_target(
+            self.cm, ads.grpc_services[0], "dynamic_resources.ads_config.grpc_services[0]"
+        )
 
     def _source_is_ads(self, field: str) -> bool:
         return self.dynamic is not None and self.dynamic.HasField(field)
@@ -292,6 +291,7 @@ class XdsManager:
             rt.ENDPOINT.type_url: self._apply_endpoints,
             rt.LISTENER.type_url: self._apply_listeners,
             rt.ROUTE.type_url: self._apply_routes,
+            rt.SECRET.type_url: self._apply_secrets,
         }.get(rtype.type_url)
         if handler is None:
             return f"pilotfish does not handle {rtype.name} resources"
@@ -353,6 +353,12 @@ class XdsManager:
                 continue
             self.failures.pop((rt.CLUSTER.type_url, name), None)
             record = Record(name, update.version_info or version, msg, now, model)
+            try:
+                if self.sds is not None:
+                    self.sds.want(secret_refs.cluster_secrets(model), f"cluster '{name}'")
+            except ConfigError as e:
+                errors.append(self._fail(rt.CLUSTER, name, msg, update.version_info, e))
+                continue
             self._forget_service(name)
             self.clusters[name] = record
             if model.type is DiscoveryType.EDS:
@@ -368,6 +374,7 @@ class XdsManager:
                 self._cancel_timer("cluster", name)
                 self.cm.remove(name)
         self._update_eds_interest()
+        self._update_sds_interest()
         self.cm.warming_clusters.set(len(self.warming_clusters))
         return errors
 
@@ -382,21 +389,35 @@ class XdsManager:
 
     def _install_cluster(self, record: Record) -> None:
         model: ClusterModel = record.model
-        if model.type is not DiscoveryType.EDS:
-            self.warming_clusters.pop(record.name, None)
-            self._activate_cluster(record)
-            return
-        assignment = self.endpoints.get(_service_name(model))
-        active = self.cm.get(record.name)
-        if assignment is not None or (active is not None and active.initialized):
-            # Endpoints known (or kept by the cluster it replaces): warm at once.
+        if self._cluster_warm(record):
             self.warming_clusters.pop(record.name, None)
             self._activate_cluster(record)
             return
         self.warming_clusters[record.name] = record
-        timeout = self._initial_fetch_timeout(model_eds_source(record.proto))
+        timeout = max(
+            self._initial_fetch_timeout(model_eds_source(record.proto))
+            if model.type is DiscoveryType.EDS
+            else 0.0,
+            self.sds.max_timeout(secret_refs.cluster_secrets(model))
+            if self.sds is not None
+            else 0.0,
+        )
         if timeout:
             self._set_timer("cluster", record.name, timeout, lambda: self._warm_timeout(record))
+
+    def _secrets_timeout(self, refs: list[Any]) -> float:
+        return self.sds.max_timeout(refs) if self.sds is not None else 0.0
+
+    def _cluster_warm(self, record: Record) -> bool:
+        """Its endpoints are known (or kept by the cluster it replaces) and its secrets are
+        ready."""
+        model: ClusterModel = record.model
+        if self.sds is not None and not self.sds.ready(secret_refs.cluster_secrets(model)):
+            return False
+        if model.type is not DiscoveryType.EDS:
+            return True
+        active = self.cm.get(record.name)
+        return _service_name(model) in self.endpoints or (active is not None and active.initialized)
 
     def _warm_timeout(self, record: Record) -> None:
         if self.warming_clusters.get(record.name) is record:
@@ -454,11 +475,12 @@ class XdsManager:
                 continue
             self.endpoints[name] = EndpointsRecord(name, update.version_info or version, raw, now)
             for cname in self._clusters_of_service(name):
-                warming = self.warming_clusters.pop(cname, None)
-                if warming is not None:
-                    self._activate_cluster(warming, assignment=model)
-                else:
+                warming = self.warming_clusters.get(cname)
+                if warming is None:
                     self.cm.update_endpoints(cname, model)
+                elif self._cluster_warm(warming):
+                    del self.warming_clusters[cname]
+                    self._activate_cluster(warming, assignment=model)
         for name in update.removed:
             self.endpoints.pop(name, None)
             for cname in self._clusters_of_service(name):
@@ -497,6 +519,8 @@ class XdsManager:
             try:
                 model: Any = translate_resource(rt.LISTENER.type_url, msg, self._tctx())
                 self._check_rds_sources(model)
+                if self.sds is not None:
+                    self.sds.want(secret_refs.listener_secrets(model), f"listener '{name}'")
             except ConfigError as e:
                 errors.append(self._fail(rt.LISTENER, name, msg, update.version_info, e))
                 continue
@@ -513,6 +537,7 @@ class XdsManager:
             if self.listeners.pop(name, None) is not None:
                 self.lm.remove(name)
         self._update_rds_interest()
+        self._update_sds_interest()
         self.lm.gauge_warming.set(len(self.warming_listeners))
         return errors
 
@@ -530,19 +555,26 @@ class XdsManager:
         for hcm in _hcm_configs(record.model):
             if hcm.rds is not None:  # its stats exist from the first request on
                 self.route_providers.provider(hcm.rds.route_config_name, hcm.stat_prefix)
-        missing = [n for n in _rds_names(record.model) if n not in self.routes]
-        if not missing:
+        if self._listener_warm(record):
             self.warming_listeners.pop(record.name, None)
             return self._activate_listener(record, errors)
         self.warming_listeners[record.name] = record
         timeout = max(
             (self._initial_fetch_timeout(s) for s in _rds_sources(record.model)), default=0.0
         )
+        if self.sds is not None:
+            timeout = max(timeout, self.sds.max_timeout(secret_refs.listener_secrets(record.model)))
         if timeout:
             self._set_timer(
                 "listener", record.name, timeout, lambda: self._listener_warm_timeout(record)
             )
         return True
+
+    def _listener_warm(self, record: Record) -> bool:
+        """Every route config it names has arrived and every secret it needs is ready."""
+        if any(n not in self.routes for n in _rds_names(record.model)):
+            return False
+        return self.sds is None or self.sds.ready(secret_refs.listener_secrets(record.model))
 
     def _listener_warm_timeout(self, record: Record) -> None:
         if self.warming_listeners.get(record.name) is record:
@@ -609,12 +641,45 @@ class XdsManager:
         for name in update.removed:
             # Envoy keeps serving the last route config of a name still in use.
             self.routes.pop(name, None)
+        self._activate_warm_listeners(errors)
+        return errors
+
+    def _activate_warm_listeners(self, errors: list[str]) -> None:
         for record in list(self.warming_listeners.values()):
-            if all(n in self.routes for n in _rds_names(record.model)):
+            if self._listener_warm(record):
                 del self.warming_listeners[record.name]
                 self._activate_listener(record, errors)
         self.lm.gauge_warming.set(len(self.warming_listeners))
-        return errors
+
+    # -- SDS --------------------------------------------------------------------------------
+
+    def _apply_secrets(self, update: Update) -> list[str]:
+        if self.sds is None:
+            return ["pilotfish has no SDS subscription"]
+        return self.sds.apply(update)
+
+    def _secrets_ready(self) -> None:
+        """A secret arrived (or timed out): install what was warming for it."""
+        for record in list(self.warming_clusters.values()):
+            if self._cluster_warm(record):
+                del self.warming_clusters[record.name]
+                self._activate_cluster(record)
+        self.cm.warming_clusters.set(len(self.warming_clusters))
+        errors: list[str] = []
+        self._activate_warm_listeners(errors)
+        for error in errors:
+            log.warning("activating a listener whose secrets arrived failed: %s", error)
+
+    def _update_sds_interest(self) -> None:
+        """Drop the secrets nothing names any more (static listeners and clusters too)."""
+        if self.sds is None:
+            return
+        refs = list(static_secret_refs(self.server.model))
+        for record in [*self.listeners.values(), *self.warming_listeners.values()]:
+            refs += secret_refs.listener_secrets(record.model)
+        for record in [*self.clusters.values(), *self.warming_clusters.values()]:
+            refs += secret_refs.cluster_secrets(record.model)
+        self.sds.sync(refs)
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -626,6 +691,29 @@ class XdsManager:
         timer = self._timers.pop((kind, name), None)
         if timer is not None:
             timer.cancel()
+
+
+def grpc_service_target(cm: Any, service: Any, path: str) -> str:
+    """The gRPC target of a GrpcService: google_grpc's target URI, or the first endpoint of
+    envoy_grpc's cluster."""
+    if service.HasField("google_grpc"):
+        return str(service.google_grpc.target_uri)
+    name = service.envoy_grpc.cluster_name
+    cluster = cm.get(name)
+    if cluster is None or not cluster.hosts_by_key:
+        raise ConfigError(
+            f"{path}.envoy_grpc.cluster_name", f"cluster '{name}' has no endpoint to connect to"
+        )
+    host = next(iter(cluster.hosts_by_key.values()))
+    return grpc_target(host.address)
+
+
+def static_secret_refs(model: Any) -> Iterable[Any]:
+    """The SDS secrets the bootstrap's static listeners and clusters name."""
+    for listener in model.listeners:
+        yield from secret_refs.listener_secrets(listener)
+    for cluster in model.clusters:
+        yield from secret_refs.cluster_secrets(cluster)
 
 
 def _service_name(model: ClusterModel) -> str:

@@ -263,6 +263,7 @@ class CaptureSupervisor(Supervisor):
                 "INTERCEPTION_MODE": "REDIRECT",
             },
             initial_fetch_timeout="0s",
+            sds_socket=running.sds_socket,
         )
 
     def _proxy_process(self, running: RunningProxy) -> ManagedProcess:

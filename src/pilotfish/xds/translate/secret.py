@@ -1,0 +1,102 @@
+"""Secrets (``envoy.extensions.transport_sockets.tls.v3.Secret``, from the bootstrap's
+``static_resources.secrets`` or from SDS) into the SecretStore's values.
+
+Envoy checks a secret when it builds the SSL context from it and rejects the update if that
+fails; the same checks are done here, once per version, so that a bad certificate is NACKed
+naming the field and the last good secret keeps serving: PEM that parses, a private key that
+matches the leaf certificate, a CA bundle with at least one certificate. Pure but for
+``filename`` data sources, which are read (as Envoy reads them).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pilotfish.errors import ConfigError
+from pilotfish.tls.secrets import Secret, TlsCertificate, ValidationContext
+
+
+def decode_secret(msg: Any) -> Secret:
+    """The store value of a Secret proto; raises ConfigError naming the offending field."""
+    kind = msg.WhichOneof("type")
+    if kind == "tls_certificate":
+        return _tls_certificate(msg.tls_certificate, "tls_certificate")
+    if kind == "validation_context":
+        return _validation_context(msg.validation_context, "validation_context")
+    if kind is None:
+        raise ConfigError("type", "a secret needs one of tls_certificate, validation_context")
+    raise ConfigError(kind, "pilotfish serves tls_certificate and validation_context secrets only")
+
+
+def _tls_certificate(msg: Any, path: str) -> TlsCertificate:
+    for unsupported in ("private_key_provider", "pkcs12", "watched_directory", "password"):
+        if msg.HasField(unsupported):
+            raise ConfigError(f"{path}.{unsupported}", "not supported by pilotfish")
+    if not msg.HasField("certificate_chain"):
+        raise ConfigError(f"{path}.certificate_chain", "a certificate chain is required")
+    if not msg.HasField("private_key"):
+        raise ConfigError(f"{path}.private_key", "a private key is required")
+    chain = data_source(msg.certificate_chain, f"{path}.certificate_chain")
+    key_pem = data_source(msg.private_key, f"{path}.private_key")
+    certs = _certificates(chain, f"{path}.certificate_chain")
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path}.private_key", f"Failed to load private key: {e}") from None
+    if key.public_key() != certs[0].public_key():
+        raise ConfigError(
+            f"{path}.private_key", "the private key does not match the certificate chain's leaf"
+        )
+    return TlsCertificate(certificate_chain=chain, private_key=key_pem)
+
+
+def _validation_context(msg: Any, path: str) -> ValidationContext:
+    if not msg.HasField("trusted_ca"):
+        raise ConfigError(
+            f"{path}.trusted_ca", "pilotfish needs trusted_ca in a validation context"
+        )
+    trusted = data_source(msg.trusted_ca, f"{path}.trusted_ca")
+    _certificates(trusted, f"{path}.trusted_ca")
+    # Matchers stay protos here; the TLS context turns them into checks (tls/).
+    matchers = tuple(msg.match_typed_subject_alt_names) + tuple(msg.match_subject_alt_names)
+    return ValidationContext(trusted_ca=trusted, match_subject_alt_names=matchers)
+
+
+def _certificates(pem: bytes, path: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as e:
+        raise ConfigError(path, f"Failed to load certificates: {e}") from None
+    if not certs:
+        raise ConfigError(path, "no certificate found")
+    return certs
+
+
+def data_source(msg: Any, path: str) -> bytes:
+    """An Envoy DataSource's bytes."""
+    kind = msg.WhichOneof("specifier")
+    if kind == "inline_bytes":
+        return bytes(msg.inline_bytes)
+    if kind == "inline_string":
+        return str(msg.inline_string).encode()
+    if kind == "filename":
+        try:
+            with open(msg.filename, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ConfigError(
+                f"{path}.filename", f"cannot read {msg.filename}: {e.strerror}"
+            ) from None
+    if kind == "environment_variable":
+        value = os.environ.get(msg.environment_variable)
+        if value is None:
+            raise ConfigError(
+                f"{path}.environment_variable",
+                f"Environment variable doesn't exist: {msg.environment_variable}",
+            )
+        return value.encode()
+    raise ConfigError(path, "a data source (inline_bytes, inline_string, filename) is required")
