@@ -58,5 +58,7 @@ def pilotfish(
     differential_bootstrap: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyProcess]:
     """pilotfish running the module's ``differential_bootstrap``."""
-    with ProxyProcess("pilotfish", differential_bootstrap, tmp_path_factory.mktemp("diff")) as proxy:
+    with ProxyProcess(
+        "pilotfish", differential_bootstrap, tmp_path_factory.mktemp("diff")
+    ) as proxy:
         yield proxy

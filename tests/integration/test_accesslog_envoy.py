@@ -152,15 +152,26 @@ class Request:
 
 
 REQUESTS = [
-    Request("GET", "/be/ok?x=1", {
-        "user-agent": b"pilotfish-test/1.0",
-        "x-forwarded-for": b"1.2.3.4",
-        "x-bin": b'caf\xc3\xa9 \xff "q" \\ \t.',
-    }),
+    Request(
+        "GET",
+        "/be/ok?x=1",
+        {
+            "user-agent": b"pilotfish-test/1.0",
+            "x-forwarded-for": b"1.2.3.4",
+            "x-bin": b'caf\xc3\xa9 \xff "q" \\ \t.',
+        },
+    ),
     Request("POST", "/be/post", {"content-type": b"text/plain"}, body=b"hello world"),
     Request("GET", "/direct", code=201, route="direct_route", details="direct_response"),
-    Request("GET", "/missing", {"user-agent": b"x"}, code=404, route="", details="route_not_found",
-            flags=ResponseFlag.NO_ROUTE_FOUND),
+    Request(
+        "GET",
+        "/missing",
+        {"user-agent": b"x"},
+        code=404,
+        route="",
+        details="route_not_found",
+        flags=ResponseFlag.NO_ROUTE_FOUND,
+    ),
 ]
 
 
@@ -200,34 +211,63 @@ def _bootstrap(log_dir: Path, backend_port: int) -> dict[str, Any]:
         ".v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "access_log": access_logs,
-        "route_config": {"name": "rc", "virtual_hosts": [{
-            "name": "vh", "domains": ["*"],
-            "response_headers_to_add": [
-                {"header": {"key": k, "value": v}} for k, v in HEADER_VALUES.items()
+        "route_config": {
+            "name": "rc",
+            "virtual_hosts": [
+                {
+                    "name": "vh",
+                    "domains": ["*"],
+                    "response_headers_to_add": [
+                        {"header": {"key": k, "value": v}} for k, v in HEADER_VALUES.items()
+                    ],
+                    "routes": [
+                        {
+                            "name": "backend_route",
+                            "match": {"prefix": "/be"},
+                            "route": {"cluster": "backend"},
+                        },
+                        {
+                            "name": "direct_route",
+                            "match": {"prefix": "/direct"},
+                            "direct_response": {"status": 201, "body": {"inline_string": "hi"}},
+                        },
+                    ],
+                }
             ],
-            "routes": [
-                {"name": "backend_route", "match": {"prefix": "/be"},
-                 "route": {"cluster": "backend"}},
-                {"name": "direct_route", "match": {"prefix": "/direct"},
-                 "direct_response": {"status": 201, "body": {"inline_string": "hi"}}},
-            ],
-        }]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
     }
     address = {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
     backend = {"socket_address": {"address": "127.0.0.1", "port_value": backend_port}}
     return {
         "admin": {"address": address},
         "static_resources": {
-            "listeners": [{"name": "ingress", "address": address,
-                           "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}]}],
-            "clusters": [{
-                "name": "backend", "type": "STATIC", "connect_timeout": "1s",
-                "metadata": {"filter_metadata": CLUSTER_METADATA},
-                "load_assignment": {"cluster_name": "backend", "endpoints": [
-                    {"lb_endpoints": [{"endpoint": {"address": backend}}]}]},
-            }],
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": address,
+                    "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "backend",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "metadata": {"filter_metadata": CLUSTER_METADATA},
+                    "load_assignment": {
+                        "cluster_name": "backend",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": backend}}]}],
+                    },
+                }
+            ],
         },
     }
 
@@ -240,11 +280,24 @@ def _envoy(tmp: Path, backend_port: int) -> Iterator[int]:
     admin_file = tmp / "admin.txt"
     with (tmp / "envoy.stderr").open("wb") as stderr:
         proc = subprocess.Popen(
-            [str(ENVOY_BIN), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
-             "--base-id", str(random.randint(10_000, 1_000_000)),
-             "--admin-address-path", str(admin_file), "-l", "error",
-             "--file-flush-interval-msec", "50"],
-            stdout=subprocess.DEVNULL, stderr=stderr,
+            [
+                str(ENVOY_BIN),
+                "-c",
+                str(config),
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--base-id",
+                str(random.randint(10_000, 1_000_000)),
+                "--admin-address-path",
+                str(admin_file),
+                "-l",
+                "error",
+                "--file-flush-interval-msec",
+                "50",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
     try:
         yield _listener_port(proc, admin_file, tmp / "envoy.stderr")
@@ -358,8 +411,11 @@ def _stream_info(ex: Exchange, facts: dict[str, Any], port: int, backend_port: i
     info.route_name = req.route
     info.request_id = facts["rid"]
     request_headers = {
-        b":method": req.method.encode(), b":path": req.path.encode(),
-        b":authority": b"example.com", b":scheme": b"http", b"x-request-id": facts["rid"].encode(),
+        b":method": req.method.encode(),
+        b":path": req.path.encode(),
+        b":authority": b"example.com",
+        b":scheme": b"http",
+        b"x-request-id": facts["rid"].encode(),
     }
     request_headers.update({k.encode(): v for k, v in req.headers.items()})
     info.request_headers = Headers(request_headers)

@@ -438,7 +438,9 @@ def test_config_dump_resource_with_mask(
         f"?name_regex={q('(?=a)')}",
     ],
 )
-def test_config_dump_queries_match_envoy(pair: tuple[ProxyProcess, ProxyProcess], query: str) -> None:
+def test_config_dump_queries_match_envoy(
+    pair: tuple[ProxyProcess, ProxyProcess], query: str
+) -> None:
     envoy, pilotfish = (p.call("/config_dump" + query) for p in pair)
     assert pilotfish.status == envoy.status
     assert pilotfish.headers["content-type"] == envoy.headers["content-type"]

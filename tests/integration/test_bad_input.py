@@ -54,11 +54,15 @@ def build(echo_port: int) -> tuple[dict[str, Any], dict[str, str]]:
     base = {"delayed_close_timeout": "0.2s"}
     listeners = [
         http_listener("main", routes, hcm=base),
-        http_listener("lim", routes, hcm={
-            **base,
-            "max_request_headers_kb": 2,
-            "common_http_protocol_options": {"max_headers_count": 10},
-        }),
+        http_listener(
+            "lim",
+            routes,
+            hcm={
+                **base,
+                "max_request_headers_kb": 2,
+                "common_http_protocol_options": {"max_headers_count": 10},
+            },
+        ),
         http_listener("hto", routes, hcm={**base, "request_headers_timeout": "1s"}),
         http_listener("sito", routes, hcm={**base, "stream_idle_timeout": "1s"}),
         http_listener("rqto", routes, hcm={**base, "request_timeout": "1s"}),
@@ -94,14 +98,19 @@ def no_connection_left(proxy: Deployment, listener: str) -> None:
 
 def local_reply(status_line: str, body: str) -> list[str]:
     """Envoy's local reply with a body, on a connection it closes."""
-    return [status_line, f"content-length: {len(body)}", "content-type: text/plain",
-            "date: <date>", "server: envoy", "connection: close"]
+    return [
+        status_line,
+        f"content-length: {len(body)}",
+        "content-type: text/plain",
+        "date: <date>",
+        "server: envoy",
+        "connection: close",
+    ]
 
 
 def empty_reply(status_line: str) -> list[str]:
     """Envoy's local reply without a body, on a connection it closes."""
-    return [status_line, "date: <date>", "server: envoy", "connection: close",
-            "content-length: 0"]
+    return [status_line, "date: <date>", "server: envoy", "connection: close", "content-length: 0"]
 
 
 # --- malformed requests --------------------------------------------------------------------
@@ -164,32 +173,64 @@ BAD: list[Bad] = [
     Bad("nul-in-value", get(b"X-Nul: a\x00b"), BAD_REQUEST, B400),
     Bad("del-in-value", get(b"X-Del: a\x7fb"), BAD_REQUEST, B400),
     # framing: request smuggling defences
-    Bad("content-length-and-chunked",
-        post(b"Content-Length: 5", CHUNKED, body=b"5\r\nhello\r\n0\r\n\r\n"), BAD_REQUEST, B400),
-    Bad("chunked-and-content-length",
-        post(CHUNKED, b"Content-Length: 5", body=b"5\r\nhello\r\n0\r\n\r\n"), BAD_REQUEST, B400),
-    Bad("smuggled-request-after-cl-te",
+    Bad(
+        "content-length-and-chunked",
+        post(b"Content-Length: 5", CHUNKED, body=b"5\r\nhello\r\n0\r\n\r\n"),
+        BAD_REQUEST,
+        B400,
+    ),
+    Bad(
+        "chunked-and-content-length",
+        post(CHUNKED, b"Content-Length: 5", body=b"5\r\nhello\r\n0\r\n\r\n"),
+        BAD_REQUEST,
+        B400,
+    ),
+    Bad(
+        "smuggled-request-after-cl-te",
         post(b"Content-Length: 4", CHUNKED, body=b"5\r\nhello\r\n0\r\n\r\n")
-        + b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n", BAD_REQUEST, B400),
-    Bad("two-content-lengths-differ",
-        post(b"Content-Length: 5", b"Content-Length: 6", body=b"hello!"), BAD_REQUEST, B400),
-    Bad("two-content-lengths-same",
-        post(b"Content-Length: 5", b"Content-Length: 5", body=b"hello"), BAD_REQUEST, B400),
+        + b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        BAD_REQUEST,
+        B400,
+    ),
+    Bad(
+        "two-content-lengths-differ",
+        post(b"Content-Length: 5", b"Content-Length: 6", body=b"hello!"),
+        BAD_REQUEST,
+        B400,
+    ),
+    Bad(
+        "two-content-lengths-same",
+        post(b"Content-Length: 5", b"Content-Length: 5", body=b"hello"),
+        BAD_REQUEST,
+        B400,
+    ),
     Bad("content-length-list", post(b"Content-Length: 5, 5", body=b"hello"), BAD_REQUEST, B400),
     Bad("content-length-not-a-number", post(b"Content-Length: abc"), BAD_REQUEST, B400),
     Bad("content-length-negative", post(b"Content-Length: -1"), BAD_REQUEST, B400),
     Bad("content-length-plus", post(b"Content-Length: +5", body=b"hello"), BAD_REQUEST, B400),
     Bad("te-gzip", post(b"Transfer-Encoding: gzip"), NOT_IMPLEMENTED, B501),
     Bad("te-identity", post(b"Transfer-Encoding: identity"), NOT_IMPLEMENTED, B501),
-    Bad("te-gzip-chunked", post(b"Transfer-Encoding: gzip, chunked",
-                                body=b"5\r\nhello\r\n0\r\n\r\n"), NOT_IMPLEMENTED, B501),
-    Bad("te-chunked-gzip", post(b"Transfer-Encoding: chunked, gzip",
-                                body=b"5\r\nhello\r\n0\r\n\r\n"), NOT_IMPLEMENTED, B501),
+    Bad(
+        "te-gzip-chunked",
+        post(b"Transfer-Encoding: gzip, chunked", body=b"5\r\nhello\r\n0\r\n\r\n"),
+        NOT_IMPLEMENTED,
+        B501,
+    ),
+    Bad(
+        "te-chunked-gzip",
+        post(b"Transfer-Encoding: chunked, gzip", body=b"5\r\nhello\r\n0\r\n\r\n"),
+        NOT_IMPLEMENTED,
+        B501,
+    ),
     # chunk sizes
     Bad("chunk-size-not-hex", post(CHUNKED, body=b"zz\r\nhello\r\n0\r\n\r\n"), BAD_REQUEST, B400),
     Bad("chunk-size-negative", post(CHUNKED, body=b"-5\r\nhello\r\n0\r\n\r\n"), BAD_REQUEST, B400),
-    Bad("chunk-size-overflow", post(CHUNKED, body=b"1" + b"0" * 19 + b"\r\nhello\r\n0\r\n\r\n"),
-        BAD_REQUEST, B400),
+    Bad(
+        "chunk-size-overflow",
+        post(CHUNKED, body=b"1" + b"0" * 19 + b"\r\nhello\r\n0\r\n\r\n"),
+        BAD_REQUEST,
+        B400,
+    ),
     Bad("chunk-without-crlf", post(CHUNKED, body=b"5\r\nhelloXX0\r\n\r\n"), BAD_REQUEST, B400),
     # limits
     Bad("headers-over-max-kb", get(b"X-Big: " + b"v" * 3000), TOO_LARGE, B431, "lim"),
@@ -250,13 +291,12 @@ def timed_response(conn: RawConn, timeout: float) -> tuple[float, list[str], byt
 
 
 @pytest.mark.parametrize(
-    "partial", [b"GET /hto HTTP/1.1\r\nHost: x\r\nX-Partial: 1\r\n", b"GET /hto HT"],
+    "partial",
+    [b"GET /hto HTTP/1.1\r\nHost: x\r\nX-Partial: 1\r\n", b"GET /hto HT"],
     ids=["headers", "request-line"],
 )
 @each_proxy()
-def test_request_headers_timeout(
-    proxy: Deployment, backend: EchoBackend, partial: bytes
-) -> None:
+def test_request_headers_timeout(proxy: Deployment, backend: EchoBackend, partial: bytes) -> None:
     """request_headers_timeout 1 s, request head incomplete: 408 ``request header timeout``
     and the close."""
     with RawConn(proxy.addr("hto")) as conn:
@@ -297,16 +337,19 @@ def test_stream_idle_timeout_while_receiving(proxy: Deployment, backend: EchoBac
 
 
 @each_proxy()
-def test_stream_idle_timeout_waiting_for_upstream(
-    proxy: Deployment, backend: EchoBackend
-) -> None:
+def test_stream_idle_timeout_waiting_for_upstream(proxy: Deployment, backend: EchoBackend) -> None:
     """stream_idle_timeout 1 s while the upstream takes 2.5 s: 504 ``stream timeout``; the
     client connection stays open."""
     with RawConn(proxy.addr("sito")) as conn:
         conn.send(b"GET /slow HTTP/1.1\r\nHost: x\r\nx-echo-delay-ms: 2500\r\n\r\n")
         elapsed, lines, body = timed_response(conn, 1.0)
-        assert lines == ["HTTP/1.1 504 Gateway Timeout", "content-length: 14",
-                         "content-type: text/plain", "date: <date>", "server: envoy"]
+        assert lines == [
+            "HTTP/1.1 504 Gateway Timeout",
+            "content-length: 14",
+            "content-type: text/plain",
+            "date: <date>",
+            "server: envoy",
+        ]
         assert body == b"stream timeout"
         assert elapsed > 0.8
         conn.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -360,8 +403,13 @@ def test_route_timeout(proxy: Deployment, backend: EchoBackend) -> None:
     with RawConn(proxy.addr("main")) as conn:
         conn.send(b"GET /timeout HTTP/1.1\r\nHost: x\r\nx-echo-behavior: hang\r\n\r\n")
         elapsed, lines, body = timed_response(conn, 0.5)
-        assert lines == ["HTTP/1.1 504 Gateway Timeout", "content-length: 24",
-                         "content-type: text/plain", "date: <date>", "server: envoy"]
+        assert lines == [
+            "HTTP/1.1 504 Gateway Timeout",
+            "content-length: 24",
+            "content-type: text/plain",
+            "date: <date>",
+            "server: envoy",
+        ]
         assert body == b"upstream request timeout"
         assert elapsed > 0.4
         conn.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -394,11 +442,17 @@ def test_upstream_fails_before_headers(
     upstream connection) works."""
     body = RESET_BEFORE_HEADERS + reason
     with RawConn(proxy.addr("main")) as conn:
-        conn.send(b"GET /fail HTTP/1.1\r\nHost: x\r\nx-echo-behavior: %s\r\n\r\n"
-                  % behavior.encode())
+        conn.send(
+            b"GET /fail HTTP/1.1\r\nHost: x\r\nx-echo-behavior: %s\r\n\r\n" % behavior.encode()
+        )
         resp = conn.response()
-        assert shape(resp) == [status_line, f"content-length: {len(body)}",
-                               "content-type: text/plain", "date: <date>", "server: envoy"]
+        assert shape(resp) == [
+            status_line,
+            f"content-length: {len(body)}",
+            "content-type: text/plain",
+            "date: <date>",
+            "server: envoy",
+        ]
         assert resp.body == body.encode()
         conn.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
         after = conn.response()
@@ -419,10 +473,16 @@ def test_upstream_dies_mid_body(proxy: Deployment, backend: EchoBackend) -> None
         head, sep, body = bytes(conn.data).partition(b"\r\n\r\n")
     assert sep
     lines = head.decode().split("\r\n")
-    assert lines[:4] == ["HTTP/1.1 200 OK", "content-type: text/plain", "x-backend: A",
-                         "content-length: 100"]
+    assert lines[:4] == [
+        "HTTP/1.1 200 OK",
+        "content-type: text/plain",
+        "x-backend: A",
+        "content-length: 100",
+    ]
     assert [line.split(":")[0] for line in lines[4:]] == [
-        "x-envoy-upstream-service-time", "date", "server"
+        "x-envoy-upstream-service-time",
+        "date",
+        "server",
     ]
     assert body == b"x" * 10
     backend.clear()

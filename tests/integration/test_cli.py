@@ -45,15 +45,44 @@ def test_every_flag_pilot_agent_passes_is_accepted(tmp_path: Path) -> None:
     config = tmp_path / "envoy-rev.json"
     config.write_text('{"static_resources": {}}')
     r = run(
-        "-c", str(config), "--drain-time-s", "45", "--drain-strategy", "immediate",
-        "--parent-shutdown-time-s", "60", "--local-address-ip-version", "v4",
-        "--file-flush-interval-msec", "1000", "--file-flush-min-size-kb", "64",
-        "--disable-hot-restart", "--allow-unknown-static-fields", "-l", "warning",
-        "--component-log-level", "misc:error", "--log-format",
-        "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t", "--concurrency", "2",
-        "--service-cluster", "c", "--service-node", "n", "--service-zone", "z", "--base-id", "3",
-        "--restart-epoch", "0", "--skip-deprecated-logs", "--enable-core-dump",
-        "--mode", "validate",
+        "-c",
+        str(config),
+        "--drain-time-s",
+        "45",
+        "--drain-strategy",
+        "immediate",
+        "--parent-shutdown-time-s",
+        "60",
+        "--local-address-ip-version",
+        "v4",
+        "--file-flush-interval-msec",
+        "1000",
+        "--file-flush-min-size-kb",
+        "64",
+        "--disable-hot-restart",
+        "--allow-unknown-static-fields",
+        "-l",
+        "warning",
+        "--component-log-level",
+        "misc:error",
+        "--log-format",
+        "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t",
+        "--concurrency",
+        "2",
+        "--service-cluster",
+        "c",
+        "--service-node",
+        "n",
+        "--service-zone",
+        "z",
+        "--base-id",
+        "3",
+        "--restart-epoch",
+        "0",
+        "--skip-deprecated-logs",
+        "--enable-core-dump",
+        "--mode",
+        "validate",
     )
     assert r.returncode == 0, r.stderr
     assert f"configuration '{config}' OK" in r.stdout
@@ -86,8 +115,14 @@ def test_config_yaml_alone_and_merged(tmp_path: Path) -> None:
     config = tmp_path / "b.yaml"
     config.write_text(GOOD)
     # The override adds a second cluster with an error: the merge is checked as a whole.
-    r = run("--mode", "validate", "-c", str(config), "--config-yaml",
-            "static_resources: {clusters: [{name: b, connect_timeout: -1s}]}")
+    r = run(
+        "--mode",
+        "validate",
+        "-c",
+        str(config),
+        "--config-yaml",
+        "static_resources: {clusters: [{name: b, connect_timeout: -1s}]}",
+    )
     assert r.returncode == 1
     assert "static_resources.clusters[1].connect_timeout" in r.stderr
 

@@ -95,7 +95,9 @@ def qp_route(name: str, prefix: str, *params: dict[str, Any]) -> dict[str, Any]:
 
 
 PROBE_VHOST = vhost(
-    "probe", ["probe.test"], [r("probe", {"path": "/__probe"}, direct_response=direct(200, "probe"))]
+    "probe",
+    ["probe.test"],
+    [r("probe", {"path": "/__probe"}, direct_response=direct(200, "probe"))],
 )
 
 
@@ -919,6 +921,7 @@ CASES: list[Case] = [
 
 # --- observing one proxy -------------------------------------------------------------------
 
+
 @dataclass
 class Observation:
     exchange: Exchange
@@ -958,7 +961,9 @@ def _render_response(i: int, resp: RawResponse) -> list[str]:
     lines = [f"response {i}: {_esc(resp.status_line) if resp.version else '<not HTTP>'}"]
     if not resp.version:
         return [*lines, f"  bytes: {resp.raw[:300]!r}"]
-    lines += [f"  {_esc(k)}: {_esc(mask_response_header(k, v, echo_body))}" for k, v in resp.headers]
+    lines += [
+        f"  {_esc(k)}: {_esc(mask_response_header(k, v, echo_body))}" for k, v in resp.headers
+    ]
     lines.append(f"  framing: {resp.framing}{'' if resp.complete else ' (INCOMPLETE)'}")
     if not resp.informational:
         lines += _render_body(resp.body)
@@ -979,7 +984,8 @@ def render(obs: Observation, c: Case) -> list[str]:
     for backend, rq in obs.upstream:
         lines.append(f"upstream {backend}: {_esc(rq.method)} {_esc(rq.target)} {rq.version}")
         lines += [
-            f"  {_esc(k)}: {_esc(mask_request_header(k, v, c.mask_upstream))}" for k, v in rq.headers
+            f"  {_esc(k)}: {_esc(mask_request_header(k, v, c.mask_upstream))}"
+            for k, v in rq.headers
         ]
         lines.append(f"  body: {rq.body!r}")
         lines += [f"  trailer {_esc(k)}: {_esc(v)}" for k, v in rq.trailers]

@@ -804,14 +804,18 @@ def observe(proxy: ProxyProcess, c: Case, backends: dict[str, EchoBackend]) -> O
         )
         echo_body = None if echo is None else response.body
         fields = [(k.lower(), v) for k, v in response.headers]
-        headers = [(k, mask_response_header(k, v, echo_body)) for k, v in fields if k != "connection"]
+        headers = [
+            (k, mask_response_header(k, v, echo_body)) for k, v in fields if k != "connection"
+        ]
         connection = ", ".join(v for k, v in fields if k == "connection") or None
     return Observation(
         status=status,
         backend=backend,
         upstream_line="" if rq is None else f"{rq.method} {rq.target} {rq.version}",
         body=body,
-        upstream_headers=[] if rq is None else [(k, mask_request_header(k, v)) for k, v in rq.headers],
+        upstream_headers=[]
+        if rq is None
+        else [(k, mask_request_header(k, v)) for k, v in rq.headers],
         upstream_body=b"" if rq is None else rq.body,
         response_headers=headers,
         connection=(connection, kept),
@@ -829,7 +833,9 @@ def differential_bootstrap(backends: dict[str, EchoBackend]) -> dict[str, Any]:
 class Observations:
     """Each case is sent once to each proxy; every aspect test compares the same pair."""
 
-    def __init__(self, envoy: ProxyProcess, pilotfish: ProxyProcess, backends: dict[str, EchoBackend]) -> None:
+    def __init__(
+        self, envoy: ProxyProcess, pilotfish: ProxyProcess, backends: dict[str, EchoBackend]
+    ) -> None:
         self.envoy = envoy
         self.pilotfish = pilotfish
         self.backends = backends
@@ -846,7 +852,9 @@ class Observations:
 
 
 @pytest.fixture(scope="module")
-def observed(envoy: ProxyProcess, pilotfish: ProxyProcess, backends: dict[str, EchoBackend]) -> Observations:
+def observed(
+    envoy: ProxyProcess, pilotfish: ProxyProcess, backends: dict[str, EchoBackend]
+) -> Observations:
     return Observations(envoy, pilotfish, backends)
 
 

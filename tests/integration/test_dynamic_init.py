@@ -22,16 +22,25 @@ def _dynamic_bootstrap(initial_fetch_timeout: str) -> dict[str, Any]:
             "explicit_http_config": {"http2_protocol_options": {}},
         }
     }
-    listener = http_listener("static", [{"match": {"prefix": "/"},
-                                         "direct_response": {"status": 200}}])
+    listener = http_listener(
+        "static", [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]
+    )
     config = bootstrap([listener], [xds])
-    config["node"] = {"id": "sidecar~10.0.0.1~app.default~default.svc.cluster.local",
-                      "cluster": "app.default"}
-    source = {"ads": {}, "resource_api_version": "V3",
-              "initial_fetch_timeout": initial_fetch_timeout}
+    config["node"] = {
+        "id": "sidecar~10.0.0.1~app.default~default.svc.cluster.local",
+        "cluster": "app.default",
+    }
+    source = {
+        "ads": {},
+        "resource_api_version": "V3",
+        "initial_fetch_timeout": initial_fetch_timeout,
+    }
     config["dynamic_resources"] = {
-        "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                       "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+        "ads_config": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+        },
         "lds_config": source,
         "cds_config": source,
     }

@@ -61,8 +61,14 @@ ECHO_200_JSON = [
 def upstream(target: str, host: str = "x", *extra: str, method: str = "GET") -> bytes:
     """The head Envoy sends upstream for a plain request: the client's headers (lower-cased,
     host first) then x-forwarded-proto, x-request-id, x-envoy-expected-rq-timeout-ms."""
-    lines = [f"{method} {target} HTTP/1.1", f"host: {host}", *extra, "x-forwarded-proto: http",
-             "x-request-id: <uuid>", "x-envoy-expected-rq-timeout-ms: 15000"]
+    lines = [
+        f"{method} {target} HTTP/1.1",
+        f"host: {host}",
+        *extra,
+        "x-forwarded-proto: http",
+        "x-request-id: <uuid>",
+        "x-envoy-expected-rq-timeout-ms: 15000",
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -97,8 +103,12 @@ def build(echo_port: int, sink_port: int) -> tuple[dict[str, Any], dict[str, str
         http_listener(
             "h10",
             [{"match": {"prefix": "/"}, "route": {"cluster": "H10"}}],
-            hcm={"http_protocol_options": {"accept_http_10": True,
-                                           "default_host_for_http_10": "h10.default"}},
+            hcm={
+                "http_protocol_options": {
+                    "accept_http_10": True,
+                    "default_host_for_http_10": "h10.default",
+                }
+            },
         ),
         http_listener(
             "trl",
@@ -237,7 +247,8 @@ def test_http10_keepalive(proxy: Deployment, backend: EchoBackend) -> None:
 
 
 @pytest.mark.parametrize(
-    "upstream_framing", [b"x-echo-chunked: 1", b"x-echo-behavior: no-length"],
+    "upstream_framing",
+    [b"x-echo-chunked: 1", b"x-echo-behavior: no-length"],
     ids=["chunked", "close-delimited"],
 )
 @each_proxy()
@@ -247,8 +258,11 @@ def test_http10_body_is_close_delimited(
     """An HTTP/1.0 client cannot take chunked: a chunked or close-delimited upstream body
     reaches it raw, delimited by the close, with ``connection: close``."""
     with RawConn(proxy.addr("h10")) as conn:
-        conn.send(b"GET /h10/body HTTP/1.0\r\nHost: h10.test\r\nx-echo-body-size: 12\r\n"
-                  + upstream_framing + b"\r\n\r\n")
+        conn.send(
+            b"GET /h10/body HTTP/1.0\r\nHost: h10.test\r\nx-echo-body-size: 12\r\n"
+            + upstream_framing
+            + b"\r\n\r\n"
+        )
         assert conn.wait_closed(CLOSE_WAIT) is not None
         resp = conn.response()
     assert shape(resp) == [
@@ -290,7 +304,9 @@ def test_chunked_request_body(
     the headers Envoy adds. (Chunk boundaries are not compared: Envoy writes one chunk per
     read.)"""
     with RawConn(proxy.addr("main")) as conn:
-        conn.send(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        conn.send(
+            b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
+        )
         resp = conn.response()
         assert shape(resp) == ECHO_200_JSON
         assert echo_json(resp.body)["body_len"] == len(body)
@@ -306,7 +322,9 @@ def test_chunked_request_body(
 def test_chunked_response_body(proxy: Deployment, backend: EchoBackend) -> None:
     """A chunked upstream response is sent chunked, ``transfer-encoding`` last."""
     with RawConn(proxy.addr("main")) as conn:
-        conn.send(b"GET /rc HTTP/1.1\r\nHost: x\r\nx-echo-chunked: 1\r\nx-echo-body-size: 10\r\n\r\n")
+        conn.send(
+            b"GET /rc HTTP/1.1\r\nHost: x\r\nx-echo-chunked: 1\r\nx-echo-body-size: 10\r\n\r\n"
+        )
         resp = conn.response()
     assert shape(resp) == [
         "HTTP/1.1 200 OK",
@@ -325,8 +343,10 @@ def test_close_delimited_response_becomes_chunked(proxy: Deployment, backend: Ec
     """An upstream body delimited by the close (no length) reaches an HTTP/1.1 client chunked,
     and the client connection stays open."""
     with RawConn(proxy.addr("main")) as conn:
-        conn.send(b"GET /nl HTTP/1.1\r\nHost: x\r\nx-echo-behavior: no-length\r\n"
-                  b"x-echo-body-size: 12\r\n\r\n")
+        conn.send(
+            b"GET /nl HTTP/1.1\r\nHost: x\r\nx-echo-behavior: no-length\r\n"
+            b"x-echo-body-size: 12\r\n\r\n"
+        )
         resp = conn.response()
         assert shape(resp)[-1] == "transfer-encoding: chunked"
         assert (resp.framing, resp.body) == ("chunked", b"x" * 12)
@@ -347,8 +367,10 @@ def test_request_trailers(
     """Request trailers are dropped unless http_protocol_options.enable_trailers (listener and
     cluster); then they go upstream with lower-cased names."""
     with RawConn(proxy.addr(listener)) as conn:
-        conn.send(b"POST /trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t1\r\nX-Other: t2\r\n\r\n")
+        conn.send(
+            b"POST /trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t1\r\nX-Other: t2\r\n\r\n"
+        )
         assert conn.response().status == 200
     (got,) = requests_to(backend, "/trailers")
     assert got.body == b"hello world"
@@ -364,8 +386,10 @@ def test_response_trailers(
 ) -> None:
     """Response trailers are dropped unless enable_trailers."""
     with RawConn(proxy.addr(listener)) as conn:
-        conn.send(b"GET /trailers HTTP/1.1\r\nHost: x\r\nx-echo-body-size: 10\r\n"
-                  b"x-echo-trailer: x-resp-trailer=rt1\r\n\r\n")
+        conn.send(
+            b"GET /trailers HTTP/1.1\r\nHost: x\r\nx-echo-body-size: 10\r\n"
+            b"x-echo-trailer: x-resp-trailer=rt1\r\n\r\n"
+        )
         resp = conn.response()
     assert (resp.framing, resp.body) == ("chunked", b"x" * 10)
     assert resp.trailers == ([("x-resp-trailer", "rt1")] if forwarded else [])
@@ -378,13 +402,17 @@ def test_response_trailers(
 def test_pipelining(proxy: Deployment, backend: EchoBackend) -> None:
     """Three requests in one write (one with a body) are all answered, in order."""
     with RawConn(proxy.addr("main")) as conn:
-        conn.send(b"GET /p/1 HTTP/1.1\r\nHost: x\r\n\r\n"
-                  b"POST /p/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
-                  b"GET /p/3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        conn.send(
+            b"GET /p/1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /p/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /p/3 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         answers = [echo_json(conn.response().body) for _ in range(3)]
         assert conn.wait_closed(OPEN_WAIT) is None
     assert [(a["method"], a["target"], a["body_len"]) for a in answers] == [
-        ("GET", "/p/1", 0), ("POST", "/p/2", 3), ("GET", "/p/3", 0)
+        ("GET", "/p/1", 0),
+        ("POST", "/p/2", 3),
+        ("GET", "/p/3", 0),
     ]
     assert [r.target for r in requests_to(backend, "/p/")] == ["/p/1", "/p/2", "/p/3"]
 
@@ -394,8 +422,9 @@ def test_expect_100_continue(proxy: Deployment, backend: EchoBackend) -> None:
     """``Expect: 100-continue``: the proxy answers ``100 Continue`` itself before the body is
     sent, and does not forward ``expect``."""
     with RawConn(proxy.addr("main")) as conn:
-        conn.send(b"POST /e100 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-                  b"Content-Length: 5\r\n\r\n")
+        conn.send(
+            b"POST /e100 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
         interim = conn.response(timeout=2)
         assert interim.raw == b"HTTP/1.1 100 Continue\r\n\r\n"
         conn.send(b"hello")
@@ -412,8 +441,9 @@ def test_expect_100_continue_proxied(proxy: Deployment, backend: EchoBackend) ->
     """With proxy_100_continue, ``expect`` goes upstream unchanged and the upstream's
     ``100 Continue`` is relayed: exactly one 100 downstream."""
     with RawConn(proxy.addr("p100")) as conn:
-        conn.send(b"POST /p100 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-                  b"Content-Length: 5\r\n\r\n")
+        conn.send(
+            b"POST /p100 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
         interim = conn.response(timeout=2)
         assert interim.raw == b"HTTP/1.1 100 Continue\r\n\r\n"
         conn.send(b"hello")
@@ -499,9 +529,7 @@ WS_HANDSHAKE = (
 
 
 @each_proxy()
-def test_websocket_refused_without_upgrade_configs(
-    proxy: Deployment, backend: EchoBackend
-) -> None:
+def test_websocket_refused_without_upgrade_configs(proxy: Deployment, backend: EchoBackend) -> None:
     """No upgrade_configs: ``403 Forbidden``, empty body, ``connection: close``; nothing is sent
     upstream."""
     with RawConn(proxy.addr("main")) as conn:
@@ -525,8 +553,10 @@ def test_websocket_tunnel(proxy: Deployment, backend: EchoBackend) -> None:
     kept in place, the ``101`` comes back with ``date``/``server``, then raw bytes flow both
     ways unchanged, several times over."""
     with RawConn(proxy.addr("ws")) as conn:
-        conn.send(WS_HANDSHAKE + b"x-echo-status: 101\r\nx-echo-header: Upgrade=websocket\r\n"
-                  b"x-echo-header: Connection=Upgrade\r\n\r\n")
+        conn.send(
+            WS_HANDSHAKE + b"x-echo-status: 101\r\nx-echo-header: Upgrade=websocket\r\n"
+            b"x-echo-header: Connection=Upgrade\r\n\r\n"
+        )
         resp = conn.response()
         assert shape(resp) == [
             "HTTP/1.1 101 Switching Protocols",
@@ -542,16 +572,23 @@ def test_websocket_tunnel(proxy: Deployment, backend: EchoBackend) -> None:
         for i in (1, 2):
             sent = b"GET /tunnelled/%d HTTP/1.1\r\nHost: t\r\nx-echo-body-size: 3\r\n\r\n" % i
             conn.send(sent)
-            answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: A\r\n" \
-                     b"content-length: 3\r\n\r\nxxx"
+            answer = (
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: A\r\n"
+                b"content-length: 3\r\n\r\nxxx"
+            )
             assert conn.read_exact(len(answer), timeout=5) == answer
             assert requests_to(backend, "/tunnelled/")[-1].raw == sent
         assert conn.wait_closed(OPEN_WAIT) is None
     handshake = requests_to(backend, "/ws")[0]
     assert masked_head(handshake) == upstream(
-        "/ws", "ws.test", "connection: Upgrade", "upgrade: websocket",
-        "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version: 13",
-        "x-echo-status: 101", "x-echo-header: Upgrade=websocket",
+        "/ws",
+        "ws.test",
+        "connection: Upgrade",
+        "upgrade: websocket",
+        "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==",
+        "sec-websocket-version: 13",
+        "x-echo-status: 101",
+        "x-echo-header: Upgrade=websocket",
         "x-echo-header: Connection=Upgrade",
     )
     assert handshake.body == b""
@@ -585,8 +622,9 @@ def test_absolute_form(proxy: Deployment, backend: EchoBackend, scheme: str) -> 
     """An absolute-form target goes upstream in origin form, ``host`` taken from the URL
     (the client's Host is dropped); x-forwarded-proto stays ``http``."""
     with RawConn(proxy.addr("main")) as conn:
-        conn.send(f"GET {scheme}://example.test/abs?x=1 HTTP/1.1\r\nHost: other.test\r\n\r\n"
-                  .encode())
+        conn.send(
+            f"GET {scheme}://example.test/abs?x=1 HTTP/1.1\r\nHost: other.test\r\n\r\n".encode()
+        )
         assert shape(conn.response()) == ECHO_200_JSON
     (got,) = requests_to(backend, "/abs")
     assert masked_head(got) == upstream("/abs?x=1", "example.test")
@@ -610,8 +648,10 @@ def test_large_response_streams_with_backpressure(
     backpressure instead of buffering it, and deliver every byte."""
     with RawConn(proxy.addr("main"), timeout=30) as conn, PeakRss(proxy.pid) as rss:
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
-        conn.send(b"GET /sink/down HTTP/1.1\r\nHost: x\r\nx-sink-respond-bytes: %d\r\n"
-                  b"x-sink-respond-chunked: %d\r\n\r\n" % (DOWNLOAD, chunked))
+        conn.send(
+            b"GET /sink/down HTTP/1.1\r\nHost: x\r\nx-sink-respond-bytes: %d\r\n"
+            b"x-sink-respond-chunked: %d\r\n\r\n" % (DOWNLOAD, chunked)
+        )
         time.sleep(1.0)
         resp = drain_response(conn.sock)
     assert resp.status_line == "HTTP/1.1 200 OK"

@@ -319,9 +319,7 @@ def _bad_cases() -> list[Any]:
             if kind == "envoy":
                 marks.append(pytest.mark.envoy)
                 marks.append(
-                    pytest.mark.skipif(
-                        not ENVOY_BIN.exists(), reason="needs the real Envoy"
-                    )
+                    pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy")
                 )
             cases.append(pytest.param(kind, name, marks=marks, id=f"{kind}-{name}"))
     return cases

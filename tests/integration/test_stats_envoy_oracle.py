@@ -124,9 +124,13 @@ def _addr(port: int) -> dict[str, Any]:
 
 def _cluster(name: str, port: int, alt: str | None = None, h2: bool = False) -> dict[str, Any]:
     c: dict[str, Any] = {
-        "name": name, "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": name, "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": _addr(port)}}]}]},
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(port)}}]}],
+        },
     }
     if alt:
         c["alt_stat_name"] = alt
@@ -134,36 +138,67 @@ def _cluster(name: str, port: int, alt: str | None = None, h2: bool = False) -> 
         c["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                         "HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}}}}
+                "HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
     return c
 
 
 def _http_listener(stat_prefix: str) -> dict[str, Any]:
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
-                 ".v3.HttpConnectionManager",
+        ".v3.HttpConnectionManager",
         "stat_prefix": stat_prefix,
-        "route_config": {"name": "local_route", "virtual_hosts": [{
-            "name": "vh", "domains": ["*"],
-            "virtual_clusters": [
-                {"name": "vc1", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]}
+        "route_config": {
+            "name": "local_route",
+            "virtual_hosts": [
+                {
+                    "name": "vh",
+                    "domains": ["*"],
+                    "virtual_clusters": [
+                        {
+                            "name": "vc1",
+                            "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+                        }
+                    ],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "stat_prefix": "r1",
+                            "route": {"cluster": "backend"},
+                        }
+                    ],
+                }
             ],
-            "routes": [{"match": {"prefix": "/"}, "stat_prefix": "r1",
-                        "route": {"cluster": "backend"}}]}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
     }
-    return {"name": "http", "address": _addr(0),
-            "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}]}
+    return {
+        "name": "http",
+        "address": _addr(0),
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}],
+    }
 
 
 def _tcp_listener(stat_prefix: str, listener_stat_prefix: str | None = None) -> dict[str, Any]:
-    tcp = {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-           "stat_prefix": stat_prefix, "cluster": "backend"}
+    tcp = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": stat_prefix,
+        "cluster": "backend",
+    }
     listener: dict[str, Any] = {
-        "name": "tcp", "address": _addr(0),
-        "filter_chains": [{"filters": [{"name": "tcp", "typed_config": tcp}]}]}
+        "name": "tcp",
+        "address": _addr(0),
+        "filter_chains": [{"filters": [{"name": "tcp", "typed_config": tcp}]}],
+    }
     if listener_stat_prefix:
         listener["stat_prefix"] = listener_stat_prefix
     return listener
@@ -177,8 +212,10 @@ def istio_stats_config() -> dict[str, Any]:
 
 def bootstrap(mode: str, backend_port: int, xds_port: int, workdir: Path) -> dict[str, Any]:
     b: dict[str, Any] = {
-        "node": {"id": "sidecar~127.0.0.1~test.default~default.svc.cluster.local",
-                 "cluster": "test"},
+        "node": {
+            "id": "sidecar~127.0.0.1~test.default~default.svc.cluster.local",
+            "cluster": "test",
+        },
         "admin": {"address": _addr(0)},
         "stats_flush_interval": "1s",
     }
@@ -187,31 +224,40 @@ def bootstrap(mode: str, backend_port: int, xds_port: int, workdir: Path) -> dic
         b["stats_config"] = istio_stats_config()
         clusters = [
             _cluster("backend", backend_port, alt="foo;"),
-            _cluster("reviews", backend_port,
-                     alt="outbound|9080||reviews.default.svc.cluster.local;"),
+            _cluster(
+                "reviews", backend_port, alt="outbound|9080||reviews.default.svc.cluster.local;"
+            ),
             _cluster("xds-grpc", xds_port, alt="xds-grpc;", h2=True),
         ]
-        listeners = [_http_listener("inbound_0.0.0.0_9080;"),
-                     _tcp_listener("outbound|9080||reviews.default.svc.cluster.local")]
+        listeners = [
+            _http_listener("inbound_0.0.0.0_9080;"),
+            _tcp_listener("outbound|9080||reviews.default.svc.cluster.local"),
+        ]
         dynamic = json.loads(json.dumps(golden["dynamic_resources"]))
         for key in ("lds_config", "cds_config"):
             dynamic[key]["initial_fetch_timeout"] = "0.2s"  # no istiod here: do not wait
     else:
-        clusters = [_cluster("backend", backend_port), _cluster(WEIRD_CLUSTER, backend_port),
-                    _cluster("xds-grpc", xds_port, h2=True)]
+        clusters = [
+            _cluster("backend", backend_port),
+            _cluster(WEIRD_CLUSTER, backend_port),
+            _cluster("xds-grpc", xds_port, h2=True),
+        ]
         listeners = [_http_listener("ingress_http"), _tcp_listener("tcp_in", "tcp_listener")]
         cds, lds = workdir / "cds.json", workdir / "lds.json"
-        dyn_cluster = dict(_cluster("dyn", backend_port),
-                           **{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster"})
+        dyn_cluster = dict(
+            _cluster("dyn", backend_port),
+            **{"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster"},
+        )
         cds.write_text(json.dumps({"resources": [dyn_cluster]}))
         lds.write_text(json.dumps({"resources": []}))
         dynamic = {
-            "cds_config": {"path_config_source": {"path": str(cds)},
-                           "resource_api_version": "V3"},
-            "lds_config": {"path_config_source": {"path": str(lds)},
-                           "resource_api_version": "V3"},
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "cds_config": {"path_config_source": {"path": str(cds)}, "resource_api_version": "V3"},
+            "lds_config": {"path_config_source": {"path": str(lds)}, "resource_api_version": "V3"},
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+            },
         }
     b["static_resources"] = {"listeners": listeners, "clusters": clusters}
     b["dynamic_resources"] = dynamic
@@ -242,20 +288,35 @@ class Envoy:
         self._backend = EchoBackend("envoy-stats").start()
         self._xds = Blackhole()
         config = self.workdir / "envoy.json"
-        config.write_text(json.dumps(
-            bootstrap(self.mode, self._backend.address[1], self._xds.port, self.workdir)))
+        config.write_text(
+            json.dumps(bootstrap(self.mode, self._backend.address[1], self._xds.port, self.workdir))
+        )
         address_file = self.workdir / "admin_address"
         with (self.workdir / "envoy.log").open("wb") as log:
             self._proc = subprocess.Popen(
-                [str(ENVOY), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
-                 "--base-id", str(random.randint(10_000, 1_000_000)),
-                 "--admin-address-path", str(address_file), "-l", "error"],
-                stdout=subprocess.DEVNULL, stderr=log)
+                [
+                    str(ENVOY),
+                    "-c",
+                    str(config),
+                    "--concurrency",
+                    "1",
+                    "--disable-hot-restart",
+                    "--base-id",
+                    str(random.randint(10_000, 1_000_000)),
+                    "--admin-address-path",
+                    str(address_file),
+                    "-l",
+                    "error",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         self.admin_port = self._wait_for_admin(address_file)
         self._wait_until(lambda: self.get("/ready").strip() == "LIVE", "Envoy never became LIVE")
         statuses = json.loads(self.get("/listeners?format=json"))["listener_statuses"]
         self.listener_ports = {
-            s["name"]: s["local_address"]["socket_address"]["port_value"] for s in statuses}
+            s["name"]: s["local_address"]["socket_address"]["port_value"] for s in statuses
+        }
 
     def _wait_for_admin(self, address_file: Path) -> int:
         def ready() -> bool:
@@ -362,8 +423,9 @@ def collect(envoy: Envoy, **params: str) -> dict[str, StatInfo]:
     found = names_by_type(envoy, **params)
     used = set(names_by_type(envoy, usedonly="", **params))
     return {
-        name: StatInfo(name, d["type"], d["value"], name in used,
-                       identity_of(envoy, name, d["type"]))
+        name: StatInfo(
+            name, d["type"], d["value"], name in used, identity_of(envoy, name, d["type"])
+        )
         for name, d in found.items()
     }
 
@@ -439,7 +501,8 @@ def stats_config(mode: str) -> StatsConfig:
     raw = istio_stats_config()
     tags = tuple(
         StatsTag(t["tag_name"], regex=t.get("regex", ""), fixed_value=t.get("fixed_value", ""))
-        for t in raw["stats_tags"])
+        for t in raw["stats_tags"]
+    )
     return StatsConfig(tags=tags, use_all_default_tags=raw.get("use_all_default_tags", True))
 
 
@@ -468,8 +531,13 @@ def snapshot(request: pytest.FixtureRequest) -> Iterator[Snapshot]:
         envoy.send_traffic()
         stats = collect(envoy)
         prometheus = envoy.get("/stats/prometheus", text_readouts="")
-        yield Snapshot(request.param, stats, prometheus, envoy.get("/stats"),
-                       envoy.get("/stats", format="json"))
+        yield Snapshot(
+            request.param,
+            stats,
+            prometheus,
+            envoy.get("/stats"),
+            envoy.get("/stats", format="json"),
+        )
 
 
 def _store_for(snap: Snapshot, samples: dict[str, str]) -> Store:
@@ -497,12 +565,16 @@ def test_text_matches_envoy(snapshot: Snapshot) -> None:
     """Same names in the same order; counters, gauges and text readouts with the values of the
     same snapshot; histograms only by shape (Envoy's quantiles come from its own sketch)."""
     values = _text_values(snapshot.text)
-    samples = {info.identity: values[name] for name, info in snapshot.stats.items()
-               if info.type in ("counter", "gauge")}
+    samples = {
+        info.identity: values[name]
+        for name, info in snapshot.stats.items()
+        if info.type in ("counter", "gauge")
+    }
     store = _store_for(snapshot, {**prometheus_samples(snapshot.prometheus), **samples})
     mine = render_text(store)
-    assert [ln.split(": ")[0] for ln in mine.splitlines()] == \
-        [ln.split(": ")[0] for ln in snapshot.text.splitlines()]
+    assert [ln.split(": ")[0] for ln in mine.splitlines()] == [
+        ln.split(": ")[0] for ln in snapshot.text.splitlines()
+    ]
     for line, envoy_line in zip(mine.splitlines(), snapshot.text.splitlines(), strict=True):
         name = line.split(": ")[0]
         if snapshot.stats[name].type != "histogram" or envoy_line.endswith("No recorded values"):
@@ -511,19 +583,24 @@ def test_text_matches_envoy(snapshot: Snapshot) -> None:
 
 def test_json_matches_envoy(snapshot: Snapshot) -> None:
     values = {s["name"]: s["value"] for s in json.loads(snapshot.json)["stats"] if "name" in s}
-    samples = {info.identity: str(values[name]) for name, info in snapshot.stats.items()
-               if info.type in ("counter", "gauge")}
+    samples = {
+        info.identity: str(values[name])
+        for name, info in snapshot.stats.items()
+        if info.type in ("counter", "gauge")
+    }
     store = _store_for(snapshot, {**prometheus_samples(snapshot.prometheus), **samples})
     mine = json.loads(render_json(store))["stats"]
     envoy = json.loads(snapshot.json)["stats"]
     assert mine[:-1] == envoy[:-1]
     mine_h, envoy_h = mine[-1]["histograms"], envoy[-1]["histograms"]
     assert mine_h["supported_quantiles"] == envoy_h["supported_quantiles"]
-    assert [h["name"] for h in mine_h["computed_quantiles"]] == \
-        [h["name"] for h in envoy_h["computed_quantiles"]]
+    assert [h["name"] for h in mine_h["computed_quantiles"]] == [
+        h["name"] for h in envoy_h["computed_quantiles"]
+    ]
     for m, e in zip(mine_h["computed_quantiles"], envoy_h["computed_quantiles"], strict=True):
-        assert [v["cumulative"] is None for v in m["values"]] == \
-            [v["cumulative"] is None for v in e["values"]]
+        assert [v["cumulative"] is None for v in m["values"]] == [
+            v["cumulative"] is None for v in e["values"]
+        ]
 
 
 # --- capture of the unit-test samples -------------------------------------------------------
@@ -535,8 +612,9 @@ def _sample_record(info: StatInfo, samples: dict[str, str]) -> dict[str, Any]:
         store = Store()
         fill_histogram(store, info, samples)
         h = store.histogram(info.name)
-        record.update(buckets=h.cumulative(), count=h.count,
-                      sum=samples[_with_suffix(info.identity, "_sum")])
+        record.update(
+            buckets=h.cumulative(), count=h.count, sum=samples[_with_suffix(info.identity, "_sum")]
+        )
     else:
         record["value"] = info.value
     return record
@@ -558,11 +636,13 @@ def _tag_examples(stats: dict[str, StatInfo], keep: set[str]) -> dict[str, str]:
 
 def _dump_lines(data: dict[str, Any]) -> str:
     """JSON with one stat (or one tag example) per line: small, and readable in a diff."""
+
     def dump(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
 
-    head = ",\n".join(f" {dump(k)}: {dump(v)}" for k, v in data.items()
-                      if k not in ("stats", "tags"))
+    head = ",\n".join(
+        f" {dump(k)}: {dump(v)}" for k, v in data.items() if k not in ("stats", "tags")
+    )
     stats = ",\n".join(f"  {dump(s)}" for s in data["stats"])
     tags = ",\n".join(f"  {dump(k)}: {dump(v)}" for k, v in data["tags"].items())
     return f'{{\n{head},\n "stats": [\n{stats}\n ],\n "tags": {{\n{tags}\n }}\n}}\n'
@@ -579,10 +659,12 @@ def capture(out_dir: Path) -> None:
                 "stats.txt": envoy.get("/stats", filter=SAMPLE_FILTER),
                 "stats_used.txt": envoy.get("/stats", filter=SAMPLE_FILTER, usedonly=""),
                 "stats.json": envoy.get("/stats", filter=SAMPLE_FILTER, format="json"),
-                "prometheus.txt": envoy.get("/stats/prometheus", filter=SAMPLE_FILTER,
-                                            text_readouts=""),
-                "prometheus_used.txt": envoy.get("/stats/prometheus", filter=SAMPLE_FILTER,
-                                                 usedonly=""),
+                "prometheus.txt": envoy.get(
+                    "/stats/prometheus", filter=SAMPLE_FILTER, text_readouts=""
+                ),
+                "prometheus_used.txt": envoy.get(
+                    "/stats/prometheus", filter=SAMPLE_FILTER, usedonly=""
+                ),
             }
             for key, query in READY_QUERIES.items():
                 outputs[f"{key}.txt"] = envoy.get("/stats", usedonly="", filter=query)
@@ -590,8 +672,11 @@ def capture(out_dir: Path) -> None:
             assert again == outputs["prometheus.txt"], "sampled stats moved during the capture"
         samples = prometheus_samples(outputs["prometheus.txt"])
         data = {
-            "envoy": subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True,
-                                    check=True).stdout.strip().split("version: ")[-1],
+            "envoy": subprocess.run(
+                [str(ENVOY), "--version"], capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .split("version: ")[-1],
             "mode": mode,
             "stats_config": istio_stats_config() if mode == "istio" else {},
             "filter": SAMPLE_FILTER,

@@ -47,7 +47,9 @@ def backends() -> Iterator[dict[str, EchoBackend]]:
 
 def envoy_bootstrap(api_type: str, xds_address: str | None, pipe: str | None) -> dict[str, Any]:
     if pipe is not None:
-        xds = static_cluster("xds-grpc", endpoints=[{"endpoint": {"address": {"pipe": {"path": pipe}}}}])
+        xds = static_cluster(
+            "xds-grpc", endpoints=[{"endpoint": {"address": {"pipe": {"path": pipe}}}}]
+        )
     else:
         assert xds_address is not None
         xds = static_cluster("xds-grpc", int(xds_address.rsplit(":", 1)[1]))
@@ -87,7 +89,10 @@ def served_by(port: int, backends: dict[str, EchoBackend]) -> str:
 
 def acked(server: ThreadedXdsServer, type_url: str, version: str) -> bool:
     return any(
-        a.type_url == type_url and a.version_info == version and not a.is_nack and not a.stale
+        a.type_url == type_url
+        and a.version_info == version
+        and not a.is_nack
+        and not a.stale
         and a.node_id == NODE_ID
         for a in server.acks
     )
@@ -142,7 +147,9 @@ def test_envoy_follows_the_ads_server(
 
             # cluster-a goes away.
             server.update(CLUSTER.type_url, remove=["cluster-a"])
-            wait_for(lambda: "cluster-a::" not in envoy.call("/clusters").text, "cluster-a removed", 10)
+            wait_for(
+                lambda: "cluster-a::" not in envoy.call("/clusters").text, "cluster-a removed", 10
+            )
             assert "cluster-b::" in envoy.call("/clusters").text
             assert served_by(port, backends) == "C"
 
@@ -150,8 +157,9 @@ def test_envoy_follows_the_ads_server(
             bad_route = server.set_resources(
                 ROUTE.type_url, [route_config("routes", "cluster-b", regex="(unclosed")]
             )
-            server.wait_for(lambda s: any(
-                a.type_url == ROUTE.type_url and a.is_nack for a in s.acks), 10)
+            server.wait_for(
+                lambda s: any(a.type_url == ROUTE.type_url and a.is_nack for a in s.acks), 10
+            )
             nack = next(a for a in server.acks if a.type_url == ROUTE.type_url and a.is_nack)
             assert "missing )" in nack.error_message, nack.error_message  # RE2 says why
             if not delta:  # SotW NACK: the last accepted version, the rejected nonce
@@ -159,8 +167,9 @@ def test_envoy_follows_the_ads_server(
             assert served_by(port, backends) == "C"
 
             server.update(CLUSTER.type_url, [eds_cluster("cluster-bad", connect_timeout="-1s")])
-            server.wait_for(lambda s: any(
-                a.type_url == CLUSTER.type_url and a.is_nack for a in s.acks), 10)
+            server.wait_for(
+                lambda s: any(a.type_url == CLUSTER.type_url and a.is_nack for a in s.acks), 10
+            )
             nack = next(a for a in server.acks if a.type_url == CLUSTER.type_url and a.is_nack)
             assert "positive duration" in nack.error_message, nack.error_message
             assert served_by(port, backends) == "C"
@@ -168,8 +177,9 @@ def test_envoy_follows_the_ads_server(
             # A dropped stream: Envoy reconnects, keeps serving, and takes new config.
             server.update(CLUSTER.type_url, remove=["cluster-bad"])
             server.drop_streams()
-            server.wait_for(lambda s: [ROUTE.type_url in i.subscribed for i in s.connected()]
-                            == [True], 15)
+            server.wait_for(
+                lambda s: [ROUTE.type_url in i.subscribed for i in s.connected()] == [True], 15
+            )
             assert served_by(port, backends) == "C"
             server.update(CLUSTER.type_url, [eds_cluster("cluster-a")])
             good = server.set_resources(ROUTE.type_url, [route_config("routes", "cluster-a")])

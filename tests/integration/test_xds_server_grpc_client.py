@@ -115,7 +115,9 @@ def test_grpc_xds_client_resolves_through_the_ads_server(
         server.set_resources(LISTENER.type_url, [api_listener("myservice", "myservice-routes")])
         server.set_resources(ROUTE.type_url, [route_config("myservice-routes", "backend-one")])
         server.set_resources(CLUSTER.type_url, [eds_cluster("backend-one")])
-        server.set_resources(ENDPOINT.type_url, [load_assignment("backend-one", backends["one"].port)])
+        server.set_resources(
+            ENDPOINT.type_url, [load_assignment("backend-one", backends["one"].port)]
+        )
         client = XdsClientProcess(server.address, tmp_path)
         try:
             assert client.call() == "OK pong from one"
@@ -130,9 +132,16 @@ def test_grpc_xds_client_resolves_through_the_ads_server(
                 ENDPOINT.type_url: frozenset({"backend-one"}),
             }
             types = [t.type_url for t in (LISTENER, ROUTE, CLUSTER, ENDPOINT)]
-            server.wait_for(lambda s: all(any(
-                a.type_url == url and a.version_info == "1" and not a.is_nack for a in s.acks)
-                for url in types), 10)
+            server.wait_for(
+                lambda s: all(
+                    any(
+                        a.type_url == url and a.version_info == "1" and not a.is_nack
+                        for a in s.acks
+                    )
+                    for url in types
+                ),
+                10,
+            )
 
             # A second cluster and a route to it: grpc follows.
             server.update(CLUSTER.type_url, [eds_cluster("backend-two")])
@@ -144,8 +153,9 @@ def test_grpc_xds_client_resolves_through_the_ads_server(
             server.set_resources(
                 ROUTE.type_url, [route_config("myservice-routes", "backend-two", regex="(bad")]
             )
-            server.wait_for(lambda s: any(
-                a.type_url == ROUTE.type_url and a.is_nack for a in s.acks), 10)
+            server.wait_for(
+                lambda s: any(a.type_url == ROUTE.type_url and a.is_nack for a in s.acks), 10
+            )
             nack = next(a for a in server.acks if a.type_url == ROUTE.type_url and a.is_nack)
             assert "regex" in nack.error_message.lower(), nack.error_message
             assert nack.version_info == "2"  # the last version grpc accepted

@@ -1,8 +1,8 @@
 """Watch a process's resident memory (``VmRSS`` in ``/proc/<pid>/status``) while a test runs.
 
-    with PeakRss(proxy.pid) as rss:
-        ...  # move a gigabyte through the proxy
-    assert rss.peak < 150 * MB, rss.summary()
+with PeakRss(proxy.pid) as rss:
+    ...  # move a gigabyte through the proxy
+assert rss.peak < 150 * MB, rss.summary()
 """
 
 from __future__ import annotations

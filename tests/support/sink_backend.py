@@ -231,8 +231,12 @@ class SinkBackend(ThreadedServer):
     @staticmethod
     def _send_generated(sock: socket.socket, size: int, chunked: bool, conn: bytes) -> None:
         framing = b"transfer-encoding: chunked\r\n" if chunked else b"content-length: %d\r\n" % size
-        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
-                     + framing + conn + b"\r\n")
+        sock.sendall(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+            + framing
+            + conn
+            + b"\r\n"
+        )
         block = PATTERN * 16  # 1 MiB
         left = size
         while left > 0:

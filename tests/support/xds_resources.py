@@ -55,14 +55,14 @@ def load_assignment(name: str, *ports: int) -> Message:
         "envoy.config.endpoint.v3.ClusterLoadAssignment",
         {
             "cluster_name": name,
-            "endpoints": [
-                {"locality": {}, "lb_endpoints": endpoints, "load_balancing_weight": 1}
-            ],
+            "endpoints": [{"locality": {}, "lb_endpoints": endpoints, "load_balancing_weight": 1}],
         },
     )
 
 
-def route_config(name: str, cluster: str, *, prefix: str = "/", regex: str | None = None) -> Message:
+def route_config(
+    name: str, cluster: str, *, prefix: str = "/", regex: str | None = None
+) -> Message:
     """One virtual host for every domain, one route to ``cluster`` (by prefix or safe regex)."""
     match: dict[str, Any] = {"prefix": prefix}
     if regex is not None:
@@ -72,8 +72,11 @@ def route_config(name: str, cluster: str, *, prefix: str = "/", regex: str | Non
         {
             "name": name,
             "virtual_hosts": [
-                {"name": "all", "domains": ["*"],
-                 "routes": [{"match": match, "route": {"cluster": cluster}}]}
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": match, "route": {"cluster": cluster}}],
+                }
             ],
         },
     )
@@ -96,8 +99,14 @@ def http_listener(name: str, port: int, route_name: str) -> Message:
             "name": name,
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
             "filter_chains": [
-                {"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                              "typed_config": _hcm(route_name)}]}
+                {
+                    "filters": [
+                        {
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "typed_config": _hcm(route_name),
+                        }
+                    ]
+                }
             ],
         },
     )

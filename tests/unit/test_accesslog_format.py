@@ -76,13 +76,24 @@ def make_info(**overrides: Any) -> StreamInfo:
     info.route_name = "default"
     info.connection_id = 7
     info.request_id = "uuid-1"
-    info.request_headers = Headers({
-        ":method": "GET", ":path": "/p?q=1", ":authority": "example.com", ":scheme": "http",
-        "user-agent": "curl/8.0", "x-request-id": "uuid-1", "x-forwarded-for": "10.0.0.1",
-    })
-    info.response_headers = Headers({
-        ":status": "200", "content-type": "text/plain", "x-envoy-upstream-service-time": "1",
-    })
+    info.request_headers = Headers(
+        {
+            ":method": "GET",
+            ":path": "/p?q=1",
+            ":authority": "example.com",
+            ":scheme": "http",
+            "user-agent": "curl/8.0",
+            "x-request-id": "uuid-1",
+            "x-forwarded-for": "10.0.0.1",
+        }
+    )
+    info.response_headers = Headers(
+        {
+            ":status": "200",
+            "content-type": "text/plain",
+            "x-envoy-upstream-service-time": "1",
+        }
+    )
     for k, v in overrides.items():
         setattr(info, k, v)
     return info
@@ -155,8 +166,10 @@ TEXT_CASES: list[tuple[str, str, dict[str, Any]]] = [
     (
         "%RESPONSE_FLAGS%",
         "UH,UF",
-        {"response_flags": ResponseFlag.NO_HEALTHY_UPSTREAM
-         | ResponseFlag.UPSTREAM_CONNECTION_FAILURE},
+        {
+            "response_flags": ResponseFlag.NO_HEALTHY_UPSTREAM
+            | ResponseFlag.UPSTREAM_CONNECTION_FAILURE
+        },
     ),
     ("%RESPONSE_FLAGS_LONG%", "NoRouteFound", {"response_flags": ResponseFlag.NO_ROUTE_FOUND}),
     ("%RESPONSE_FLAGS_LONG%", "-", {}),
@@ -269,10 +282,13 @@ TEXT_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("%REQ(x-nope)%", "-", {}),
     ("%REQ(:method)%", "-", {"request_headers": None}),
     ("%REQ(x-empty)%|", "|", {"request_headers": Headers({"x-empty": ""})}),
-    ("%REQ(x-bin)%", "caf\xc3\xa9 \xff",
-     {"request_headers": Headers({"x-bin": b"caf\xc3\xa9 \xff"})}),
+    (
+        "%REQ(x-bin)%",
+        "caf\xc3\xa9 \xff",
+        {"request_headers": Headers({"x-bin": b"caf\xc3\xa9 \xff"})},
+    ),
     ("%REQ(x-bin):4%", "caf\xc3", {"request_headers": Headers({"x-bin": b"caf\xc3\xa9"})}),
-    ('%REQ(x-q)%', 'a "b" \\ c', {"request_headers": Headers({"x-q": 'a "b" \\ c'})}),
+    ("%REQ(x-q)%", 'a "b" \\ c', {"request_headers": Headers({"x-q": 'a "b" \\ c'})}),
     ("%RESP(CONTENT-TYPE)% %RESPONSE_HEADER(:status)%", "text/plain 200", {}),
     ("%RESP(x-envoy-upstream-service-time)%", "1", {}),
     ("%TRAILER(grpc-status)%", "-", {}),
@@ -290,8 +306,10 @@ TEXT_CASES: list[tuple[str, str, dict[str, Any]]] = [
     (
         "%GRPC_STATUS%",
         "Unimplemented",
-        {"request_headers": Headers({"content-type": "application/grpc+proto"}),
-         "response_code": 404},
+        {
+            "request_headers": Headers({"content-type": "application/grpc+proto"}),
+            "response_code": 404,
+        },
     ),
     (
         "%GRPC_STATUS%",
@@ -325,8 +343,11 @@ TEXT_CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("%UPSTREAM_METADATA(ns:k)%", "-", {}),
     ("%UPSTREAM_METADATA(ns:k)%", "hv", {"upstream_host_metadata": {"ns": {"k": "hv"}}}),
     ("%FILTER_STATE(k)%", "-", {}),
-    ("%FILTER_STATE(k)%|%FILTER_STATE(k:PLAIN)%", '"fsval"|fsval',
-     {"filter_state": {"k": "fsval"}}),
+    (
+        "%FILTER_STATE(k)%|%FILTER_STATE(k:PLAIN)%",
+        '"fsval"|fsval',
+        {"filter_state": {"k": "fsval"}},
+    ),
     ("%FILTER_STATE(k):3%|%FILTER_STATE(k:PLAIN):3%", '"fs|fsv', {"filter_state": {"k": "fsval"}}),
     ("%FILTER_STATE(k:PLAIN)%", "5", {"filter_state": {"k": 5}}),
     (
@@ -439,8 +460,9 @@ def test_values_computed_per_line() -> None:
 def test_environment_is_read_at_compile_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PF_AL_TEST", "envval")
     monkeypatch.delenv("PF_AL_MISSING", raising=False)
-    fmt = compile_text_format("%ENVIRONMENT(PF_AL_TEST)%|%ENVIRONMENT(PF_AL_TEST):3%|"
-                              "%ENVIRONMENT(PF_AL_MISSING)%")
+    fmt = compile_text_format(
+        "%ENVIRONMENT(PF_AL_TEST)%|%ENVIRONMENT(PF_AL_TEST):3%|%ENVIRONMENT(PF_AL_MISSING)%"
+    )
     monkeypatch.setenv("PF_AL_TEST", "changed")
     assert fmt.format(make_info()) == "envval|env|-"
     # Missing prints "-" even where other missing values print nothing.
@@ -466,8 +488,10 @@ def test_local_time(kolkata_time: None) -> None:
 
 def test_req_without_query_needs_its_extension() -> None:
     extra = {"extra_commands": ("REQ_WITHOUT_QUERY",)}
-    fmt = "%REQ_WITHOUT_QUERY(:PATH)%|%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH):2%|" \
-          "%REQ_WITHOUT_QUERY(x-nope)%|%REQ_WITHOUT_QUERY(x-q)%"
+    fmt = (
+        "%REQ_WITHOUT_QUERY(:PATH)%|%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH):2%|"
+        "%REQ_WITHOUT_QUERY(x-nope)%|%REQ_WITHOUT_QUERY(x-q)%"
+    )
     info = make_info()
     info.request_headers = Headers({":path": "/be/x?q=1&b=2", "x-q": "?abc"})
     assert text(fmt, info, **extra) == "/be/x|/b|-|"
@@ -484,14 +508,20 @@ ERROR_CASES = [
     ("%REQ()%", "REQ requires parameters"),
     ("%REQ(a?b?c)%", "More than 1 alternative header specified in token: a?b?c"),
     ("%REQ(a", "Incorrect configuration: %REQ(a. Couldn't find valid command at position 0"),
-    ("abc %PROTOCOL", "Incorrect configuration: abc %PROTOCOL. Couldn't find valid command at "
-     "position 4"),
-    ("%protocol%",
-     "Incorrect configuration: %protocol%. Couldn't find valid command at position 0"),
+    (
+        "abc %PROTOCOL",
+        "Incorrect configuration: abc %PROTOCOL. Couldn't find valid command at position 4",
+    ),
+    (
+        "%protocol%",
+        "Incorrect configuration: %protocol%. Couldn't find valid command at position 0",
+    ),
     ("%", "Incorrect configuration: %. Couldn't find valid command at position 0"),
     ("x % y", "Incorrect configuration: x % y. Couldn't find valid command at position 2"),
-    ("%REQ(a):x%", "Incorrect configuration: %REQ(a):x%. Couldn't find valid command at "
-     "position 0"),
+    (
+        "%REQ(a):x%",
+        "Incorrect configuration: %REQ(a):x%. Couldn't find valid command at position 0",
+    ),
     ("%REQ(a):99999999999999999999999%", "Couldn't find valid command at position 0"),
     ("%REQ(a b)%", "Invalid header configuration. Format string contains invalid characters."),
     ("%REQ(a)b)%", "Invalid header configuration. Format string contains invalid characters."),
@@ -504,14 +534,22 @@ ERROR_CASES = [
     ("%CLUSTER_METADATA(ns:k):3%", "CLUSTER_METADATA does not allow length to be specified."),
     ("%UPSTREAM_METADATA(ns:k):3%", "UPSTREAM_METADATA does not allow length to be specified."),
     ("%FILTER_STATE()%", "Invalid filter state configuration, key cannot be empty."),
-    ("%FILTER_STATE(k:BAD)%",
-     "Invalid filter state serialize type, only support PLAIN/TYPED/FIELD."),
-    ("%FILTER_STATE(k:FIELD)%",
-     "Invalid filter state serialize type, FIELD should be used with the field name."),
-    ("%FILTER_STATE(k:PLAIN:x)%",
-     "Invalid filter state serialize type, FIELD should be used with the field name."),
-    ("%GRPC_STATUS(X)%",
-     "GrpcStatusFormatter only supports CAMEL_STRING, SNAKE_STRING or NUMBER. Got: X"),
+    (
+        "%FILTER_STATE(k:BAD)%",
+        "Invalid filter state serialize type, only support PLAIN/TYPED/FIELD.",
+    ),
+    (
+        "%FILTER_STATE(k:FIELD)%",
+        "Invalid filter state serialize type, FIELD should be used with the field name.",
+    ),
+    (
+        "%FILTER_STATE(k:PLAIN:x)%",
+        "Invalid filter state serialize type, FIELD should be used with the field name.",
+    ),
+    (
+        "%GRPC_STATUS(X)%",
+        "GrpcStatusFormatter only supports CAMEL_STRING, SNAKE_STRING or NUMBER. Got: X",
+    ),
     ("%COMMON_DURATION(A)%", "Invalid common duration configuration: A."),
     ("%COMMON_DURATION(A:B:xs)%", "Invalid common duration precision: xs."),
     ("%CEL(request.path)%", "%CEL% is not supported by pilotfish"),
@@ -530,9 +568,17 @@ def test_bad_formats(fmt: str, message: str) -> None:
 
 def test_accepted_oddities() -> None:
     """Envoy accepts these; so does pilotfish."""
-    for fmt in ("%PROTOCOL%:3", "%REQ(:PATH?)%", "%REQ(?:PATH)%", "%REQ(A_B)%",
-                "%DYNAMIC_METADATA(:k)%", "%RESPONSE_CODE_DETAILS(X)%", "%FILTER_STATE(k):3%",
-                "%DYNAMIC_METADATA(ns:k):3%", "%FILTER_STATE(k:FIELD:x)%"):
+    for fmt in (
+        "%PROTOCOL%:3",
+        "%REQ(:PATH?)%",
+        "%REQ(?:PATH)%",
+        "%REQ(A_B)%",
+        "%DYNAMIC_METADATA(:k)%",
+        "%RESPONSE_CODE_DETAILS(X)%",
+        "%FILTER_STATE(k):3%",
+        "%DYNAMIC_METADATA(ns:k):3%",
+        "%FILTER_STATE(k:FIELD:x)%",
+    ):
         compile_text_format(fmt)
     assert text("%PROTOCOL%:3") == "HTTP/1.1:3"
 
@@ -549,14 +595,20 @@ JSON_CASES: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
         {"first_upstream_rx": None},
     ),
     (
-        {"p": "%DOWNSTREAM_REMOTE_PORT%", "a": "%DOWNSTREAM_REMOTE_ADDRESS%",
-         "u": "%UPSTREAM_LOCAL_PORT%"},
+        {
+            "p": "%DOWNSTREAM_REMOTE_PORT%",
+            "a": "%DOWNSTREAM_REMOTE_ADDRESS%",
+            "u": "%UPSTREAM_LOCAL_PORT%",
+        },
         '{"a":"10.0.0.1:36142","p":36142,"u":null}',
         {"upstream_local_address": ""},
     ),
     ({"p": "%DOWNSTREAM_REMOTE_PORT%"}, '{"p":null}', {"downstream_remote_address": "/tmp/s"}),
-    ({"s": "%START_TIME%", "e": "%START_TIME(%s)%"},
-     '{"e":"1795645182","s":"2026-11-25T22:19:42.055Z"}', {}),
+    (
+        {"s": "%START_TIME%", "e": "%START_TIME(%s)%"},
+        '{"e":"1795645182","s":"2026-11-25T22:19:42.055Z"}',
+        {},
+    ),
     ({"m": "%REQ(x-nope)%", "f": "%RESPONSE_FLAGS%"}, '{"f":"-","m":null}', {}),
     ({"mixed": "a%REQ(x-nope)%b %RESPONSE_CODE%"}, '{"mixed":"a-b 200"}', {}),
     ({"pct": "%%", "lit": "100%% %%"}, '{"lit":"100% %","pct":"%"}', {}),
@@ -598,9 +650,14 @@ JSON_CASES: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
     ),
     # Metadata keeps its type; :Z cuts only strings. Numbers are doubles.
     (
-        {"dm": "%DYNAMIC_METADATA(ns)%", "k3": "%DYNAMIC_METADATA(ns:k):3%",
-         "n1": "%DYNAMIC_METADATA(ns:n):1%", "s": "%DYNAMIC_METADATA(ns:s):4%",
-         "miss": "%DYNAMIC_METADATA(ns:nope)%", "mix": "x%DYNAMIC_METADATA(ns:s)%"},
+        {
+            "dm": "%DYNAMIC_METADATA(ns)%",
+            "k3": "%DYNAMIC_METADATA(ns:k):3%",
+            "n1": "%DYNAMIC_METADATA(ns:n):1%",
+            "s": "%DYNAMIC_METADATA(ns:s):4%",
+            "miss": "%DYNAMIC_METADATA(ns:nope)%",
+            "mix": "x%DYNAMIC_METADATA(ns:s)%",
+        },
         '{"dm":{"k":"dynval","n":12.5,"s":{"x":"y","z":[1,2]}},"k3":"dyn","miss":null,'
         '"mix":"x{\\"x\\":\\"y\\",\\"z\\":[1,2]}","n1":12.5,"s":{"x":"y","z":[1,2]}}',
         {"dynamic_metadata": {"ns": {"k": "dynval", "n": 12.5, "s": {"x": "y", "z": [1, 2]}}}},
@@ -611,8 +668,13 @@ JSON_CASES: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
         {"upstream_cluster_metadata": {"ns": {"big": 100000}}},
     ),
     (
-        {"fs": "%FILTER_STATE(k)%", "fsp": "%FILTER_STATE(k:PLAIN)%", "fs3": "%FILTER_STATE(k):3%",
-         "fsm": "x%FILTER_STATE(k)%", "o": "%FILTER_STATE(o)%"},
+        {
+            "fs": "%FILTER_STATE(k)%",
+            "fsp": "%FILTER_STATE(k:PLAIN)%",
+            "fs3": "%FILTER_STATE(k):3%",
+            "fsm": "x%FILTER_STATE(k)%",
+            "o": "%FILTER_STATE(o)%",
+        },
         '{"fs":"fsval","fs3":"fsval","fsm":"x\\"fsval\\"","fsp":"fsval","o":{"a":1,"b":"x"}}',
         {"filter_state": {"k": "fsval", "o": FilterObject()}},
     ),
@@ -634,8 +696,10 @@ OMIT_CASES: list[tuple[dict[str, Any], str]] = [
     ({"e": "x%REQ(x-nope)%y"}, '{"e":"xy"}'),  # missing pieces of a string are ""
     ({"nm": {"a": "%REQ(x-nope)%"}, "nn": {"a": {"b": "%REQ(x-nope)%"}}}, "{}"),  # maps go
     ({"em": {}, "n": None, "ok": 1}, '{"ok":1}'),
-    ({"el": [], "nl": ["%REQ(x-nope)%"], "lm": [{}], "ll": [[]]},  # lists stay
-     '{"el":[],"ll":[[]],"lm":[],"nl":[]}'),
+    (
+        {"el": [], "nl": ["%REQ(x-nope)%"], "lm": [{}], "ll": [[]]},  # lists stay
+        '{"el":[],"ll":[[]],"lm":[],"nl":[]}',
+    ),
     ({"g": "", "z": "%REQ(x-e)%"}, '{"g":"","z":""}'),  # empty strings are values
 ]
 
@@ -658,15 +722,33 @@ def test_json_errors_name_the_key() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (1e5, "1e+05"), (1e6, "1e+06"), (120000.0, "120000"), (1e14, "1e+14"),
-        (999999999999999.0, "999999999999999"), (1e15, "1e+15"), (1.5e15, "1.5e+15"),
-        (1234567890123456.0, "1234567890123456"), (100000.5, "100000.5"), (1e20, "1e+20"),
-        (4294967296.0, "4294967296"), (1e-4, "1e-04"), (0.001, "0.001"),
-        (0.0001234, "0.0001234"), (123e-10, "1.23e-08"), (5e-324, "5e-324"),
-        (1.7976931348623157e308, "1.7976931348623157e+308"), (-1e6, "-1e+06"),
-        (-100000.0, "-1e+05"), (0.5, "0.5"), (1e16 + 2, "10000000000000002"),
-        (2.0**64, "18446744073709551616"), (-0.0, "-0"), (0.1 + 0.2, "0.30000000000000004"),
-        (12345678.9, "12345678.9"), (100.0, "100"), (float("nan"), "null"),
+        (1e5, "1e+05"),
+        (1e6, "1e+06"),
+        (120000.0, "120000"),
+        (1e14, "1e+14"),
+        (999999999999999.0, "999999999999999"),
+        (1e15, "1e+15"),
+        (1.5e15, "1.5e+15"),
+        (1234567890123456.0, "1234567890123456"),
+        (100000.5, "100000.5"),
+        (1e20, "1e+20"),
+        (4294967296.0, "4294967296"),
+        (1e-4, "1e-04"),
+        (0.001, "0.001"),
+        (0.0001234, "0.0001234"),
+        (123e-10, "1.23e-08"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (-1e6, "-1e+06"),
+        (-100000.0, "-1e+05"),
+        (0.5, "0.5"),
+        (1e16 + 2, "10000000000000002"),
+        (2.0**64, "18446744073709551616"),
+        (-0.0, "-0"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (12345678.9, "12345678.9"),
+        (100.0, "100"),
+        (float("nan"), "null"),
     ],
 )
 def test_json_double_matches_envoy(value: float, expected: str) -> None:

@@ -88,32 +88,47 @@ def test_no_format_is_envoys_default() -> None:
     [
         ({"log_format": {"text_format": "%RESPONSE_CODE% %REQ(x-nope)%\n"}}, "200 -\n"),
         (
-            {"log_format": {"text_format": "%REQ(x-nope)%|%RESPONSE_CODE%\n",
-                            "omit_empty_values": True}},
+            {
+                "log_format": {
+                    "text_format": "%REQ(x-nope)%|%RESPONSE_CODE%\n",
+                    "omit_empty_values": True,
+                }
+            },
             "|200\n",
         ),
         ({"log_format": {"text_format_source": {"inline_string": "%PROTOCOL%\n"}}}, "HTTP/1.1\n"),
-        ({"log_format": {"text_format_source": {"inline_bytes": "YWIlUkVTUE9OU0VfQ09ERSU="}}},
-         "ab200"),
-        ({"log_format": {"json_format": {"b": "%RESPONSE_CODE%", "a": "%REQ(x-nope)%"}}},
-         '{"a":null,"b":200}\n'),
         (
-            {"log_format": {"json_format": {"b": "%RESPONSE_CODE%", "a": "%REQ(x-nope)%",
-                                            "n": 100000},
-                            "omit_empty_values": True}},
+            {"log_format": {"text_format_source": {"inline_bytes": "YWIlUkVTUE9OU0VfQ09ERSU="}}},
+            "ab200",
+        ),
+        (
+            {"log_format": {"json_format": {"b": "%RESPONSE_CODE%", "a": "%REQ(x-nope)%"}}},
+            '{"a":null,"b":200}\n',
+        ),
+        (
+            {
+                "log_format": {
+                    "json_format": {"b": "%RESPONSE_CODE%", "a": "%REQ(x-nope)%", "n": 100000},
+                    "omit_empty_values": True,
+                }
+            },
             '{"b":200,"n":1e+05}\n',
         ),
         (
-            {"log_format": {
-                "text_format": "%REQ_WITHOUT_QUERY(:PATH)%",
-                "formatters": [{
-                    "name": "envoy.formatter.req_without_query",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/"
-                        "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery",
-                    },
-                }],
-            }},
+            {
+                "log_format": {
+                    "text_format": "%REQ_WITHOUT_QUERY(:PATH)%",
+                    "formatters": [
+                        {
+                            "name": "envoy.formatter.req_without_query",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/"
+                                "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery",
+                            },
+                        }
+                    ],
+                }
+            },
             "/x",
         ),
         # Deprecated fields still work (Envoy 1.40 accepts them).
@@ -164,11 +179,20 @@ def test_formats(fields: dict[str, Any], line: str) -> None:
             "START_TIME does not allow length to be specified.",
         ),
         (
-            {"path": "/x", "log_format": {
-                "text_format": "x",
-                "formatters": [{"name": "envoy.formatter.cel", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"}}],
-            }},
+            {
+                "path": "/x",
+                "log_format": {
+                    "text_format": "x",
+                    "formatters": [
+                        {
+                            "name": "envoy.formatter.cel",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"
+                            },
+                        }
+                    ],
+                },
+            },
             f"{PATH}.typed_config.log_format.formatters[0]",
             "formatter extension 'envoy.formatter.cel' "
             "(envoy.extensions.formatter.cel.v3.Cel) is not supported by pilotfish",
@@ -206,12 +230,21 @@ def test_stream_loggers() -> None:
 
 def test_factories_describe_themselves() -> None:
     for factory, name, type_name in (
-        (FileAccessLogFactory(), "envoy.access_loggers.file",
-         "envoy.extensions.access_loggers.file.v3.FileAccessLog"),
-        (StdoutAccessLogFactory(), "envoy.access_loggers.stdout",
-         "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
-        (StderrAccessLogFactory(), "envoy.access_loggers.stderr",
-         "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"),
+        (
+            FileAccessLogFactory(),
+            "envoy.access_loggers.file",
+            "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        ),
+        (
+            StdoutAccessLogFactory(),
+            "envoy.access_loggers.stdout",
+            "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        ),
+        (
+            StderrAccessLogFactory(),
+            "envoy.access_loggers.stderr",
+            "envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+        ),
     ):
         assert factory.category is Category.ACCESS_LOGGER
         assert (factory.name, factory.type_names) == (name, (type_name,))
@@ -244,8 +277,9 @@ def test_through_translation_the_error_names_the_field() -> None:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def logger_for(tmp_path: Path, manager: AccessLogManager, fmt: str = "%REQ(:PATH)%\n",
-               name: str = "access.log") -> tuple[FileAccessLogger, Path]:
+def logger_for(
+    tmp_path: Path, manager: AccessLogManager, fmt: str = "%REQ(:PATH)%\n", name: str = "access.log"
+) -> tuple[FileAccessLogger, Path]:
     path = tmp_path / name
     config = parse_file(path=str(path), log_format={"text_format": fmt})
     return FileAccessLogFactory().build(config, manager), path

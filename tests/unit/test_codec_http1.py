@@ -99,9 +99,16 @@ def test_request_round_trip_through_client_encoder() -> None:
 
 @pytest.mark.parametrize(
     ("method", "framing"),
-    [(b"GET", b""), (b"HEAD", b""), (b"DELETE", b""), (b"TRACE", b""),
-     (b"POST", b"content-length: 0\r\n"), (b"PUT", b"content-length: 0\r\n"),
-     (b"OPTIONS", b"content-length: 0\r\n"), (b"PATCH", b"content-length: 0\r\n")],
+    [
+        (b"GET", b""),
+        (b"HEAD", b""),
+        (b"DELETE", b""),
+        (b"TRACE", b""),
+        (b"POST", b"content-length: 0\r\n"),
+        (b"PUT", b"content-length: 0\r\n"),
+        (b"OPTIONS", b"content-length: 0\r\n"),
+        (b"PATCH", b"content-length: 0\r\n"),
+    ],
 )
 def test_bodiless_request_framing_follows_envoy(method: bytes, framing: bytes) -> None:
     # Observed on Envoy 1.40: a headers-only POST/PUT/OPTIONS/PATCH gets an explicit

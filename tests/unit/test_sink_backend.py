@@ -64,8 +64,10 @@ def test_upload_is_counted(sink: SinkBackend, chunked: bool) -> None:
 
 def test_summary_body_and_trailers(sink: SinkBackend) -> None:
     with connect(sink) as sock:
-        sock.sendall(b"POST /t HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n"
-                     b"Connection: close\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\n")
+        sock.sendall(
+            b"POST /t HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"
+        )
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -78,8 +80,10 @@ def test_summary_body_and_trailers(sink: SinkBackend) -> None:
 @pytest.mark.parametrize("chunked", [False, True])
 def test_generated_response_is_drained(sink: SinkBackend, chunked: bool) -> None:
     with connect(sink) as sock:
-        sock.sendall(b"GET /down HTTP/1.1\r\nHost: s\r\nx-sink-respond-bytes: %d\r\n"
-                     b"x-sink-respond-chunked: %d\r\n\r\n" % (SIZE, chunked))
+        sock.sendall(
+            b"GET /down HTTP/1.1\r\nHost: s\r\nx-sink-respond-bytes: %d\r\n"
+            b"x-sink-respond-chunked: %d\r\n\r\n" % (SIZE, chunked)
+        )
         resp = drain_response(sock)
     assert resp.framing == ("chunked" if chunked else "content-length")
     assert (resp.size, resp.crc32) == (SIZE, pattern_crc32(SIZE))

@@ -100,17 +100,21 @@ def test_prometheus_used_only_is_envoys(mode: str) -> None:
 def test_prometheus_filter_is_a_search_in_the_full_name(mode: str) -> None:
     data = _load(mode)
     expected = _expected(mode, "prometheus.txt")
-    got = render_prometheus(store_from(data), _extractor(data), text_readouts=True,
-                            filter_regex=data["filter"])
+    got = render_prometheus(
+        store_from(data), _extractor(data), text_readouts=True, filter_regex=data["filter"]
+    )
     assert got == expected
     store = store_from(data)
     store.counter("not.in.the.sample").inc()
-    assert render_prometheus(store, _extractor(data), text_readouts=True,
-                             filter_regex=data["filter"]) == expected
+    assert (
+        render_prometheus(store, _extractor(data), text_readouts=True, filter_regex=data["filter"])
+        == expected
+    )
 
 
 _HISTOGRAM_LINE = re.compile(
-    r"^(?P<name>.+): (No recorded values|(P[0-9.]+\([^,() ]+,[^,() ]+\)( |$)){10})$")
+    r"^(?P<name>.+): (No recorded values|(P[0-9.]+\([^,() ]+,[^,() ]+\)( |$)){10})$"
+)
 
 
 def _assert_text_like_envoy(got: str, expected: str) -> None:
@@ -151,10 +155,13 @@ def test_json_is_envoys(mode: str) -> None:
     got_h = json.loads(got)["stats"][-1]["histograms"]
     want_h = json.loads(expected)["stats"][-1]["histograms"]
     assert got_h["supported_quantiles"] == want_h["supported_quantiles"]
-    assert [(h["name"], [v["cumulative"] is None for v in h["values"]])
-            for h in got_h["computed_quantiles"]] == \
-        [(h["name"], [v["cumulative"] is None for v in h["values"]])
-         for h in want_h["computed_quantiles"]]
+    assert [
+        (h["name"], [v["cumulative"] is None for v in h["values"]])
+        for h in got_h["computed_quantiles"]
+    ] == [
+        (h["name"], [v["cumulative"] is None for v in h["values"]])
+        for h in want_h["computed_quantiles"]
+    ]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -162,8 +169,10 @@ def test_json_is_envoys(mode: str) -> None:
     ("query", "filter_regex"),
     [
         ("ready_server", r"^(server\.state|listener_manager\.workers_started)"),
-        ("ready_xds",
-         r"^(cluster_manager\.cds|listener_manager\.lds)\.(update_success|update_rejected)$"),
+        (
+            "ready_xds",
+            r"^(cluster_manager\.cds|listener_manager\.lds)\.(update_success|update_rejected)$",
+        ),
     ],
 )
 def test_pilot_agent_readiness_queries(mode: str, query: str, filter_regex: str) -> None:
@@ -184,7 +193,8 @@ def test_used_flag_of_zero_values() -> None:
     store.counter("server.wip_protos").inc(0)
     store.text_readout("cluster_manager.cds.version_text").value = ""
     assert render_text(store, used_only=True) == (
-        'cluster_manager.cds.version_text: ""\nserver.wip_protos: 0\n')
+        'cluster_manager.cds.version_text: ""\nserver.wip_protos: 0\n'
+    )
 
 
 # --- formatting details ----------------------------------------------------------------------
@@ -205,7 +215,8 @@ def test_text_orders_text_readouts_then_counters_and_gauges_then_histograms() ->
     store.text_readout("z.text").value = "v"
     store.histogram("a.hist")
     assert render_text(store) == (
-        'z.text: "v"\na.counter: 3\nb.gauge: 2\nc.counter: 1\na.hist: No recorded values\n')
+        'z.text: "v"\na.counter: 3\nb.gauge: 2\nc.counter: 1\na.hist: No recorded values\n'
+    )
     assert render_text(store, type_filter="Gauges") == "b.gauge: 2\n"
     assert render_text(store, type_filter="Counters") == "a.counter: 3\nc.counter: 1\n"
     assert render_text(store, type_filter="TextReadouts") == 'z.text: "v"\n'
@@ -261,16 +272,22 @@ def test_prometheus_histogram_lines() -> None:
     untagged.histogram("server.initialization_time_ms").record(10)
     lines = render_prometheus(untagged, TagExtractor()).splitlines()
     assert lines[1] == 'envoy_server_initialization_time_ms_bucket{le="0.5"} 0'
-    assert lines[-2:] == ["envoy_server_initialization_time_ms_sum{} 10",
-                          "envoy_server_initialization_time_ms_count{} 1"]
+    assert lines[-2:] == [
+        "envoy_server_initialization_time_ms_sum{} 10",
+        "envoy_server_initialization_time_ms_count{} 1",
+    ]
 
 
 def test_prometheus_groups_and_member_order() -> None:
     """Groups by tag-extracted name (plain string order), members by full name compared token
     by token: "a" sorts before "a-b" although '-' < '.'."""
     store = Store()
-    for name in ("cluster.a-b.upstream_cx_total", "cluster.a.upstream_cx_total",
-                 "cluster_manager.active_clusters", "cluster.a.bind_errors"):
+    for name in (
+        "cluster.a-b.upstream_cx_total",
+        "cluster.a.upstream_cx_total",
+        "cluster_manager.active_clusters",
+        "cluster.a.bind_errors",
+    ):
         store.counter(name).inc()
     assert render_prometheus(store, TagExtractor()) == (
         "# TYPE envoy_cluster_bind_errors counter\n"
@@ -299,8 +316,11 @@ def test_custom_namespaces() -> None:
     store.counter("istio.9lives").inc()
     store.gauge("wasm.vm.active").set(1)
     extractor = TagExtractor()
-    extractor.pin("istio.istio_requests_total.reporter.destination",
-                  "istio.istio_requests_total", [("reporter", "destination")])
+    extractor.pin(
+        "istio.istio_requests_total.reporter.destination",
+        "istio.istio_requests_total",
+        [("reporter", "destination")],
+    )
     assert render_prometheus(store, extractor, custom_namespaces=frozenset({"istio"})) == (
         "# TYPE istio_requests_total counter\n"
         'istio_requests_total{reporter="destination"} 7\n'
@@ -332,7 +352,8 @@ def test_used_only_gauges() -> None:
     store.counter("server.zero")
     assert render_text(store, used_only=True) == "server.state: 0\n"
     assert render_prometheus(store, TagExtractor(), used_only=True) == (
-        "# TYPE envoy_server_state gauge\nenvoy_server_state{} 0\n")
+        "# TYPE envoy_server_state gauge\nenvoy_server_state{} 0\n"
+    )
 
 
 def _latency_store() -> Store:

@@ -48,7 +48,11 @@ def cla(name: str, *ports: int) -> endpoint_pb2.ClusterLoadAssignment:
 def names(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
     out = []
     for any_msg in resp.resources:
-        msg = cluster_pb2.Cluster() if any_msg.type_url == CDS else endpoint_pb2.ClusterLoadAssignment()
+        msg = (
+            cluster_pb2.Cluster()
+            if any_msg.type_url == CDS
+            else endpoint_pb2.ClusterLoadAssignment()
+        )
         assert any_msg.Unpack(msg)
         out.append(msg.name if any_msg.type_url == CDS else msg.cluster_name)
     return out
@@ -122,10 +126,18 @@ def run(body: Callable[[XdsServer], Awaitable[None]], address: str = "127.0.0.1:
     asyncio.run(main())
 
 
-def sotw(type_url: str, *resource_names: str, version: str = "", nonce: str = "",
-         error: status_pb2.Status | None = None, node: bool = False) -> discovery_pb2.DiscoveryRequest:
+def sotw(
+    type_url: str,
+    *resource_names: str,
+    version: str = "",
+    nonce: str = "",
+    error: status_pb2.Status | None = None,
+    node: bool = False,
+) -> discovery_pb2.DiscoveryRequest:
     req = discovery_pb2.DiscoveryRequest(
-        type_url=type_url, version_info=version, response_nonce=nonce,
+        type_url=type_url,
+        version_info=version,
+        response_nonce=nonce,
         resource_names=list(resource_names),
     )
     if error is not None:
@@ -150,7 +162,12 @@ def test_sotw_versions_nonces_and_ack() -> None:
         await client.nothing()  # an ACK is not answered
         await server.wait_for(lambda s: len(s.acks) == 1, 2)
         ack = server.acks[0]
-        assert (ack.node_id, ack.type_url, ack.version_info, ack.nonce) == (NODE.id, CDS, "1", r1.nonce)
+        assert (ack.node_id, ack.type_url, ack.version_info, ack.nonce) == (
+            NODE.id,
+            CDS,
+            "1",
+            r1.nonce,
+        )
         assert not ack.is_nack and not ack.stale and not ack.delta
         assert ack.resource_names == ("a", "b")
         # A change pushes the whole set with a new version and a fresh nonce.
@@ -165,7 +182,11 @@ def test_sotw_versions_nonces_and_ack() -> None:
         # The node is kept from the first request (later ones omit it).
         (info,) = server.connected()
         assert (info.node_id, info.cluster, info.delta, info.subscribed) == (
-            NODE.id, "a", False, {CDS: frozenset({"*"})})
+            NODE.id,
+            "a",
+            False,
+            {CDS: frozenset({"*"})},
+        )
         await client.close()
 
     run(body)
@@ -268,7 +289,9 @@ def test_two_clients_and_drop_streams() -> None:
         server.set_resources(CDS, [cluster("a")])
         one, two = Client(server.address), Client(server.address, delta=True)
         await one.send(sotw(CDS, node=True))
-        await two.send(discovery_pb2.DeltaDiscoveryRequest(type_url=CDS, node=base_pb2.Node(id="two")))
+        await two.send(
+            discovery_pb2.DeltaDiscoveryRequest(type_url=CDS, node=base_pb2.Node(id="two"))
+        )
         assert names(await one.recv()) == ["a"]
         assert [r.name for r in (await two.recv()).resources] == ["a"]
         assert sorted(i.node_id for i in server.connected()) == sorted([NODE.id, "two"])
@@ -290,12 +313,19 @@ def test_two_clients_and_drop_streams() -> None:
 # --- delta ----------------------------------------------------------------------------------
 
 
-def delta_req(type_url: str, subscribe: tuple[str, ...] = (), unsubscribe: tuple[str, ...] = (),
-              nonce: str = "", error: status_pb2.Status | None = None,
-              initial: dict[str, str] | None = None) -> discovery_pb2.DeltaDiscoveryRequest:
+def delta_req(
+    type_url: str,
+    subscribe: tuple[str, ...] = (),
+    unsubscribe: tuple[str, ...] = (),
+    nonce: str = "",
+    error: status_pb2.Status | None = None,
+    initial: dict[str, str] | None = None,
+) -> discovery_pb2.DeltaDiscoveryRequest:
     req = discovery_pb2.DeltaDiscoveryRequest(
-        type_url=type_url, resource_names_subscribe=list(subscribe),
-        resource_names_unsubscribe=list(unsubscribe), response_nonce=nonce,
+        type_url=type_url,
+        resource_names_subscribe=list(subscribe),
+        resource_names_unsubscribe=list(unsubscribe),
+        response_nonce=nonce,
         initial_resource_versions=initial or {},
     )
     req.node.CopyFrom(NODE)
@@ -314,7 +344,11 @@ def test_delta_wildcard_updates_and_removals() -> None:
         client = Client(server.address, delta=True)
         await client.send(delta_req(CDS))  # empty first request: legacy wildcard
         r1 = await client.recv()
-        assert (delta_names(r1), r1.system_version_info, list(r1.removed_resources)) == (["a", "b"], "1", [])
+        assert (delta_names(r1), r1.system_version_info, list(r1.removed_resources)) == (
+            ["a", "b"],
+            "1",
+            [],
+        )
         versions = {r.name: r.version for r in r1.resources}
         assert all(versions.values())
         unpacked = cluster_pb2.Cluster()
@@ -334,7 +368,12 @@ def test_delta_wildcard_updates_and_removals() -> None:
         await client.nothing()
         await server.wait_for(lambda s: any(a.is_nack for a in s.acks), 2)
         rec = server.acks[-1]
-        assert (rec.delta, rec.nonce, rec.error_message, rec.version_info) == (True, r3.nonce, "no", "3")
+        assert (rec.delta, rec.nonce, rec.error_message, rec.version_info) == (
+            True,
+            r3.nonce,
+            "no",
+            "3",
+        )
         # Unsubscribing from the wildcard stops the pushes.
         await client.send(delta_req(CDS, unsubscribe=("*",)))
         await server.wait_for(lambda s: s.connected()[0].subscribed[CDS] == frozenset(), 2)
@@ -427,13 +466,15 @@ def test_threaded_server_send_raw_and_nack() -> None:
             raw = discovery_pb2.DiscoveryResponse(version_info="bogus")
             raw.resources.add(type_url=CDS, value=b"\xff\xff")
             count = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: server.send_raw(CDS, raw))
+                None, lambda: server.send_raw(CDS, raw)
+            )
             assert count == 1
             r2 = await client.recv()
             received.append(r2)
             await client.send(sotw(CDS, version="1", nonce=r2.nonce, error=nack("cannot parse")))
             await asyncio.get_running_loop().run_in_executor(
-                None, lambda: server.wait_for(lambda s: len(s.acks) == 2, 5))
+                None, lambda: server.wait_for(lambda s: len(s.acks) == 2, 5)
+            )
             await client.close()
 
         asyncio.run(client_side())

@@ -244,7 +244,8 @@ spec:
 """
     )
     with pytest.raises(
-        ConfigValidationError, match=r"spec\.gateways\[0\]: Gateway istio-system/public does not exist"
+        ConfigValidationError,
+        match=r"spec\.gateways\[0\]: Gateway istio-system/public does not exist",
     ):
         store.apply_yaml(vs)
     store.apply_yaml(
