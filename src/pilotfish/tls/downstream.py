@@ -151,18 +151,18 @@ class TlsServerConnection(asyncio.Transport, asyncio.Protocol):
                 data = sslobj.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # the peer's close_notify
-                self._flush()
-                if not app.eof_received():
-                    self.close()
-                return
+            except ssl.SSLZeroReturnError:
+                data = b""
             except ssl.SSLError:
                 self._tls.stats.connection_error.value += 1
                 self._closing = True
                 self._transport.abort()
                 return
-            if data:
-                app.data_received(data)
+            if not data:  # the peer's close_notify: answer with ours unless half-closed
+                if not app.eof_received():
+                    self.close()
+                return
+            app.data_received(data)
             if not incoming.pending and not sslobj.pending():
                 break
         if self._outgoing.pending:
