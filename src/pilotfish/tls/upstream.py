@@ -46,7 +46,7 @@ class UpstreamTransportSockets:
         self._scope = scope
         self._secrets = secrets
         self.default = self._context(config.transport_socket)
-        self.default_counter = scope.counter("default_total_match_count")
+        self.default_counter = scope.counter("default.total_match_count")
         self.matches = tuple(
             _Match(fields, self._context(ts), scope.counter(f"{name}.total_match_count"))
             for name, fields, ts in config.transport_socket_matches
