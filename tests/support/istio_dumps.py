@@ -54,8 +54,8 @@ _AUTHZ = "it decides which requests are allowed (Istio AuthorizationPolicy)"
 # (dump, resource kind, resource name, substring of the reason). Reviewed: each is a deliberate
 # limitation of docs/compatibility.md, "Resources from istiod".
 REJECTED: set[tuple[str, str, str, str]] = {
-    # A sidecar with AuthorizationPolicies: RBAC is refused (the first error of virtualInbound;
-    # its mTLS chains would be refused next, see test_virtual_inbound_without_authz).
+    # A sidecar with AuthorizationPolicies: RBAC is refused (its mTLS chains translate, see
+    # test_virtual_inbound_without_authz).
     (AUTHZ, "listener", "virtualInbound", _AUTHZ),
     # HBONE (ambient / waypoints): internal listeners and the filters that feed them.
     (AUTHZ, "listener", "main_internal", "internal_listener is not supported"),

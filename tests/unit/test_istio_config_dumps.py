@@ -37,6 +37,7 @@ from pilotfish.model.common import FractionalPercent, SocketAddress
 from pilotfish.model.http import HttpConnectionManagerConfig
 from pilotfish.model.listener import Listener
 from pilotfish.model.route import RouteAction, RouteConfiguration
+from pilotfish.tls.config import TlsContextConfig
 from pilotfish.xds import resource_types as rt
 from pilotfish.xds.translate.context import TranslateContext
 from pilotfish.xds.translate.resource import translate_resource
@@ -146,16 +147,22 @@ def _without(resource: dict[str, Any], names: set[str]) -> dict[str, Any]:
 
 
 def test_virtual_inbound_without_authz() -> None:
-    """The same sidecar without AuthorizationPolicies: its mTLS chains are refused (TLS is not
-    served yet); without them, the plaintext inbound chains translate."""
+    """The same sidecar without AuthorizationPolicies translates, mTLS chains included (their
+    DownstreamTlsContext takes the workload certificate and root CA from SDS)."""
     rbac = {"envoy.filters.http.rbac", "envoy.filters.network.rbac", "envoy.filters.http.ext_authz"}
     vi = _without(find(AUTHZ, "listener", "virtualInbound"), rbac)
-    with pytest.raises(ConfigError) as e:
-        translate(vi)
-    assert (
-        e.value.path == "listener 'virtualInbound': filter_chains[1].transport_socket.typed_config"
-    )
-    assert "TLS transport sockets are not served by pilotfish yet" in e.value.reason
+    with_tls = translate(vi)
+    tls_configs = [
+        fc.transport_socket.config
+        for fc in with_tls.filter_chains
+        if fc.transport_socket is not None and fc.transport_socket.config is not None
+    ]
+    assert tls_configs and all(isinstance(c, TlsContextConfig) for c in tls_configs)
+    first = tls_configs[0]
+    assert first.downstream and first.certificate_secrets == ("default",)
+    assert first.validation_secret == "ROOTCA"
+    assert first.validation is not None and first.validation.san_matchers
+    assert first.min_version == "TLSv1_2" and first.cipher_suites
 
     vi["filter_chains"] = [fc for fc in vi["filter_chains"] if "transport_socket" not in fc]
     lis = translate(vi)
@@ -474,13 +481,18 @@ def test_outbound_service_cluster_without_mtls() -> None:
     assert "istio.metadata_exchange" in ctx.skipped  # the upstream MX filter: telemetry
 
 
-def test_outbound_service_cluster_with_auto_mtls_is_refused() -> None:
-    with pytest.raises(ConfigError) as e:
-        translate(_outbound_cluster(transport_socket_matches=[_ISTIO_MTLS, _PLAINTEXT]))
-    assert e.value.path == (
-        f"cluster '{REVIEWS}': transport_socket_matches[0].transport_socket.typed_config"
+def test_outbound_service_cluster_with_auto_mtls() -> None:
+    cl = translate(_outbound_cluster(transport_socket_matches=[_ISTIO_MTLS, _PLAINTEXT]))
+    assert isinstance(cl, Cluster)
+    (name, match, ts), (name2, match2, _) = cl.transport_socket_matches
+    assert (name, match, name2, match2) == (
+        "tlsMode-istio",
+        {"tlsMode": "istio"},
+        "tlsMode-disabled",
+        {},
     )
-    assert "would get plaintext where TLS" in e.value.reason
+    assert isinstance(ts.config, TlsContextConfig) and not ts.config.downstream
+    assert [r.name for r in ts.config.sds_secrets] == ["default"]
 
 
 def test_upstream_filter_that_would_run_is_refused() -> None:

@@ -1,29 +1,20 @@
-"""Transport sockets: raw_buffer (plain TCP) and the TLS contexts' configuration.
+"""Transport sockets: raw_buffer (plain TCP) and ``envoy.transport_sockets.tls``.
 
-TLS configs are validated here so bootstraps that carry them load; serving TLS (certificates
-from files or SDS, mTLS, SAN checks) is the sidecar work item. Until then a bootstrap's TLS
-transport sockets are loaded and not served, and an xDS resource with one is refused
-(``TranslateContext.accept_unserved_tls``; docs/compatibility.md).
+A TLS transport socket's DownstreamTlsContext / UpstreamTlsContext is parsed into a
+TlsContextConfig (tls/config.py: what pilotfish does not implement is refused by field name);
+listeners (net/listener.py) and upstream hosts (upstream/cluster.py) turn it into a running
+TLS context (tls/context.py) whose certificates and trusted CAs come inline, from files, or
+from the SecretStore (static and SDS secrets), rebuilt when a secret rotates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from pilotfish.errors import ConfigError
 from pilotfish.extensions.registry import Category, ExtensionFactory
-from pilotfish.tls.secrets import SdsSecretRef
+from pilotfish.tls.config import TlsContextConfig, parse_tls_context
 
-
-@dataclass(frozen=True, slots=True)
-class TlsContextConfig:
-    downstream: bool
-    sni: str = ""
-    alpn: tuple[str, ...] = ()
-    # Secrets the context takes from SDS, with the config source of each (helper for the SDS
-    # subscriptions; the context itself reads them from the SecretStore by name).
-    sds_secrets: tuple[SdsSecretRef, ...] = ()
+__all__ = ["TlsContextConfig", "transport_socket_factories"]
 
 
 class RawBufferFactory(ExtensionFactory):
@@ -41,35 +32,7 @@ class _TlsFactory(ExtensionFactory):
     downstream = False
 
     def parse(self, msg: Any, ctx: Any, path: str) -> TlsContextConfig:
-        if not getattr(ctx, "accept_unserved_tls", True):
-            raise ConfigError(
-                f"{path}.typed_config",
-                "TLS transport sockets are not served by pilotfish yet: "
-                + (
-                    "this filter chain would get the clients' TLS bytes as plaintext"
-                    if self.downstream
-                    else "this upstream would get plaintext where TLS (Istio mTLS or TLS "
-                    "origination) is configured"
-                ),
-            )
-        common = msg.common_tls_context
-        configs = list(common.tls_certificate_sds_secret_configs)
-        if common.HasField("validation_context_sds_secret_config"):
-            configs.append(common.validation_context_sds_secret_config)
-        if common.HasField("combined_validation_context"):
-            cvc = common.combined_validation_context
-            if cvc.HasField("validation_context_sds_secret_config"):
-                configs.append(cvc.validation_context_sds_secret_config)
-        refs = tuple(
-            SdsSecretRef(c.name, c.sds_config if c.HasField("sds_config") else None)
-            for c in configs
-        )
-        return TlsContextConfig(
-            downstream=self.downstream,
-            sni=getattr(msg, "sni", ""),
-            alpn=tuple(common.alpn_protocols),
-            sds_secrets=refs,
-        )
+        return parse_tls_context(msg, self.downstream, f"{path}.typed_config")
 
 
 class UpstreamTlsFactory(_TlsFactory):

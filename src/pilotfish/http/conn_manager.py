@@ -863,8 +863,21 @@ class ActiveStream(StreamInfo):
                 headers.set(b"x-request-id", new_request_id())
             elif not seen & SEEN_REQUEST_ID:
                 items.append((b"x-request-id", new_request_id()))
-        if seen & SEEN_XFCC and cfg.forward_client_cert_details != "ALWAYS_FORWARD_ONLY":
-            # Plain text: no client certificate, so x-forwarded-client-cert is not trusted.
+        fcc = cfg.forward_client_cert_details
+        tls = self.conn.info.tls
+        if tls is not None and tls.peer_certificate is not None:
+            if fcc == "SANITIZE":
+                if seen & SEEN_XFCC:
+                    headers.remove(b"x-forwarded-client-cert")
+            elif fcc == "APPEND_FORWARD" or fcc == "SANITIZE_SET":
+                # Computed once per connection (tls/xfcc.py).
+                details = tls.xfcc(cfg.set_current_client_cert_details)
+                current = headers.get(b"x-forwarded-client-cert") if seen & SEEN_XFCC else None
+                if fcc == "APPEND_FORWARD" and current:
+                    details = current + b"," + details
+                headers.set(b"x-forwarded-client-cert", details)
+        elif seen & SEEN_XFCC and fcc != "ALWAYS_FORWARD_ONLY":
+            # No client certificate, so x-forwarded-client-cert is not trusted.
             headers.remove(b"x-forwarded-client-cert")
 
     def _resolve_route(self) -> None:

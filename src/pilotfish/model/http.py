@@ -62,6 +62,9 @@ class HttpConnectionManagerConfig:
     strip_matching_host_port: bool = False
     strip_any_host_port: bool = False
     forward_client_cert_details: str = "SANITIZE"
+    # x-forwarded-client-cert fields of the client's certificate (cert, chain, subject, uri,
+    # dns), in Envoy's order.
+    set_current_client_cert_details: tuple[str, ...] = ()
     add_user_agent: bool = False
     append_x_forwarded_port: bool = False
     internal_address_cidrs: tuple[str, ...] | None = None  # None: Envoy's default (RFC 1918)

@@ -62,6 +62,7 @@ class ConnectionInfo:
         "remote_port",
         "server_name",
         "start",
+        "tls",
         "transport_protocol",
     )
 
@@ -85,6 +86,9 @@ class ConnectionInfo:
         self.listener: Any = None
         self.filter_chain: Any = None
         self.close_hook: Callable[[], None] | None = None
+        # After a TLS handshake: the connection's TLS layer (tls.downstream.TlsServerConnection:
+        # negotiated ALPN, peer certificate).
+        self.tls: Any = None
 
     def set_local(self, ip: str, port: int) -> None:
         """The connection's destination as the listener filters found it (original_dst)."""

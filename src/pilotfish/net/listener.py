@@ -17,6 +17,9 @@ from pilotfish.model.common import InternalAddress, PipeAddress, SocketAddress
 from pilotfish.model.listener import FilterChain, Listener
 from pilotfish.net.connection import ConnectionInfo
 from pilotfish.net.filter_chain import FilterChainSelector
+from pilotfish.tls.config import TlsContextConfig
+from pilotfish.tls.context import TlsContext, TlsStats
+from pilotfish.tls.downstream import TlsServerConnection
 
 log = logging.getLogger("pilotfish.listener")
 
@@ -28,15 +31,38 @@ def listener_stat_prefix(model: Listener) -> str:
     return f"listener.{model.address}.".replace(":", "_")
 
 
-class ChainRuntime:
-    """A filter chain ready to take connections: its terminal filter's protocol factory."""
+# ALPN a terminal filter can serve: the HTTP connection manager speaks HTTP/1.1 only, so a
+# client must not be told "h2" (tcp_proxy passes any protocol through).
+_HCM = "envoy.filters.network.http_connection_manager"
+_HCM_UNSERVED_ALPN = frozenset(("h2", "h2c", "h3"))
 
-    def __init__(self, chain: FilterChain, ctx: ServerContext, listener_prefix: str) -> None:
+
+class ChainRuntime:
+    """A filter chain ready to take connections: its terminal filter's protocol factory and,
+    with a TLS transport socket, its running TLS context."""
+
+    def __init__(
+        self, chain: FilterChain, ctx: ServerContext, listener_prefix: str, tls_stats: Any = None
+    ) -> None:
         self.chain = chain
         terminal = chain.filters[-1] if chain.filters else None
         if terminal is None or terminal.factory is None or not hasattr(terminal.factory, "build"):
             raise ConfigError("filters", "filter chain has no runnable terminal filter")
         self.handler = terminal.factory.build(terminal.config, ctx, listener_prefix=listener_prefix)
+        self.tls: TlsContext | None = None
+        socket_config = chain.transport_socket.config if chain.transport_socket else None
+        if isinstance(socket_config, TlsContextConfig):
+            is_hcm = terminal.name == _HCM
+            self.tls = TlsContext(
+                socket_config,
+                ctx.secrets,
+                tls_stats,
+                alpn_filter=(
+                    (lambda alpn: tuple(p for p in alpn if p not in _HCM_UNSERVED_ALPN))
+                    if is_hcm
+                    else None
+                ),
+            )
 
     def protocol_for(self, info: ConnectionInfo) -> asyncio.Protocol:
         return self.handler.new_connection(info)
@@ -52,6 +78,11 @@ class ChainRuntime:
         close_all = getattr(self.handler, "close_all", None)
         if close_all is not None:
             close_all()
+
+    def release(self) -> None:
+        """The listener is gone: its TLS context stops following secret changes."""
+        if self.tls is not None:
+            self.tls.close()
 
 
 class ListenerStats:
@@ -94,12 +125,14 @@ class ActiveListener:
         self.stat_prefix = listener_stat_prefix(model)
         self.stats = ListenerStats(ctx, self.stat_prefix)
         self.runtimes: dict[int, ChainRuntime] = {}
-        for chain in model.filter_chains:
-            self.runtimes[id(chain)] = ChainRuntime(chain, ctx, self.stat_prefix)
+        chains = list(model.filter_chains)
         if model.default_filter_chain is not None:
-            self.runtimes[id(model.default_filter_chain)] = ChainRuntime(
-                model.default_filter_chain, ctx, self.stat_prefix
-            )
+            chains.append(model.default_filter_chain)
+        tls_stats = None
+        for chain in chains:
+            if tls_stats is None and chain.transport_socket is not None:
+                tls_stats = TlsStats(ctx.stats.scope(self.stat_prefix))  # listener.X.ssl.*
+            self.runtimes[id(chain)] = ChainRuntime(chain, ctx, self.stat_prefix, tls_stats)
         self.selector = FilterChainSelector(model.filter_chains, model.default_filter_chain)
         self.listener_filters = [
             ext.factory.build(ext.config)
@@ -193,13 +226,20 @@ class ActiveListener:
     # -- connections --------------------------------------------------------------------------
 
     def accept(self, transport: asyncio.Transport, info: ConnectionInfo) -> asyncio.Protocol | None:
-        """Pick the chain for an accepted connection and return its terminal protocol."""
+        """Pick the chain for an accepted connection and return the protocol to give it to
+        (the terminal protocol, behind TLS if the chain's transport socket is TLS)."""
         chain = self.selector.select(info)
         if chain is None:
             self.stats.no_filter_chain_match.value += 1
             return None
         info.filter_chain = chain
         runtime = self.runtimes[id(chain)]
+        tls = runtime.tls
+        context = tls.ssl_context if tls is not None else None
+        if tls is not None and context is None:
+            # A secret the chain needs has not arrived: the connection cannot be served.
+            tls.stats.connection_error.value += 1
+            return None
         stats = self.stats
         stats.downstream_cx_total.value += 1
         stats.downstream_cx_active.inc()  # inc() marks the gauge used, as Envoy's add()
@@ -217,7 +257,19 @@ class ActiveListener:
             self.manager.total_connections -= 1
 
         info.close_hook = on_close
-        return runtime.protocol_for(info)
+        app = runtime.protocol_for(info)
+        if tls is None or context is None:
+            return app
+        conn = TlsServerConnection(transport, tls, context, app, info)
+        timeout = chain.transport_socket_connect_timeout
+        if timeout:
+            conn.timer = self.ctx.loop.call_later(timeout, self._tls_timeout, conn)
+        return conn
+
+    def _tls_timeout(self, conn: TlsServerConnection) -> None:
+        conn.timer = None
+        self.stats.downstream_cx_transport_socket_connect_timeout.value += 1
+        conn.abort()
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -313,8 +365,10 @@ class AcceptedConnection(asyncio.Protocol):
         self.target = proto
         transport.set_protocol(proto)
         proto.connection_made(transport)
-        if self.buffer:
-            data, self.buffer = self.buffer, b""
+        data, self.buffer = self.buffer, b""
+        if isinstance(proto, TlsServerConnection):
+            proto.start(data)  # the ClientHello tls_inspector read goes to the TLS engine
+        elif data:
             proto.data_received(data)
 
     def _inspection_done(self) -> None:
@@ -474,6 +528,7 @@ class ListenerManager:
             # --drain-time-s bounds the drain: connections still open are closed.
             for runtime in old.runtimes.values():
                 runtime.close_all()
+                runtime.release()
             if old in self.draining:
                 self.draining.remove(old)
                 self.gauge_draining.set(len(self.draining))

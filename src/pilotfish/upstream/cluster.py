@@ -15,6 +15,7 @@ from pilotfish.model.cluster import Cluster as ClusterConfig
 from pilotfish.model.cluster import ClusterLoadAssignment, DiscoveryType, HealthStatus
 from pilotfish.model.common import PipeAddress, SocketAddress
 from pilotfish.stats.store import Counter, Gauge, Histogram, Scope, Store
+from pilotfish.tls.upstream import UpstreamTransportSockets
 from pilotfish.upstream.host import Host
 from pilotfish.upstream.lb import HostSet, LoadBalancer, make_lb
 
@@ -314,7 +315,11 @@ _FAMILIES = {
 
 class Cluster:
     def __init__(
-        self, config: ClusterConfig, store: Store, loop: asyncio.AbstractEventLoop
+        self,
+        config: ClusterConfig,
+        store: Store,
+        loop: asyncio.AbstractEventLoop,
+        secrets: Any = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -324,6 +329,8 @@ class Cluster:
         self.stats_prefix = f"cluster.{config.stat_name}."
         scope = store.scope(self.stats_prefix)
         self.stats = ClusterStats(scope)
+        # TLS per host (transport_socket / transport_socket_matches), secrets from ``secrets``.
+        self.transport_sockets = UpstreamTransportSockets(config, secrets, scope)
         self.resources = (
             ResourceManager(scope.scope("circuit_breakers.default"), config.circuit_breakers[0]),
             ResourceManager(scope.scope("circuit_breakers.high"), config.circuit_breakers[1]),
@@ -396,6 +403,7 @@ class Cluster:
         for host in self.hosts_by_key.values():
             if host.pool is not None:
                 host.pool.drain()
+        self.transport_sockets.close()
 
     # -- hosts --------------------------------------------------------------------------------
 
@@ -441,12 +449,15 @@ class Cluster:
             key = h.key()
             old = self.hosts_by_key.get(key)
             if old is not None:
+                if old.metadata != h.metadata:
+                    old.tls = self.transport_sockets.select(h.metadata, count=False)
                 old.weight, old.health, old.priority = h.weight, h.health, h.priority
                 old.locality, old.metadata = h.locality, h.metadata
                 old.locality_weight = h.locality_weight
                 h = old
             elif key not in new_by_key:
                 added += 1
+                h.tls = self.transport_sockets.select(h.metadata, count=True)
             new_by_key[key] = h
             merged.append(h)
         removed = [h for k, h in self.hosts_by_key.items() if k not in new_by_key]
@@ -463,7 +474,6 @@ class Cluster:
         s = self.stats
         if changed:
             s.membership_change.value += changes
-        s.default_total_match_count.value += added  # a transport socket matched per new host
         s.membership_total.set(len(merged))
         s.membership_healthy.set(sum(1 for h in merged if h.healthy))
         s.membership_degraded.set(sum(1 for h in merged if h.health is HealthStatus.DEGRADED))
@@ -517,10 +527,10 @@ class Cluster:
         host = self.hosts_by_key.get(key)
         if host is None:
             host = Host(address)
+            host.tls = self.transport_sockets.select(host.metadata, count=True)
             self.hosts_by_key[key] = host
             s = self.stats
             s.membership_change.value += 1
-            s.default_total_match_count.value += 1
             s.membership_total.set(len(self.hosts_by_key))
             s.membership_healthy.set(len(self.hosts_by_key))
         host.last_used = self.loop.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from pilotfish.model.cluster import Cluster as ClusterConfig
 from pilotfish.model.cluster import ClusterLoadAssignment, DiscoveryType
@@ -17,6 +18,7 @@ class ClusterManager:
         self.store = store
         self.loop = loop
         self.clusters: dict[str, Cluster] = {}
+        self.secrets: Any = None  # the server's SecretStore, for clusters' TLS contexts
         scope = store.scope("cluster_manager.")
         self.cluster_added = scope.counter("cluster_added")
         self.cluster_modified = scope.counter("cluster_modified")
@@ -40,7 +42,7 @@ class ClusterManager:
         old = self.clusters.get(config.name)
         if old is not None and old.config == config:
             return False
-        cluster = Cluster(config, self.store, self.loop)
+        cluster = Cluster(config, self.store, self.loop, self.secrets)
         cluster.version_info = version_info
         cluster.added_via_api = added_via_api
         if old is not None and old.config.type == config.type and not config.load_assignment:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -49,7 +50,11 @@ async def open_connection(
             else:
                 bind = cluster.config.upstream_bind_address
                 local = (bind.address, bind.port) if isinstance(bind, SocketAddress) else None
-                t, p = await loop.create_connection(factory, addr[0], addr[1], local_addr=local)
+                tls = host.tls
+                if tls is None:
+                    t, p = await loop.create_connection(factory, addr[0], addr[1], local_addr=local)
+                else:
+                    t, p = await _open_tls(loop, tls, addr, local, factory)
                 sock = t.get_extra_info("socket")
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -59,8 +64,72 @@ async def open_connection(
         return t, p
     except TimeoutError:
         raise ConnectFailure("connection timeout", timeout=True) from None
+    except ssl.SSLError as e:
+        raise ConnectFailure(host.tls.stats.handshake_failed(e)) from None
     except OSError as e:
         raise ConnectFailure(_failure_reason(e)) from None
+
+
+async def _open_tls(
+    loop: asyncio.AbstractEventLoop,
+    tls: Any,
+    addr: tuple[str, int],
+    local: tuple[str, int] | None,
+    factory: Callable[[], Any],
+) -> tuple[asyncio.Transport, Any]:
+    """Connect and handshake with the host's TLS context (uvloop's SSL), then check the peer
+    (SANs) before the connection is handed to ``factory``'s protocol: a peer that fails the
+    checks never becomes a pool connection."""
+    context = tls.ssl_context
+    if context is None:
+        tls.stats.connection_error.value += 1
+        raise ConnectFailure(f"TLS_error:{tls.error or 'no TLS context'}")
+    pending = _HandshakePending()
+    pending_factory: Callable[[], Any] = lambda: pending  # noqa: E731 (duck-typed protocol)
+    t, _ = await loop.create_connection(
+        pending_factory,
+        addr[0],
+        addr[1],
+        local_addr=local,
+        ssl=context,
+        server_hostname=tls.sni or "",
+    )
+    reason = tls.check_peer(t.get_extra_info("ssl_object"))
+    if reason or pending.lost:
+        t.abort()
+        raise ConnectFailure(reason or "delayed connect error: connection reset by peer")
+    p = factory()
+    t.set_protocol(p)
+    p.connection_made(t)
+    if pending.data:
+        p.data_received(pending.data)
+    return t, p
+
+
+class _HandshakePending:
+    """The TLS connection's protocol until its peer has been checked (keeps early bytes)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost = False
+
+    def connection_made(self, transport: Any) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
 
 
 def _set_keepalive(sock: Any, ka: tuple[int, int, int]) -> None:

@@ -32,6 +32,7 @@ class Host:
         "rq_success",
         "rq_timeout",
         "rq_total",
+        "tls",
         "weight",
     )
 
@@ -71,6 +72,9 @@ class Host:
         self.rq_timeout = 0
         self.pool: Any = None  # the host's connection pool, created on first use
         self.last_used = 0.0
+        # The TLS context connections to this host use (tls.context.TlsContext), None for
+        # plain TCP: chosen by the cluster from its transport sockets when the host is added.
+        self.tls: Any = None
 
     @property
     def healthy(self) -> bool:

@@ -26,11 +26,6 @@ class TranslateContext:
     # The bootstrap's clusters, against which static route tables are validated (None: no
     # validation, e.g. when translating a lone resource).
     static_clusters: set[str] | None = None
-    # TLS transport sockets are validated and kept, but not served yet. A bootstrap loads
-    # with them (Istio's goldens carry TLS clusters for collectors); xDS resources refuse them
-    # (translate_resource sets False), because the listener or cluster would run in plaintext
-    # where TLS is configured (docs/compatibility.md, "Resources from istiod").
-    accept_unserved_tls: bool = True
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

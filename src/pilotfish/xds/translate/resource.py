@@ -17,8 +17,6 @@ cluster answers ``cluster_not_found_response_code`` at request time, as in Envoy
 
 from __future__ import annotations
 
-import dataclasses
-
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import DecodeError, Message
 
@@ -83,8 +81,6 @@ def translate_resource(
             "(SDS secrets are kept as protos until TLS is served)",
         )
     where = f"{kind} '{name}'"
-    # The same lists collect the warnings; only the TLS policy differs from a bootstrap's.
-    ctx = dataclasses.replace(ctx, accept_unserved_tls=False)
     try:
         if type_url == rt.ENDPOINT.type_url and not name:
             raise ConfigError("cluster_name", "value length must be at least 1")

@@ -163,6 +163,11 @@ class HttpConnectionManagerFactory(ExtensionFactory):
             strip_matching_host_port=strip is None and msg.strip_matching_host_port,
             strip_any_host_port=strip == "strip_any_host_port" and msg.strip_any_host_port,
             forward_client_cert_details=_FCC.get(msg.forward_client_cert_details, "SANITIZE"),
+            set_current_client_cert_details=tuple(
+                f
+                for f in ("cert", "chain", "subject", "uri", "dns")
+                if getattr(msg.set_current_client_cert_details, f)
+            ),
             add_user_agent=c.bool_value(msg, "add_user_agent", False),
             append_x_forwarded_port=msg.append_x_forwarded_port,
             internal_address_cidrs=internal_cidrs,
