@@ -20,7 +20,6 @@ from pilotfish.errors import ConfigError
 from pilotfish.net.listener import ListenerManager
 from pilotfish.stats.store import Store
 from pilotfish.tls.secrets import SecretStore
-from pilotfish.tls.static_secrets import load_static_secrets
 from pilotfish.upstream.cluster_manager import ClusterManager
 from pilotfish.xds.bootstrap import LoadedBootstrap
 
@@ -70,13 +69,8 @@ class Server:
         stats = Store(model.stats)
         self.stats = stats
         cm = ClusterManager(stats, loop)
+        # Filled by the SDS manager (static secrets and SDS subscriptions, _start_sds).
         cm.secrets = secrets = SecretStore()
-        try:
-            load_static_secrets(secrets, model.static_secrets)
-        except ConfigError as e:
-            log.critical("%s", e)
-            print(f"error: {e}", flush=True)
-            return 1
         self.cluster_manager = cm
         access_logs = _access_log_manager(opts)
         ctx = ServerContext(

@@ -7,14 +7,14 @@ import ssl
 from typing import Any
 
 import pytest
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format
 from tests.support.certs import CertAuthority
 
 from pilotfish.errors import ConfigError
 from pilotfish.model.common import StringMatcher, StringMatchKind
 from pilotfish.stats.store import Store
-from pilotfish.tls.config import parse_tls_context, secret_from_proto
+from pilotfish.tls.config import parse_tls_context
 from pilotfish.tls.context import TlsContext, TlsStats
 from pilotfish.tls.san import DNS, EMAIL, IP_ADDRESS, URI, SanMatcher, peer_sans, sans_match
 from pilotfish.tls.secrets import SecretStore, TlsCertificate, ValidationContext
@@ -182,27 +182,6 @@ def test_context_waits_for_secrets_and_rebuilds_on_rotation() -> None:
     tls.close()
     store.set("default", TlsCertificate(first.cert_pem, first.key_pem))
     assert tls.ssl_context is rotated  # no longer watching
-
-
-def test_static_secret_proto() -> None:
-    msg = secret_pb2.Secret()
-    json_format.ParseDict(
-        {"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": "PEM"}}}, msg
-    )
-    assert secret_from_proto(msg, "s") == ValidationContext(b"PEM")
-    json_format.ParseDict(
-        {
-            "name": "c",
-            "tls_certificate": {
-                "certificate_chain": {"filename": "/nope"},
-                "private_key": {"inline_string": "k"},
-            },
-        },
-        msg,
-    )
-    with pytest.raises(ConfigError) as e:
-        secret_from_proto(msg, "s")
-    assert e.value.path == "s.tls_certificate"
 
 
 def test_transport_socket_matches_pick_per_host() -> None:

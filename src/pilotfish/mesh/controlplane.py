@@ -298,9 +298,9 @@ def istio_translate(
         sidecar_resources,
     )
 
-    # The proxies get no workload certificates yet (no sds-grpc in their bootstrap): a
-    # plaintext mesh. Turn mtls on when the agent's SDS serves `default` and `ROOTCA`.
-    config = MeshConfig.from_store(store, mtls=False)
+    # Istio's mTLS (auto mTLS, PeerAuthentication): each proxy's SDS server (the bootstrap's
+    # sds-grpc) serves its `default` certificate and the `ROOTCA` bundle.
+    config = MeshConfig.from_store(store)
     workloads = {
         p.name: Workload(
             name=p.name,

@@ -12,7 +12,7 @@ from typing import Any
 
 from pilotfish.errors import ConfigError
 from pilotfish.tls.san import DNS, EMAIL, IP_ADDRESS, URI, SanMatcher
-from pilotfish.tls.secrets import SdsSecretRef, Secret, TlsCertificate, ValidationContext
+from pilotfish.tls.secrets import SdsSecretRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +130,7 @@ def parse_tls_context(msg: Any, downstream: bool, path: str) -> TlsContextConfig
             f"{cpath}.tls_params.ecdh_curves", "pilotfish supports one ECDH curve at most"
         )
     certificates = tuple(
-        _certificate(c, f"{cpath}.tls_certificates[{i}]")
+        certificate_spec(c, f"{cpath}.tls_certificates[{i}]")
         for i, c in enumerate(common.tls_certificates)
     )
     refs: list[SdsSecretRef] = []
@@ -142,7 +142,7 @@ def parse_tls_context(msg: Any, downstream: bool, path: str) -> TlsContextConfig
     validation_secret = ""
     kind = common.WhichOneof("validation_context_type")
     if kind == "validation_context":
-        validation = _validation(common.validation_context, f"{cpath}.validation_context")
+        validation = validation_spec(common.validation_context, f"{cpath}.validation_context")
     elif kind == "validation_context_sds_secret_config":
         c = common.validation_context_sds_secret_config
         validation_secret = _sds_name(c, f"{cpath}.{kind}")
@@ -155,7 +155,7 @@ def parse_tls_context(msg: Any, downstream: bool, path: str) -> TlsContextConfig
             vpath,
             frozenset(("default_validation_context", "validation_context_sds_secret_config")),
         )
-        validation = _validation(
+        validation = validation_spec(
             cvc.default_validation_context, f"{vpath}.default_validation_context"
         )
         c = cvc.validation_context_sds_secret_config
@@ -212,7 +212,7 @@ def data_source(msg: Any, path: str) -> DataSource:
     raise ConfigError(path, "a data source (filename, inline_bytes or inline_string) is required")
 
 
-def _certificate(msg: Any, path: str) -> CertificateSpec:
+def certificate_spec(msg: Any, path: str) -> CertificateSpec:
     _refuse_unknown(msg, path, _CERT)
     return CertificateSpec(
         data_source(msg.certificate_chain, f"{path}.certificate_chain"),
@@ -220,7 +220,7 @@ def _certificate(msg: Any, path: str) -> CertificateSpec:
     )
 
 
-def _validation(msg: Any, path: str) -> ValidationSpec:
+def validation_spec(msg: Any, path: str) -> ValidationSpec:
     _refuse_unknown(msg, path, _VALIDATION)
     from pilotfish.xds.translate.common import string_matcher
 
@@ -240,20 +240,3 @@ def _validation(msg: Any, path: str) -> ValidationSpec:
         data_source(msg.trusted_ca, f"{path}.trusted_ca") if msg.HasField("trusted_ca") else None
     )
     return ValidationSpec(trusted_ca, tuple(matchers))
-
-
-def secret_from_proto(msg: Any, path: str) -> Secret:
-    """An envoy.extensions.transport_sockets.tls.v3.Secret's value for the SecretStore (files
-    are read now, as a secret's content is what SDS delivered)."""
-    kind = msg.WhichOneof("type")
-    try:
-        if kind == "tls_certificate":
-            spec = _certificate(msg.tls_certificate, f"{path}.tls_certificate")
-            return TlsCertificate(spec.certificate_chain.read(), spec.private_key.read())
-        if kind == "validation_context":
-            v = _validation(msg.validation_context, f"{path}.validation_context")
-            ca = v.trusted_ca.read() if v.trusted_ca is not None else b""
-            return ValidationContext(ca, v.san_matchers)
-    except (OSError, KeyError) as e:
-        raise ConfigError(f"{path}.{kind}", f"cannot read: {e}") from None
-    raise ConfigError(f"{path}", f"secrets of type {kind or 'none'} are not supported")

@@ -36,9 +36,7 @@ from pilotfish.mesh.translate.authn import namespace_mtls_mode, workload_mtls
 from pilotfish.mesh.translate.inbound import inbound_filter_chains
 from pilotfish.mesh.translate.mtls import downstream_istio_mutual, sds_secret
 from pilotfish.xds import resource_types as rt
-from pilotfish.xds.translate.cluster import cluster as translate_cluster
 from pilotfish.xds.translate.context import TranslateContext
-from pilotfish.xds.translate.listener import listener as translate_listener
 from pilotfish.xds.translate.resource import translate_resource
 
 pytestmark = pytest.mark.skipif(not BOOKINFO.is_dir(), reason="shared/refdata is not available")
@@ -509,16 +507,8 @@ _EXTRA = {
 
 
 def _translate(rtype: rt.ResourceType, msg: Message) -> None:
-    """pilotfish's translation of one resource. TLS transport sockets are refused from xDS
-    until TLS is served (translate_resource's policy); the rest of the checks run with them
-    accepted, through the same listener/cluster translation."""
-    ctx = TranslateContext(accept_unserved_tls=True)
-    if rtype is rt.LISTENER:
-        translate_listener(msg, ctx)
-    elif rtype is rt.CLUSTER:
-        translate_cluster(msg, ctx)
-    else:
-        translate_resource(rtype.type_url, msg, ctx)
+    """pilotfish's translation of one resource, as it would be applied from xDS."""
+    translate_resource(rtype.type_url, msg, TranslateContext())
 
 
 def _resources(config: MeshConfig) -> list[ProxyResources]:

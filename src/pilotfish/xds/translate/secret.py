@@ -1,22 +1,23 @@
 """Secrets (``envoy.extensions.transport_sockets.tls.v3.Secret``, from the bootstrap's
 ``static_resources.secrets`` or from SDS) into the SecretStore's values.
 
-Envoy checks a secret when it builds the SSL context from it and rejects the update if that
-fails; the same checks are done here, once per version, so that a bad certificate is NACKed
-naming the field and the last good secret keeps serving: PEM that parses, a private key that
-matches the leaf certificate, a CA bundle with at least one certificate. Pure but for
-``filename`` data sources, which are read (as Envoy reads them).
+The fields are parsed as in TLS contexts (tls/config.py: unimplemented fields refused by
+name, SAN matchers compiled). Envoy checks a secret when it builds the SSL context from it
+and rejects the update if that fails; the same checks are done here, once per version, so
+that a bad certificate is NACKed naming the field and the last good secret keeps serving:
+PEM that parses, a private key that matches the leaf certificate, a CA bundle with at least
+one certificate. Pure but for ``filename`` data sources, which are read (as Envoy reads them).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pilotfish.errors import ConfigError
+from pilotfish.tls.config import DataSource, certificate_spec, validation_spec
 from pilotfish.tls.secrets import Secret, TlsCertificate, ValidationContext
 
 
@@ -33,15 +34,13 @@ def decode_secret(msg: Any) -> Secret:
 
 
 def _tls_certificate(msg: Any, path: str) -> TlsCertificate:
-    for unsupported in ("private_key_provider", "pkcs12", "watched_directory", "password"):
-        if msg.HasField(unsupported):
-            raise ConfigError(f"{path}.{unsupported}", "not supported by pilotfish")
     if not msg.HasField("certificate_chain"):
         raise ConfigError(f"{path}.certificate_chain", "a certificate chain is required")
     if not msg.HasField("private_key"):
         raise ConfigError(f"{path}.private_key", "a private key is required")
-    chain = data_source(msg.certificate_chain, f"{path}.certificate_chain")
-    key_pem = data_source(msg.private_key, f"{path}.private_key")
+    spec = certificate_spec(msg, path)
+    chain = _read(spec.certificate_chain, f"{path}.certificate_chain")
+    key_pem = _read(spec.private_key, f"{path}.private_key")
     certs = _certificates(chain, f"{path}.certificate_chain")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -55,15 +54,14 @@ def _tls_certificate(msg: Any, path: str) -> TlsCertificate:
 
 
 def _validation_context(msg: Any, path: str) -> ValidationContext:
-    if not msg.HasField("trusted_ca"):
+    spec = validation_spec(msg, path)
+    if spec.trusted_ca is None:
         raise ConfigError(
             f"{path}.trusted_ca", "pilotfish needs trusted_ca in a validation context"
         )
-    trusted = data_source(msg.trusted_ca, f"{path}.trusted_ca")
+    trusted = _read(spec.trusted_ca, f"{path}.trusted_ca")
     _certificates(trusted, f"{path}.trusted_ca")
-    # Matchers stay protos here; the TLS context turns them into checks (tls/).
-    matchers = tuple(msg.match_typed_subject_alt_names) + tuple(msg.match_subject_alt_names)
-    return ValidationContext(trusted_ca=trusted, match_subject_alt_names=matchers)
+    return ValidationContext(trusted_ca=trusted, match_subject_alt_names=spec.san_matchers)
 
 
 def _certificates(pem: bytes, path: str) -> list[x509.Certificate]:
@@ -76,27 +74,15 @@ def _certificates(pem: bytes, path: str) -> list[x509.Certificate]:
     return certs
 
 
-def data_source(msg: Any, path: str) -> bytes:
-    """An Envoy DataSource's bytes."""
-    kind = msg.WhichOneof("specifier")
-    if kind == "inline_bytes":
-        return bytes(msg.inline_bytes)
-    if kind == "inline_string":
-        return str(msg.inline_string).encode()
-    if kind == "filename":
-        try:
-            with open(msg.filename, "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise ConfigError(
-                f"{path}.filename", f"cannot read {msg.filename}: {e.strerror}"
-            ) from None
-    if kind == "environment_variable":
-        value = os.environ.get(msg.environment_variable)
-        if value is None:
-            raise ConfigError(
-                f"{path}.environment_variable",
-                f"Environment variable doesn't exist: {msg.environment_variable}",
-            )
-        return value.encode()
-    raise ConfigError(path, "a data source (inline_bytes, inline_string, filename) is required")
+def _read(source: DataSource, path: str) -> bytes:
+    try:
+        return source.read()
+    except OSError as e:
+        raise ConfigError(
+            f"{path}.filename", f"cannot read {source.filename}: {e.strerror}"
+        ) from None
+    except KeyError:
+        raise ConfigError(
+            f"{path}.environment_variable",
+            f"Environment variable doesn't exist: {source.environment_variable}",
+        ) from None
