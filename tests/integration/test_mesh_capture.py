@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from tests.integration.test_mesh_bookinfo import BOOKINFO, Mesh
 from tests.integration.test_mesh_bookinfo import (
     test_bookinfo_routing_steps as bookinfo_routing_steps,
 )
+from tests.support import pcap
 from tests.support.waiting import wait_for
 
 from pilotfish.mesh.capture import pods
@@ -154,6 +156,93 @@ def test_traffic_goes_through_both_sidecars(mesh: Mesh) -> None:
     assert moved(before_rv, after_rv, "cluster.inbound|9080||.upstream_rq_2xx") == 5
     # Nothing went around the mesh's services.
     assert moved(before_pp, after_pp, "cluster.PassthroughCluster.upstream_cx_total") == 0
+
+
+STRICT_MESH = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+def _namespace(mesh: Mesh, suffix: str) -> str:
+    names = capture_record(mesh)["namespaces"]
+    return next(n for n in names if n.endswith(f"-{suffix}"))
+
+
+class Tcpdump:
+    """tcpdump inside a network namespace, writing a pcap file until stopped."""
+
+    def __init__(self, netns: str, interface: str, path: Path, bpf: str) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            [
+                *("ip", "netns", "exec", netns),
+                *("tcpdump", "-U", "-s", "0", "-n", "-i", interface, "-w", str(path), bpf),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()  # "listening on ...": capturing from now on
+        assert b"listening on" in line, line
+
+    def stop(self) -> list[pcap.Segment]:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.communicate(timeout=10)
+        return pcap.tcp_segments(self.path)
+
+
+def test_strict_mtls_between_sidecars_and_plain_app_to_sidecar(mesh: Mesh, tmp_path: Path) -> None:
+    """Mesh-wide STRICT PeerAuthentication: the routing steps still hold; on the bridge every
+    sidecar-to-sidecar connection is TLS (no HTTP in clear), while inside productpage's pod
+    the app talks plain HTTP to its sidecar; a client without a sidecar is refused."""
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(STRICT_MESH)
+    mesh.ctl("apply", "-f", str(strict))
+    bridge = Tcpdump(_namespace(mesh, "node"), pods.BRIDGE, tmp_path / "br0.pcap", "tcp port 9080")
+    pod_lo = Tcpdump(_namespace(mesh, "productpage-v1"), "lo", tmp_path / "lo.pcap", "tcp")
+    try:
+        bookinfo_routing_steps(mesh)
+        mesh.apply("destination-rule-all-mtls.yaml", "virtual-service-all-v1.yaml")
+        assert mesh.versions(10) == {"v1": 10}
+    finally:
+        on_bridge = bridge.stop()
+        in_pod = pod_lo.stop()
+
+    # Sidecar to sidecar (gateway -> productpage, productpage -> reviews/details, reviews ->
+    # ratings): every connection's first bytes seen are a TLS record (a handshake for new
+    # connections, application data for pooled ones opened before the capture) and no HTTP
+    # goes in clear.
+    assert len(on_bridge) > 100, len(on_bridge)
+    first: dict[tuple[tuple[str, int], tuple[str, int]], bytes] = {}
+    for seg in on_bridge:
+        first.setdefault(seg.connection, seg.payload)
+        assert b"HTTP/1.1" not in seg.payload and b"GET /" not in seg.payload, seg
+    assert len(first) >= 4, first.keys()
+    assert all(p[0] in (0x16, 0x17) and p[1] == 3 for p in first.values()), first
+    assert any(p[:3] == b"\x16\x03\x01" for p in first.values())  # a ClientHello
+    pods_seen = {ip for conn in first for ip, _ in conn}
+    assert len(pods_seen) >= 5, pods_seen  # gateway, productpage, details, reviews, ratings
+    # App to sidecar, inside the pod: plain HTTP to the outbound capture port.
+    plain = [s for s in in_pod if s.dst[1] == 15001 and s.payload.startswith(b"GET /")]
+    assert any(b"GET /reviews/" in s.payload for s in plain), [s.payload[:40] for s in in_pod]
+
+    # A plain-text client on a STRICT port (from the node namespace: no sidecar) is refused.
+    reviews_ip = next(str(r["address"]) for r in mesh.status() if r["name"] == "reviews-v1")
+    probe = subprocess.run(
+        [
+            *("ip", "netns", "exec", _namespace(mesh, "node")),
+            *("curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"),
+            f"http://{reviews_ip}:9080/reviews/0",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode != 0 and probe.stdout in ("", "000"), (probe.stdout, probe.stderr)
+    mesh.ctl("delete", "-f", str(strict))
 
 
 def test_proxy_config_and_logs_work_in_capture_mode(mesh: Mesh) -> None:

@@ -537,3 +537,40 @@ def test_destination_rule_all_mtls_translates() -> None:
         for rtype in (rt.CLUSTER, rt.ENDPOINT, rt.LISTENER):
             for msg in res.by_type_url()[rtype.type_url]:
                 _translate(rtype, msg)
+
+
+# --- capture mode: virtualInbound's catch-all follows the mode --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "transports", "default_chain"),
+    [
+        ("STRICT", ["tls"], False),
+        ("PERMISSIVE", ["tls", "raw_buffer", "tls"], False),
+        ("DISABLE", [], True),
+    ],
+)
+def test_virtual_inbound_catchall_follows_the_mtls_mode(
+    mode: str, transports: list[str], default_chain: bool
+) -> None:
+    """Ports no service declares pass through; under STRICT only mTLS does (a default chain
+    would take the plain text the port chains refused)."""
+    from pilotfish.mesh.translate.capture import capture_sidecar_config
+    from pilotfish.mesh.translate.vips import service_vips
+
+    config = mesh(pa("default", "istio-system", mtls={"mode": mode}))
+    vi = next(
+        x
+        for x in capture_sidecar_config(
+            config, WORKLOADS, REVIEWS_V1, service_vips(config)
+        ).listeners
+        if x["name"] == "virtualInbound"
+    )
+    catchall = [c for c in vi["filter_chains"] if c["name"] == "virtualInbound-catchall-tcp"]
+    assert [c["filter_chain_match"]["transport_protocol"] for c in catchall] == transports
+    assert all("destination_port" not in c["filter_chain_match"] for c in catchall)
+    assert ("default_filter_chain" in vi) is default_chain
+    port = [c for c in vi["filter_chains"] if c["name"].startswith("0.0.0.0_")]
+    assert port
+    if mode == "STRICT":
+        assert {c["filter_chain_match"]["transport_protocol"] for c in port} == {"tls"}

@@ -23,8 +23,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from pilotfish.mesh.config.hosts import fqdn
+from pilotfish.mesh.translate.authn import workload_mtls
 from pilotfish.mesh.translate.clusters import CONNECT_TIMEOUT, MAX, outbound_clusters
 from pilotfish.mesh.translate.common import JSON, cluster_name
+from pilotfish.mesh.translate.inbound import inbound_filter_chains
 from pilotfish.mesh.translate.proxy import (
     ProxyConfig,
     ProxyResources,
@@ -220,7 +222,19 @@ def _virtual_inbound(
             config, workload, ANY, port, svc, svc_port, destination_port=port
         )
         chains.extend(port_chains.filter_chains)
-    return {
+    # Ports no service declares pass through to the app, under the workload's mTLS mode as
+    # Istio's catch-all chains: a default chain would let plain text past STRICT.
+    passthrough = [_tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)]
+    mode = workload_mtls(config, workload.namespace, workload.labels).mode
+    default_chain: JSON | None = None
+    if not config.mtls or mode == "DISABLE":
+        default_chain = {"name": "virtualInbound-catchall-tcp", "filters": passthrough}
+    else:
+        catchall = inbound_filter_chains(
+            mode, passthrough, http=False, name="virtualInbound-catchall-tcp"
+        )
+        chains.extend(catchall.filter_chains)
+    listener: JSON = {
         "name": "virtualInbound",
         "address": _address(ANY, INBOUND_CAPTURE_PORT),
         "traffic_direction": "INBOUND",
@@ -228,11 +242,10 @@ def _virtual_inbound(
         "listener_filters_timeout": "0s",
         "continue_on_listener_filters_timeout": True,
         "filter_chains": chains,
-        "default_filter_chain": {
-            "name": "virtualInbound-catchall-tcp",
-            "filters": [_tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
-        },
     }
+    if default_chain is not None:
+        listener["default_filter_chain"] = default_chain
+    return listener
 
 
 def capture_sidecar_config(
