@@ -1,6 +1,7 @@
-"""Real Envoy runs the local mesh's mTLS translation: two sidecars (productpage's and
-reviews-v1's) get their resources from the in-package ADS server and their certificates
-from an SDS stub (a test CA, SPIFFE identities); productpage's app reaches reviews through
+"""Real Envoy and pilotfish run the local mesh's mTLS translation: two sidecars
+(productpage's and reviews-v1's) get their resources from the in-package ADS server and
+their certificates from the mesh's per-pod SDS servers (MeshCA, SPIFFE identities);
+productpage's app reaches reviews through
 auto mTLS (the backend sees Istio's x-forwarded-client-cert naming productpage's identity);
 reviews' inbound listener takes plaintext under PERMISSIVE and refuses it under STRICT. No
 resource is NACKed."""
@@ -18,9 +19,11 @@ import yaml
 from tests.support.bookinfo_mesh import BOOKINFO, bookinfo_store, bookinfo_workloads, workload
 from tests.support.echo_backend import EchoBackend
 from tests.support.proxies import ENVOY_BIN, ProxyProcess, free_port, http_request
-from tests.support.sds_stub import MeshTestCA, SdsStub
+from tests.support.sds import ThreadedSds
 from tests.support.xds import ads_bootstrap
 
+from pilotfish.mesh.bootstrap import sds_cluster
+from pilotfish.mesh.security.ca import MeshCA
 from pilotfish.mesh.translate import MeshConfig, Workload, sidecar_resources
 from pilotfish.mesh.xds_server import ThreadedXdsServer
 
@@ -68,8 +71,9 @@ def wait(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> Non
         time.sleep(0.1)
 
 
-def test_sidecars_talk_istio_mtls(tmp_path: Path) -> None:
-    ca = MeshTestCA()
+@pytest.mark.parametrize("kind", ["envoy", "pilotfish"])
+def test_sidecars_talk_istio_mtls(kind: str, tmp_path: Path) -> None:
+    ca = MeshCA(tmp_path / "ca")
     with contextlib.ExitStack() as stack:
         backends = {
             d: stack.enter_context(EchoBackend(d)) for d in ("productpage-v1", "reviews-v1")
@@ -87,15 +91,15 @@ def test_sidecars_talk_istio_mtls(tmp_path: Path) -> None:
         procs: dict[str, ProxyProcess] = {}
         for name in backends:
             w = workload(workloads, name)
-            sds = stack.enter_context(
-                SdsStub(ca, f"spiffe://cluster.local/ns/default/sa/{w.service_account}")
+            socket = tmp_path / f"{name}.sock"
+            stack.enter_context(
+                ThreadedSds(ca, socket, namespace=w.namespace, service_account=w.service_account)
             )
             servers[name] = server = stack.enter_context(ThreadedXdsServer())
             push(server, config, workloads, w)
             boot = ads_bootstrap(server.address, node_id=w.node_id())
-            boot["static_resources"]["clusters"].append(sds.cluster())
-            procs[name] = stack.enter_context(ProxyProcess("envoy", boot, tmp_path / name))
-            assert sds.requested == {"default", "ROOTCA"}
+            boot["static_resources"]["clusters"].append(sds_cluster(str(socket)))
+            procs[name] = stack.enter_context(ProxyProcess(kind, boot, tmp_path / name))
         reviews = workload(workloads, "reviews-v1")
         proxy_port = workload(workloads, "productpage-v1").outbound_port
 

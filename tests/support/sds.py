@@ -86,10 +86,19 @@ def sds_bootstrap(socket: Path, source: dict[str, Any], upstream_port: int = 1) 
 class ThreadedSds:
     """A WorkloadSdsServer in its own event loop thread; a context manager."""
 
-    def __init__(self, ca: MeshCA, socket: Path, *, ttl: float | None = None) -> None:
+    def __init__(
+        self,
+        ca: MeshCA,
+        socket: Path,
+        *,
+        ttl: float | None = None,
+        namespace: str = "default",
+        service_account: str = "bookinfo",
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.ca, self.socket, self.ttl = ca, socket, ttl
+        self.namespace, self.service_account = namespace, service_account
         self.sds: WorkloadSdsServer | None = None
 
     def call(self, fn: Callable[[], Any]) -> Any:
@@ -103,7 +112,9 @@ class ThreadedSds:
         self.thread.start()
 
         def make() -> WorkloadSdsServer:
-            return WorkloadSdsServer(self.ca, "default", "bookinfo", self.socket, ttl=self.ttl)
+            return WorkloadSdsServer(
+                self.ca, self.namespace, self.service_account, self.socket, ttl=self.ttl
+            )
 
         self.sds = self.call(make)
         self.call(self.sds.start)

@@ -58,7 +58,7 @@ def proxy_bootstrap(
         node_doc["metadata"] = dict(metadata)
     clusters = [_grpc_cluster("xds-grpc", xds_address(xds))]
     if sds_socket is not None:
-        clusters.append(_grpc_cluster("sds-grpc", {"pipe": {"path": sds_socket}}))
+        clusters.append(sds_cluster(sds_socket))
     return {
         "node": node_doc,
         "admin": {
@@ -76,6 +76,11 @@ def proxy_bootstrap(
         },
         "static_resources": {"clusters": clusters},
     }
+
+
+def sds_cluster(socket_path: str) -> dict[str, Any]:
+    """Istio's ``sds-grpc`` cluster: the workload's SDS server on a Unix socket."""
+    return _grpc_cluster("sds-grpc", {"pipe": {"path": socket_path}})
 
 
 def _grpc_cluster(name: str, address: dict[str, Any]) -> dict[str, Any]:
