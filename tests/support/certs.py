@@ -14,23 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
-TRUST_DOMAIN = "cluster.local"
+from pilotfish.mesh.security.ca import TRUST_DOMAIN, build_leaf, build_root, private_key_pem
 
 
 def spiffe_id(namespace: str, service_account: str) -> str:
     return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 @dataclass(frozen=True)
@@ -49,6 +41,9 @@ class Leaf:
 
 
 class CertAuthority:
+    """A root made as the mesh CA makes its own (mesh/security/ca.py), in memory, issuing
+    leaves with any SANs and subject."""
+
     def __init__(self, name: str = "pilotfish test root") -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name(
@@ -58,33 +53,8 @@ class CertAuthority:
             ]
         )
         now = datetime.datetime.now(datetime.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=10))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
-            )
-            .sign(self.key, hashes.SHA256())
+        self.cert = build_root(
+            self.key, subject, not_before=now - datetime.timedelta(hours=1), lifetime=10 * 86400
         )
         self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
@@ -114,33 +84,18 @@ class CertAuthority:
         names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         names += [x509.RFC822Name(e) for e in emails]
         now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
+        cert = build_leaf(
+            self.cert,
+            self.key,
+            key,
+            names=names,
+            subject=x509.Name(attrs),
+            not_before=now - datetime.timedelta(minutes=5),
+            not_after=now + datetime.timedelta(days=1),
         )
-        if names:
-            # Istio's workload certificates have an empty subject and a critical SAN.
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=not attrs)
-        cert = builder.sign(self.key, hashes.SHA256())
         return Leaf(
             cert.public_bytes(serialization.Encoding.PEM),
-            _key_pem(key),
+            private_key_pem(key),
             uris[0] if uris else "",
             cert.public_bytes(serialization.Encoding.DER),
         )

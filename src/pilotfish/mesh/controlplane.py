@@ -290,45 +290,20 @@ def istio_translate(
     store: ConfigStore, proxies: Sequence[RunningProxy]
 ) -> dict[str, Mapping[str, list[Any]]]:
     """Every proxy's resources in Istio's shape (``pilotfish.mesh.translate``)."""
-    from pilotfish.mesh.translate import (
-        GatewayProxy,
-        MeshConfig,
-        Workload,
-        gateway_resources,
-        sidecar_resources,
-    )
+    from pilotfish.mesh.translate import MeshConfig, gateway_resources, sidecar_resources
 
     # Istio's mTLS (auto mTLS, PeerAuthentication): each proxy's SDS server (the bootstrap's
     # sds-grpc) serves its `default` certificate and the `ROOTCA` bundle.
     config = MeshConfig.from_store(store)
-    workloads = {
-        p.name: Workload(
-            name=p.name,
-            namespace=p.namespace,
-            labels=p.labels,
-            service_account=p.service_account,
-            app_port=p.app_port,
-            inbound_port=p.inbound_port,
-            outbound_port=p.outbound_port,
-            admin_port=p.admin_port,
-        )
-        for p in proxies
-        if p.kind == "sidecar"
-    }
+    workloads = {p.name: p.as_workload() for p in proxies if p.kind == "sidecar"}
     everyone = list(workloads.values())
     out: dict[str, Mapping[str, list[Any]]] = {}
     for p in proxies:
         if p.kind == "sidecar":
-            out[p.node_id] = sidecar_resources(config, everyone, workloads[p.name]).by_type_url()
+            resources = sidecar_resources(config, everyone, workloads[p.name])
         else:
-            gateway = GatewayProxy(
-                name=p.name,
-                namespace=p.namespace,
-                labels=p.labels,
-                ports=p.listen_ports,
-                admin_port=p.admin_port,
-            )
-            out[p.node_id] = gateway_resources(config, everyone, gateway).by_type_url()
+            resources = gateway_resources(config, everyone, p.as_gateway())
+        out[p.node_id] = resources.by_type_url()
     return out
 
 

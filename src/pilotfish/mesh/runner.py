@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pilotfish.mesh.bootstrap import node_id, proxy_bootstrap
+from pilotfish.mesh.translate.workload import GatewayProxy, Workload
 
 
 def free_port() -> int:
@@ -44,25 +45,38 @@ def pilotfish_command() -> list[str]:
 PROXY_SETTINGS = "proxy.json"  # in the state directory: {"binary": PATH} (absent: pilotfish)
 
 
+def read_setting(path: Path, key: str) -> str | None:
+    """A setting ``pilotfishctl up`` stored in the state directory (a one-key JSON file)."""
+    if not path.exists():
+        return None
+    value = json.loads(path.read_text()).get(key)
+    return str(value) if value else None
+
+
+def write_setting(path: Path, key: str, value: str | None) -> None:
+    """Store (or, for None, forget) a setting, so that a restarted control plane keeps it."""
+    if value is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({key: value}) + "\n")
+
+
 def saved_proxy_binary(state_dir: Path) -> str | None:
     """The proxy binary ``pilotfishctl up --proxy-binary`` stored for this state directory
     (``None``: pilotfish)."""
-    path = state_dir / PROXY_SETTINGS
-    if not path.exists():
-        return None
-    binary = json.loads(path.read_text()).get("binary")
-    return str(binary) if binary else None
+    return read_setting(state_dir / PROXY_SETTINGS, "binary")
 
 
 def save_proxy_binary(state_dir: Path, binary: str | None) -> None:
-    """Store the proxy binary for this state directory (``None`` or ``pilotfish``: pilotfish),
-    so that a restarted control plane keeps it."""
-    path = state_dir / PROXY_SETTINGS
-    if binary is None or binary == "pilotfish":
-        path.unlink(missing_ok=True)
-        return
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"binary": str(Path(binary).absolute())}) + "\n")
+    """Store the proxy binary for this state directory (``None`` or ``pilotfish``: pilotfish)."""
+    if binary == "pilotfish":
+        binary = None
+    write_setting(
+        state_dir / PROXY_SETTINGS,
+        "binary",
+        None if binary is None else str(Path(binary).absolute()),
+    )
 
 
 def proxy_argv(binary: str | None, config: Path, *, base_id: int, log_level: str) -> list[str]:
@@ -167,6 +181,32 @@ class RunningProxy:
     @property
     def node_id(self) -> str:
         return node_id(self.kind, self.name, self.namespace, self.address)
+
+    def as_workload(self, **overrides: Any) -> Workload:
+        """This sidecar's workload, as the translation sees it."""
+        fields: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": self.labels,
+            "service_account": self.service_account,
+            "address": self.address,
+            "app_port": self.app_port,
+            "inbound_port": self.inbound_port,
+            "outbound_port": self.outbound_port,
+            "admin_port": self.admin_port,
+        }
+        return Workload(**{**fields, **overrides})
+
+    def as_gateway(self, **overrides: Any) -> GatewayProxy:
+        """This gateway, as the translation sees it."""
+        fields: dict[str, Any] = {
+            "name": self.name,
+            "namespace": self.namespace,
+            "labels": self.labels,
+            "ports": self.listen_ports,
+            "admin_port": self.admin_port,
+        }
+        return GatewayProxy(**{**fields, **overrides})
 
     def describe(self) -> dict[str, Any]:
         def state(p: ManagedProcess | None) -> str:

@@ -39,7 +39,14 @@ from pilotfish.mesh.bootstrap import proxy_bootstrap
 from pilotfish.mesh.capture import pods
 from pilotfish.mesh.capture.forward import PortForward
 from pilotfish.mesh.capture.iptables import CaptureConfig
-from pilotfish.mesh.runner import ManagedProcess, RunningProxy, Supervisor, WorkloadSpec
+from pilotfish.mesh.runner import (
+    ManagedProcess,
+    RunningProxy,
+    Supervisor,
+    WorkloadSpec,
+    read_setting,
+    write_setting,
+)
 
 log = logging.getLogger("pilotfish.mesh.capture")
 
@@ -83,20 +90,11 @@ def capture_available() -> str | None:
 
 
 def load_mode(state_dir: Path) -> str | None:
-    path = state_dir / MODE_FILE
-    if not path.exists():
-        return None
-    mode = json.loads(path.read_text()).get("capture")
-    return str(mode) if mode else None
+    return read_setting(state_dir / MODE_FILE, "capture")
 
 
 def save_mode(state_dir: Path, mode: str | None) -> None:
-    path = state_dir / MODE_FILE
-    if not mode or mode == "none":
-        path.unlink(missing_ok=True)
-        return
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"capture": mode}) + "\n")
+    write_setting(state_dir / MODE_FILE, "capture", mode if mode and mode != "none" else None)
 
 
 def runtime_dir(state_dir: Path) -> Path:
@@ -331,23 +329,14 @@ def capture_translate(store: Any, proxies: Sequence[RunningProxy]) -> dict[str, 
     """Every proxy's resources in capture mode: sidecars in Istio's capture shape
     (``translate.capture``) with the services' VIPs, the gateway listening on its Gateway
     ports on every address of its pod."""
-    from pilotfish.mesh.translate import GatewayProxy, MeshConfig, Workload, gateway_resources
+    from pilotfish.mesh.translate import MeshConfig, gateway_resources
     from pilotfish.mesh.translate.capture import capture_sidecar_resources
     from pilotfish.mesh.translate.vips import service_vips
 
     config = MeshConfig.from_store(store)
     vips = service_vips(config)
     workloads = {
-        p.name: Workload(
-            name=p.name,
-            namespace=p.namespace,
-            labels=p.labels,
-            service_account=p.service_account,
-            address=p.address,
-            app_port=p.app_port,
-            inbound_port=p.inbound_port,
-            admin_port=ADMIN_PORT,
-        )
+        p.name: p.as_workload(outbound_port=0, admin_port=ADMIN_PORT)
         for p in proxies
         if p.kind == "sidecar"
     }
@@ -357,10 +346,7 @@ def capture_translate(store: Any, proxies: Sequence[RunningProxy]) -> dict[str, 
         if p.kind == "sidecar":
             resources = capture_sidecar_resources(config, everyone, workloads[p.name], vips)
         else:
-            gateway = GatewayProxy(
-                name=p.name,
-                namespace=p.namespace,
-                labels=p.labels,
+            gateway = p.as_gateway(
                 address="0.0.0.0",
                 ports={port: port for port in p.listen_ports},
                 admin_port=ADMIN_PORT,

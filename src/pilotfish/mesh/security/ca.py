@@ -26,6 +26,7 @@ ROOT_CERT_FILE = "root-cert.pem"
 ROOT_KEY_FILE = "root-key.pem"
 # Issued a little in the past, so that a peer's slightly late clock accepts it (Istio too).
 BACKDATE = 60.0
+BACKDATE_DELTA = datetime.timedelta(seconds=BACKDATE)
 
 
 def spiffe_id(namespace: str, service_account: str, trust_domain: str = TRUST_DOMAIN) -> str:
@@ -83,24 +84,8 @@ class MeshCA:
         key = ec.generate_private_key(ec.SECP256R1())
         now = _utcnow()
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.trust_domain)])
-        root = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(seconds=BACKDATE))
-            .not_valid_after(now + datetime.timedelta(seconds=ROOT_TTL))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(_ca_key_usage(), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        key_bytes = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        root = build_root(key, name, not_before=now - BACKDATE_DELTA, lifetime=ROOT_TTL)
+        key_bytes = private_key_pem(key)
         # The key first, created 0600 (never readable by others, even for a moment).
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -125,47 +110,96 @@ class MeshCA:
         not_before = start - datetime.timedelta(seconds=BACKDATE)
         not_after = start + datetime.timedelta(seconds=lifetime)
         identity = spiffe_id(namespace, service_account, self.trust_domain)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name(self._root.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            # No subject: the identity is the SAN, which is then critical (RFC 5280 4.2.1.6).
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
-                critical=True,
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_leaf_key_usage(), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
-            .sign(self._key, hashes.SHA256())
+        cert = build_leaf(
+            self._root,
+            self._key,
+            key,
+            names=[x509.UniformResourceIdentifier(identity)],
+            not_before=not_before,
+            not_after=not_after,
         )
         chain = cert.public_bytes(serialization.Encoding.PEM) + self.root_pem
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         return WorkloadCertificate(
             chain,
-            key_pem,
+            private_key_pem(key),
             not_before.timestamp(),
             not_after.timestamp(),
             identity,
             start.timestamp(),
         )
+
+
+def build_root(
+    key: ec.EllipticCurvePrivateKey,
+    name: x509.Name,
+    *,
+    not_before: datetime.datetime,
+    lifetime: float,
+) -> x509.Certificate:
+    """A self-signed CA certificate for ``key``."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + datetime.timedelta(seconds=lifetime))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def build_leaf(
+    issuer: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    names: list[x509.GeneralName],
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    subject: x509.Name | None = None,
+) -> x509.Certificate:
+    """An end-entity certificate (client and server auth) for ``key``, signed by ``issuer``.
+    Istio's workload certificates have no subject: the SAN is then critical (RFC 5280
+    4.2.1.6)."""
+    subject = subject if subject is not None else x509.Name([])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_leaf_key_usage(), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+    )
+    if names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(names), critical=not list(subject)
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def _utcnow() -> datetime.datetime:
