@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -49,6 +52,110 @@ def secrets(proxy: ProxyProcess, section: str = "dynamic_active_secrets") -> dic
 
 def chain_of(dump: dict[str, Any]) -> bytes:
     return base64.b64decode(dump["secret"]["tls_certificate"]["certificate_chain"]["inline_bytes"])
+
+
+DOWNSTREAM_TLS = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+
+
+def _tls_listener(port: int, source: dict[str, Any]) -> dict[str, Any]:
+    """A listener serving TLS with the SDS ``default`` certificate; answers 200 itself."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "tls",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}],
+                }
+            ]
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    tls = {
+        "@type": DOWNSTREAM_TLS,
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": source}]
+        },
+    }
+    return {
+        "name": "tls",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ],
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": tls},
+            }
+        ],
+    }
+
+
+class TlsClient:
+    """A keep-alive HTTPS connection that trusts the mesh root."""
+
+    def __init__(self, port: int, root_pem: bytes) -> None:
+        context = ssl.create_default_context(cadata=root_pem.decode())
+        context.check_hostname = False  # workload certificates name a SPIFFE URI only
+        self.sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), 5))
+        der = self.sock.getpeercert(binary_form=True)
+        assert der is not None
+        self.serial = x509.load_der_x509_certificate(der).serial_number
+
+    def get(self) -> bytes:
+        self.sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply.split(b"\r\n", 1)[0]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_rotation_reaches_new_connections_without_restart(
+    ca: MeshCA, sock: Path, tmp_path: Path
+) -> None:
+    """The SDS server renews the certificate (2 s lifetime): new TLS connections get the new
+    one from the same process, a connection opened before keeps working."""
+    with ThreadedSds(ca, sock, ttl=2.0) as sds:
+        port = free_port()
+        boot = sds_bootstrap(sock, sds_source())
+        boot["static_resources"]["listeners"] = [_tls_listener(port, sds_source())]
+        with ProxyProcess("pilotfish", boot, tmp_path) as proxy:
+            assert proxy.proc is not None
+            pid = proxy.proc.pid
+            old = TlsClient(port, ca.root_pem)
+            try:
+                assert old.get() == b"HTTP/1.1 200 OK"
+                assert sds.certificate is not None
+
+                def rotated() -> bool:
+                    client = TlsClient(port, ca.root_pem)
+                    client.close()
+                    return client.serial != old.serial
+
+                wait_for(rotated, "a new connection with the renewed certificate", 5)
+                assert old.get() == b"HTTP/1.1 200 OK"  # the old connection goes on
+                assert proxy.proc.pid == pid and proxy.proc.poll() is None
+                assert proxy.stats()["listener.127.0.0.1_%d.ssl.handshake" % port] >= 2
+            finally:
+                old.close()
 
 
 @pytest.mark.parametrize("mode", ["sotw", "delta"])

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pilotfish.mesh.bootstrap import SDS_SOURCE, _grpc_cluster
+from pilotfish.mesh.bootstrap import SDS_SOURCE, sds_cluster
 from pilotfish.mesh.security.ca import MeshCA
 from pilotfish.mesh.security.sds_server import WorkloadSdsServer
 
@@ -76,7 +76,7 @@ def sds_bootstrap(socket: Path, source: dict[str, Any], upstream_port: int = 1) 
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "clusters": [
-                _grpc_cluster("sds-grpc", {"pipe": {"path": str(socket)}}),
+                sds_cluster(str(socket)),
                 tls_cluster("mtls", upstream_port, source),
             ]
         },
