@@ -85,7 +85,13 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-server = ThreadingHTTPServer(("0.0.0.0", port), H)
+class Server(ThreadingHTTPServer):
+    def server_bind(self):
+        # HTTPServer's server_bind asks DNS for its FQDN: a pod has no DNS (10 s timeout).
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+        self.server_name, self.server_port = "app", self.server_address[1]
+server = Server(("0.0.0.0", port), H)
 print("READY", flush=True)
 server.serve_forever()
 """

@@ -276,6 +276,16 @@ class AppServer(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
 
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks its own FQDN up in DNS, which in a pod with no DNS
+        # (capture mode) blocks for the resolver's timeout (10 s) before the app listens.
+        if self.allow_reuse_address:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+        self.server_name = "localhost"
+        self.server_port = int(self.server_address[1])
+
 
 def parse_args(name: str, argv: list[str] | None) -> argparse.Namespace:
     """``[port] [--host H] [--port P] [--quiet]``: the originals take the port as their only
