@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import ssl
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 from pilotfish.tls.config import CertificateSpec, TlsContextConfig
+from pilotfish.tls.pem import load_cert_chain, uri_sans
 from pilotfish.tls.san import SanMatcher, peer_sans, sans_match
 from pilotfish.tls.secrets import SecretStore, TlsCertificate, ValidationContext
 
@@ -149,30 +149,6 @@ def client_cert_details(
     return ";".join(parts).encode()
 
 
-def uri_sans_of(pem: bytes) -> tuple[str, ...]:
-    """The URI SANs of the first certificate in a PEM chain (for XFCC's ``By``)."""
-    from cryptography import x509
-
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except (ValueError, x509.ExtensionNotFound):
-        return ()
-    return tuple(ext.value.get_values_for_type(x509.UniformResourceIdentifier))
-
-
-def load_cert_chain(context: ssl.SSLContext, chain: bytes, key: bytes) -> None:
-    """``context.load_cert_chain`` from PEM in memory (an anonymous memfd, never a file)."""
-    fd = os.memfd_create("pilotfish-tls", os.MFD_CLOEXEC)
-    try:
-        data = memoryview(chain + b"\n" + key)
-        while data:
-            data = data[os.write(fd, data) :]
-        context.load_cert_chain(f"/proc/self/fd/{fd}")
-    finally:
-        os.close(fd)
-
-
 class TlsContext:
     """One configured TLS context, running. ``ssl_context`` is None until every secret it
     needs is there (connections using it then fail cleanly: closed downstream, a connect
@@ -243,7 +219,7 @@ class TlsContext:
         for cert in certificates:
             load_cert_chain(context, cert.certificate_chain, cert.private_key)
         if certificates:
-            self.local_uri_sans = uri_sans_of(certificates[0].certificate_chain)
+            self.local_uri_sans = uri_sans(certificates[0].certificate_chain)
         trusted_ca, matchers = self._validation()
         if trusted_ca:
             context.load_verify_locations(cadata=trusted_ca.decode("ascii", "replace"))

@@ -6,18 +6,17 @@ name, SAN matchers compiled). Envoy checks a secret when it builds the SSL conte
 and rejects the update if that fails; the same checks are done here, once per version, so
 that a bad certificate is NACKed naming the field and the last good secret keeps serving:
 PEM that parses, a private key that matches the leaf certificate, a CA bundle with at least
-one certificate. Pure but for ``filename`` data sources, which are read (as Envoy reads them).
+one certificate (checked with ``ssl`` as OpenSSL loads them, tls/pem.py). Pure but for
+``filename`` data sources, which are read (as Envoy reads them).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from pilotfish.errors import ConfigError
 from pilotfish.tls.config import DataSource, certificate_spec, validation_spec
+from pilotfish.tls.pem import PemError, check_certificates, check_key_pair
 from pilotfish.tls.secrets import Secret, TlsCertificate, ValidationContext
 
 
@@ -41,15 +40,11 @@ def _tls_certificate(msg: Any, path: str) -> TlsCertificate:
     spec = certificate_spec(msg, path)
     chain = _read(spec.certificate_chain, f"{path}.certificate_chain")
     key_pem = _read(spec.private_key, f"{path}.private_key")
-    certs = _certificates(chain, f"{path}.certificate_chain")
     try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{path}.private_key", f"Failed to load private key: {e}") from None
-    if key.public_key() != certs[0].public_key():
-        raise ConfigError(
-            f"{path}.private_key", "the private key does not match the certificate chain's leaf"
-        )
+        check_key_pair(chain, key_pem)
+    except PemError as e:
+        field = "certificate_chain" if e.part == "certificate" else "private_key"
+        raise ConfigError(f"{path}.{field}", str(e)) from None
     return TlsCertificate(certificate_chain=chain, private_key=key_pem)
 
 
@@ -60,18 +55,11 @@ def _validation_context(msg: Any, path: str) -> ValidationContext:
             f"{path}.trusted_ca", "pilotfish needs trusted_ca in a validation context"
         )
     trusted = _read(spec.trusted_ca, f"{path}.trusted_ca")
-    _certificates(trusted, f"{path}.trusted_ca")
-    return ValidationContext(trusted_ca=trusted, match_subject_alt_names=spec.san_matchers)
-
-
-def _certificates(pem: bytes, path: str) -> list[x509.Certificate]:
     try:
-        certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as e:
-        raise ConfigError(path, f"Failed to load certificates: {e}") from None
-    if not certs:
-        raise ConfigError(path, "no certificate found")
-    return certs
+        check_certificates(trusted)
+    except PemError as e:
+        raise ConfigError(f"{path}.trusted_ca", str(e)) from None
+    return ValidationContext(trusted_ca=trusted, match_subject_alt_names=spec.san_matchers)
 
 
 def _read(source: DataSource, path: str) -> bytes:
