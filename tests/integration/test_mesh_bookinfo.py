@@ -295,6 +295,10 @@ def test_proxy_config_shows_istio_shaped_config(mesh: Mesh) -> None:
     assert "outbound|9080|v3|reviews.default.svc.cluster.local" in endpoints, endpoints
     dump = json.loads(mesh.ctl("proxy-config", "all", "productpage-v1", "-o", "json").stdout)
     assert dump["configs"]
+    # The mesh CA's certificates, from the sidecar's SDS secrets (istioctl pc secret's table).
+    secrets = mesh.ctl("proxy-config", "secrets", "productpage-v1").stdout
+    assert re.search(r"^default\s+Cert Chain\s+ACTIVE\s+true\s+[0-9a-f]+\s+\S+Z", secrets, re.M)
+    assert re.search(r"^ROOTCA\s+CA\s+ACTIVE\s+true\s", secrets, re.M), secrets
 
 
 def test_workload_crash_is_reported_by_status(mesh: Mesh) -> None:
