@@ -24,7 +24,11 @@ from collections.abc import Mapping, Sequence
 
 from pilotfish.mesh.config.hosts import fqdn
 from pilotfish.mesh.translate.authn import workload_mtls
-from pilotfish.mesh.translate.clusters import CONNECT_TIMEOUT, MAX, outbound_clusters
+from pilotfish.mesh.translate.clusters import (
+    CONNECT_TIMEOUT,
+    outbound_clusters,
+    unlimited_circuit_breakers,
+)
 from pilotfish.mesh.translate.common import JSON, cluster_name
 from pilotfish.mesh.translate.inbound import inbound_filter_chains
 from pilotfish.mesh.translate.proxy import (
@@ -88,16 +92,7 @@ def _original_dst_cluster(name: str, **extra: object) -> JSON:
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": CONNECT_TIMEOUT,
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "max_connections": MAX,
-                    "max_pending_requests": MAX,
-                    "max_requests": MAX,
-                    "max_retries": MAX,
-                }
-            ]
-        },
+        "circuit_breakers": unlimited_circuit_breakers(),
         **extra,
     }
 

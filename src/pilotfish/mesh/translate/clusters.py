@@ -437,17 +437,7 @@ def inbound_cluster(port: int, app_address: str, app_port: int) -> JSON:
         "name": name,
         "type": "STATIC",
         "connect_timeout": CONNECT_TIMEOUT,
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "max_connections": MAX,
-                    "max_pending_requests": MAX,
-                    "max_requests": MAX,
-                    "max_retries": MAX,
-                    "track_remaining": True,
-                }
-            ]
-        },
+        "circuit_breakers": unlimited_circuit_breakers(track_remaining=True),
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -469,6 +459,19 @@ def inbound_cluster(port: int, app_address: str, app_port: int) -> JSON:
         },
         "metadata": {"filter_metadata": {"istio": {"default_original_port": port}}},
     }
+
+
+def unlimited_circuit_breakers(*, track_remaining: bool = False) -> JSON:
+    """Istio's thresholds for clusters no DestinationRule limits: everything at the maximum."""
+    threshold: JSON = {
+        "max_connections": MAX,
+        "max_pending_requests": MAX,
+        "max_requests": MAX,
+        "max_retries": MAX,
+    }
+    if track_remaining:
+        threshold["track_remaining"] = True
+    return {"thresholds": [threshold]}
 
 
 def static_blackhole() -> JSON:
