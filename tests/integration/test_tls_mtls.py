@@ -339,6 +339,8 @@ def test_pilotfish_client_to_envoy_inbound_mtls(
     assert _stat(pf, "cluster.envoy_inbound.ssl.handshake") >= 1
     inbound = "listener.127.0.0.1_{}.ssl.handshake".format(mesh.ports["envoy_inbound"])
     assert _stat(envoy, inbound) >= 1
+    # Envoy's HCM counts TLS connections too: the name pilotfish uses (next test).
+    assert _stat(envoy, "http.inbound.downstream_cx_ssl_total") >= 1
 
 
 def test_pilotfish_to_pilotfish_mtls(pf: ProxyProcess, mesh: Mesh) -> None:
@@ -354,6 +356,9 @@ def test_permissive_serves_plain_and_mtls(pf: ProxyProcess, mesh: Mesh) -> None:
     assert get(port, "/plain")[0] == 200
     status, _ = https_get(port, mesh.client_context(mesh.envoy_leaf))
     assert status == 200
+    assert _stat(pf, "http.inbound_permissive_tls.downstream_cx_ssl_total") >= 1
+    assert _stat(pf, "http.inbound_permissive_plain.downstream_cx_ssl_total") == 0
+    assert _stat(pf, "http.inbound_permissive_plain.downstream_cx_total") >= 1
 
 
 def test_strict_rejects_plain_text_and_counts(pf: ProxyProcess, mesh: Mesh) -> None:

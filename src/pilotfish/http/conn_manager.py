@@ -85,6 +85,8 @@ class HcmStats:
         self.downstream_cx_http1_total = c("downstream_cx_http1_total")
         self.downstream_cx_active: Gauge = g("downstream_cx_active", accumulate=False)
         self.downstream_cx_http1_active: Gauge = g("downstream_cx_http1_active", accumulate=False)
+        self.downstream_cx_ssl_total = c("downstream_cx_ssl_total")
+        self.downstream_cx_ssl_active: Gauge = g("downstream_cx_ssl_active", accumulate=False)
         self.downstream_cx_destroy = c("downstream_cx_destroy")
         self.downstream_cx_destroy_remote = c("downstream_cx_destroy_remote")
         self.downstream_cx_destroy_local = c("downstream_cx_destroy_local")
@@ -309,6 +311,9 @@ class HttpConnection:
         s.downstream_cx_http1_total.value += 1
         s.downstream_cx_active.value += 1
         s.downstream_cx_http1_active.value += 1
+        if self.info.tls is not None:
+            s.downstream_cx_ssl_total.value += 1
+            s.downstream_cx_ssl_active.value += 1
         hcm.connections.add(self)
         now = hcm.loop.time()
         self.opened_at = self.last_activity = self.now = now
@@ -351,6 +356,8 @@ class HttpConnection:
         s = hcm.stats
         s.downstream_cx_active.value -= 1
         s.downstream_cx_http1_active.value -= 1
+        if self.info.tls is not None:
+            s.downstream_cx_ssl_active.value -= 1
         s.downstream_cx_destroy.value += 1
         remote = not self.closing
         if remote:
