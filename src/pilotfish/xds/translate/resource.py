@@ -78,7 +78,7 @@ def translate_resource(
         raise ConfigError(
             f"'{name}'",
             f"resources of type '{type_url}' are not translated into the model "
-            "(SDS secrets are kept as protos until TLS is served)",
+            "(SDS secrets are decoded by xds.translate.secret.decode_secret)",
         )
     where = f"{kind} '{name}'"
     try:
