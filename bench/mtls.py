@@ -197,8 +197,9 @@ def measure(
 
 
 CASES = (
-    ("mtls keep-alive (32 conns)", "a_out", "http", 32, False),
-    ("handshakes (8 conns, close)", "b_tls", "https", 8, True),
+    ("mtls keep-alive (32 conns)", "a_out", "http", 32, False, "/"),
+    ("mtls keep-alive 1 KiB (32 conns)", "a_out", "http", 32, False, base.KB_PATH),
+    ("handshakes (8 conns, close)", "b_tls", "https", 8, True, "/"),
 )
 
 
@@ -233,14 +234,14 @@ def main(argv: list[str] | None = None) -> int:
                 pairs[kind], ports_by_kind[kind] = (a, b), ports
                 print(f"{kind}: A pid {a.pid}, B pid {b.pid}: mTLS path verified", flush=True)
             for kind in KINDS:  # warm-up
-                for _, port_name, scheme, conns, close in CASES:
-                    url = f"{scheme}://127.0.0.1:{ports_by_kind[kind][port_name]}/"
+                for _, port_name, scheme, conns, close, path in CASES:
+                    url = f"{scheme}://127.0.0.1:{ports_by_kind[kind][port_name]}{path}"
                     wrk(procs, url, conns, 1.0, tmp, close)
-            for n, (case, port_name, scheme, conns, close) in enumerate(CASES):
+            for n, (case, port_name, scheme, conns, close, path) in enumerate(CASES):
                 for i in range(args.runs):
                     order = KINDS if (n + i) % 2 == 0 else KINDS[::-1]
                     for kind in order:
-                        url = f"{scheme}://127.0.0.1:{ports_by_kind[kind][port_name]}/"
+                        url = f"{scheme}://127.0.0.1:{ports_by_kind[kind][port_name]}{path}"
                         r = measure(procs, pairs[kind], url, conns, close, args.duration, tmp)
                         raw[case][kind].append(r)
                         print(

@@ -51,6 +51,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SMALL_PATH = "/"
 BIG_PATH = "/4k"
 BIG_SIZE = 4096
+KB_PATH = "/1k"  # 1 KiB responses: the payload of Istio's published sidecar figures
 ISTIO_SETTLE_S = 3.0
 READY_TIMEOUT_S = 30.0
 OTHER_LOAD_WARN = 0.05  # cores; above this, foreign work on the two cores is reported
@@ -314,6 +315,10 @@ http {{
         location = {BIG_PATH} {{
             {big_sets}
             return 200 "{big_vars}";
+        }}
+        location = {KB_PATH} {{
+            set $bench_k "{chunks[0]}";
+            return 200 "$bench_k";
         }}
         location / {{ return 200 "{small}"; }}
     }}
