@@ -395,6 +395,23 @@ def test_client_certificate_from_another_ca_is_rejected_by_pilotfish(
     assert _stat(pf, name) > before
 
 
+def test_client_of_another_trust_domain_is_rejected_by_pilotfish_and_envoy(
+    pf: ProxyProcess, envoy: ProxyProcess, mesh: Mesh
+) -> None:
+    """Same root, but a SPIFFE id outside ``cluster.local``: the inbound SAN prefix check
+    (Istio's ``spiffe://cluster.local/``) refuses it, in both proxies."""
+    stranger = mesh.ca.issue(uris=("spiffe://other.domain/ns/default/sa/intruder",))
+    for proxy, port_name in ((pf, "pf_strict"), (envoy, "envoy_inbound")):
+        name = f"listener.127.0.0.1_{mesh.ports[port_name]}.ssl.fail_verify_san"
+        before = _stat(proxy, name)
+        with pytest.raises((ssl.SSLError, OSError, IndexError, ValueError)):
+            https_get(mesh.ports[port_name], mesh.client_context(stranger))
+        wait_for(lambda: _stat(proxy, name) > before, timeout=5, what=f"{name} counted")  # noqa: B023
+        # The same client with an identity in the trust domain gets through.
+        member = mesh.ca.issue_spiffe("default", "member")
+        assert https_get(mesh.ports[port_name], mesh.client_context(member))[0] == 200
+
+
 def test_client_certificate_from_another_ca_is_rejected_by_envoy(
     pf: ProxyProcess, envoy: ProxyProcess, mesh: Mesh
 ) -> None:
