@@ -24,6 +24,8 @@ from tests.support.echo_backend import EchoBackend
 from tests.support.proxies import ProxyProcess, bootstrap, free_port, get, socket_address
 from tests.support.waiting import wait_for
 
+from pilotfish.mesh.translate.mtls import SERVER_CIPHERS
+
 TLS = "envoy.transport_sockets.tls"
 DOWNSTREAM = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -34,14 +36,6 @@ TLS_INSPECTOR = {
         "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
     },
 }
-ISTIO_CIPHERS = [
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "AES256-GCM-SHA384",
-    "AES128-GCM-SHA256",
-]
 
 
 def _certificate(leaf: Leaf) -> dict[str, Any]:
@@ -62,7 +56,7 @@ def downstream_tls(leaf: Leaf, ca: CertAuthority, *, require: bool = True) -> di
                 "tls_params": {
                     "tls_minimum_protocol_version": "TLSv1_2",
                     "tls_maximum_protocol_version": "TLSv1_3",
-                    "cipher_suites": ISTIO_CIPHERS,
+                    "cipher_suites": SERVER_CIPHERS,
                 },
                 "alpn_protocols": ["h2", "http/1.1"],
                 "tls_certificates": [_certificate(leaf)],

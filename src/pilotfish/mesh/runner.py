@@ -12,10 +12,8 @@ The processes are children of the control plane; their output goes to ``STATE/lo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pilotfish.mesh.bootstrap import node_id, proxy_bootstrap
+from pilotfish.mesh.processes import end_process
 from pilotfish.mesh.translate.workload import GatewayProxy, Workload
 
 
@@ -146,17 +145,8 @@ class ManagedProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 5.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
+        if self.proc is not None:
+            end_process(self.proc, timeout)
 
 
 @dataclass

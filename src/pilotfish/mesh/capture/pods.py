@@ -29,7 +29,6 @@ import ipaddress
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from pilotfish.mesh.capture.iptables import CaptureConfig, render
+from pilotfish.mesh.processes import end_process
 
 NETNS_ETC = Path("/etc/netns")
 BRIDGE = "br0"
@@ -68,20 +68,6 @@ def available() -> str | None:
 
 def _netns_exists(name: str) -> bool:
     return (Path("/run/netns") / name).exists()
-
-
-def _end_process(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
-    """SIGTERM then SIGKILL, by PID, for one process we started."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(timeout)
 
 
 class Pod:
@@ -242,7 +228,7 @@ class Pod:
         errors: list[str] = []
         for proc in reversed(self.processes):
             try:
-                _end_process(proc)
+                end_process(proc)
             except Exception as e:  # keep tearing down
                 errors.append(f"pid {proc.pid}: {e}")
         if _netns_exists(self.ns):
