@@ -216,7 +216,7 @@ def redirect_location(headers: RequestHeaders, action: RedirectAction, route: Ro
             path_only = action.prefix_rewrite + path_only[len(prefix) :]
     elif action.regex_rewrite is not None:
         pattern, sub = action.regex_rewrite
-        path_only = pattern.sub(sub, path_only)
+        path_only = pattern.replace_all(path_only, sub)
     if action.strip_query:
         query = b""
     return scheme + b"://" + host + new_port + path_only + query
@@ -243,7 +243,7 @@ def request_hash(
             if values:
                 rw = hp.regex_rewrite
                 if rw is not None:
-                    values = [rw[0].sub(rw[1], v) for v in values]
+                    values = [rw[0].replace_all(v, rw[1]) for v in values]
                 value = values[0] if len(values) == 1 else b"".join(sorted(values))
                 new = hash64(value)
         elif kind == "cookie":
@@ -382,7 +382,7 @@ def _rewrite_path(stream: ActiveStream, route: Route, action: RouteAction, suppr
     elif action.regex_rewrite is not None:
         pattern, sub = action.regex_rewrite
         path_only, query = _split_query(original)
-        headers.path = pattern.sub(sub, path_only) + query
+        headers.path = pattern.replace_all(path_only, sub) + query
     else:
         return
     if not suppress:
@@ -405,7 +405,7 @@ def _rewrite_host(
     elif action.host_rewrite_path_regex is not None:
         pattern, sub = action.host_rewrite_path_regex
         path = headers.path.split(b"?", 1)[0]
-        new = pattern.sub(sub, path)
+        new = pattern.replace_all(path, sub)
     elif action.auto_host_rewrite and host is not None and host.hostname:
         new = host.hostname.encode()
     if new is None or new == headers.authority:

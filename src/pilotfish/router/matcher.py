@@ -138,7 +138,7 @@ def compile_path_match(m: RouteMatch) -> Predicate:
     if kind is PathMatchKind.SAFE_REGEX:
         assert m.regex is not None
         full = m.regex.fullmatch
-        return lambda h: full(_path_only(h.path)) is not None
+        return lambda h: full(_path_only(h.path))
     if kind is PathMatchKind.PATH_SEPARATED_PREFIX:
         prefix = m.value.encode()
         cs = m.case_sensitive
