@@ -11,42 +11,10 @@ import re
 import time
 
 import pytest
+from tests.support.regex_cases import ENVOY_ERRORS
 
 from pilotfish import regex
 from pilotfish.regex import RegexError, Substitution, compile_admin_filter, compile_regex
-
-ENVOY_ERRORS = {
-    "[": "missing ]: [",
-    "a[bc": "missing ]: [bc",
-    "(abc": "missing ): (abc",
-    "abc)": "unexpected ): abc)",
-    "*a": "no argument for repetition operator: *",
-    "a|*": "no argument for repetition operator: *",
-    "a**": "bad repetition operator: **",
-    "a++": "bad repetition operator: ++",
-    "a{2}{3}": "bad repetition operator: {2}{3}",
-    "(?=a)": "invalid perl operator: (?=",
-    "(?!a)": "invalid perl operator: (?!",
-    "(?<=a)": "invalid perl operator: (?<=",
-    "(?<!a)": "invalid perl operator: (?<!",
-    "(?>a)": "invalid perl operator: (?>",
-    "(?P=n)": "invalid perl operator: (?P",
-    "(?z)": "invalid perl operator: (?z",
-    "(?i": "invalid perl operator: (?i",
-    "\\": "trailing \\",
-    "(a)\\1": "invalid escape sequence: \\1",
-    "\\8": "invalid escape sequence: \\8",
-    "\\Z": "invalid escape sequence: \\Z",
-    "\\G": "invalid escape sequence: \\G",
-    "\\x{110000}": "invalid escape sequence: \\x{110",
-    "[z-a]": "invalid character class range: z-a",
-    "[[:foo:]]": "invalid character class range: [:foo:]",
-    "x{2,1}": "invalid repetition size: {2,1}",
-    "a{1001}": "invalid repetition size: {1001}",
-    "(a{2}){1000}": "invalid repetition size: {1000}",
-    # Envoy's RE2 reads patterns as Latin-1: no code point above 0xff (checked on Envoy 1.40).
-    "\\x{3b1}": "invalid escape sequence: \\x{3b1",
-}
 
 ENVOY_ACCEPTS = [
     "^cluster\\.backend\\.",

@@ -217,6 +217,8 @@ def redirect_location(headers: RequestHeaders, action: RedirectAction, route: Ro
     elif action.regex_rewrite is not None:
         pattern, sub = action.regex_rewrite
         path_only = pattern.replace_all(path_only, sub)
+        if not path_only.startswith(b"/"):
+            path_only = b"/" + path_only  # Envoy: the Location's path starts with a slash
     if action.strip_query:
         query = b""
     return scheme + b"://" + host + new_port + path_only + query
