@@ -6,10 +6,17 @@ time per iteration is the per-request Python budget the proxy spends (kernel and
 excluded), the number to watch when changing the request path.
 
     .venv/bin/python bench/request_path.py [--requests N] [--profile] [--istio-filters]
+        [--regex-routes N]
 
 ``--istio-filters`` puts istiod's empty ``envoy.filters.http.fault`` and ``envoy.filters.http.cors``
 in front of the router (as in every sidecar): they act only on routes with a per-route config,
 which this route has not, so the cost should stay that of the plain chain.
+
+``--regex-routes N`` replaces the single prefix route with a table of N ``safe_regex`` routes
+(RE2, as Envoy), the request matching only the last: N regex matches per request. The routes
+are ``/api/v[0-9]+/svcI/...`` (a literal start, as most route regexes have); with
+``--regex-unbounded`` they are ``.*/svcI/.*``, which no prefilter can skip: every route is a
+call into RE2 (the worst case).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ http_connection_manager.v3.HttpConnectionManager"
             virtual_hosts:
             - name: all
               domains: ["*"]
-              routes: [{match: {prefix: "/"}, route: {cluster: backend}}]
+              routes: {routes}
           http_filters:{extra_filters}
           - name: envoy.filters.http.router
             typed_config:
@@ -104,11 +111,26 @@ ISTIO_FILTERS = """
               "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"""
 
 
+def regex_routes(n: int, unbounded: bool = False) -> str:
+    """n regex routes (flow-style YAML); only the last one matches REQUEST's path."""
+    pattern = ".*/svc{i}/.*" if unbounded else "/api/v[0-9]+/svc{i}/[a-z0-9-]+(/[0-9]+)?"
+    route = '{{match: {{safe_regex: {{regex: "{}"}}}}, route: {{cluster: backend}}}}'
+    routes = [route.format(pattern.format(i=i)) for i in range(n - 1)]
+    routes.append('{match: {safe_regex: {regex: "/[a-z]+\\\\.html?"}}, route: {cluster: backend}}')
+    return "[" + ", ".join(routes) + "]"
+
+
 def build(
-    istio_filters: bool = False,
+    istio_filters: bool = False, regex_route_count: int = 0, unbounded: bool = False
 ) -> tuple[Any, FakeTransport, UpstreamConnection, FakeTransport]:
     loop = asyncio.new_event_loop()
+    routes = (
+        regex_routes(regex_route_count, unbounded)
+        if regex_route_count
+        else '[{match: {prefix: "/"}, route: {cluster: backend}}]'
+    )
     config = BOOTSTRAP.replace("{extra_filters}", ISTIO_FILTERS if istio_filters else "")
+    config = config.replace("{routes}", routes)
     loaded = load_bootstrap(BootstrapSource(config_yaml=config))
     model = loaded.model
     store = Store(model.stats)
@@ -150,8 +172,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--istio-filters", action="store_true")
+    parser.add_argument("--regex-routes", type=int, default=0)
+    parser.add_argument("--regex-unbounded", action="store_true")
     args = parser.parse_args()
-    down, down_t, up, up_t = build(args.istio_filters)
+    down, down_t, up, up_t = build(args.istio_filters, args.regex_routes, args.regex_unbounded)
     one_request(down, down_t, up, up_t)
     down.data_received(REQUEST)
     up.data_received(RESPONSE)

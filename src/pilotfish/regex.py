@@ -57,6 +57,7 @@ _UTF8_OPTIONS = _Options()
 _UTF8_OPTIONS.log_errors = False
 _UNANCHORED = _re2.RE2.Anchor.UNANCHORED
 _ANCHOR_BOTH = _re2.RE2.Anchor.ANCHOR_BOTH
+_RANGE_LEN = 24  # bytes of the PossibleMatchRange bounds
 
 # Process-wide runtime values (Envoy reads its runtime singleton when it compiles a regex).
 _levels: dict[str, int | None] = {"error": _DEFAULT_ERROR_LEVEL, "warn": None}
@@ -127,10 +128,18 @@ class Regex:
             self._check_levels()
         match = prog.Match
         self._match = match
-        # Bound once: a per-request match is one call into RE2 and one tuple compare.
-        self.fullmatch: Callable[[bytes], bool] = lambda s: (
-            match(_ANCHOR_BOTH, s, 0, len(s))[0][0] >= 0
-        )
+        # Bound once: a per-request match is one call into RE2 and one tuple compare. A call
+        # into RE2 costs ~1 us (re: ~0.25 us), mostly the binding; RE2's PossibleMatchRange
+        # bounds every string a full match can accept (lo <= s <= hi, bytewise), so a path
+        # outside the bounds is refused for ~0.05 us without the call: in a table of regex
+        # routes with distinct literal prefixes, most routes cost only that.
+        ok, lo, hi = prog.PossibleMatchRange(_RANGE_LEN)
+        if ok:
+            self.fullmatch: Callable[[bytes], bool] = lambda s: (
+                lo <= s <= hi and match(_ANCHOR_BOTH, s, 0, len(s))[0][0] >= 0
+            )
+        else:
+            self.fullmatch = lambda s: match(_ANCHOR_BOTH, s, 0, len(s))[0][0] >= 0
         self.search: Callable[[bytes], bool] = lambda s: (
             match(_UNANCHORED, s, 0, len(s))[0][0] >= 0
         )

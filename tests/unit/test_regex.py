@@ -7,10 +7,12 @@ is ``RE2::GlobalReplace``."""
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 
 import pytest
+from re2 import Options, _re2
 from tests.support.regex_cases import ENVOY_ERRORS
 
 from pilotfish import regex
@@ -176,3 +178,38 @@ def test_python_re_would_differ() -> None:
     assert re.fullmatch(b"a$", b"a\n") is None and re.search(b"a$", b"a\n") is not None
     with pytest.raises(re.error):
         re.compile("a(?i)b")
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "/api/v[0-9]+/svc[0-9]/[a-z0-9-]+(/[0-9]+)?",
+        "(?i)/Ab[c-e]*",
+        "/a|/ab|/b.",
+        "/[a-c]{1,3}\\.x?",
+        "\\x00?a*\\xff",
+        "",
+        "(?i)\\xe9a",
+        "/v1.*",
+    ],
+)
+def test_fullmatch_prefilter_never_refuses_a_match(pattern: str) -> None:
+    """``fullmatch`` skips RE2 for a string outside PossibleMatchRange's bounds: random strings
+    (seeded) that RE2 matches are all still matched."""
+    opts = Options()
+    opts.log_errors = False
+    opts.encoding = Options.Encoding.LATIN1
+    raw = _re2.RE2(pattern.encode(), opts)
+    anchor = _re2.RE2.Anchor.ANCHOR_BOTH
+    compiled = compile_regex(pattern)
+    rng = random.Random(17)
+    alphabet = b"/aAbBcdeE.x0159-v\x00\xe9\xc9\xff"
+    for _ in range(3000):
+        s = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 9)))
+        if rng.random() < 0.3:
+            s = b"/" + s
+        want = raw.Match(anchor, s, 0, len(s))[0][0] >= 0
+        assert compiled.fullmatch(s) is want, s
+    for s in (b"/api/v1/svc2/x-1/3", b"/aBcde", b"/ab", b"/b?", b"/cc.", b"\xff", b"", b"\xc9A"):
+        want = raw.Match(anchor, s, 0, len(s))[0][0] >= 0
+        assert compiled.fullmatch(s) is want, s
