@@ -16,7 +16,10 @@ which this route has not, so the cost should stay that of the plain chain.
 (RE2, as Envoy), the request matching only the last: N regex matches per request. The routes
 are ``/api/v[0-9]+/svcI/...`` (a literal start, as most route regexes have); with
 ``--regex-unbounded`` they are ``.*/svcI/.*``, which no prefilter can skip: every route is a
-call into RE2 (the worst case).
+call into RE2 (the worst case). Measured (CPU time, best of 7 rounds, 2 shared cores): plain
+~17 us; 50 bounded regex routes ~25 us with RE2 and with Python's re before it; 50 unbounded
+~57 us with RE2 (~0.8 us per RE2 call) against ~30 us with re (~0.27 us per call, but
+exponential on some inputs).
 """
 
 from __future__ import annotations

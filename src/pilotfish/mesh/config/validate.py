@@ -1,8 +1,9 @@
 """Checks of one object on its own, like ``istioctl validate`` (Istio's validation webhook).
 
-Each check returns (field path, message) pairs. Regexes are checked with the project's RE2
-syntax checker and then Python's ``re`` (``pilotfish.stats.re2``): Envoy compiles them with
-RE2, so what RE2 rejects (lookaround, back-references) must be rejected here, not at push time.
+Each check returns (field path, message) pairs. Regexes are compiled with RE2
+(``pilotfish.regex``; no program size limit, Istio's bootstrap raises it): Envoy compiles them
+with RE2, so what RE2 rejects (lookaround, back-references) must be rejected here, not at push
+time.
 """
 
 from __future__ import annotations
