@@ -6,17 +6,33 @@ is ``RE2::GlobalReplace``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
 import time
+from collections.abc import Iterator
 
 import pytest
 from re2 import Options, _re2
+from tests.support.istio_data import BOOTSTRAP_GOLDENS
 from tests.support.regex_cases import ENVOY_ERRORS
 
 from pilotfish import regex
+from pilotfish.mesh.bootstrap import proxy_bootstrap
 from pilotfish.regex import RegexError, Substitution, compile_admin_filter, compile_regex
+from pilotfish.xds.bootstrap import BootstrapSource, load_bootstrap
+
+BIG = "(?:[a-z]{1,20}[0-9]{1,20}){1,10}"  # an RE2 program of 793
+
+
+@pytest.fixture(autouse=True)
+def default_limits() -> Iterator[None]:
+    """The runtime limits are process-wide (the last bootstrap loaded sets them)."""
+    regex.configure({})
+    yield
+    regex.configure({})
+
 
 ENVOY_ACCEPTS = [
     "^cluster\\.backend\\.",
@@ -141,7 +157,7 @@ def test_program_size_limits(caplog: pytest.LogCaptureFixture) -> None:
     sizes = {"abc": 7, "abc.*": 9, "[a-z]{1,20}[0-9]{1,20}": 82, "\\p{Greek}+": 1}
     for pattern, size in sizes.items():
         assert compile_regex(pattern).program_size == size
-    big = "(?:[a-z]{1,20}[0-9]{1,20}){1,10}"
+    big = BIG
     with pytest.raises(RegexError) as info:
         compile_regex(big)
     assert str(info.value) == (
@@ -156,21 +172,32 @@ def test_program_size_limits(caplog: pytest.LogCaptureFixture) -> None:
         "program size if necessary."
     )
     compile_regex(big, max_program_size=1000)  # the deprecated field replaces the runtime
-    try:
-        regex.configure({"re2": {"max_program_size": {"error_level": "1000", "warn_level": 5}}})
-        with caplog.at_level(logging.WARNING, logger="pilotfish.regex"):
-            compile_regex(big)
-        assert "RE2 program size of 793 > max program size of 5 set for the warn level" in (
-            caplog.text
-        )
-        regex.configure({"re2.max_program_size.error_level": 5.7})
-        with pytest.raises(RegexError, match="> max program size of 5 set for the error"):
-            compile_regex("abc.*")
-        regex.configure({"re2.max_program_size.error_level": "x"})  # not a number: default
-        with pytest.raises(RegexError, match="max program size of 100 "):
-            compile_regex(big)
-    finally:
-        regex.configure({})
+    regex.configure({"re2": {"max_program_size": {"error_level": "1000", "warn_level": 5}}})
+    with caplog.at_level(logging.WARNING, logger="pilotfish.regex"):
+        compile_regex(big)
+    assert "RE2 program size of 793 > max program size of 5 set for the warn level" in (
+        caplog.text
+    )
+    regex.configure({"re2.max_program_size.error_level": 5.7})
+    with pytest.raises(RegexError, match="> max program size of 5 set for the error"):
+        compile_regex("abc.*")
+    regex.configure({"re2.max_program_size.error_level": "x"})  # not a number: default
+    with pytest.raises(RegexError, match="max program size of 100 "):
+        compile_regex(big)
+
+
+@pytest.mark.parametrize("source", ["pilotfishctl", "istio"])
+def test_mesh_bootstraps_raise_the_limit_as_istio(source: str) -> None:
+    """Istio's bootstrap sets re2.max_program_size.error_level to 32768 (VirtualService
+    regexes); the one pilotfishctl gives its proxies does the same."""
+    if source == "istio":
+        text = (BOOTSTRAP_GOLDENS / "default_golden.json").read_text()
+    else:
+        text = json.dumps(proxy_bootstrap("127.0.0.1:15010", "sidecar~x", cluster="c"))
+    with pytest.raises(RegexError):
+        compile_regex(BIG)
+    load_bootstrap(BootstrapSource(config_yaml=text))
+    assert compile_regex(BIG).program_size == 793
 
 
 def test_python_re_would_differ() -> None:
