@@ -118,7 +118,7 @@ class Regex:
     ) -> None:
         prog = _re2.RE2(pattern.encode(), _UTF8_OPTIONS if utf8 else _OPTIONS)
         if not prog.ok():
-            raise RegexError(prog.error().decode("latin-1"))
+            raise RegexError(prog.error().decode(errors="replace"))  # it quotes the pattern
         self.pattern = pattern
         self.program_size: int = prog.ProgramSize()
         self.groups: int = prog.NumberOfCapturingGroups()
