@@ -68,7 +68,7 @@ ESCAPED = "path_with_escaped_slashes_action"
 
 
 def build(echo_port: int, endless_port: int) -> tuple[dict[str, Any], dict[str, str]]:
-    routes = [
+    routes: list[dict[str, Any]] = [
         {"match": {"prefix": "/private"}, "direct_response": {"status": 403}},
         {"match": {"prefix": "/endless"}, "route": {"cluster": "B"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "A"}},
@@ -403,6 +403,25 @@ def test_h2c_upgrade_is_ignored_and_pipelined_requests_are_served(
     assert (u1.target, u2.target) == ("/u1", "/u2")
     for name in ("upgrade", "connection", "http2-settings"):
         assert u1.header(name) is None, name
+
+
+@pytest.mark.parametrize(
+    ("framing", "body"),
+    [("Content-Length: 2", b"hi"), ("Transfer-Encoding: chunked", b"2\r\nhi\r\n0\r\n\r\n")],
+    ids=["content-length", "chunked"],
+)
+@each_proxy()
+def test_h2c_upgrade_with_a_body(
+    proxy: Deployment, backend: EchoBackend, framing: str, body: bytes
+) -> None:
+    """The body of an ignored h2c upgrade is the request's (llhttp would take it for the new
+    protocol's), and the pipelined request after it is served."""
+    head = get("/u1", "Connection: Upgrade", "Upgrade: h2c", framing).replace(b"GET", b"POST", 1)
+    with exchange(proxy, "raw", head + body + get("/u2")) as conn:
+        assert conn.response().status == 200
+        assert conn.response().status == 200
+    u1, u2 = backend.requests
+    assert (u1.target, u1.body, u2.target) == ("/u1", b"hi", "/u2")
 
 
 @each_proxy()

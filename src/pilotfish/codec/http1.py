@@ -243,6 +243,7 @@ class Http1ServerCodec:
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._error: CodecError | None = None
         self._h2c = False  # the request just parsed asked for h2c, which is ignored
+        self._h2c_body = False  # ... and has a body llhttp did not read (an upgrade's is raw)
         self.closed_by_request = False  # a request said "Connection: close": read no more
         self.in_head = False  # a request has begun and its headers are not complete yet
         self.stopped = False  # after a protocol error or timeout nothing more is parsed
@@ -280,11 +281,7 @@ class Http1ServerCodec:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             if self._h2c:
-                # An h2c upgrade is ignored (as Envoy): what follows is HTTP/1.1 again, but
-                # llhttp stopped there, so a fresh parser reads it.
-                self._h2c = False
-                self._parser = self._new_parser()
-                return self.feed(data[e.args[0] :])
+                return self._after_h2c(data[e.args[0] :])
             return data[e.args[0] :]
         except httptools.HttpParserCallbackError as e:
             inner = e.__context__
@@ -299,6 +296,26 @@ class Http1ServerCodec:
         if self.in_head:
             self._bound_head(data)
         return None
+
+    def _after_h2c(self, rest: bytes) -> bytes | None:
+        """An h2c upgrade is ignored (as Envoy): what follows is HTTP/1.1 again, but llhttp
+        stopped after the head, taking any body for the new protocol's. A fresh parser reads
+        on; if the request has a body, it is first given a head with that framing (whose
+        callbacks the relay swallows) so that it reads the body as the request's."""
+        self._h2c = False
+        if not self._h2c_body:
+            self._parser = self._new_parser()
+            return self.feed(rest)
+        self._h2c_body = False
+        parser = httptools.HttpRequestParser(_H2cBodyRelay(self))
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._parser = parser
+        if self.chunked:
+            framing = b"transfer-encoding: chunked"
+        else:
+            framing = b"content-length: %d" % (self.content_length or 0)
+        parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        return self.feed(rest)
 
     def _bound_head(self, data: bytes) -> None:
         """A request head is incomplete after this read: httptools holds its current header
@@ -439,6 +456,9 @@ class Http1ServerCodec:
                 # Envoy ignores h2c upgrades: Upgrade, its Connection token and HTTP2-Settings
                 # go, and the request is served as HTTP/1.1 (pipelined ones after it too).
                 self._h2c = True
+                self._h2c_body = self.transfer_encoding is not None or bool(
+                    seen & SEEN_CONTENT_LENGTH
+                )
                 self.upgrade = None
                 self._items = [(n, v) for n, v in self._items if n != b"http2-settings"]
             elif hop is not None:
@@ -510,6 +530,8 @@ class Http1ServerCodec:
         self.handler.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        if self._h2c_body:
+            return  # llhttp ends an upgrade request at its head: the body is still to come
         if not self.keep_alive:
             self.closed_by_request = True
         trailers = self._trailers
@@ -561,6 +583,42 @@ class Http1ServerCodec:
         if not self._chunked_out:
             return b""
         return encode_last_chunk(trailers if self.enable_trailers else None)
+
+
+class _H2cBodyRelay:
+    """The callbacks of the parser that reads on after an ignored h2c upgrade with a body: the
+    made-up head that sets the body's framing is swallowed, everything after it goes to the
+    codec."""
+
+    def __init__(self, codec: Http1ServerCodec) -> None:
+        self.codec = codec
+        self.made_up_head = True  # parsing the made-up head
+        self.made_up_message = True  # parsing the made-up message (its body is the real one)
+
+    def on_message_begin(self) -> None:
+        if not self.made_up_message:
+            self.codec.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.made_up_message:
+            self.codec.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.made_up_head:  # trailers of the body, or the next request's headers
+            self.codec.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.made_up_head:
+            self.made_up_head = False
+            return
+        self.codec.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.codec.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.made_up_message = False
+        self.codec.on_message_complete()
 
 
 def encode_request_head(
