@@ -103,6 +103,11 @@ class _HeadResponseDone(Exception):
     """Raised inside llhttp's callback to stop it reading a body a HEAD response has not."""
 
 
+class _Stopped(Exception):
+    """Raised inside llhttp's callback when the connection stopped reading (it is closing)
+    while llhttp was still going through the bytes already received."""
+
+
 class ServerHandler(Protocol):
     def on_request_headers(self, headers: RequestHeaders) -> None: ...
     def on_request_body(self, data: bytes) -> None: ...
@@ -280,22 +285,27 @@ class Http1ServerCodec:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            if self._h2c:
-                return self._after_h2c(data[e.args[0] :])
-            return data[e.args[0] :]
+            upgraded_at: int = e.args[0]
         except httptools.HttpParserCallbackError as e:
             inner = e.__context__
             if isinstance(inner, CodecError):
                 raise inner from None
+            if isinstance(inner, _Stopped):
+                return None
             raise
         except httptools.HttpParserError as e:
             if self.closed_by_request:
                 self.stopped = True  # bytes after "Connection: close" are ignored (Envoy)
                 return None
             raise self._classify(str(e)) from None
-        if self.in_head:
-            self._bound_head(data)
-        return None
+        else:
+            if self.in_head:
+                self._bound_head(data)
+            return None
+        # (Outside the except block, so that errors of what follows are not chained to it.)
+        if self._h2c:
+            return self._after_h2c(data[upgraded_at:])
+        return data[upgraded_at:]
 
     def _after_h2c(self, rest: bytes) -> bytes | None:
         """An h2c upgrade is ignored (as Envoy): what follows is HTTP/1.1 again, but llhttp
@@ -355,6 +365,8 @@ class Http1ServerCodec:
         self.in_head = False
 
     def on_message_begin(self) -> None:
+        if self.stopped:
+            raise _Stopped()
         self.in_head = True
         self._url = b""
         self._count = 0

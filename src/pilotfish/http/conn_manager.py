@@ -522,9 +522,12 @@ class HttpConnection:
         if self.closed or self.transport is None:
             return
         self.closing = True
-        if self.batch:
-            self._write_now(b"".join(self.batch))
-            self.batch = None
+        self.codec.stop()  # requests after this point in bytes already read are not served
+        batch = self.batch
+        if batch:
+            self._write_now(b"".join(batch))
+            batch.clear()  # data_received's finally holds this list too: write it only once
+        self.batch = None
         if abort:
             self.transport.abort()
         else:
