@@ -6,10 +6,13 @@ time per iteration is the per-request Python budget the proxy spends (kernel and
 excluded), the number to watch when changing the request path.
 
     .venv/bin/python bench/request_path.py [--requests N] [--profile] [--istio-filters]
+        [--normalize-path]
 
 ``--istio-filters`` puts istiod's empty ``envoy.filters.http.fault`` and ``envoy.filters.http.cors``
 in front of the router (as in every sidecar): they act only on routes with a per-route config,
 which this route has not, so the cost should stay that of the plain chain.
+``--normalize-path`` sets ``normalize_path`` and ``merge_slashes`` (Istio's MERGE_SLASHES path
+normalization): a canonical path costs only the quick check.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ static_resources:
         typed_config:
           "@type": "type.googleapis.com/envoy.extensions.filters.network.\
 http_connection_manager.v3.HttpConnectionManager"
-          stat_prefix: ingress
+          stat_prefix: ingress{path_options}
           route_config:
             virtual_hosts:
             - name: all
@@ -104,11 +107,17 @@ ISTIO_FILTERS = """
               "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"""
 
 
+PATH_OPTIONS = """
+          normalize_path: true
+          merge_slashes: true"""
+
+
 def build(
-    istio_filters: bool = False,
+    istio_filters: bool = False, normalize_path: bool = False
 ) -> tuple[Any, FakeTransport, UpstreamConnection, FakeTransport]:
     loop = asyncio.new_event_loop()
     config = BOOTSTRAP.replace("{extra_filters}", ISTIO_FILTERS if istio_filters else "")
+    config = config.replace("{path_options}", PATH_OPTIONS if normalize_path else "")
     loaded = load_bootstrap(BootstrapSource(config_yaml=config))
     model = loaded.model
     store = Store(model.stats)
@@ -150,8 +159,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--istio-filters", action="store_true")
+    parser.add_argument("--normalize-path", action="store_true")
     args = parser.parse_args()
-    down, down_t, up, up_t = build(args.istio_filters)
+    down, down_t, up, up_t = build(args.istio_filters, args.normalize_path)
     one_request(down, down_t, up, up_t)
     down.data_received(REQUEST)
     up.data_received(RESPONSE)
