@@ -269,8 +269,13 @@ def flood(conn: RawConn, chunk: bytes, limit: int, stop: threading.Event | None 
         (b"GET /flood HTTP/1.1\r\nHost: x\r\n", b"x-endless-name-" * 300),
         (b"GET /flood HTTP/1.1\r\nHost: x\r\n", b"x-line: 1234567890abcdef\r\n"),
         (b"GET /", b"u" * 4096),
+        (
+            b"POST /flood HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2\r\nhi\r\n0\r\nx-endless-trailer: ",
+            b"t" * 4096,
+        ),
     ],
-    ids=["endless-value", "endless-name", "endless-lines", "endless-url"],
+    ids=["endless-value", "endless-name", "endless-lines", "endless-url", "endless-trailer"],
 )
 @each_proxy()
 def test_endless_header_is_refused_at_the_limit(

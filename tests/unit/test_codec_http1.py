@@ -410,6 +410,27 @@ def test_a_head_line_that_never_ends_is_refused_at_the_limit(start: bytes, chunk
     assert ev.events == []
 
 
+def test_a_trailer_line_that_never_ends_is_refused() -> None:
+    codec, _ = server(max_headers_kb=2, enable_trailers=True)
+    codec.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    codec.feed(b"5\r\nhello\r\n0\r\nx-endless: ")
+    with pytest.raises(CodecError) as err:
+        for _ in range(100):
+            codec.feed(b"t" * 1000)
+    assert err.value.status == 431
+
+
+def test_a_long_chunked_body_without_line_ends_is_fine() -> None:
+    codec, ev = server(max_headers_kb=1)
+    codec.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    codec.feed(b"%x\r\n" % 100000)
+    for _ in range(100):
+        codec.feed(b"b" * 1000)
+    codec.feed(b"\r\n0\r\n\r\n")
+    assert len(ev.body()) == 100000
+    assert ev.events[-1][0] == "complete"
+
+
 def test_a_long_head_in_many_reads_under_the_limit_is_fine() -> None:
     codec, ev = server(max_headers_kb=2)
     head = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 1900 + b"\r\n\r\n"

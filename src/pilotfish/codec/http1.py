@@ -243,6 +243,8 @@ class Http1ServerCodec:
         self._host: bytes | None = None
         self._hbytes = 0
         self._partial = 0  # bytes of an incomplete header line httptools holds
+        self._chunked_open = False  # a chunked request body (and its trailers) is being read
+        self._fed_body = 0  # body bytes delivered during the current feed()
         self._count = 0
         self._in_trailers = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
@@ -282,6 +284,7 @@ class Http1ServerCodec:
         first bytes) if the request upgraded the connection, else None. Raises CodecError."""
         if self.stopped:
             return None
+        self._fed_body = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -301,6 +304,8 @@ class Http1ServerCodec:
         else:
             if self.in_head:
                 self._bound_head(data)
+            elif self._chunked_open:
+                self._bound_framing(data)
             return None
         # (Outside the except block, so that errors of what follows are not chained to it.)
         if self._h2c:
@@ -326,6 +331,19 @@ class Http1ServerCodec:
             framing = b"content-length: %d" % (self.content_length or 0)
         parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
         return self.feed(rest)
+
+    def _bound_framing(self, data: bytes) -> None:
+        """The same bound inside a chunked body, for a trailer (or chunk-size) line that never
+        ends: the bytes of this read that were not body and came after its last LF, at
+        least, extend the current line."""
+        lf = data.rfind(b"\n")
+        if lf < 0:
+            self._partial += len(data) - self._fed_body
+        else:
+            self._partial = max(0, len(data) - lf - 1 - self._fed_body)
+        if self._hbytes + self._partial > self.max_header_bytes:
+            self.stopped = True
+            raise CodecError("http1.headers_too_large", 431)
 
     def _bound_head(self, data: bytes) -> None:
         """A request head is incomplete after this read: httptools holds its current header
@@ -525,6 +543,8 @@ class Http1ServerCodec:
         if te.strip().lower() != b"chunked" or self._parser.get_method() == b"CONNECT":
             self._fail(CodecError("http1.invalid_transfer_encoding", 501))
         self.chunked = True
+        self._chunked_open = True
+        self._partial = 0
         if self.seen & SEEN_CONTENT_LENGTH:
             if not self.allow_chunked_length:
                 self._fail(CodecError("http1.content_length_and_chunked_not_allowed", 400))
@@ -539,11 +559,13 @@ class Http1ServerCodec:
             self._items = [(n, v) for n, v in self._items if n not in tokens]
 
     def on_body(self, body: bytes) -> None:
+        self._fed_body += len(body)
         self.handler.on_request_body(body)
 
     def on_message_complete(self) -> None:
         if self._h2c_body:
             return  # llhttp ends an upgrade request at its head: the body is still to come
+        self._chunked_open = False
         if not self.keep_alive:
             self.closed_by_request = True
         trailers = self._trailers
