@@ -320,8 +320,9 @@ def test_hash_key_metadata_and_hostname(policy: LbPolicy) -> None:
     # Hashed by hostname: hosts at other addresses with the same names get the same keys.
     by_name = spread_of(named, use_hostname_for_hashing=True)
     by_name_moved = spread_of(moved, use_hostname_for_hashing=True)
+
     def index(a: str) -> str:
-        return a.split(":")[0].split(".")[-1]
+        return a.split(":", maxsplit=1)[0].rsplit(".", maxsplit=1)[-1]
 
     assert [index(a) for a in by_name] == [index(a) for a in by_name_moved]
     assert by_name != spread_of(named)

@@ -412,16 +412,6 @@ class Router:
                 headers.items = [
                     (n, v) for n, v in headers.items if n not in _ROUTER_CONTROL_HEADERS
                 ]
-        if self.action.hash_policy:
-            # Envoy chooses the host (and so computes the hash) before the route's header
-            # mutations and rewrites.
-            info = stream.conn.info
-            self.hash_key, self.set_cookies = request_hash(
-                self.action.hash_policy,
-                headers,
-                stream.downstream_remote_address,
-                info.remote_address + info.local_address,
-            )
         if self.retries_left and self.retry_on:
             self.retry_configured = self.retained = True
         # Envoy's order: the timeout header, then the route's header mutations, then rewrites.
@@ -436,6 +426,16 @@ class Router:
             apply_request_mutations(stream, cr, self.wc)
         if cr.path_rewrite:
             _rewrite_path(stream, cr.route, self.action, suppress)
+        if self.action.hash_policy:
+            # After the route's header mutations and path rewrites: Envoy 1.40 chooses the
+            # host (and so computes the hash) from the request as it will be forwarded.
+            info = stream.conn.info
+            self.hash_key, self.set_cookies = request_hash(
+                self.action.hash_policy,
+                headers,
+                stream.downstream_remote_address,
+                info.remote_address + info.local_address,
+            )
         idle = self.action.idle_timeout
         if idle:
             conn = stream.conn

@@ -286,6 +286,12 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
                 bias = 1.0
 
     hashing = _consistent_hashing(msg, pre)
+    if hashing.use_hostname_for_hashing and dtype is not DiscoveryType.STRICT_DNS:
+        raise ConfigError(
+            f"{pre}common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
+            "Cannot use hostname for consistent hashing loadbalancing for cluster of type: "
+            f"'envoy.cluster.{dtype.name.lower()}'",
+        )
     if len(msg.health_checks):
         ctx.warn(f"{pre}health_checks: active health checking is not implemented; ignored")
 
