@@ -387,13 +387,12 @@ def test_translate_ring_hash_and_maglev(tmp_path: Path) -> None:
         "    ring_hash_lb_config: {minimum_ring_size: 64, maximum_ring_size: 128, "
         "hash_function: MURMUR_HASH_2}\n"
         "    common_lb_config: {consistent_hashing_lb_config: "
-        "{use_hostname_for_hashing: true, hash_balance_factor: 125}}",
+        "{hash_balance_factor: 125}}",
     )
     assert c.consistent_hashing == ConsistentHashing(
         minimum_ring_size=64,
         maximum_ring_size=128,
         murmur_hash_2=True,
-        use_hostname_for_hashing=True,
         hash_balance_factor=125,
     )
     c = _cluster(tmp_path, "MAGLEV", "    maglev_lb_config: {table_size: 251}")
@@ -420,6 +419,12 @@ def test_translate_ring_hash_and_maglev(tmp_path: Path) -> None:
             "MAGLEV",
             "    common_lb_config: {consistent_hashing_lb_config: {hash_balance_factor: 99}}",
             "greater than or equal to 100",
+        ),
+        (
+            "RING_HASH",
+            "    common_lb_config: {consistent_hashing_lb_config: {use_hostname_for_hashing: true}}",
+            "Cannot use hostname for consistent hashing loadbalancing for cluster of type: "
+            "'envoy.cluster.static'",
         ),
     ],
 )
