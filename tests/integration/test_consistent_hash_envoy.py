@@ -27,10 +27,16 @@ from tests.support.proxies import (
     ENVOY_BIN,
     ProxyProcess,
     bootstrap,
+    free_port,
     http_listener,
     lb_endpoint,
     static_cluster,
 )
+from tests.support.waiting import wait_until
+from tests.support.xds import ads_bootstrap, eds_cluster, parse
+
+from pilotfish.mesh.xds_server import ThreadedXdsServer
+from pilotfish.xds import resource_types as rt
 
 pytestmark = [
     pytest.mark.envoy,
@@ -43,8 +49,9 @@ NAMES = ("h0", "h1", "h2", "h3", "h4")
 # Endpoints per host set: (backend index, weight, priority, health).
 HOST_SETS: dict[str, list[tuple[int, int, int, str]]] = {
     "three": [(0, 1, 0, ""), (1, 1, 0, ""), (2, 1, 0, "")],
-    "five_weighted": [(0, 1, 0, ""), (1, 2, 0, ""), (2, 3, 0, ""), (3, 1, 0, ""), (4, 5, 0, "")],
-    "one_removed": [(0, 1, 0, ""), (1, 2, 0, ""), (3, 1, 0, ""), (4, 5, 0, "")],
+    # Weights that are not multiples of the lightest: ring shares carry fractions over.
+    "five_weighted": [(0, 2, 0, ""), (1, 3, 0, ""), (2, 5, 0, ""), (3, 2, 0, ""), (4, 7, 0, "")],
+    "one_removed": [(0, 2, 0, ""), (1, 3, 0, ""), (3, 2, 0, ""), (4, 7, 0, "")],
     "priorities": [
         (0, 1, 0, ""),
         (1, 1, 0, "UNHEALTHY"),
@@ -281,3 +288,85 @@ def test_generated_cookie_as_envoy(backends: dict[str, EchoBackend], tmp_path: P
                         assert (got, cookies) == (backend, []), (label, kind, value)
                 finally:
                     conn.close()
+
+
+# --- host changes over EDS ----------------------------------------------------------------
+
+
+def _assignment(ports: dict[str, int], members: list[tuple[int, int]]) -> Any:
+    endpoints = [lb_endpoint(ports[NAMES[i]], weight) for i, weight in members]
+    return parse(
+        rt.ENDPOINT, {"cluster_name": "hashed", "endpoints": [{"lb_endpoints": endpoints}]}
+    )
+
+
+def _header_picks(port: int) -> dict[tuple[str, int], str]:
+    out = {}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for cluster in MAIN_CLUSTERS:
+            for i in range(KEYS):
+                out[cluster, i] = _request(conn, f"/{cluster}/", [("x-user", f"user-{i}")])[0]
+    finally:
+        conn.close()
+    return out
+
+
+def test_same_host_as_envoy_through_eds_updates(
+    backends: dict[str, EchoBackend], tmp_path: Path
+) -> None:
+    """Hosts removed and added back by EDS on running proxies: after each update, every key on
+    the same host as Envoy (the ring and table rebuilt from the updated host set, in Envoy's
+    host order)."""
+    ports = _ports(backends)
+    steps = [
+        [(0, 2), (1, 3), (2, 5), (3, 2), (4, 7)],
+        [(0, 2), (1, 3), (3, 2), (4, 7)],  # one removed
+        [(0, 2), (1, 3), (3, 2), (4, 7), (2, 5)],  # added back, last
+        [(2, 5), (0, 2), (3, 2), (4, 7)],  # another removed, the order changed
+    ]
+    clusters = [
+        eds_cluster("ring", "hashed", lb_policy="RING_HASH"),
+        eds_cluster("maglev", "hashed", lb_policy="MAGLEV"),
+    ]
+    routes = [
+        {
+            "match": {"prefix": f"/{name}/"},
+            "route": {"cluster": name, "hash_policy": POLICIES["header"]},
+        }
+        for name in MAIN_CLUSTERS
+    ]
+    servers = {kind: ThreadedXdsServer() for kind in ("envoy", "pilotfish")}
+    listen = {kind: free_port() for kind in servers}
+    proxies: dict[str, ProxyProcess] = {}
+    try:
+        for kind, server in servers.items():
+            server.start()
+            listener = http_listener("main", routes)
+            listener["address"]["socket_address"]["port_value"] = listen[kind]
+            server.set_resources(rt.CLUSTER.type_url, clusters)
+            server.set_resources(rt.ENDPOINT.type_url, [_assignment(ports, steps[0])])
+            server.set_resources(rt.LISTENER.type_url, [parse(rt.LISTENER, listener)])
+            proxies[kind] = ProxyProcess(kind, ads_bootstrap(server.address), tmp_path).start()
+        for n, members in enumerate(steps):
+            if n:
+                for server in servers.values():
+                    server.set_resources(rt.ENDPOINT.type_url, [_assignment(ports, members)])
+            for proxy in proxies.values():
+                assert wait_until(
+                    lambda p=proxy, m=len(members): all(  # type: ignore[misc]
+                        p.stats().get(f"cluster.{c}.membership_total") == m for c in MAIN_CLUSTERS
+                    ),
+                    timeout=10,
+                ), proxy.stats("cluster.ring.")
+            picks = {kind: _header_picks(listen[kind]) for kind in proxies}
+            differ = [k for k in picks["envoy"] if picks["envoy"][k] != picks["pilotfish"][k]]
+            assert not differ, f"step {n}: {len(differ)} keys differ, e.g. {differ[:5]}"
+            assert {picks["envoy"]["ring", i] for i in range(KEYS)} == {
+                NAMES[i] for i, _ in members
+            }
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+        for server in servers.values():
+            server.stop()
