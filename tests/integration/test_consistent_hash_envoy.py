@@ -6,7 +6,8 @@ Host sets: three equal hosts; five weighted hosts; the same five with one remove
 priority-0 hosts (one unhealthy) plus two priority-1 hosts. One endpoint carries an
 ``envoy.lb`` ``hash_key``; every endpoint has a hostname (``use_hostname_for_hashing``).
 Load balancers: RING_HASH (xxHash, and MurmurHash2 with a small ring), MAGLEV (default and a
-251-entry table), both by hostname (STRICT_DNS clusters). A generated cookie (``ttl``) is checked for its exact
+251-entry table), both by hostname (STRICT_DNS clusters); and the TCP proxy's ``source_ip``
+hash. A generated cookie (``ttl``) is checked for its exact
 ``Set-Cookie`` and for sticking to the host its value maps to.
 """
 
@@ -143,7 +144,33 @@ def _bootstrap(ports: dict[str, int], host_set: str) -> dict[str, Any]:
             if kind == "header":
                 route["request_headers_to_add"] = _ADDED
             routes.append(route)
-    return bootstrap([http_listener("main", routes)], clusters)
+    listeners = [http_listener("main", routes)]
+    for name in MAIN_CLUSTERS:  # the TCP proxy's hash_policy: the client's IP
+        listeners.append(_tcp_listener(name))
+    return bootstrap(listeners, clusters)
+
+
+def _tcp_listener(cluster: str) -> dict[str, Any]:
+    return {
+        "name": f"tcp-{cluster}",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                            "tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": f"tcp_{cluster}",
+                            "cluster": cluster,
+                            "hash_policy": [{"source_ip": {}}],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
 
 
 def _request(
@@ -180,8 +207,9 @@ def _key_request(kind: str, i: int) -> tuple[str, list[tuple[str, str]]]:
     return "", [("x-b", f"b{i}")]
 
 
-def _picks(port: int, host_set: str) -> dict[tuple[str, str, int], str]:
+def _picks(proxy: ProxyProcess, host_set: str) -> dict[tuple[str, str, int], str]:
     """(cluster, kind, key) -> the backend that served it."""
+    port = proxy.port("main")
     out: dict[tuple[str, str, int], str] = {}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -206,6 +234,12 @@ def _picks(port: int, host_set: str) -> dict[tuple[str, str, int], str]:
             )
             try:
                 out[cluster, "ip", i] = _request(c, f"/{cluster}/ip/", [])[0]
+            finally:
+                c.close()
+            tcp = proxy.port(f"tcp-{cluster}")
+            c = http.client.HTTPConnection("127.0.0.1", tcp, timeout=10, source_address=(source, 0))
+            try:
+                out[cluster, "tcp", i] = _request(c, "/", [])[0]
             finally:
                 c.close()
     return out
@@ -249,7 +283,7 @@ def test_same_host_as_envoy_for_every_key(
     picks = {}
     for kind in ("envoy", "pilotfish"):
         with ProxyProcess(kind, config, tmp_path / host_set) as proxy:
-            picks[kind] = _picks(proxy.port("main"), host_set)
+            picks[kind] = _picks(proxy, host_set)
     envoy, pilotfish = picks["envoy"], picks["pilotfish"]
     assert envoy.keys() == pilotfish.keys()
     differ = sorted(k for k in envoy if envoy[k] != pilotfish[k])

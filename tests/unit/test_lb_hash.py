@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pilotfish.errors import ConfigError
-from pilotfish.http.hash_policy import request_hash
+from pilotfish.http.hash_policy import connection_hash, request_hash
 from pilotfish.http.headers import RequestHeaders
 from pilotfish.model.cluster import Cluster, ConsistentHashing, HealthStatus, LbPolicy
 from pilotfish.model.route import HashPolicy
@@ -267,6 +267,13 @@ def test_cookie_with_ttl_is_generated() -> None:
     assert set_cookies == [b's="%016x"; HttpOnly' % hash64(b"x")]
 
 
+def test_tcp_proxy_hash() -> None:
+    ip = (HashPolicy("connection_properties", "source_ip"),)
+    assert connection_hash(ip, "10.1.2.3:5") == hash64(b"10.1.2.3")
+    assert connection_hash(ip, "[::1]:5") == hash64(b"::1")
+    assert connection_hash((HashPolicy("filter_state", "k"),), "10.1.2.3:5") is None
+
+
 def test_unix_socket_client_has_no_ip_hash() -> None:
     ip = (HashPolicy("connection_properties", "source_ip"),)
     assert _hash(ip, [], remote="/tmp/sock") is None
@@ -434,3 +441,31 @@ def test_translate_refuses_bad_configs(
     with pytest.raises(ConfigError) as info:
         _cluster(tmp_path, policy, config)
     assert message in str(info.value)
+
+
+_TCP = """
+static_resources:
+  listeners:
+  - name: t
+    address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: c
+          hash_policy: %s
+"""
+
+
+def test_translate_tcp_proxy_hash_policy(tmp_path: Path) -> None:
+    path = tmp_path / "b.yaml"
+    path.write_text(_TCP % "[{source_ip: {}}]")
+    listener = load_bootstrap(BootstrapSource(config_path=str(path))).model.listeners[0]
+    config = listener.filter_chains[0].filters[0].config
+    assert config.hash_policy == (HashPolicy("connection_properties", "source_ip"),)
+    path.write_text(_TCP % "[{source_ip: {}}, {filter_state: {key: k}}]")
+    with pytest.raises(ConfigError) as info:
+        load_bootstrap(BootstrapSource(config_path=str(path)))
+    assert "hash_policy" in str(info.value) and "no more than 1 item" in str(info.value)

@@ -90,6 +90,17 @@ def request_hash(
     return result, set_cookies
 
 
+def connection_hash(policies: tuple[HashPolicy, ...], remote_address: str) -> int | None:
+    """The TCP proxy's hash (Envoy's ``Network::HashPolicyImpl``): the client IP's xxHash64;
+    a filter_state policy yields nothing (no filter sets hashable connection state)."""
+    for hp in policies:
+        if hp.kind == "connection_properties":
+            ip = address_ip(remote_address)
+            if ip:
+                return xxh64_intdigest(ip.encode("latin-1"))
+    return None
+
+
 def _filter_state_hash(obj: Any) -> int | None:
     if isinstance(obj, str):
         return xxh64_intdigest(obj.encode())
