@@ -324,6 +324,43 @@ def test_generated_cookie_as_envoy(backends: dict[str, EchoBackend], tmp_path: P
                     conn.close()
 
 
+def test_locality_weighted_as_envoy(backends: dict[str, EchoBackend], tmp_path: Path) -> None:
+    """With locality_weighted_lb_config, host weights times their locality's share."""
+    ports = _ports(backends)
+    localities: list[dict[str, Any]] = [
+        {"locality": {"zone": "c"}, "load_balancing_weight": 2, "lb_endpoints": [0, 1]},
+        {"locality": {"zone": "a"}, "load_balancing_weight": 3, "lb_endpoints": [2]},
+        {"locality": {"zone": "b"}, "load_balancing_weight": 1, "lb_endpoints": [3, 4]},
+    ]
+    for loc in localities:
+        loc["lb_endpoints"] = [lb_endpoint(ports[NAMES[i]], i + 1) for i in loc["lb_endpoints"]]
+    clusters = []
+    for name in MAIN_CLUSTERS:
+        cluster = static_cluster(
+            name,
+            endpoints=[],
+            common_lb_config={"locality_weighted_lb_config": {}},
+            **CLUSTERS[name],
+        )
+        cluster["load_assignment"]["endpoints"] = localities
+        clusters.append(cluster)
+    routes = [
+        {
+            "match": {"prefix": f"/{name}/"},
+            "route": {"cluster": name, "hash_policy": POLICIES["header"]},
+        }
+        for name in MAIN_CLUSTERS
+    ]
+    config = bootstrap([http_listener("main", routes)], clusters)
+    picks = {}
+    for kind in ("envoy", "pilotfish"):
+        with ProxyProcess(kind, config, tmp_path) as proxy:
+            picks[kind] = _header_picks(proxy.port("main"))
+    differ = [k for k in picks["envoy"] if picks["envoy"][k] != picks["pilotfish"][k]]
+    assert not differ, f"{len(differ)} keys differ, e.g. {differ[:5]}"
+    assert len(set(picks["envoy"].values())) == 5
+
+
 # --- host changes over EDS ----------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ class WeightedHosts:
         self.weights: list[float] = []
         self.min_weight = 1.0
         self.max_weight = 0.0
-        if locality_weighted and any(h.locality_weight for h in level.hosts):
+        if locality_weighted:
             self._by_locality(level)
         else:
             self._add(level.pickable, 1.0)
@@ -77,7 +77,7 @@ class WeightedHosts:
                 members.append(h)
         total = sum(weights.values())
         if not total:
-            return
+            return  # Envoy: no host at all when every locality weighs 0
         for loc in sorted(by_locality, key=lambda x: (x.region, x.zone, x.sub_zone)):
             if weights[loc]:
                 self._add(by_locality[loc], weights[loc] / total)
