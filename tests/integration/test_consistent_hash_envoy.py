@@ -2,9 +2,11 @@
 that name themselves, and for every hash policy kind, load balancer and host set, 200 keys
 that must land on the same host on pilotfish as on Envoy.
 
-Host sets: three equal hosts; five weighted hosts; the same five with one removed; and three
-priority-0 hosts (one unhealthy) plus two priority-1 hosts. One endpoint carries an
-``envoy.lb`` ``hash_key``; every endpoint has a hostname (``use_hostname_for_hashing``).
+Host sets: three equal hosts; five weighted hosts; the same five with one removed; three hosts
+of which two are unhealthy (panic); three priority-0 hosts (one unhealthy) plus two priority-1
+hosts; hosts in weighted localities; and hosts changed over EDS on running proxies. One
+endpoint carries an ``envoy.lb`` ``hash_key``; every endpoint has a hostname
+(``use_hostname_for_hashing``).
 Load balancers: RING_HASH (xxHash, and MurmurHash2 with a small ring), MAGLEV (default and a
 251-entry table), both by hostname (STRICT_DNS clusters); and the TCP proxy's ``source_ip``
 hash. A generated cookie (``ttl``) is checked for its exact
@@ -53,6 +55,8 @@ HOST_SETS: dict[str, list[tuple[int, int, int, str]]] = {
     # Weights that are not multiples of the lightest: ring shares carry fractions over.
     "five_weighted": [(0, 2, 0, ""), (1, 3, 0, ""), (2, 5, 0, ""), (3, 2, 0, ""), (4, 7, 0, "")],
     "one_removed": [(0, 2, 0, ""), (1, 3, 0, ""), (3, 2, 0, ""), (4, 7, 0, "")],
+    # Two of three unhealthy: below the 50% panic threshold, every host is hashed to.
+    "panic": [(0, 1, 0, ""), (1, 1, 0, "UNHEALTHY"), (2, 1, 0, "UNHEALTHY")],
     "priorities": [
         (0, 1, 0, ""),
         (1, 1, 0, "UNHEALTHY"),
@@ -215,7 +219,7 @@ def _picks(proxy: ProxyProcess, host_set: str) -> dict[tuple[str, str, int], str
     try:
         for cluster in CLUSTERS:
             kinds: tuple[str, ...] = ("header", "multi", "rewrite", "cookie", "query", "combined")
-            if cluster not in MAIN_CLUSTERS or host_set == "priorities":
+            if cluster not in MAIN_CLUSTERS or host_set in ("priorities", "panic"):
                 kinds = ("header",)
             for kind in kinds:
                 for i in range(KEYS):
@@ -293,7 +297,8 @@ def test_same_host_as_envoy_for_every_key(
     )
     # Every backend of the set is used, and a key is sticky (not a random pick).
     used = {b for (c, _, _), b in envoy.items() if c == "ring"}
-    healthy = {NAMES[i] for i, _, p, h in HOST_SETS[host_set] if not h}
+    members = HOST_SETS[host_set]
+    healthy = {NAMES[i] for i, _, p, h in members if not h or host_set == "panic"}
     assert used == healthy
 
 
