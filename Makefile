@@ -65,6 +65,7 @@ demo-proxy: install
 
 bench: install envoy apt
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/request_path.py --hash-policy
 	$(BIN)/python bench/mtls.py
 	$(BIN)/python bench/xds_apply.py
 	GRPC_VERBOSITY=ERROR $(BIN)/python bench/mesh_bookinfo.py

@@ -11,13 +11,18 @@ COMPILED = [
     "src/pilotfish/codec/http1.py",
     "src/pilotfish/http/headers.py",
     "src/pilotfish/http/conn_manager.py",
+    "src/pilotfish/http/hash_policy.py",
     "src/pilotfish/http/router.py",
     "src/pilotfish/router/matcher.py",
     "src/pilotfish/stats/store.py",
     "src/pilotfish/stream_info.py",
     "src/pilotfish/upstream/conn_pool.py",
+    "src/pilotfish/upstream/hash_lb.py",
+    "src/pilotfish/upstream/hashes.py",
     "src/pilotfish/upstream/host.py",
     "src/pilotfish/upstream/lb.py",
+    "src/pilotfish/upstream/maglev.py",
+    "src/pilotfish/upstream/ring_hash.py",
 ]
 
 ext_modules = []

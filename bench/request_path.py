@@ -6,7 +6,7 @@ time per iteration is the per-request Python budget the proxy spends (kernel and
 excluded), the number to watch when changing the request path.
 
     .venv/bin/python bench/request_path.py [--requests N] [--profile] [--istio-filters]
-        [--regex-routes N] [--normalize-path]
+        [--regex-routes N] [--normalize-path] [--hash-policy]
 
 ``--istio-filters`` puts istiod's empty ``envoy.filters.http.fault`` and ``envoy.filters.http.cors``
 in front of the router (as in every sidecar): they act only on routes with a per-route config,
@@ -23,6 +23,11 @@ exponential on some inputs).
 
 ``--normalize-path`` sets ``normalize_path`` and ``merge_slashes`` (Istio's MERGE_SLASHES path
 normalization): a canonical path costs only the quick check.
+
+``--hash-policy`` measures what consistent hashing costs a request: the same request (with an
+``x-user`` header) on the plain route and on a route with a header ``hash_policy`` to a
+RING_HASH cluster of three hosts (the hash of the header and the ring lookup), and the
+difference.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import cProfile
 import pstats
 import time
 from typing import Any
+
+from xxhash import xxh64_intdigest
 
 from pilotfish.context import ServerContext
 from pilotfish.net.connection import ConnectionInfo
@@ -63,17 +70,23 @@ http_connection_manager.v3.HttpConnectionManager"
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-  - name: backend
+  - name: backend{lb_policy}
     load_assignment:
       cluster_name: backend
       endpoints:
       - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 2}}}
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 2}}}{more_hosts}
 """
+HASH_POLICY = ", hash_policy: [{header: {header_name: x-user}}]"
+RING_HASH = "\n    lb_policy: RING_HASH"
+MORE_HOSTS = """
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 3}}}
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 4}}}"""
 
 REQUEST = (
     b"GET /index.html HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 )
+USER_REQUEST = REQUEST[:-2] + b"X-User: alice\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 22:00:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
@@ -136,16 +149,20 @@ def build(
     regex_route_count: int = 0,
     unbounded: bool = False,
     normalize_path: bool = False,
+    hashing: bool = False,
 ) -> tuple[Any, FakeTransport, UpstreamConnection, FakeTransport]:
     loop = asyncio.new_event_loop()
     routes = (
         regex_routes(regex_route_count, unbounded)
         if regex_route_count
-        else '[{match: {prefix: "/"}, route: {cluster: backend}}]'
+        else '[{match: {prefix: "/"}, route: {cluster: backend{hash_policy}}}]'
     )
     config = BOOTSTRAP.replace("{extra_filters}", ISTIO_FILTERS if istio_filters else "")
     config = config.replace("{routes}", routes)
     config = config.replace("{path_options}", PATH_OPTIONS if normalize_path else "")
+    config = config.replace("{hash_policy}", HASH_POLICY if hashing else "")
+    config = config.replace("{lb_policy}", RING_HASH if hashing else "")
+    config = config.replace("{more_hosts}", MORE_HOSTS if hashing else "")
     loaded = load_bootstrap(BootstrapSource(config_yaml=config))
     model = loaded.model
     store = Store(model.stats)
@@ -162,7 +179,11 @@ def build(
     # A pooled upstream connection, already connected and idle.
     cluster = cm.get("backend")
     assert cluster is not None
-    host = next(iter(cluster.hosts_by_key.values()))
+    if hashing:  # the host the ring picks for the request's x-user
+        host = cluster.lb.choose(hash_key=xxh64_intdigest(b"alice"))
+        assert host is not None
+    else:
+        host = next(iter(cluster.hosts_by_key.values()))
     pool = host.pool = Http1ConnPool(cluster, host)
     up = UpstreamConnection(pool)
     up_t = FakeTransport()
@@ -174,8 +195,10 @@ def build(
     return down, down_t, up, up_t
 
 
-def one_request(down: Any, down_t: FakeTransport, up: Any, up_t: FakeTransport) -> None:
-    down.data_received(REQUEST)
+def one_request(
+    down: Any, down_t: FakeTransport, up: Any, up_t: FakeTransport, request: bytes = REQUEST
+) -> None:
+    down.data_received(request)
     up.data_received(RESPONSE)
     down_t.written.clear()
     up_t.written.clear()
@@ -190,7 +213,11 @@ def main() -> None:
     parser.add_argument("--regex-routes", type=int, default=0)
     parser.add_argument("--regex-unbounded", action="store_true")
     parser.add_argument("--normalize-path", action="store_true")
+    parser.add_argument("--hash-policy", action="store_true")
     args = parser.parse_args()
+    if args.hash_policy:
+        compare_hashing(args.requests, args.rounds)
+        return
     down, down_t, up, up_t = build(
         args.istio_filters, args.regex_routes, args.regex_unbounded, args.normalize_path
     )
@@ -215,6 +242,35 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     # The best round: other processes on the machine only ever add time.
     print(f"{best / args.requests * 1e6:.1f} us of Python per proxied request")
+
+
+def best_time(hashing: bool, requests: int, rounds: int) -> float:
+    """The best round's time per request, in µs, of USER_REQUEST."""
+    down, down_t, up, up_t = build(hashing=hashing)
+    one_request(down, down_t, up, up_t, USER_REQUEST)
+    assert b"200 OK" in b"".join(down_t.written) or not down_t.written
+    best = float("inf")
+    for _ in range(rounds):
+        # CPU time: on a busy machine, wall time also counts other processes' turns.
+        start = time.process_time()
+        for _ in range(requests):
+            one_request(down, down_t, up, up_t, USER_REQUEST)
+        best = min(best, time.process_time() - start)
+    return best / requests * 1e6
+
+
+def compare_hashing(requests: int, rounds: int) -> None:
+    # Interleaved, so that load from other processes hits both alike.
+    plain: list[float] = []
+    hashed: list[float] = []
+    for _ in range(5):
+        plain.append(best_time(False, requests // 4, rounds))
+        hashed.append(best_time(True, requests // 4, rounds))
+    p, h = min(plain), min(hashed)
+    print(
+        f"header hash_policy on a RING_HASH cluster: {h:.1f} us of Python per proxied request "
+        f"vs {p:.1f} us round robin without a hash policy: hashing costs {h - p:+.2f} us"
+    )
 
 
 if __name__ == "__main__":

@@ -11,12 +11,19 @@ from pathlib import Path
 import pytest
 
 from pilotfish.errors import ConfigError
+from pilotfish.http.hash_policy import connection_hash, request_hash
 from pilotfish.http.headers import RequestHeaders
-from pilotfish.http.router import request_hash
-from pilotfish.model.cluster import Cluster, HealthStatus, LbPolicy
+from pilotfish.model.cluster import Cluster, ConsistentHashing, HealthStatus, LbPolicy
 from pilotfish.model.route import HashPolicy
+from pilotfish.regex import Substitution, compile_regex
+from pilotfish.stats.store import Gauge
+from pilotfish.upstream.hash_lb import WeightedHosts, mt19937
+from pilotfish.upstream.hashes import murmur_hash2_64
+from pilotfish.upstream.hashes import xxhash64 as hash64
 from pilotfish.upstream.host import Host
-from pilotfish.upstream.lb import HostSet, LoadBalancer, Maglev, Ring, hash64, make_lb
+from pilotfish.upstream.lb import HostSet, LoadBalancer, make_lb
+from pilotfish.upstream.maglev import Maglev
+from pilotfish.upstream.ring_hash import Ring
 from pilotfish.xds.bootstrap import BootstrapSource, load_bootstrap
 
 POLICIES = [LbPolicy.RING_HASH, LbPolicy.MAGLEV]
@@ -32,8 +39,13 @@ def host(n: int, weight: int = 1, *, healthy: bool = True, priority: int = 0) ->
     )
 
 
-def lb(policy: LbPolicy, hosts: list[Host]) -> LoadBalancer:
-    return make_lb(policy, HostSet(hosts), rng=random.Random(1))
+def lb(policy: LbPolicy, hosts: list[Host], **config: int) -> LoadBalancer:
+    hashing = ConsistentHashing(**config)  # type: ignore[arg-type]
+    return make_lb(policy, HostSet(hosts), rng=random.Random(1), hashing=hashing)
+
+
+def weighted(hosts: list[Host]) -> WeightedHosts:
+    return WeightedHosts(HostSet(hosts).levels[0], False)
 
 
 def spread(balancer: LoadBalancer) -> collections.Counter[str]:
@@ -142,26 +154,26 @@ def test_retry_avoids_previous_hosts(policy: LbPolicy) -> None:
 def test_empty_host_sets() -> None:
     for policy in POLICIES:
         assert lb(policy, []).choose(hash_key=1) is None
-    assert Ring([], 1024, 2048).lookup(5, 0) is None
-    assert Maglev([], 65537).lookup(5, 0) is None
+    assert Ring(weighted([]), 1024, 2048).lookup(5, 0) is None
+    assert Maglev(weighted([]), 65537).lookup(5, 0) is None
 
 
 def test_ring_size_bounds() -> None:
     hosts = [host(1), host(2), host(3)]
-    assert 1024 <= len(Ring(hosts, 1024, 8 << 20).hashes) <= 1026
-    assert len(Ring(hosts, 4096, 100).hashes) <= 101
+    assert 1024 <= len(Ring(weighted(hosts), 1024, 8 << 20).hashes) <= 1026
+    assert len(Ring(weighted(hosts), 4096, 100).hashes) <= 101
     # Weighted: the lightest host gets its share of a ring of at least the minimum size.
     light = host(1, 1)
-    weighted = Ring([light, host(2, 9)], 1000, 8 << 20)
-    assert len(weighted.hashes) == 1000
-    assert sum(1 for h in weighted.hosts if h is light) == 100
+    ring = Ring(weighted([light, host(2, 9)]), 1000, 8 << 20)
+    assert len(ring.hashes) == 1000
+    assert sum(1 for h in ring.hosts if h is light) == 100
     # ...unless that exceeds the maximum size.
-    assert len(Ring([light, host(2, 9999)], 1024, 4096).hashes) <= 4097
+    assert len(Ring(weighted([light, host(2, 9999)]), 1024, 4096).hashes) <= 4097
 
 
 def test_maglev_table_is_full_and_weighted() -> None:
     hosts = [host(1, 1), host(2, 3)]
-    table = Maglev(hosts, 65537).table
+    table = Maglev(weighted(hosts), 65537).table
     assert len(table) == 65537 and all(h is not None for h in table)
     share = sum(1 for h in table if h is hosts[1]) / 65537
     assert abs(share - 0.75) < 0.01
@@ -174,7 +186,7 @@ def _hash(
     policies: tuple[HashPolicy, ...], items: list[tuple[bytes, bytes]], remote: str = "10.1.2.3:5"
 ) -> int | None:
     headers = RequestHeaders(b"GET", b"/p?a=1&user=bob&z", b"example.com", items)
-    return request_hash(policies, headers, remote)[0]
+    return request_hash(policies, headers, remote, "10.1.2.3:510.0.0.1:80")[0]
 
 
 def test_hash_policies() -> None:
@@ -199,22 +211,162 @@ def test_hash_policies_combine_and_terminal() -> None:
     assert _hash(both, []) == rotated ^ b
     terminal = (HashPolicy("query_parameter", "a", terminal=True), both[1])
     assert _hash(terminal, []) == a
-    # A terminal policy that yields nothing does not stop the others.
+    # A terminal policy with no hash so far does not stop the others...
     missing = (HashPolicy("header", "x-none", terminal=True), both[1])
     assert _hash(missing, []) == b
+    # ...but once there is a hash, a terminal policy stops, even yielding nothing (Envoy).
+    after = (both[0], HashPolicy("header", "x-none", terminal=True), both[1])
+    assert _hash(after, []) == a
+
+
+def test_header_values_sorted_and_chained() -> None:
+    # Envoy's HashUtil::xxHash64 over the span {"foo", "bar"} (its unit test's vector): each
+    # value hashed with the previous hash as the seed.
+    assert hash64(b"bar", hash64(b"foo")) == 17745830980996999794
+    # The header policy sorts the values first, so their order does not matter.
+    policy = (HashPolicy("header", "x-k"),)
+    for items in ([(b"x-k", b"foo"), (b"x-k", b"bar")], [(b"x-k", b"bar"), (b"x-k", b"foo")]):
+        assert _hash(policy, items) == hash64(b"foo", hash64(b"bar"))
+    rewrite = (
+        HashPolicy(
+            "header", "x-k", regex_rewrite=(compile_regex(r"^u-(\d+)-.*$"), Substitution(r"\1"))
+        ),
+    )
+    assert _hash(rewrite, [(b"x-k", b"u-42-abc")]) == hash64(b"42")
+    assert _hash((HashPolicy("header", ":authority"),), []) == hash64(b"example.com")
+
+
+def test_cookie_parsing_as_envoy() -> None:
+    cookie = (HashPolicy("cookie", "sess"),)
+    assert _hash(cookie, [(b"cookie", b"a=b;sess=v1 ;c")]) == hash64(b"v1 ")
+    assert _hash(cookie, [(b"cookie", b"x=1"), (b"cookie", b"  sess=v2")]) == hash64(b"v2")
+    assert _hash(cookie, [(b"cookie", b"sess =v3")]) is None
+    assert _hash(cookie, [(b"cookie", b"sess=")]) is None
 
 
 def test_cookie_with_ttl_is_generated() -> None:
     headers = RequestHeaders(b"GET", b"/", b"example.com", [])
-    hp = (HashPolicy("cookie", "sess", cookie_ttl=60.0, cookie_path="/"),)
-    h, set_cookie = request_hash(hp, headers, "10.1.2.3:5")
-    assert h is not None and set_cookie is not None
-    assert set_cookie.startswith(b'sess="')
-    assert set_cookie.endswith(b'"; Max-Age=60; Path=/; HttpOnly')
-    value = set_cookie.split(b'"')[1]
+    hp = (
+        HashPolicy(
+            "cookie",
+            "sess",
+            cookie_ttl=60,
+            cookie_path="/",
+            cookie_attributes=(("SameSite", "Lax"), ("Secure", "")),
+        ),
+    )
+    h, set_cookies = request_hash(hp, headers, "10.1.2.3:5", "10.1.2.3:510.0.0.1:80")
+    value = b"%016x" % hash64(b"10.1.2.3:510.0.0.1:80")
+    assert set_cookies == [
+        b'sess="' + value + b'"; Max-Age=60; Path=/; SameSite=Lax; Secure; HttpOnly'
+    ]
     assert h == hash64(value)
-    # The client sending it back gets the same hash.
-    assert _hash(hp, [(b"cookie", b"sess=" + value)]) == h
+    # The client sending it back gets the same hash, and no new cookie.
+    assert request_hash(
+        hp, RequestHeaders(b"GET", b"/", b"h", [(b"cookie", b"sess=" + value)]), "10.9.9.9:1"
+    ) == (h, None)
+    # A ttl of 0: a session cookie (no Max-Age).
+    session = (HashPolicy("cookie", "s", cookie_ttl=0),)
+    _, set_cookies = request_hash(session, headers, "10.1.2.3:5", "x")
+    assert set_cookies == [b's="%016x"; HttpOnly' % hash64(b"x")]
+
+
+def test_tcp_proxy_hash() -> None:
+    ip = (HashPolicy("connection_properties", "source_ip"),)
+    assert connection_hash(ip, "10.1.2.3:5") == hash64(b"10.1.2.3")
+    assert connection_hash(ip, "[::1]:5") == hash64(b"::1")
+    assert connection_hash((HashPolicy("filter_state", "k"),), "10.1.2.3:5") is None
+
+
+def test_unix_socket_client_has_no_ip_hash() -> None:
+    ip = (HashPolicy("connection_properties", "source_ip"),)
+    assert _hash(ip, [], remote="/tmp/sock") is None
+
+
+# -- hash functions ---------------------------------------------------------------------------
+
+
+def test_hash_function_vectors() -> None:
+    # Envoy's test/common/common/hash_test.cc.
+    assert [hash64(s) for s in (b"foo", b"bar", b"foo\nbar", b"lyft", b"")] == [
+        3728699739546630719,
+        5234164152756840025,
+        8917841378505826757,
+        4400747396090729504,
+        17241709254077376921,
+    ]
+    assert [murmur_hash2_64(s) for s in (b"foo", b"bar", b"foo\nbar", b"lyft", b"")] == [
+        9631199822919835226,
+        11474628671133349555,
+        16306510975912980159,
+        12847078931730529320,
+        6142509188972423790,
+    ]
+    # Longer than a block: the 8-byte loop and the tail.
+    assert murmur_hash2_64(b"0123456789abcdefXYZ") != murmur_hash2_64(b"0123456789abcdefXYz")
+
+
+def test_mt19937_matches_the_cpp_engine() -> None:
+    # The C++ standard's check: the 10000th output of a default-seeded std::mt19937.
+    rng = mt19937(5489)
+    for _ in range(9999):
+        rng.getrandbits(32)
+    assert rng.getrandbits(32) == 4123659995
+
+
+# -- hash keys and bounded loads --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_hash_key_metadata_and_hostname(policy: LbPolicy) -> None:
+    def spread_of(hosts: list[Host], **config: int) -> list[str]:
+        b = lb(policy, hosts, **config)
+        return [b.choose(hash_key=k).address_str for k in KEYS[:500]]  # type: ignore[union-attr]
+
+    plain = [host(i) for i in range(1, 4)]
+    named = [
+        Host(h.address, hostname=f"svc-{i}", metadata={}) for i, h in enumerate(plain, start=1)
+    ]
+    moved = [Host(("10.9.9.%d" % i, 1), hostname=f"svc-{i}") for i in range(1, 4)]
+    # Hashed by hostname: hosts at other addresses with the same names get the same keys.
+    by_name = spread_of(named, use_hostname_for_hashing=True)
+    by_name_moved = spread_of(moved, use_hostname_for_hashing=True)
+
+    def index(a: str) -> str:
+        return a.split(":", maxsplit=1)[0].rsplit(".", maxsplit=1)[-1]
+
+    assert [index(a) for a in by_name] == [index(a) for a in by_name_moved]
+    assert by_name != spread_of(named)
+    # envoy.lb hash_key wins over the address.
+    keyed = [
+        Host(h.address, metadata={"envoy.lb": {"hash_key": f"svc-{i}"}})
+        for i, h in enumerate(moved, start=1)
+    ]
+    assert [index(a) for a in spread_of(keyed)] == [index(a) for a in by_name_moved]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_bounded_load_moves_keys_off_a_busy_host(policy: LbPolicy) -> None:
+    hosts = [host(i) for i in range(1, 5)]
+    active = Gauge("upstream_rq_active")
+    balancer = make_lb(
+        policy,
+        HostSet(hosts),
+        rng=random.Random(1),
+        hashing=ConsistentHashing(hash_balance_factor=150),
+        rq_active=active,
+    )
+    first = [balancer.choose(hash_key=k) for k in KEYS[:400]]
+    plain = lb(policy, hosts)
+    assert first == [plain.choose(hash_key=k) for k in KEYS[:400]]
+    busy = hosts[0]
+    busy.rq_active = active.value = 10  # all of the cluster's requests on one host
+    again = [balancer.choose(hash_key=k) for k in KEYS[:400]]
+    assert busy not in again
+    # The others keep their keys; the busy host's keys spread, the same way each time.
+    assert all(a is b for a, b in zip(first, again, strict=True) if a is not busy)
+    assert again == [balancer.choose(hash_key=k) for k in KEYS[:400]]
+    assert len({h for a, h in zip(first, again, strict=True) if a is busy}) > 1
 
 
 # -- translation ----------------------------------------------------------------------------
@@ -239,17 +391,24 @@ def _cluster(tmp_path: Path, policy: str, config: str = "") -> Cluster:
 def test_translate_ring_hash_and_maglev(tmp_path: Path) -> None:
     c = _cluster(tmp_path, "RING_HASH")
     assert c.lb_policy is LbPolicy.RING_HASH
-    assert (c.ring_hash_minimum_ring_size, c.ring_hash_maximum_ring_size) == (1024, 8 << 20)
+    assert c.consistent_hashing == ConsistentHashing()
     c = _cluster(
         tmp_path,
         "RING_HASH",
         "    ring_hash_lb_config: {minimum_ring_size: 64, maximum_ring_size: 128, "
-        "hash_function: MURMUR_HASH_2}",
+        "hash_function: MURMUR_HASH_2}\n"
+        "    common_lb_config: {consistent_hashing_lb_config: "
+        "{hash_balance_factor: 125}}",
     )
-    assert (c.ring_hash_minimum_ring_size, c.ring_hash_maximum_ring_size) == (64, 128)
+    assert c.consistent_hashing == ConsistentHashing(
+        minimum_ring_size=64,
+        maximum_ring_size=128,
+        murmur_hash_2=True,
+        hash_balance_factor=125,
+    )
     c = _cluster(tmp_path, "MAGLEV", "    maglev_lb_config: {table_size: 251}")
-    assert c.lb_policy is LbPolicy.MAGLEV and c.maglev_table_size == 251
-    assert _cluster(tmp_path, "MAGLEV").maglev_table_size == 65537
+    assert c.lb_policy is LbPolicy.MAGLEV and c.consistent_hashing.table_size == 251
+    assert _cluster(tmp_path, "MAGLEV").consistent_hashing.table_size == 65537
 
 
 @pytest.mark.parametrize(
@@ -267,6 +426,17 @@ def test_translate_ring_hash_and_maglev(tmp_path: Path) -> None:
         ),
         ("MAGLEV", "    maglev_lb_config: {table_size: 65536}", "must be prime"),
         ("MAGLEV", "    maglev_lb_config: {table_size: 5000017}", "less than or equal"),
+        (
+            "MAGLEV",
+            "    common_lb_config: {consistent_hashing_lb_config: {hash_balance_factor: 99}}",
+            "greater than or equal to 100",
+        ),
+        (
+            "RING_HASH",
+            "    common_lb_config: {consistent_hashing_lb_config: {use_hostname_for_hashing: true}}",
+            "Cannot use hostname for consistent hashing loadbalancing for cluster of type: "
+            "'envoy.cluster.static'",
+        ),
     ],
 )
 def test_translate_refuses_bad_configs(
@@ -275,3 +445,31 @@ def test_translate_refuses_bad_configs(
     with pytest.raises(ConfigError) as info:
         _cluster(tmp_path, policy, config)
     assert message in str(info.value)
+
+
+_TCP = """
+static_resources:
+  listeners:
+  - name: t
+    address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: c
+          hash_policy: %s
+"""
+
+
+def test_translate_tcp_proxy_hash_policy(tmp_path: Path) -> None:
+    path = tmp_path / "b.yaml"
+    path.write_text(_TCP % "[{source_ip: {}}]")
+    listener = load_bootstrap(BootstrapSource(config_path=str(path))).model.listeners[0]
+    config = listener.filter_chains[0].filters[0].config
+    assert config.hash_policy == (HashPolicy("connection_properties", "source_ip"),)
+    path.write_text(_TCP % "[{source_ip: {}}, {filter_state: {key: k}}]")
+    with pytest.raises(ConfigError) as info:
+        load_bootstrap(BootstrapSource(config_path=str(path)))
+    assert "hash_policy" in str(info.value) and "no more than 1 item" in str(info.value)

@@ -19,11 +19,11 @@ from pilotfish.codec.http1 import (
     encode_last_chunk,
     encode_request_head,
 )
+from pilotfish.http.hash_policy import request_hash
 from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 from pilotfish.model.common import AppendAction, HeaderMutations
 from pilotfish.model.route import (
     DirectResponseAction,
-    HashPolicy,
     RedirectAction,
     RetryPolicy,
     Route,
@@ -32,7 +32,6 @@ from pilotfish.model.route import (
 )
 from pilotfish.stream_info import ResponseFlag
 from pilotfish.upstream.conn_pool import Http1ConnPool, UpstreamConnection
-from pilotfish.upstream.lb import hash64
 
 if TYPE_CHECKING:
     from pilotfish.context import ServerContext
@@ -224,103 +223,6 @@ def redirect_location(headers: RequestHeaders, action: RedirectAction, route: Ro
     return scheme + b"://" + host + new_port + path_only + query
 
 
-_MASK64 = (1 << 64) - 1
-
-
-def request_hash(
-    policies: tuple[HashPolicy, ...], headers: RequestHeaders, remote_address: str
-) -> tuple[int | None, bytes | None]:
-    """The request's hash from the route's hash_policy, as Envoy's HashPolicyImpl: each policy
-    that yields a hash is combined into the previous value rotated left by one; a ``terminal``
-    policy that yields one ends the computation. None when no policy yields a hash (then the
-    consistent-hash balancers pick at random, as Envoy does). Also returns the Set-Cookie value
-    of a cookie generated for a cookie policy with a ttl."""
-    result: int | None = None
-    set_cookie: bytes | None = None
-    for hp in policies:
-        new: int | None = None
-        kind = hp.kind
-        if kind == "header":
-            values = headers.get_all(hp.name.encode("latin-1"))
-            if values:
-                rw = hp.regex_rewrite
-                if rw is not None:
-                    values = [rw[0].replace_all(v, rw[1]) for v in values]
-                value = values[0] if len(values) == 1 else b"".join(sorted(values))
-                new = hash64(value)
-        elif kind == "cookie":
-            cookie = _cookie_value(headers.get_all(b"cookie"), hp.name.encode("latin-1"))
-            if cookie is not None:
-                new = hash64(cookie)
-            elif hp.cookie_ttl is not None:
-                # Envoy generates the cookie from the downstream address and sets it on the
-                # response, so that the client's next requests stick to the same host.
-                generated = b"%016x" % hash64(remote_address.encode())
-                set_cookie = _set_cookie(hp, generated)
-                new = hash64(generated)
-        elif kind == "connection_properties":
-            ip = _address_ip(remote_address)
-            if ip:
-                new = hash64(ip.encode())
-        elif kind == "query_parameter":
-            param = _query_value(headers.path, hp.name.encode("latin-1"))
-            if param is not None:
-                new = hash64(param)
-        # filter_state: pilotfish keeps no hashable filter state objects, so it yields no hash.
-        if new is not None:
-            if result is None:
-                result = new
-            else:
-                result = (((result << 1) & _MASK64) | (result >> 63)) ^ new
-            if hp.terminal:
-                break
-    return result, set_cookie
-
-
-def _cookie_value(values: list[bytes], name: bytes) -> bytes | None:
-    for header in values:
-        for part in header.split(b";"):
-            k, sep, v = part.strip().partition(b"=")
-            if sep and k == name:
-                if len(v) >= 2 and v[0:1] == b'"' and v[-1:] == b'"':
-                    v = v[1:-1]
-                return v
-    return None
-
-
-def _set_cookie(hp: HashPolicy, value: bytes) -> bytes:
-    out = b'%s="%s"' % (hp.name.encode("latin-1"), value)
-    ttl = hp.cookie_ttl
-    if ttl:
-        out += b"; Max-Age=%d" % int(ttl)
-    if hp.cookie_path:
-        out += b"; Path=" + hp.cookie_path.encode("latin-1")
-    return out + b"; HttpOnly"
-
-
-def _address_ip(address: str) -> str:
-    if address.startswith("["):
-        return address[1 : address.find("]")]
-    if address.count(":") == 1:
-        return address.rsplit(":", 1)[0]
-    return address
-
-
-def _query_value(path: bytes, name: bytes) -> bytes | None:
-    q = path.find(b"?")
-    if q < 0:
-        return None
-    query = path[q + 1 :]
-    h = query.find(b"#")
-    if h >= 0:
-        query = query[:h]
-    for part in query.split(b"&"):
-        k, _, v = part.partition(b"=")
-        if k == name:
-            return v
-    return None
-
-
 def _split_query(path: bytes) -> tuple[bytes, bytes]:
     q = path.find(b"?")
     return (path, b"") if q < 0 else (path[:q], path[q:])
@@ -467,7 +369,7 @@ class Router:
     tunnel: Any = None
     shadows: Any = None  # mirrored copies waiting for the request body (pilotfish.http.shadow)
     hash_key: int | None = None  # the request's hash (route hash_policy), for RING_HASH/MAGLEV
-    set_cookie: bytes | None = None  # a hash_policy cookie generated for the response
+    set_cookies: list[bytes] | None = None  # hash_policy cookies generated for the response
 
     def __init__(
         self,
@@ -524,13 +426,18 @@ class Router:
                 headers.items.append((b"x-envoy-expected-rq-timeout-ms", expected))
         if cr.request_mutations or self.wc is not None:
             apply_request_mutations(stream, cr, self.wc)
-        if self.action.hash_policy:
-            # Before the rewrites, as Envoy computes the hash from the request as received.
-            self.hash_key, self.set_cookie = request_hash(
-                self.action.hash_policy, headers, stream.downstream_remote_address
-            )
         if cr.path_rewrite:
             _rewrite_path(stream, cr.route, self.action, suppress)
+        if self.action.hash_policy:
+            # After the route's header mutations and path rewrites: Envoy 1.40 chooses the
+            # host (and so computes the hash) from the request as it will be forwarded.
+            info = stream.conn.info
+            self.hash_key, self.set_cookies = request_hash(
+                self.action.hash_policy,
+                headers,
+                stream.downstream_remote_address,
+                info.remote_address + info.local_address,
+            )
         idle = self.action.idle_timeout
         if idle:
             conn = stream.conn
@@ -713,9 +620,10 @@ class Router:
                 headers.set(b"x-envoy-upstream-service-time", value)
             else:
                 headers.items.append((b"x-envoy-upstream-service-time", value))
-        cookie = self.set_cookie
-        if cookie is not None:
-            headers.items.append((b"set-cookie", cookie))
+        cookies = self.set_cookies
+        if cookies is not None:
+            for cookie in cookies:
+                headers.items.append((b"set-cookie", cookie))
         if self.cr.response_mutations or self.wc is not None:
             stream.response_code = status  # for %RESPONSE_CODE% in the added headers
             apply_response_mutations(stream, headers, self.cr, self.wc)

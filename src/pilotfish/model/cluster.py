@@ -94,6 +94,19 @@ class OriginalDstConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsistentHashing:
+    """RING_HASH and MAGLEV settings: ``ring_hash_lb_config``, ``maglev_lb_config`` and
+    ``common_lb_config.consistent_hashing_lb_config``."""
+
+    minimum_ring_size: int = 1024
+    maximum_ring_size: int = 8 * 1024 * 1024
+    murmur_hash_2: bool = False  # ring_hash_lb_config.hash_function MURMUR_HASH_2 (else XX_HASH)
+    table_size: int = 65537  # Maglev
+    use_hostname_for_hashing: bool = False
+    hash_balance_factor: int = 0  # bounded loads, in percent (0: off)
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     type: DiscoveryType
@@ -115,9 +128,7 @@ class Cluster:
     transport_socket_matches: tuple[tuple[str, dict[str, Any], TypedExtension], ...] = ()
     least_request_choice_count: int = 2
     least_request_active_request_bias: float = 1.0
-    ring_hash_minimum_ring_size: int = 1024
-    ring_hash_maximum_ring_size: int = 8 * 1024 * 1024
-    maglev_table_size: int = 65537
+    consistent_hashing: ConsistentHashing = ConsistentHashing()
     healthy_panic_threshold: float = 50.0
     locality_weighted_lb: bool = False
     original_dst: OriginalDstConfig = OriginalDstConfig()

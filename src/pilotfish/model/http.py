@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pilotfish.model.common import TypedExtension
-from pilotfish.model.route import RouteConfiguration
+from pilotfish.model.route import HashPolicy, RouteConfiguration
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +80,5 @@ class TcpProxyConfig:
     max_downstream_connection_duration: float = 0.0
     access_log: tuple[TypedExtension, ...] = ()
     access_log_flush_interval: float = 0.0
+    # source_ip or filter_state, for a RING_HASH/MAGLEV cluster (pilotfish.http.hash_policy)
+    hash_policy: tuple[HashPolicy, ...] = ()

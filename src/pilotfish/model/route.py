@@ -109,14 +109,20 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class HashPolicy:
-    """One entry of RouteAction.hash_policy (consistent-hash load balancers)."""
+    """One entry of RouteAction.hash_policy (consistent-hash load balancers; see
+    pilotfish.http.hash_policy)."""
 
     kind: str  # "header", "cookie", "connection_properties", "query_parameter", "filter_state"
-    name: str = ""
+    name: str = ""  # header name (lower case), cookie name, query parameter, filter state key
     terminal: bool = False
     regex_rewrite: RegexRewrite | None = None
-    cookie_ttl: float | None = None  # cookie: with a ttl, Envoy generates a missing cookie
+    cookie_ttl: int | None = None  # whole seconds; with a ttl, Envoy generates a missing cookie
     cookie_path: str = ""
+    cookie_attributes: tuple[tuple[str, str], ...] = ()  # (name, value) for the Set-Cookie
+    key: bytes = field(init=False, compare=False)  # ``name`` as bytes, for the request path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.name.encode("latin-1"))
 
 
 @dataclass(frozen=True, slots=True)

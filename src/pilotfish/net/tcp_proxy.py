@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from pilotfish.context import ServerContext
+from pilotfish.http.hash_policy import connection_hash
 from pilotfish.model.http import TcpProxyConfig
 from pilotfish.net.connection import ConnectionInfo
 from pilotfish.stream_info import ResponseFlag, StreamInfo
@@ -169,7 +170,12 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
 
     def _connect(self) -> None:
         cluster = self.cluster
-        host = cluster.choose_host(self.info.original_dst)
+        hash_policy = self.proxy.config.hash_policy
+        if hash_policy:
+            hash_key = connection_hash(hash_policy, self.info.remote_address)
+            host = cluster.choose_host(self.info.original_dst, frozenset(), 1, hash_key)
+        else:
+            host = cluster.choose_host(self.info.original_dst)
         if host is None:
             self.set_response_flag(ResponseFlag.NO_HEALTHY_UPSTREAM)
             self.close()

@@ -358,9 +358,8 @@ class Cluster:
             cfg.least_request_choice_count,
             cfg.least_request_active_request_bias,
             panic_counter=self.stats.lb_healthy_panic,
-            minimum_ring_size=cfg.ring_hash_minimum_ring_size,
-            maximum_ring_size=cfg.ring_hash_maximum_ring_size,
-            maglev_table_size=cfg.maglev_table_size,
+            hashing=cfg.consistent_hashing,
+            rq_active=self.stats.upstream_rq_active,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -10,28 +10,20 @@ by an EDF schedule over the localities' effective weights, then pick among that 
 healthy hosts; otherwise among the priority's healthy hosts. The policy (round robin, least
 request, random) then picks a host of that "source"; each source keeps its own state.
 
-The consistent-hash balancers (RING_HASH, MAGLEV) are Envoy's thread-aware ones: a ring or a
-Maglev table per priority level is built here from the level's pickable hosts (healthy, or all
-in panic) and their weights; a pick takes the request's 64-bit hash (from the route's
-hash_policy) or a random one when the request has none, chooses the priority by ``hash % 100``
-and looks the hash up. Envoy hashes with xxHash64, which is not in our dependencies: ``hash64``
-is BLAKE2b with an 8-byte digest, so a given key maps to a different host than in Envoy, but as
-stably and consistently.
+The consistent-hash balancers (RING_HASH, MAGLEV) are Envoy's thread-aware ones, in
+``hash_lb``, ``ring_hash`` and ``maglev``.
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import heapq
-import math
 import random
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 
-from pilotfish.model.cluster import LbPolicy
+from pilotfish.model.cluster import ConsistentHashing, LbPolicy
 from pilotfish.model.common import Locality
-from pilotfish.stats.store import Counter
+from pilotfish.stats.store import Counter, Gauge
 from pilotfish.upstream.host import Host
 
 # Envoy limits the pre-picks of a new EDF schedule to UINT32_MAX / 10.
@@ -107,6 +99,7 @@ class HostSet:
         locality_weighted: bool = False,
     ) -> None:
         self.hosts = tuple(hosts)
+        self.locality_weighted = locality_weighted
         by_priority: dict[int, list[Host]] = {}
         for h in hosts:
             by_priority.setdefault(h.priority, []).append(h)
@@ -377,210 +370,6 @@ class RandomLB(LoadBalancer):
         return hosts[self.rng.randrange(len(hosts))]
 
 
-_MASK64 = (1 << 64) - 1
-
-
-def hash64(data: bytes) -> int:
-    """The 64-bit hash of request keys and ring/table entries (Envoy: xxHash64; here BLAKE2b
-    with an 8-byte digest, so the values differ from Envoy's)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-
-
-class HashTable:
-    """A consistent-hash lookup structure over one priority level's hosts."""
-
-    def lookup(self, h: int, attempt: int) -> Host | None:
-        raise NotImplementedError
-
-
-class Ring(HashTable):
-    """Envoy's RingHashLoadBalancer ring: each host gets entries in proportion to its weight
-    (normalised), scaled so the lightest host gets at least ``minimum_ring_size`` times its
-    share, with at most ``maximum_ring_size`` entries; entry ``i`` of a host hashes
-    "<address>_<i>". A hash picks the first entry at or after it (wrapping)."""
-
-    __slots__ = ("hashes", "hosts")
-
-    def __init__(self, hosts: Sequence[Host], minimum_size: int, maximum_size: int) -> None:
-        hashes: list[int] = []
-        owners: list[Host] = []
-        total = sum(h.weight for h in hosts)
-        if hosts and total > 0:
-            min_norm = min(h.weight for h in hosts) / total
-            scale = min(math.ceil(min_norm * minimum_size) / min_norm, float(maximum_size))
-            entries: list[tuple[int, int]] = []
-            current = 0.0
-            target = 0.0
-            for idx, host in enumerate(hosts):
-                target += scale * host.weight / total
-                prefix = host.address_str + "_"
-                i = 0
-                while current < target:
-                    entries.append((hash64((prefix + str(i)).encode()), idx))
-                    i += 1
-                    current += 1.0
-            entries.sort()
-            hashes = [e[0] for e in entries]
-            owners = [hosts[e[1]] for e in entries]
-        self.hashes = hashes
-        self.hosts = owners
-
-    def lookup(self, h: int, attempt: int) -> Host | None:
-        hosts = self.hosts
-        n = len(hosts)
-        if not n:
-            return None
-        i = bisect.bisect_left(self.hashes, h)
-        # A retry avoiding previous hosts moves along the ring, as Envoy does.
-        return hosts[(i + attempt) % n]
-
-
-class Maglev(HashTable):
-    """Envoy's MaglevLoadBalancer table (``table_size`` entries, a prime): each host fills the
-    slots of its permutation (offset and skip from its address' hashes), weighted hosts taking
-    turns in proportion to their normalised weights. A hash picks slot ``hash % size``."""
-
-    __slots__ = ("size", "table")
-
-    def __init__(self, hosts: Sequence[Host], table_size: int) -> None:
-        table: list[Host | None] = []
-        total = sum(h.weight for h in hosts)
-        if hosts and total > 0:
-            table = [None] * table_size
-            weights = [h.weight / total for h in hosts]
-            max_weight = max(weights)
-            offsets = []
-            skips = []
-            for host in hosts:
-                addr = host.address_str.encode()
-                offsets.append(hash64(b"\x00" + addr) % table_size)
-                skips.append(hash64(b"\x01" + addr) % (table_size - 1) + 1)
-            nexts = [0] * len(hosts)
-            targets = [0.0] * len(hosts)
-            filled = 0
-            iteration = 1
-            while filled < table_size:
-                for i, host in enumerate(hosts):
-                    if filled >= table_size:
-                        break
-                    if iteration * weights[i] < targets[i]:
-                        continue
-                    targets[i] += max_weight
-                    offset = offsets[i]
-                    skip = skips[i]
-                    n = nexts[i]
-                    c = (offset + skip * n) % table_size
-                    while table[c] is not None:
-                        n += 1
-                        c = (offset + skip * n) % table_size
-                    table[c] = host
-                    nexts[i] = n + 1
-                    filled += 1
-                iteration += 1
-        self.table = table
-        self.size = table_size
-
-    def lookup(self, h: int, attempt: int) -> Host | None:
-        table = self.table
-        if not table:
-            return None
-        if attempt:
-            # Envoy's retry with previous hosts excluded: change many bits of the hash.
-            h ^= (_MASK64 - attempt + 1) & _MASK64
-        return table[h % self.size]
-
-
-class HashLB(LoadBalancer):
-    """The consistent-hash balancers: a ``HashTable`` per priority level, built once per host
-    set; a request without a hash gets a random one (Envoy)."""
-
-    def __init__(
-        self,
-        host_set: HostSet,
-        rng: random.Random | None = None,
-        panic_counter: Counter | None = None,
-    ) -> None:
-        super().__init__(host_set, rng, panic_counter)
-        self.tables = [self.build(lv.pickable) for lv in host_set.levels]
-
-    def uses_weights(self) -> bool:
-        return False
-
-    def build(self, hosts: tuple[Host, ...]) -> HashTable:
-        raise NotImplementedError
-
-    def choose(
-        self,
-        exclude: AbstractSet[Host] = frozenset(),
-        attempts: int = 1,
-        hash_key: int | None = None,
-    ) -> Host | None:
-        tables = self.tables
-        if not tables:
-            return None
-        h = hash_key if hash_key is not None else self.rng.getrandbits(64)
-        index = 0
-        if len(tables) > 1:
-            # Envoy's choosePriority with the hash: hash % 100 against the priority loads.
-            r = h % 100
-            for i, load in enumerate(self.host_set.loads):
-                if r < load:
-                    index = i
-                    break
-                r -= load
-        if self.host_set.levels[index].panic:
-            counter = self.panic_counter
-            if counter is not None:
-                counter.value += 1
-        table = tables[index]
-        host = table.lookup(h, 0)
-        if exclude:
-            attempt = 0
-            while host is not None and host in exclude and attempt < attempts:
-                attempt += 1
-                host = table.lookup(h, attempt)
-        return host
-
-    def pick(self, source: Source) -> Host | None:
-        return None
-
-
-class RingHashLB(HashLB):
-    """Envoy's RING_HASH (``Cluster.RingHashLbConfig``)."""
-
-    def __init__(
-        self,
-        host_set: HostSet,
-        minimum_ring_size: int = 1024,
-        maximum_ring_size: int = 8 * 1024 * 1024,
-        rng: random.Random | None = None,
-        panic_counter: Counter | None = None,
-    ) -> None:
-        self.minimum_ring_size = minimum_ring_size
-        self.maximum_ring_size = maximum_ring_size
-        super().__init__(host_set, rng, panic_counter)
-
-    def build(self, hosts: tuple[Host, ...]) -> HashTable:
-        return Ring(hosts, self.minimum_ring_size, self.maximum_ring_size)
-
-
-class MaglevLB(HashLB):
-    """Envoy's MAGLEV (``Cluster.MaglevLbConfig``)."""
-
-    def __init__(
-        self,
-        host_set: HostSet,
-        table_size: int = 65537,
-        rng: random.Random | None = None,
-        panic_counter: Counter | None = None,
-    ) -> None:
-        self.table_size = table_size
-        super().__init__(host_set, rng, panic_counter)
-
-    def build(self, hosts: tuple[Host, ...]) -> HashTable:
-        return Maglev(hosts, self.table_size)
-
-
 def make_lb(
     policy: LbPolicy,
     host_set: HostSet,
@@ -588,14 +377,25 @@ def make_lb(
     active_request_bias: float = 1.0,
     rng: random.Random | None = None,
     panic_counter: Counter | None = None,
-    minimum_ring_size: int = 1024,
-    maximum_ring_size: int = 8 * 1024 * 1024,
-    maglev_table_size: int = 65537,
+    hashing: ConsistentHashing | None = None,
+    rq_active: Gauge | None = None,
 ) -> LoadBalancer:
-    if policy is LbPolicy.RING_HASH:
-        return RingHashLB(host_set, minimum_ring_size, maximum_ring_size, rng, panic_counter)
-    if policy is LbPolicy.MAGLEV:
-        return MaglevLB(host_set, maglev_table_size, rng, panic_counter)
+    """``hashing``: the RING_HASH/MAGLEV settings; ``rq_active``: the cluster's active
+    requests (their bounded loads)."""
+    if policy is LbPolicy.RING_HASH or policy is LbPolicy.MAGLEV:
+        # Imported here: those modules build on this one.
+        from pilotfish.upstream.maglev import MaglevLB
+        from pilotfish.upstream.ring_hash import RingHashLB
+
+        cls = RingHashLB if policy is LbPolicy.RING_HASH else MaglevLB
+        return cls(
+            host_set,
+            hashing or ConsistentHashing(),
+            rng,
+            panic_counter,
+            rq_active,
+            host_set.locality_weighted,
+        )
     if policy is LbPolicy.LEAST_REQUEST:
         return LeastRequestLB(host_set, choice_count, active_request_bias, rng, panic_counter)
     if policy is LbPolicy.RANDOM:

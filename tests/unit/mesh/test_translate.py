@@ -427,6 +427,96 @@ def test_traffic_policy_consistent_hash_pool_outlier() -> None:
     assert route["route"]["hash_policy"] == [{"header": {"header_name": "x-user"}}]
 
 
+@pytest.mark.parametrize(
+    ("consistent_hash", "lb", "hash_policy"),
+    [
+        (
+            {"httpHeaderName": "x-user", "ringHash": {"minimumRingSize": 2048}},
+            {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 2048}},
+            [{"header": {"header_name": "x-user"}}],
+        ),
+        (
+            {
+                "httpCookie": {
+                    "name": "sess",
+                    "path": "/app",
+                    "ttl": "60s",
+                    "attributes": [{"name": "SameSite", "value": "Lax"}, {"name": "Secure"}],
+                },
+                "maglev": {"tableSize": 251},
+            },
+            {"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 251}},
+            [
+                {
+                    "cookie": {
+                        "name": "sess",
+                        "path": "/app",
+                        "ttl": "60s",
+                        "attributes": [
+                            {"name": "SameSite", "value": "Lax"},
+                            {"name": "Secure"},
+                        ],
+                    }
+                }
+            ],
+        ),
+        (
+            {"useSourceIp": True, "minimumRingSize": 512},  # the deprecated field
+            {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"minimum_ring_size": 512}},
+            [{"connection_properties": {"source_ip": True}}],
+        ),
+        (
+            {"httpQueryParameterName": "user", "maglev": {}},
+            {"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 65537}},
+            [{"query_parameter": {"name": "user"}}],
+        ),
+    ],
+)
+def test_consistent_hash_kinds(
+    consistent_hash: dict[str, Any], lb: dict[str, Any], hash_policy: list[dict[str, Any]]
+) -> None:
+    dr = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "reviews"},
+        "spec": {
+            "host": "reviews",
+            "trafficPolicy": {"loadBalancer": {"consistentHash": consistent_hash}},
+        },
+    }
+    cfg = sidecar_config(_config_with(dr), WORKLOADS, PRODUCTPAGE)
+    cluster = cfg.cluster(f"outbound|9080||{REVIEWS}")
+    assert {k: cluster[k] for k in lb} == lb
+    (route,) = vhost(cfg, f"{REVIEWS}:9080")["routes"]
+    assert route["route"]["hash_policy"] == hash_policy
+
+
+def test_consistent_hash_of_the_routed_subset() -> None:
+    dr = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "reviews"},
+        "spec": {
+            "host": "reviews",
+            "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-a"}}},
+            "subsets": [
+                {
+                    "name": "v2",
+                    "labels": {"version": "v2"},
+                    "trafficPolicy": {
+                        "loadBalancer": {"consistentHash": {"httpHeaderName": "x-b"}}
+                    },
+                }
+            ],
+        },
+    }
+    vs = _vs([{"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}])
+    cfg = sidecar_config(_config_with(dr, vs), WORKLOADS, PRODUCTPAGE)
+    (route,) = vhost(cfg, f"{REVIEWS}:9080")["routes"]
+    assert route["route"]["hash_policy"] == [{"header": {"header_name": "x-b"}}]
+    assert cfg.cluster(subset_cluster("v2"))["lb_policy"] == "RING_HASH"
+
+
 def test_tcp_service_gets_tcp_proxy_listeners() -> None:
     svc = {
         "apiVersion": "v1",

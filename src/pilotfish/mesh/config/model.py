@@ -323,6 +323,7 @@ class HTTPCookie:
     name: str
     path: str | None = None
     ttl: float | None = None
+    attributes: tuple[tuple[str, str], ...] = ()  # (name, value) of the Set-Cookie
 
 
 @dataclass(frozen=True, slots=True)

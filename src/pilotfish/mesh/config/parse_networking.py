@@ -354,10 +354,15 @@ def _consistent_hash(node: Node) -> m.ConsistentHashLB:
     cookie = None
     cookie_node = node.opt_obj("httpCookie")
     if cookie_node is not None:
+        attributes = []
+        for attribute in cookie_node.objs("attributes"):
+            attributes.append((attribute.req_str("name"), attribute.string("value") or ""))
+            attribute.finish()
         cookie = m.HTTPCookie(
             name=cookie_node.req_str("name"),
             path=cookie_node.string("path"),
             ttl=cookie_node.duration("ttl"),
+            attributes=tuple(attributes),
         )
         cookie_node.finish()
     ring = node.integer("minimumRingSize")

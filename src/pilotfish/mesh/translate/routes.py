@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.hosts import MESH_GATEWAY, fqdn, gateway_ref, host_matches
-from pilotfish.mesh.translate.clusters import destination_rule_for
+from pilotfish.mesh.translate.clusters import destination_rule_for, effective_policy
 from pilotfish.mesh.translate.common import JSON, cluster_name, duration, million_percent
 from pilotfish.mesh.translate.services import MeshConfig, MeshService
 from pilotfish.mesh.translate.workload import labels_match
@@ -252,9 +252,18 @@ def _retry(retries: m.HTTPRetry | None) -> JSON | None:
     return policy
 
 
-def _hash_policy(ctx: RouteContext, host: str) -> list[JSON]:
+def _hash_policy(
+    ctx: RouteContext, host: str, destination: m.Destination | None, port: int
+) -> list[JSON]:
+    """Istio's consistentHashToHashPolicy for the destination's consistentHash: the subset's
+    port-level setting, else the subset's, else the rule's port-level, else the rule's."""
     dr = destination_rule_for(ctx.config, host, ctx.namespace)
-    lb = dr.traffic_policy.load_balancer if dr and dr.traffic_policy else None
+    subset = None
+    if dr is not None and destination is not None and destination.subset:
+        subset = next((s for s in dr.subsets if s.name == destination.subset), None)
+    if destination is not None and destination.port:
+        port = destination.port
+    lb = effective_policy(dr, subset, port).load_balancer
     ch = lb.consistent_hash if lb else None
     if ch is None:
         return []
@@ -266,6 +275,11 @@ def _hash_policy(ctx: RouteContext, host: str) -> list[JSON]:
             cookie["path"] = ch.http_cookie.path
         if ch.http_cookie.ttl is not None:
             cookie["ttl"] = duration(ch.http_cookie.ttl)
+        if ch.http_cookie.attributes:
+            cookie["attributes"] = [
+                {"name": name, "value": value} if value else {"name": name}
+                for name, value in ch.http_cookie.attributes
+            ]
         return [{"cookie": cookie}]
     if ch.use_source_ip:
         return [{"connection_properties": {"source_ip": True}}]
@@ -370,7 +384,7 @@ def _route_action(
     mirrors = _mirrors(ctx, route, vs_ns, port)
     if mirrors:
         action["request_mirror_policies"] = mirrors
-    hash_policy = _hash_policy(ctx, first_host) if first_host else []
+    hash_policy = _hash_policy(ctx, first_host, dests[0].destination, port) if first_host else []
     if hash_policy:
         action["hash_policy"] = hash_policy
     action["max_stream_duration"] = {
@@ -472,7 +486,7 @@ def default_route(ctx: RouteContext, host: str, port: int) -> JSON:
         },
         "decorator": {"operation": f"{operation_host}/*"},
     }
-    hash_policy = _hash_policy(ctx, host)
+    hash_policy = _hash_policy(ctx, host, None, port)
     if hash_policy:
         route["route"]["hash_policy"] = hash_policy
     return route

@@ -11,6 +11,7 @@ from pilotfish.model.cluster import (
     CircuitBreakerThresholds,
     Cluster,
     ClusterLoadAssignment,
+    ConsistentHashing,
     DiscoveryType,
     HealthStatus,
     HttpProtocolOptions,
@@ -51,6 +52,58 @@ _MAX_MAGLEV_TABLE = 5000011  # MaglevLbConfig.table_size's validation
 _DNS_FAMILY = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TCP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"
+
+
+def _consistent_hashing(msg: Any, pre: str) -> ConsistentHashing:
+    """ring_hash_lb_config, maglev_lb_config and common_lb_config.consistent_hashing_lb_config,
+    validated as Envoy does."""
+    min_ring, max_ring, murmur = 1024, _MAX_RING_SIZE, False
+    if msg.HasField("ring_hash_lb_config"):
+        rh = msg.ring_hash_lb_config
+        rpath = f"{pre}ring_hash_lb_config"
+        min_ring = c.uint32_value(rh, "minimum_ring_size", 1024)
+        max_ring = c.uint32_value(rh, "maximum_ring_size", _MAX_RING_SIZE)
+        for name, value in (("minimum_ring_size", min_ring), ("maximum_ring_size", max_ring)):
+            if value > _MAX_RING_SIZE:
+                raise ConfigError(
+                    f"{rpath}.{name}", f"value must be less than or equal to {_MAX_RING_SIZE}"
+                )
+        if min_ring > max_ring:
+            raise ConfigError(
+                rpath, f"ring hash: minimum_ring_size ({min_ring}) > maximum_ring_size ({max_ring})"
+            )
+        if rh.hash_function not in (0, 1):  # XX_HASH, MURMUR_HASH_2
+            raise ConfigError(
+                f"{rpath}.hash_function", "value must be one of the defined enum values"
+            )
+        murmur = rh.hash_function == 1
+    table_size = 65537
+    if msg.HasField("maglev_lb_config"):
+        table_size = c.uint32_value(msg.maglev_lb_config, "table_size", 65537)
+        mpath = f"{pre}maglev_lb_config.table_size"
+        if table_size > _MAX_MAGLEV_TABLE:
+            raise ConfigError(mpath, f"value must be less than or equal to {_MAX_MAGLEV_TABLE}")
+        if not _is_prime(table_size):
+            raise ConfigError(mpath, "The table size of maglev must be prime number")
+    use_hostname, balance = False, 0
+    clb = msg.common_lb_config
+    if clb.HasField("consistent_hashing_lb_config"):
+        chc = clb.consistent_hashing_lb_config
+        use_hostname = chc.use_hostname_for_hashing
+        balance = c.uint32_value(chc, "hash_balance_factor", 0)
+        if chc.HasField("hash_balance_factor") and balance < 100:
+            raise ConfigError(
+                f"{pre}common_lb_config.consistent_hashing_lb_config.hash_balance_factor",
+                "value must be greater than or equal to 100",
+            )
+    return ConsistentHashing(
+        minimum_ring_size=min_ring,
+        maximum_ring_size=max_ring,
+        murmur_hash_2=murmur,
+        table_size=table_size,
+        use_hostname_for_hashing=use_hostname,
+        hash_balance_factor=balance,
+    )
 
 
 def _is_prime(n: int) -> bool:
@@ -232,34 +285,13 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
                 )
                 bias = 1.0
 
-    min_ring, max_ring = 1024, _MAX_RING_SIZE
-    if msg.HasField("ring_hash_lb_config"):
-        rh = msg.ring_hash_lb_config
-        rpath = f"{pre}ring_hash_lb_config"
-        min_ring = c.uint32_value(rh, "minimum_ring_size", 1024)
-        max_ring = c.uint32_value(rh, "maximum_ring_size", _MAX_RING_SIZE)
-        for name, value in (("minimum_ring_size", min_ring), ("maximum_ring_size", max_ring)):
-            if value > _MAX_RING_SIZE:
-                raise ConfigError(
-                    f"{rpath}.{name}", f"value must be less than or equal to {_MAX_RING_SIZE}"
-                )
-        if min_ring > max_ring:
-            raise ConfigError(
-                rpath, f"ring hash: minimum_ring_size ({min_ring}) > maximum_ring_size ({max_ring})"
-            )
-        if rh.hash_function not in (0, 1):  # XX_HASH, MURMUR_HASH_2: both hashed with BLAKE2b
-            raise ConfigError(
-                f"{rpath}.hash_function", "value must be one of the defined enum values"
-            )
-    maglev_size = 65537
-    if msg.HasField("maglev_lb_config"):
-        maglev_size = c.uint32_value(msg.maglev_lb_config, "table_size", 65537)
-        mpath = f"{pre}maglev_lb_config.table_size"
-        if maglev_size > _MAX_MAGLEV_TABLE:
-            raise ConfigError(mpath, f"value must be less than or equal to {_MAX_MAGLEV_TABLE}")
-        if not _is_prime(maglev_size):
-            raise ConfigError(mpath, "The table size of maglev must be prime number")
-
+    hashing = _consistent_hashing(msg, pre)
+    if hashing.use_hostname_for_hashing and dtype is not DiscoveryType.STRICT_DNS:
+        raise ConfigError(
+            f"{pre}common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
+            "Cannot use hostname for consistent hashing loadbalancing for cluster of type: "
+            f"'envoy.cluster.{dtype.name.lower()}'",
+        )
     if len(msg.health_checks):
         ctx.warn(f"{pre}health_checks: active health checking is not implemented; ignored")
 
@@ -283,9 +315,7 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
         transport_socket_matches=tuple(matches),
         least_request_choice_count=choice_count,
         least_request_active_request_bias=bias,
-        ring_hash_minimum_ring_size=min_ring,
-        ring_hash_maximum_ring_size=max_ring,
-        maglev_table_size=maglev_size,
+        consistent_hashing=hashing,
         healthy_panic_threshold=panic,
         locality_weighted_lb=locality_weighted,
         original_dst=original_dst,

@@ -390,6 +390,30 @@ def header_matcher(msg: Any, path: str) -> HeaderMatcher:
     raise ConfigError(f"{path}.{kind}", "unsupported header match")
 
 
+# The field naming each hash policy's key (protoc-gen-validate: min_len 1).
+_HASH_KEY_FIELDS = {
+    "header": "header_name",
+    "cookie": "name",
+    "query_parameter": "name",
+    "filter_state": "key",
+}
+
+
+def _require_hash_key(hp: Any, kind: str | None, path: str) -> None:
+    field_name = _HASH_KEY_FIELDS.get(kind or "")
+    if field_name and not getattr(getattr(hp, kind or ""), field_name):
+        raise ConfigError(
+            f"{path}.{kind}.{field_name}", "value length must be at least 1 characters"
+        )
+    if kind == "cookie":
+        for j, attribute in enumerate(hp.cookie.attributes):
+            if not attribute.name:
+                raise ConfigError(
+                    f"{path}.cookie.attributes[{j}].name",
+                    "value length must be at least 1 characters",
+                )
+
+
 def _rewrite(msg: Any, path: str) -> tuple[Regex, Substitution]:
     """envoy.type.matcher.v3.RegexMatchAndSubstitute -> (pattern, RE2 rewrite)."""
     return c.regex_matcher(msg.pattern, f"{path}.pattern"), Substitution(msg.substitution)
@@ -453,6 +477,7 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
     for i, hp in enumerate(msg.hash_policy):
         hkind = hp.WhichOneof("policy_specifier")
         hpath = f"{path}.hash_policy[{i}]"
+        _require_hash_key(hp, hkind, hpath)
         if hkind == "header":
             rr = (
                 _rewrite(hp.header.regex_rewrite, f"{hpath}.header.regex_rewrite")
@@ -462,16 +487,23 @@ def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
             hps.append(HashPolicy("header", hp.header.header_name.lower(), hp.terminal, rr))
         elif hkind == "cookie":
             ck = hp.cookie
-            if ck.attributes:
-                raise ConfigError(
-                    f"{hpath}.cookie.attributes", "cookie attributes are not supported"
-                )
-            ttl = c.duration(ck, "ttl", 0.0) if ck.HasField("ttl") else None
+            # Envoy keeps the ttl's whole seconds; a ttl of 0 makes a session cookie.
+            ttl = ck.ttl.seconds if ck.HasField("ttl") else None
+            attributes = tuple((a.name, a.value) for a in ck.attributes)
             hps.append(
-                HashPolicy("cookie", ck.name, hp.terminal, cookie_ttl=ttl, cookie_path=ck.path)
+                HashPolicy(
+                    "cookie",
+                    ck.name,
+                    hp.terminal,
+                    cookie_ttl=ttl,
+                    cookie_path=ck.path,
+                    cookie_attributes=attributes,
+                )
             )
         elif hkind == "connection_properties":
-            hps.append(HashPolicy("connection_properties", "source_ip", hp.terminal))
+            # Envoy adds no hash method when source_ip is false.
+            if hp.connection_properties.source_ip:
+                hps.append(HashPolicy("connection_properties", "source_ip", hp.terminal))
         elif hkind == "query_parameter":
             hps.append(HashPolicy("query_parameter", hp.query_parameter.name, hp.terminal))
         elif hkind == "filter_state":

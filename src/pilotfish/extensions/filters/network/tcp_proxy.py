@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from pilotfish.errors import ConfigError
 from pilotfish.extensions.registry import Category, ExtensionFactory
 from pilotfish.model.http import TcpProxyConfig
+from pilotfish.model.route import HashPolicy
 from pilotfish.xds.translate import common as c
 from pilotfish.xds.translate.listener import access_logs
 
@@ -63,6 +64,7 @@ class TcpProxyFactory(ExtensionFactory):
         if msg.HasField("access_log_options"):
             flush = c.duration(msg.access_log_options, "access_log_flush_interval", 0.0)
         return TcpProxyConfig(
+            hash_policy=_hash_policy(msg.hash_policy, f"{tc}.hash_policy"),
             stat_prefix=msg.stat_prefix,
             cluster=cluster,
             weighted_clusters=tuple(weighted),
@@ -79,3 +81,23 @@ class TcpProxyFactory(ExtensionFactory):
         from pilotfish.net.tcp_proxy import TcpProxy
 
         return TcpProxy(config, ctx)
+
+
+def _hash_policy(policies: Any, path: str) -> tuple[HashPolicy, ...]:
+    """envoy.type.v3.HashPolicy (at most one): the client's IP or a filter state object."""
+    if len(policies) > 1:
+        raise ConfigError(path, "value must contain no more than 1 item(s)")
+    out = []
+    for i, hp in enumerate(policies):
+        kind = hp.WhichOneof("policy_specifier")
+        if kind == "source_ip":
+            out.append(HashPolicy("connection_properties", "source_ip"))
+        elif kind == "filter_state":
+            if not hp.filter_state.key:
+                raise ConfigError(
+                    f"{path}[{i}].filter_state.key", "value length must be at least 1 characters"
+                )
+            out.append(HashPolicy("filter_state", hp.filter_state.key))
+        else:
+            raise ConfigError(f"{path}[{i}]", "policy_specifier is required")
+    return tuple(out)
