@@ -21,6 +21,7 @@ from pilotfish.net.listener import ListenerManager
 from pilotfish.stats.store import Store
 from pilotfish.tls.secrets import SecretStore
 from pilotfish.upstream.cluster_manager import ClusterManager
+from pilotfish.upstream.outlier import EventLog
 from pilotfish.xds.bootstrap import LoadedBootstrap
 
 log = logging.getLogger("pilotfish.main")
@@ -71,6 +72,8 @@ class Server:
         cm = ClusterManager(stats, loop)
         # Filled by the SDS manager (static secrets and SDS subscriptions, _start_sds).
         cm.secrets = secrets = SecretStore()
+        if model.outlier_event_log_path:
+            cm.outlier_event_log = EventLog(model.outlier_event_log_path)
         self.cluster_manager = cm
         access_logs = _access_log_manager(opts)
         ctx = ServerContext(

@@ -94,6 +94,37 @@ class OriginalDstConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """envoy.config.cluster.v3.OutlierDetection; defaults are Envoy's (times in seconds,
+    ``enforcing_*`` and thresholds in percent, ``success_rate_stdev_factor`` in thousandths)."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    consecutive_local_origin_failure: int = 5
+    split_external_local_origin_errors: bool = False
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_time_jitter: float = 0.0
+    max_ejection_percent: int = 10
+    always_eject_one_host: bool = False
+    enforcing_consecutive_5xx: int = 100
+    enforcing_consecutive_gateway_failure: int = 0
+    enforcing_consecutive_local_origin_failure: int = 100
+    enforcing_success_rate: int = 100
+    enforcing_local_origin_success_rate: int = 100
+    enforcing_failure_percentage: int = 0
+    enforcing_failure_percentage_local_origin: int = 0
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: int = 1900
+    failure_percentage_threshold: int = 85
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+    successful_active_health_check_uneject_host: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     type: DiscoveryType
@@ -126,6 +157,8 @@ class Cluster:
     tcp_keepalive: tuple[int, int, int] | None = None  # probes, time, interval
     close_connections_on_host_health_failure: bool = False
     ignore_health_on_host_removal: bool = False
+    outlier_detection: OutlierDetection | None = None
+    health_checks: tuple[Any, ...] = ()  # health_check.HealthCheckConfig
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property

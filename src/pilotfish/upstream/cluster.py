@@ -18,6 +18,7 @@ from pilotfish.stats.store import Counter, Gauge, Histogram, Scope, Store
 from pilotfish.tls.upstream import UpstreamTransportSockets
 from pilotfish.upstream.host import Host
 from pilotfish.upstream.lb import HostSet, LoadBalancer, make_lb
+from pilotfish.upstream.outlier import Detector, EventLog
 
 log = logging.getLogger("pilotfish.upstream")
 
@@ -320,6 +321,7 @@ class Cluster:
         store: Store,
         loop: asyncio.AbstractEventLoop,
         secrets: Any = None,
+        outlier_event_log: EventLog | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -337,7 +339,18 @@ class Cluster:
         )
         self.hosts_by_key: dict[tuple[Any, ...], Host] = {}
         self.host_set = HostSet(())
+        self.overprovisioning = 140
         self.lb: LoadBalancer = self._make_lb()
+        self.outlier: Detector | None = None
+        if config.outlier_detection is not None:
+            self.outlier = Detector(
+                config.outlier_detection,
+                config.name,
+                scope,
+                loop,
+                self.refresh_health,
+                outlier_event_log,
+            )
         self.initialized = False
         self._init_callbacks: list[Callable[[], None]] = []
         self._dns_task: asyncio.Task[None] | None = None
@@ -368,6 +381,8 @@ class Cluster:
     def start(self) -> None:
         """Begin host discovery. Static and original-destination clusters are ready at once."""
         cfg = self.config
+        if self.outlier is not None:
+            self.outlier.start()
         if cfg.type is DiscoveryType.STATIC:
             if cfg.load_assignment is not None:
                 self.set_load_assignment(cfg.load_assignment)
@@ -400,6 +415,8 @@ class Cluster:
             self._dns_task.cancel()
         if self._cleanup_handle is not None:
             self._cleanup_handle.cancel()
+        if self.outlier is not None:
+            self.outlier.close()
         for host in self.hosts_by_key.values():
             if host.pool is not None:
                 host.pool.drain()
@@ -458,6 +475,8 @@ class Cluster:
             elif key not in new_by_key:
                 added += 1
                 h.tls = self.transport_sockets.select(h.metadata, count=True)
+                if self.outlier is not None:
+                    self.outlier.add_host(h)
             new_by_key[key] = h
             merged.append(h)
         removed = [h for k, h in self.hosts_by_key.items() if k not in new_by_key]
@@ -465,8 +484,11 @@ class Cluster:
         for h in removed:
             if h.pool is not None:
                 h.pool.drain()
+            if self.outlier is not None:
+                self.outlier.remove_host(h)
         self.hosts_by_key = new_by_key
         cfg = self.config
+        self.overprovisioning = overprovisioning
         self.host_set = HostSet(
             merged, cfg.healthy_panic_threshold, overprovisioning, cfg.locality_weighted_lb
         )
@@ -483,6 +505,19 @@ class Cluster:
             s.max_host_weight.set(max((h.weight for h in merged), default=0))
         self.last_updated = time.time()
         return changed
+
+    def refresh_health(self) -> None:
+        """A host's health flags changed (ejected or un-ejected, a health check's verdict): the
+        same hosts, regrouped as healthy or not, as Envoy's priority set update does."""
+        if self.closed:
+            return
+        cfg = self.config
+        hosts = self.host_set.hosts
+        self.host_set = HostSet(
+            hosts, cfg.healthy_panic_threshold, self.overprovisioning, cfg.locality_weighted_lb
+        )
+        self.lb = self._make_lb()
+        self.stats.membership_healthy.set(sum(1 for h in hosts if h.healthy))
 
     def choose_host(
         self,
@@ -528,6 +563,8 @@ class Cluster:
         if host is None:
             host = Host(address)
             host.tls = self.transport_sockets.select(host.metadata, count=True)
+            if self.outlier is not None:
+                self.outlier.add_host(host)
             self.hosts_by_key[key] = host
             s = self.stats
             s.membership_change.value += 1
@@ -549,6 +586,8 @@ class Cluster:
             if not busy and now - host.last_used >= interval:
                 if host.pool is not None:
                     host.pool.drain()
+                if self.outlier is not None:
+                    self.outlier.remove_host(host)
                 del self.hosts_by_key[key]
                 removed = True
         if removed:

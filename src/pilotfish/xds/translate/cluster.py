@@ -22,6 +22,7 @@ from pilotfish.model.cluster import (
 from pilotfish.model.common import Address, InternalAddress, Locality, SocketAddress
 from pilotfish.xds.translate import common as c
 from pilotfish.xds.translate.context import TranslateContext
+from pilotfish.xds.translate.outlier import outlier_detection
 
 _TYPES = {
     0: DiscoveryType.STATIC,
@@ -294,6 +295,9 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
         tcp_keepalive=keepalive,
         close_connections_on_host_health_failure=msg.close_connections_on_host_health_failure,
         ignore_health_on_host_removal=msg.ignore_health_on_host_removal,
+        outlier_detection=outlier_detection(msg.outlier_detection, f"{pre}outlier_detection")
+        if msg.HasField("outlier_detection")
+        else None,
         metadata=c.metadata(msg, path),
     )
 
