@@ -6,10 +6,13 @@ time per iteration is the per-request Python budget the proxy spends (kernel and
 excluded), the number to watch when changing the request path.
 
     .venv/bin/python bench/request_path.py [--requests N] [--profile] [--istio-filters]
+        [--outlier-detection]
 
 ``--istio-filters`` puts istiod's empty ``envoy.filters.http.fault`` and ``envoy.filters.http.cors``
 in front of the router (as in every sidecar): they act only on routes with a per-route config,
 which this route has not, so the cost should stay that of the plain chain.
+``--outlier-detection`` gives the cluster Istio's usual ``outlier_detection``: every response is
+reported to the host's outlier monitor.
 """
 
 from __future__ import annotations
@@ -55,8 +58,10 @@ http_connection_manager.v3.HttpConnectionManager"
       cluster_name: backend
       endpoints:
       - lb_endpoints:
-        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 2}}}
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 2}}}{outlier}
 """
+OUTLIER = """
+    outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s}"""
 
 REQUEST = (
     b"GET /index.html HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
@@ -105,10 +110,11 @@ ISTIO_FILTERS = """
 
 
 def build(
-    istio_filters: bool = False,
+    istio_filters: bool = False, outlier_detection: bool = False
 ) -> tuple[Any, FakeTransport, UpstreamConnection, FakeTransport]:
     loop = asyncio.new_event_loop()
     config = BOOTSTRAP.replace("{extra_filters}", ISTIO_FILTERS if istio_filters else "")
+    config = config.replace("{outlier}", OUTLIER if outlier_detection else "")
     loaded = load_bootstrap(BootstrapSource(config_yaml=config))
     model = loaded.model
     store = Store(model.stats)
@@ -150,8 +156,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--istio-filters", action="store_true")
+    parser.add_argument("--outlier-detection", action="store_true")
     args = parser.parse_args()
-    down, down_t, up, up_t = build(args.istio_filters)
+    down, down_t, up, up_t = build(args.istio_filters, args.outlier_detection)
     one_request(down, down_t, up, up_t)
     down.data_received(REQUEST)
     up.data_received(RESPONSE)
