@@ -16,6 +16,7 @@ from pilotfish.model.cluster import ClusterLoadAssignment, DiscoveryType, Health
 from pilotfish.model.common import PipeAddress, SocketAddress
 from pilotfish.stats.store import Counter, Gauge, Histogram, Scope, Store
 from pilotfish.tls.upstream import UpstreamTransportSockets
+from pilotfish.upstream.health_check import HealthChecker, traffic_seen
 from pilotfish.upstream.host import Host
 from pilotfish.upstream.lb import HostSet, LoadBalancer, make_lb
 from pilotfish.upstream.outlier import Detector, EventLog
@@ -351,6 +352,18 @@ class Cluster:
                 self.refresh_health,
                 outlier_event_log,
             )
+        self.health_checker: HealthChecker | None = None
+        if config.health_checks:
+            self.health_checker = HealthChecker(
+                config.health_checks[0],
+                self,
+                scope,
+                self.refresh_health,
+                traffic_seen(self.stats.upstream_cx_total),
+            )
+            if self.outlier is not None:
+                self.health_checker.on_result = self.outlier.on_health_check
+        self._waited_for_health_checks = False
         self.initialized = False
         self._init_callbacks: list[Callable[[], None]] = []
         self._dns_task: asyncio.Task[None] | None = None
@@ -404,6 +417,11 @@ class Cluster:
     def _mark_initialized(self) -> None:
         if self.initialized:
             return
+        if self.health_checker is not None and not self._waited_for_health_checks:
+            # As Envoy's cluster warming: ready once every host has had its first check.
+            self._waited_for_health_checks = True
+            self.health_checker.on_first_round(self._mark_initialized)
+            return
         self.initialized = True
         callbacks, self._init_callbacks = self._init_callbacks, []
         for cb in callbacks:
@@ -417,6 +435,8 @@ class Cluster:
             self._cleanup_handle.cancel()
         if self.outlier is not None:
             self.outlier.close()
+        if self.health_checker is not None:
+            self.health_checker.close()
         for host in self.hosts_by_key.values():
             if host.pool is not None:
                 host.pool.drain()
@@ -428,18 +448,18 @@ class Cluster:
         hosts = []
         for loc in cla.endpoints:
             for ep in loc.lb_endpoints:
-                hosts.append(
-                    Host(
-                        _host_address(ep.address),
-                        weight=ep.load_balancing_weight,
-                        health=ep.health_status,
-                        hostname=ep.hostname,
-                        locality=loc.locality,
-                        locality_weight=loc.load_balancing_weight,
-                        priority=loc.priority,
-                        metadata=ep.metadata,
-                    )
+                host = Host(
+                    _host_address(ep.address),
+                    weight=ep.load_balancing_weight,
+                    health=ep.health_status,
+                    hostname=ep.hostname,
+                    locality=loc.locality,
+                    locality_weight=loc.load_balancing_weight,
+                    priority=loc.priority,
+                    metadata=ep.metadata,
                 )
+                host.health_check_config = ep.health_check
+                hosts.append(host)
         if self.config.type is DiscoveryType.STATIC:
             # A static cluster's hosts come from the bootstrap: no update_* stats (Envoy).
             self.update_hosts(hosts, cla.overprovisioning_factor)
@@ -477,6 +497,8 @@ class Cluster:
                 h.tls = self.transport_sockets.select(h.metadata, count=True)
                 if self.outlier is not None:
                     self.outlier.add_host(h)
+                if self.health_checker is not None:
+                    self.health_checker.add_host(h, h.health_check_config)
             new_by_key[key] = h
             merged.append(h)
         removed = [h for k, h in self.hosts_by_key.items() if k not in new_by_key]
@@ -486,6 +508,8 @@ class Cluster:
                 h.pool.drain()
             if self.outlier is not None:
                 self.outlier.remove_host(h)
+            if self.health_checker is not None:
+                self.health_checker.remove_host(h)
         self.hosts_by_key = new_by_key
         cfg = self.config
         self.overprovisioning = overprovisioning

@@ -111,7 +111,7 @@ class ClusterManager:
 def _fresh_host(host: Host) -> Host:
     """A copy of ``host``'s membership (address, weight, health, locality...) without its
     connection pool and counters, for the cluster that replaces the one it belongs to."""
-    return Host(
+    fresh = Host(
         host.address,
         weight=host.weight,
         health=host.health,
@@ -121,3 +121,5 @@ def _fresh_host(host: Host) -> Host:
         priority=host.priority,
         metadata=host.metadata,
     )
+    fresh.health_check_config = host.health_check_config
+    return fresh

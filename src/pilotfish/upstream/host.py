@@ -28,6 +28,7 @@ class Host:
         "cx_connect_fail",
         "cx_total",
         "health",
+        "health_check_config",
         "health_flags",
         "hostname",
         "last_used",
@@ -68,6 +69,8 @@ class Host:
         self.health = health  # from EDS (health_status)
         # Failures found by active health checks and outlier detection (the bits above).
         self.health_flags = 0
+        # Its endpoint's health_check_config (model.cluster.EndpointHealthCheckConfig) or None.
+        self.health_check_config: Any = None
         # The host's outlier.HostMonitor when its cluster detects outliers: the request path
         # reports results to it.
         self.outlier: Any = None
