@@ -97,7 +97,7 @@ def test_interval_by_state_transition_and_traffic(tmp_path: Path) -> None:
 
     traffic = [False]
     checker = HealthChecker(
-        hc, _Cluster(), Store().scope("c."), lambda: None, lambda: traffic[0], random.Random(1)
+        hc, _Cluster(), Store().scope("c."), lambda host: None, lambda: traffic[0], random.Random(1)
     )
     assert checker._interval(True, UNCHANGED) == 13.0
     assert checker._interval(True, CHANGE_PENDING) == 11.0

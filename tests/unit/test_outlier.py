@@ -61,7 +61,7 @@ def _detector(
         "c",
         Store().scope("cluster.c."),
         loop,  # type: ignore[arg-type]
-        lambda: changes.append(1),
+        lambda host: changes.append(1),
         rng=random.Random(1),
     )
     for h in hosts:

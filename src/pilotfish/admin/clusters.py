@@ -12,6 +12,7 @@ from pilotfish.upstream.host import (
     FAILED_OUTLIER_CHECK,
     HEALTHY_STATES,
     PENDING_ACTIVE_HC,
+    PENDING_DYNAMIC_REMOVAL,
     Host,
 )
 
@@ -43,6 +44,8 @@ def _health_flags(host: Host) -> str:
         out += "/failed_eds_health"
     elif host.health.name == "DEGRADED":
         out += "/degraded_eds_health"
+    if flags & PENDING_DYNAMIC_REMOVAL:
+        out += "/pending_dynamic_removal"
     if flags & PENDING_ACTIVE_HC:
         out += "/pending_active_hc"
     if flags & ACTIVE_HC_TIMEOUT:
@@ -173,6 +176,8 @@ def _health_status_json(host: Host) -> dict[str, Any]:
         status["failed_active_health_check"] = True
     if flags & FAILED_OUTLIER_CHECK:
         status["failed_outlier_check"] = True
+    if flags & PENDING_DYNAMIC_REMOVAL:
+        status["pending_dynamic_removal"] = True
     if flags & PENDING_ACTIVE_HC:
         status["pending_active_hc"] = True
     if flags & ACTIVE_HC_TIMEOUT:

@@ -17,7 +17,7 @@ from pilotfish.model.common import PipeAddress, SocketAddress
 from pilotfish.stats.store import Counter, Gauge, Histogram, Scope, Store
 from pilotfish.tls.upstream import UpstreamTransportSockets
 from pilotfish.upstream.health_check import HealthChecker, traffic_seen
-from pilotfish.upstream.host import Host
+from pilotfish.upstream.host import FAILED_ACTIVE_HC, PENDING_DYNAMIC_REMOVAL, Host
 from pilotfish.upstream.lb import HostSet, LoadBalancer, make_lb
 from pilotfish.upstream.outlier import Detector, EventLog
 
@@ -349,7 +349,7 @@ class Cluster:
                 config.name,
                 scope,
                 loop,
-                self.refresh_health,
+                self.host_health_changed,
                 outlier_event_log,
             )
         self.health_checker: HealthChecker | None = None
@@ -358,7 +358,7 @@ class Cluster:
                 config.health_checks[0],
                 self,
                 scope,
-                self.refresh_health,
+                self.host_health_changed,
                 traffic_seen(self.stats.upstream_cx_total),
             )
             if self.outlier is not None:
@@ -491,6 +491,7 @@ class Cluster:
                 old.weight, old.health, old.priority = h.weight, h.health, h.priority
                 old.locality, old.metadata = h.locality, h.metadata
                 old.locality_weight = h.locality_weight
+                old.health_flags &= ~PENDING_DYNAMIC_REMOVAL
                 h = old
             elif key not in new_by_key:
                 added += 1
@@ -503,6 +504,14 @@ class Cluster:
             merged.append(h)
         removed = [h for k, h in self.hosts_by_key.items() if k not in new_by_key]
         changed = bool(removed) or bool(added)
+        if self.health_checker is not None and not self.config.ignore_health_on_host_removal:
+            # Envoy keeps a removed host that passes its active health checks until one fails.
+            for h in removed:
+                if not h.health_flags & FAILED_ACTIVE_HC and h in self.health_checker.sessions:
+                    h.health_flags |= PENDING_DYNAMIC_REMOVAL
+                    new_by_key[h.key()] = h
+                    merged.append(h)
+            removed = [h for h in removed if not h.health_flags & PENDING_DYNAMIC_REMOVAL]
         for h in removed:
             if h.pool is not None:
                 h.pool.drain()
@@ -529,6 +538,41 @@ class Cluster:
             s.max_host_weight.set(max((h.weight for h in merged), default=0))
         self.last_updated = time.time()
         return changed
+
+    def host_health_changed(self, host: Host) -> None:
+        """A health check or the outlier detector changed ``host``'s health flags."""
+        flags = host.health_flags
+        if flags & PENDING_DYNAMIC_REMOVAL and flags & FAILED_ACTIVE_HC:
+            self._remove_host(host)
+            return
+        if (
+            flags & FAILED_ACTIVE_HC
+            and self.config.close_connections_on_host_health_failure
+            and host.pool is not None
+        ):
+            # Idle connections close now, busy ones after their request (Envoy resets those).
+            host.pool.drain()
+            host.pool = None
+        self.refresh_health()
+
+    def _remove_host(self, host: Host) -> None:
+        self.hosts_by_key.pop(host.key(), None)
+        if host.pool is not None:
+            host.pool.drain()
+        if self.outlier is not None:
+            self.outlier.remove_host(host)
+        if self.health_checker is not None:
+            self.health_checker.remove_host(host)
+        cfg = self.config
+        hosts = [h for h in self.host_set.hosts if h is not host]
+        self.host_set = HostSet(
+            hosts, cfg.healthy_panic_threshold, self.overprovisioning, cfg.locality_weighted_lb
+        )
+        self.lb = self._make_lb()
+        s = self.stats
+        s.membership_change.value += 1
+        s.membership_total.set(len(hosts))
+        s.membership_healthy.set(sum(1 for h in hosts if h.healthy))
 
     def refresh_health(self) -> None:
         """A host's health flags changed (ejected or un-ejected, a health check's verdict): the

@@ -123,7 +123,7 @@ class HealthChecker:
         config: HealthCheck,
         cluster: Any,
         scope: Scope,
-        on_change: Callable[[], None],
+        on_change: Callable[[Host], None],
         traffic_seen: Callable[[], bool],
         rng: random.Random | None = None,
     ) -> None:
@@ -327,7 +327,7 @@ class HealthChecker:
         session.first_check = False
         self._schedule(session, self._interval(True, transition))
         if transition == CHANGED:
-            self.on_change()
+            self.on_change(host)
         if self.on_result is not None:
             self.on_result(host, True)
         if first:
@@ -376,7 +376,7 @@ class HealthChecker:
         session.first_check = False
         self._schedule(session, self._interval(False, transition))
         if transition == CHANGED:
-            self.on_change()
+            self.on_change(host)
         if self.on_result is not None:
             self.on_result(host, False)
         if first:

@@ -15,6 +15,9 @@ FAILED_OUTLIER_CHECK = 0x2
 # Set with FAILED_ACTIVE_HC on a host not health checked yet.
 PENDING_ACTIVE_HC = 0x100
 ACTIVE_HC_TIMEOUT = 0x200
+# Removed by EDS but kept while its active health checks pass (ignore_health_on_host_removal
+# unset): it goes when one fails.
+PENDING_DYNAMIC_REMOVAL = 0x400
 _FAILING = FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK
 
 

@@ -254,7 +254,7 @@ class Detector:
         cluster_name: str,
         scope: Scope,
         loop: asyncio.AbstractEventLoop,
-        on_change: Callable[[], None],
+        on_change: Callable[[Host], None],
         event_log: EventLog | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -359,7 +359,7 @@ class Detector:
         monitor.jitter = self.rng.randrange(jitter_ms + 1) / 1000.0
         if monitor.backoff * c.base_ejection_time < c.max_ejection_time + c.base_ejection_time:
             monitor.backoff += 1
-        self.on_change()
+        self.on_change(host)
         self._log_eject(monitor, kind, enforced=True)
 
     def uneject(self, monitor: HostMonitor) -> None:
@@ -368,7 +368,7 @@ class Detector:
         host.health_flags &= ~FAILED_OUTLIER_CHECK
         monitor.reset_consecutive()
         monitor.last_unejection = self.loop.time()
-        self.on_change()
+        self.on_change(host)
         if self.event_log is not None:
             # The type is left at its default (Envoy's event has none for an un-ejection).
             event = self._event(monitor, 0, monitor.last_ejection, "UNEJECT", False)
