@@ -492,11 +492,13 @@ class _HttpCheck(_CheckProtocol):
         super().__init__(session)
         self.parser: Any = None
         self.close_after = False
+        self.immediate_fail = False
 
     def check(self) -> None:
         assert self.transport is not None
         self.parser = httptools.HttpResponseParser(self)
         self.close_after = not self.keep
+        self.immediate_fail = False
         self.transport.write(self.session.checker.http_request(self.session))
 
     def data_received(self, data: bytes) -> None:
@@ -510,8 +512,11 @@ class _HttpCheck(_CheckProtocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"connection" and value.lower() == b"close":
+        lname = name.lower()
+        if lname == b"connection" and value.lower() == b"close":
             self.close_after = True
+        elif lname == b"x-envoy-immediate-health-check-fail":
+            self.immediate_fail = True
 
     def on_message_complete(self) -> None:
         parser, self.parser = self.parser, None
@@ -525,7 +530,12 @@ class _HttpCheck(_CheckProtocol):
             if self.close_after:
                 session.conn = None
                 self.close()
-            session.checker.http_verdict(session, status)
+            if self.immediate_fail:
+                # The host is failing its health checks on purpose (Envoy's /healthcheck/fail):
+                # unhealthy at once, whatever the status.
+                session.checker._failure(session, ACTIVE, False, status)
+            else:
+                session.checker.http_verdict(session, status)
         if self.close_after:
             self.close()
 
