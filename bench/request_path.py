@@ -6,7 +6,7 @@ time per iteration is the per-request Python budget the proxy spends (kernel and
 excluded), the number to watch when changing the request path.
 
     .venv/bin/python bench/request_path.py [--requests N] [--profile] [--istio-filters]
-        [--regex-routes N] [--normalize-path] [--hash-policy]
+        [--regex-routes N] [--normalize-path] [--hash-policy] [--outlier-detection]
 
 ``--istio-filters`` puts istiod's empty ``envoy.filters.http.fault`` and ``envoy.filters.http.cors``
 in front of the router (as in every sidecar): they act only on routes with a per-route config,
@@ -28,6 +28,9 @@ normalization): a canonical path costs only the quick check.
 ``x-user`` header) on the plain route and on a route with a header ``hash_policy`` to a
 RING_HASH cluster of three hosts (the hash of the header and the ring lookup), and the
 difference.
+
+``--outlier-detection`` gives the cluster Istio's usual ``outlier_detection``: every response is
+reported to the host's outlier monitor.
 """
 
 from __future__ import annotations
@@ -76,12 +79,14 @@ http_connection_manager.v3.HttpConnectionManager"
       endpoints:
       - lb_endpoints:
         - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 2}}}{more_hosts}
+{outlier}
 """
 HASH_POLICY = ", hash_policy: [{header: {header_name: x-user}}]"
 RING_HASH = "\n    lb_policy: RING_HASH"
 MORE_HOSTS = """
         - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 3}}}
         - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 4}}}"""
+OUTLIER = """    outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s}"""
 
 REQUEST = (
     b"GET /index.html HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
@@ -150,6 +155,7 @@ def build(
     unbounded: bool = False,
     normalize_path: bool = False,
     hashing: bool = False,
+    outlier_detection: bool = False,
 ) -> tuple[Any, FakeTransport, UpstreamConnection, FakeTransport]:
     loop = asyncio.new_event_loop()
     routes = (
@@ -163,6 +169,7 @@ def build(
     config = config.replace("{hash_policy}", HASH_POLICY if hashing else "")
     config = config.replace("{lb_policy}", RING_HASH if hashing else "")
     config = config.replace("{more_hosts}", MORE_HOSTS if hashing else "")
+    config = config.replace("{outlier}", OUTLIER if outlier_detection else "")
     loaded = load_bootstrap(BootstrapSource(config_yaml=config))
     model = loaded.model
     store = Store(model.stats)
@@ -214,12 +221,17 @@ def main() -> None:
     parser.add_argument("--regex-unbounded", action="store_true")
     parser.add_argument("--normalize-path", action="store_true")
     parser.add_argument("--hash-policy", action="store_true")
+    parser.add_argument("--outlier-detection", action="store_true")
     args = parser.parse_args()
     if args.hash_policy:
         compare_hashing(args.requests, args.rounds)
         return
     down, down_t, up, up_t = build(
-        args.istio_filters, args.regex_routes, args.regex_unbounded, args.normalize_path
+        args.istio_filters,
+        args.regex_routes,
+        args.regex_unbounded,
+        args.normalize_path,
+        outlier_detection=args.outlier_detection,
     )
     one_request(down, down_t, up, up_t)
     down.data_received(REQUEST)

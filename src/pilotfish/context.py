@@ -35,8 +35,10 @@ class ServerContext:
     node_cluster: str = ""
     runtime: dict[str, Any] = field(default_factory=dict)
     drain_time: float = 600.0
-    # Set while the server drains (SIGTERM, /drain_listeners): responses get connection: close.
+    # Set while the server drains (SIGTERM, /drain_listeners?graceful) or fails health checks:
+    # the connection manager then asks ``drain`` whether a response closes its connection.
     draining: bool = False
+    drain: Any = None  # drain.DrainManager; None: every response closes while draining
     # Set by /healthcheck/fail (Envoy's health check filter answers 503 then).
     health_check_failed: bool = False
     next_connection_id: int = 0
@@ -44,6 +46,12 @@ class ServerContext:
     rds: Any = None
     # Named TLS secrets, static and from SDS (tls.secrets.SecretStore).
     secrets: Any = None
+
+    def drain_close(self, handler: Any) -> bool:
+        """While ``draining``: whether a response of ``handler`` (a connection manager) closes
+        its connection."""
+        drain = self.drain
+        return True if drain is None else bool(drain.drain_close(handler))
 
     def connection_id(self) -> int:
         self.next_connection_id += 1

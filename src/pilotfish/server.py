@@ -16,11 +16,13 @@ import uvloop
 
 from pilotfish.cli import Options
 from pilotfish.context import ServerContext, detect_local_address
+from pilotfish.drain import IMMEDIATE, DrainManager
 from pilotfish.errors import ConfigError
 from pilotfish.net.listener import ListenerManager
 from pilotfish.stats.store import Store
 from pilotfish.tls.secrets import SecretStore
 from pilotfish.upstream.cluster_manager import ClusterManager
+from pilotfish.upstream.outlier import EventLog
 from pilotfish.xds.bootstrap import LoadedBootstrap
 
 log = logging.getLogger("pilotfish.main")
@@ -53,7 +55,6 @@ class Server:
         self.sds: Any = None  # xds.sds.SdsManager: static secrets and SDS subscriptions
         self._stopping = False  # SIGTERM/SIGINT or /quitquitquit: draining to exit
         self._drain_sequence = False  # /drain_listeners?graceful (or skip_exit) started
-        self._graceful_drain = False  # ... and it drains every listener's connections
 
     def run(self) -> int:
         try:
@@ -71,6 +72,8 @@ class Server:
         cm = ClusterManager(stats, loop)
         # Filled by the SDS manager (static secrets and SDS subscriptions, _start_sds).
         cm.secrets = secrets = SecretStore()
+        if model.outlier_event_log_path:
+            cm.outlier_event_log = EventLog(model.outlier_event_log_path)
         self.cluster_manager = cm
         access_logs = _access_log_manager(opts)
         ctx = ServerContext(
@@ -85,6 +88,7 @@ class Server:
             drain_time=float(opts.drain_time_s),
             secrets=secrets,
         )
+        ctx.drain = DrainManager(loop, opts.drain_strategy, opts.drain_time_s)
         self.ctx = ctx
         if access_logs is not None:
             access_logs.start(loop)
@@ -280,7 +284,8 @@ class Server:
         server exits, drains gracefully, or fails health checks (Envoy's drainClose())."""
         ctx = self.ctx
         assert ctx is not None
-        ctx.draining = self._stopping or self._graceful_drain or ctx.health_check_failed
+        ctx.drain.health_check_failed = ctx.health_check_failed
+        ctx.draining = ctx.drain.draining or ctx.health_check_failed
 
     def fail_health_checks(self, failed: bool) -> None:
         """/healthcheck/fail and /healthcheck/ok: the server reports DRAINING (server.live 0)
@@ -337,13 +342,13 @@ class Server:
         if self._drain_sequence:
             return
         self._drain_sequence = True
+        # Responses close their connections as the drain strategy says (idle keep-alive
+        # connections are not closed at once: their clients may be sending right now).
         if inbound_only:
-            # As the whole-server drain below: each response closes its connection; idle
-            # keep-alive connections are not closed at once (their clients may be sending).
-            lm.drain_connections(inbound_only=True, gradual=True)
+            ctx.drain.start(lm.handlers(inbound_only=True))
         else:
-            self._graceful_drain = True
-            self._update_draining()
+            ctx.drain.start()
+        self._update_draining()
         if skip_exit:
             return
 
@@ -361,10 +366,27 @@ class Server:
         lm = self.listener_manager
         assert ctx is not None and lm is not None
         self._stopping = True
+        ctx.drain.start()
         self._update_draining()
-        lm.drain_all()
-        deadline = ctx.loop.time() + self.options.drain_time_s
-        while lm.total_connections > 0 and ctx.loop.time() < deadline:
+        immediate = self.options.drain_strategy == IMMEDIATE
+        if immediate:
+            lm.drain_all()
+        # Gradual: the listeners keep accepting while a growing share of responses close
+        # their connections, so that clients move away without failed requests; what is left
+        # when the drain time is over is closed. The drain ends early once no connection is
+        # open (gradual: for a second, since closed connections' clients come back at once).
+        loop = ctx.loop
+        deadline = loop.time() + self.options.drain_time_s
+        idle_since: float | None = None
+        while loop.time() < deadline:
+            if lm.total_connections > 0:
+                idle_since = None
+            elif immediate:
+                break
+            elif idle_since is None:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= 1.0:
+                break
             await asyncio.sleep(0.05)
         lm.stop_all()
         if self.xds is not None:

@@ -4,8 +4,9 @@
 Every test starts its own process (stopped by its PID). Tests parametrized over ``kind`` run on
 Envoy too, which shows the expectation is Envoy's behaviour; where pilotfish differs, its run is
 a strict xfail. docs/compatibility.md makes one deliberate difference: on SIGTERM/SIGINT Envoy
-exits at once, pilotfish stops accepting, lets in-flight requests finish for up to
-``--drain-time-s`` and exits (a second signal exits at once). Those tests run on pilotfish
+exits at once, pilotfish drains for up to ``--drain-time-s`` (``immediate``: stops accepting
+and lets in-flight requests finish; ``gradual``: keeps accepting while a growing share of
+responses close their connections) and exits (a second signal exits at once). Those tests run on pilotfish
 only, and ``test_envoy_exits_at_once_on_signal`` pins Envoy's side of that difference.
 """
 
@@ -36,6 +37,7 @@ from tests.support.proxies import (
 )
 from tests.support.waiting import wait_until
 
+IMMEDIATE = ["--drain-strategy", "immediate"]  # SIGTERM stops accepting at once
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
 
 
@@ -148,12 +150,17 @@ def test_signal_exits_zero(backend: EchoBackend, tmp_path: Path, kind: str, sign
 def test_signal_drains_in_flight_request(
     backend: EchoBackend, tmp_path: Path, signum: int, request: pytest.FixtureRequest
 ) -> None:
-    """pilotfish (docs/compatibility.md): after the signal, new connections are refused, the
-    request in flight is answered, then the process exits 0 without waiting out the drain
-    time."""
+    """pilotfish (docs/compatibility.md), ``--drain-strategy immediate``: after the signal, new
+    connections are refused, the request in flight is answered, then the process exits 0
+    without waiting out the drain time. (The gradual drain is in test_drain.py.)"""
     drain_time = 10
     with ProxyProcess(
-        "pilotfish", bootstrap(backend.port), tmp_path, drain_time_s=drain_time, free_ports=False
+        "pilotfish",
+        bootstrap(backend.port),
+        tmp_path,
+        drain_time_s=drain_time,
+        free_ports=False,
+        args=IMMEDIATE,
     ) as proxy:
         port = proxy.port("ingress")
         slow = InFlight(backend, port, f"/slow/{request.node.name}", delay_ms=1000)
@@ -189,7 +196,12 @@ def test_drain_time_bounds_the_wait(backend: EchoBackend, tmp_path: Path) -> Non
 def test_second_signal_exits_at_once(backend: EchoBackend, tmp_path: Path) -> None:
     """pilotfish: a second signal during the drain ends the process without waiting."""
     with ProxyProcess(
-        "pilotfish", bootstrap(backend.port), tmp_path, drain_time_s=20, free_ports=False
+        "pilotfish",
+        bootstrap(backend.port),
+        tmp_path,
+        drain_time_s=20,
+        free_ports=False,
+        args=IMMEDIATE,
     ) as proxy:
         port = proxy.port("ingress")
         slow = InFlight(backend, port, "/held-by-second-signal", delay_ms=15000)

@@ -6,7 +6,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from pilotfish.upstream.cluster import Cluster
-from pilotfish.upstream.host import Host
+from pilotfish.upstream.host import (
+    ACTIVE_HC_TIMEOUT,
+    FAILED_ACTIVE_HC,
+    FAILED_OUTLIER_CHECK,
+    HEALTHY_STATES,
+    PENDING_ACTIVE_HC,
+    PENDING_DYNAMIC_REMOVAL,
+    Host,
+)
 
 
 def _host_stats(host: Host) -> list[tuple[str, int, bool]]:
@@ -25,13 +33,38 @@ def _host_stats(host: Host) -> list[tuple[str, int, bool]]:
 
 
 def _health_flags(host: Host) -> str:
-    if host.healthy:
-        return "healthy"
-    return (
-        f"/eds_status_{host.health.name.lower()}"
-        if host.health.name != "UNHEALTHY"
-        else ("/failed_eds_health")
-    )
+    """Envoy's HostUtility::healthFlagsToString: the flags set, in Envoy's order."""
+    flags = host.health_flags
+    out = ""
+    if flags & FAILED_ACTIVE_HC:
+        out += "/failed_active_hc"
+    if flags & FAILED_OUTLIER_CHECK:
+        out += "/failed_outlier_check"
+    if host.health.name == "UNHEALTHY" or host.health.name == "TIMEOUT":
+        out += "/failed_eds_health"
+    elif host.health.name == "DEGRADED":
+        out += "/degraded_eds_health"
+    if flags & PENDING_DYNAMIC_REMOVAL:
+        out += "/pending_dynamic_removal"
+    if flags & PENDING_ACTIVE_HC:
+        out += "/pending_active_hc"
+    if flags & ACTIVE_HC_TIMEOUT:
+        out += "/active_hc_timeout"
+    if host.health.name == "DRAINING":
+        out += "/eds_status_draining"
+    return out or "healthy"
+
+
+def _rate(value: float) -> str:
+    """A double as Envoy's fmt prints it (no trailing ``.0``)."""
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+def _success_rates(host: Host) -> tuple[float, float]:
+    monitor = host.outlier
+    if monitor is None:
+        return -1.0, -1.0
+    return monitor.success_rate, monitor.local_success_rate
 
 
 def clusters_text(clusters: Iterable[Cluster]) -> str:
@@ -60,8 +93,9 @@ def clusters_text(clusters: Iterable[Cluster]) -> str:
             lines.append(f"{n}::{a}::sub_zone::{host.locality.sub_zone}")
             lines.append(f"{n}::{a}::canary::false")
             lines.append(f"{n}::{a}::priority::{host.priority}")
-            lines.append(f"{n}::{a}::success_rate::-1")
-            lines.append(f"{n}::{a}::local_origin_success_rate::-1")
+            rate, local_rate = _success_rates(host)
+            lines.append(f"{n}::{a}::success_rate::{_rate(rate)}")
+            lines.append(f"{n}::{a}::local_origin_success_rate::{_rate(local_rate)}")
     return "".join(line + "\n" for line in lines)
 
 
@@ -87,9 +121,7 @@ def clusters_json(clusters: Iterable[Cluster]) -> dict[str, Any]:
             h: dict[str, Any] = {
                 "address": _address_json(host),
                 "stats": stats,
-                "health_status": {
-                    "eds_health_status": "HEALTHY" if host.healthy else host.health.name
-                },
+                "health_status": _health_status_json(host),
                 "weight": host.weight,
                 "locality": {
                     k: v
@@ -101,6 +133,11 @@ def clusters_json(clusters: Iterable[Cluster]) -> dict[str, Any]:
                     if v
                 },
             }
+            rate, local_rate = _success_rates(host)
+            if rate >= 0:
+                h["success_rate"] = {"value": rate}
+            if local_rate >= 0:
+                h["local_origin_success_rate"] = {"value": local_rate}
             if host.hostname:
                 h["hostname"] = host.hostname
             if host.priority:
@@ -130,3 +167,20 @@ def clusters_json(clusters: Iterable[Cluster]) -> dict[str, Any]:
             entry["added_via_api"] = True
         out.append(entry)
     return {"cluster_statuses": out}
+
+
+def _health_status_json(host: Host) -> dict[str, Any]:
+    flags = host.health_flags
+    status: dict[str, Any] = {}
+    if flags & FAILED_ACTIVE_HC:
+        status["failed_active_health_check"] = True
+    if flags & FAILED_OUTLIER_CHECK:
+        status["failed_outlier_check"] = True
+    if flags & PENDING_DYNAMIC_REMOVAL:
+        status["pending_dynamic_removal"] = True
+    if flags & PENDING_ACTIVE_HC:
+        status["pending_active_hc"] = True
+    if flags & ACTIVE_HC_TIMEOUT:
+        status["active_hc_timeout"] = True
+    status["eds_health_status"] = "HEALTHY" if host.health in HEALTHY_STATES else host.health.name
+    return status

@@ -1119,7 +1119,7 @@ class ActiveStream(StreamInfo):
             rid = self.request_headers.get(b"x-request-id")
             if rid is not None:
                 headers.set(b"x-request-id", rid)
-        if hcm.ctx.draining or hcm.drain_close or conn.drain_pending:
+        if (hcm.ctx.draining and hcm.ctx.drain_close(hcm)) or hcm.drain_close or conn.drain_pending:
             if not conn.closing:
                 hcm.stats.downstream_cx_drain_close.value += 1
             conn.closing = True

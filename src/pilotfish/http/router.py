@@ -32,6 +32,7 @@ from pilotfish.model.route import (
 )
 from pilotfish.stream_info import ResponseFlag
 from pilotfish.upstream.conn_pool import Http1ConnPool, UpstreamConnection
+from pilotfish.upstream.outlier import CONNECT_FAILED, CONNECT_SUCCESS, TIMEOUT
 
 if TYPE_CHECKING:
     from pilotfish.context import ServerContext
@@ -595,6 +596,9 @@ class Router:
         stream = self.stream
         status = headers.status
         cluster = self.cluster
+        monitor = up.host.outlier
+        if monitor is not None:
+            monitor.put_http_code(status)
         if self.retry_on and _retriable_status(
             self.retry_policy, self.retry_on, status, self.retry_codes
         ):
@@ -662,6 +666,10 @@ class Router:
         """The attempt ended without a (complete) response. ``kind``: connection_failure,
         timeout (connect), overflow, reset (connection termination), protocol_error."""
         stream = self.stream
+        if kind != "overflow":
+            monitor = up.host.outlier
+            if monitor is not None:
+                monitor.put_result(CONNECT_FAILED)
         if self.response_started:
             if kind == "protocol_error":
                 stream.set_response_flag(ResponseFlag.UPSTREAM_PROTOCOL_ERROR)
@@ -830,22 +838,26 @@ class Router:
             cluster.stats.upstream_rq_per_try_timeout.value += 1
             self.try_deadline = None
             up = self.upstream
+            if up is not None:
+                _timeout_to_outlier(up.host)
             if up is not None and self.retry_on & _RESET_CONDITIONS:
                 retry = self._retry(up, reset_connection=True)
                 if retry == _RETRYING:
                     return
                 self._no_retry(retry)
             # Not retried: the request ends here (Envoy counts no upstream_rq_timeout).
-            self._time_out("upstream_per_try_timeout")
+            self._time_out("upstream_per_try_timeout", False)
             return
         cluster.stats.upstream_rq_timeout.value += 1
-        self._time_out("response_timeout")
+        self._time_out("response_timeout", True)
 
-    def _time_out(self, details: str) -> None:
+    def _time_out(self, details: str, to_outlier: bool) -> None:
         # The 504 is charged to the cluster only if an attempt was waiting for its response.
         up = self.upstream
         if up is not None:
             up.host.rq_timeout += 1
+            if to_outlier:  # not yet told by a per-try timeout of this attempt
+                _timeout_to_outlier(up.host)
             up.abandon(True)
             self.upstream = None
         self._fail_local(
@@ -931,6 +943,9 @@ class UpstreamRequest:
 
     def on_pool_ready(self, conn: UpstreamConnection) -> None:
         self.conn = conn
+        monitor = self.host.outlier
+        if monitor is not None and monitor.split:
+            monitor.put_result(CONNECT_SUCCESS)
         router = self.router
         stream = router.stream
         stream.upstream_local_address = conn.local_address
@@ -1129,3 +1144,10 @@ class UpstreamRequest:
         """The connection now belongs to a tunnel (after 101 Switching Protocols)."""
         self._finish_attempt()
         self.cluster.stats.response_code(self.status, self.router.stream.internal)
+
+
+def _timeout_to_outlier(host: Host) -> None:
+    """An attempt timed out waiting for its response: Envoy's LocalOriginTimeout, as a 504."""
+    monitor = host.outlier
+    if monitor is not None:
+        monitor.put_result(TIMEOUT, 504)

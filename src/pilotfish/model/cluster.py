@@ -36,12 +36,23 @@ class HealthStatus(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointHealthCheckConfig:
+    """Endpoint.HealthCheckConfig: where active health checks of this endpoint go."""
+
+    port_value: int = 0  # 0: the endpoint's port
+    address: Address | None = None  # None: the endpoint's address
+    hostname: str = ""  # the Host header of HTTP checks (over the checker's own ``host``)
+    disable_active_health_check: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LbEndpoint:
     address: Address
     health_status: HealthStatus = HealthStatus.UNKNOWN
     load_balancing_weight: int = 1
     hostname: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    health_check: EndpointHealthCheckConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,73 @@ class ConsistentHashing:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """envoy.config.cluster.v3.OutlierDetection; defaults are Envoy's (times in seconds,
+    ``enforcing_*`` and thresholds in percent, ``success_rate_stdev_factor`` in thousandths)."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 5
+    consecutive_local_origin_failure: int = 5
+    split_external_local_origin_errors: bool = False
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_time_jitter: float = 0.0
+    max_ejection_percent: int = 10
+    always_eject_one_host: bool = False
+    enforcing_consecutive_5xx: int = 100
+    enforcing_consecutive_gateway_failure: int = 0
+    enforcing_consecutive_local_origin_failure: int = 100
+    enforcing_success_rate: int = 100
+    enforcing_local_origin_success_rate: int = 100
+    enforcing_failure_percentage: int = 0
+    enforcing_failure_percentage_local_origin: int = 0
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: int = 1900
+    failure_percentage_threshold: int = 85
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+    successful_active_health_check_uneject_host: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """envoy.config.core.v3.HealthCheck (HTTP or TCP); times in seconds. The optional
+    intervals are resolved to Envoy's defaults at translation."""
+
+    kind: str  # "HTTP" or "TCP"
+    timeout: float
+    interval: float
+    unhealthy_threshold: int
+    healthy_threshold: int
+    initial_jitter: float = 0.0
+    interval_jitter: float = 0.0
+    interval_jitter_percent: int = 0
+    no_traffic_interval: float = 60.0
+    no_traffic_healthy_interval: float = 60.0
+    unhealthy_interval: float = 0.0
+    unhealthy_edge_interval: float = 0.0
+    healthy_edge_interval: float = 0.0
+    reuse_connection: bool = True
+    alt_port: int = 0
+    always_log_health_check_failures: bool = False
+    always_log_health_check_success: bool = False
+    event_log_path: str = ""
+    # HTTP
+    host: str = ""
+    path: str = "/"
+    method: str = "GET"
+    request_headers_to_add: tuple[tuple[str, str, bool], ...] = ()  # (name, value, append)
+    request_headers_to_remove: tuple[str, ...] = ()
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end)
+    retriable_statuses: tuple[tuple[int, int], ...] = ()
+    # TCP
+    send: bytes = b""
+    receive: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     type: DiscoveryType
@@ -137,6 +215,8 @@ class Cluster:
     tcp_keepalive: tuple[int, int, int] | None = None  # probes, time, interval
     close_connections_on_host_health_failure: bool = False
     ignore_health_on_host_removal: bool = False
+    outlier_detection: OutlierDetection | None = None
+    health_checks: tuple[HealthCheck, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -132,7 +132,11 @@ class ActiveListener:
         for chain in chains:
             if tls_stats is None and chain.transport_socket is not None:
                 tls_stats = TlsStats(ctx.stats.scope(self.stat_prefix))  # listener.X.ssl.*
-            self.runtimes[id(chain)] = ChainRuntime(chain, ctx, self.stat_prefix, tls_stats)
+            runtime = self.runtimes[id(chain)] = ChainRuntime(
+                chain, ctx, self.stat_prefix, tls_stats
+            )
+            if model.drain_type == "MODIFY_ONLY" and ctx.drain is not None:
+                ctx.drain.exempt(runtime.handler)
         self.selector = FilterChainSelector(model.filter_chains, model.default_filter_chain)
         self.listener_filters = [
             ext.factory.build(ext.config)
@@ -554,6 +558,14 @@ class ListenerManager:
             x
             for x in self.listeners.values()
             if not inbound_only or x.model.traffic_direction == "INBOUND"
+        ]
+
+    def handlers(self, *, inbound_only: bool = False) -> list[Any]:
+        """The connection managers (terminal handlers) of the listeners."""
+        return [
+            runtime.handler
+            for listener in self._selected(inbound_only)
+            for runtime in listener.runtimes.values()
         ]
 
     def drain_all(self, *, inbound_only: bool = False) -> None:

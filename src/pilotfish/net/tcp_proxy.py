@@ -16,6 +16,7 @@ from pilotfish.http.hash_policy import connection_hash
 from pilotfish.model.http import TcpProxyConfig
 from pilotfish.net.connection import ConnectionInfo
 from pilotfish.stream_info import ResponseFlag, StreamInfo
+from pilotfish.upstream import outlier
 from pilotfish.upstream.conn_pool import ConnectFailure, open_connection
 
 log = logging.getLogger("pilotfish.tcp_proxy")
@@ -206,6 +207,9 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
         try:
             transport, proto = await open_connection(cluster, self.host, lambda: _Upstream(self))
         except ConnectFailure as e:
+            monitor = self.host.outlier
+            if monitor is not None:
+                monitor.put_result(outlier.TIMEOUT if e.timeout else outlier.CONNECT_FAILED)
             stats = cluster.stats
             stats.upstream_cx_active.value -= 1
             stats.upstream_cx_destroy.value += 1
@@ -232,6 +236,9 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
             self.set_response_flag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
             self.close()
             return
+        monitor = self.host.outlier
+        if monitor is not None:
+            monitor.put_result(outlier.CONNECT_SUCCESS_FINAL)
         stats = cluster.stats
         stats.upstream_cx_connect_ms.record((cluster.loop.time() - started) * 1000)
         stats.upstream_rq_pending_active.value -= 1

@@ -16,8 +16,10 @@ from pilotfish.model.cluster import ClusterLoadAssignment, DiscoveryType, Health
 from pilotfish.model.common import PipeAddress, SocketAddress
 from pilotfish.stats.store import Counter, Gauge, Histogram, Scope, Store
 from pilotfish.tls.upstream import UpstreamTransportSockets
-from pilotfish.upstream.host import Host
+from pilotfish.upstream.health_check import HealthChecker, traffic_seen
+from pilotfish.upstream.host import FAILED_ACTIVE_HC, PENDING_DYNAMIC_REMOVAL, Host
 from pilotfish.upstream.lb import HostSet, LoadBalancer, make_lb
+from pilotfish.upstream.outlier import Detector, EventLog
 
 log = logging.getLogger("pilotfish.upstream")
 
@@ -320,6 +322,7 @@ class Cluster:
         store: Store,
         loop: asyncio.AbstractEventLoop,
         secrets: Any = None,
+        outlier_event_log: EventLog | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -337,7 +340,30 @@ class Cluster:
         )
         self.hosts_by_key: dict[tuple[Any, ...], Host] = {}
         self.host_set = HostSet(())
+        self.overprovisioning = 140
         self.lb: LoadBalancer = self._make_lb()
+        self.outlier: Detector | None = None
+        if config.outlier_detection is not None:
+            self.outlier = Detector(
+                config.outlier_detection,
+                config.name,
+                scope,
+                loop,
+                self.host_health_changed,
+                outlier_event_log,
+            )
+        self.health_checker: HealthChecker | None = None
+        if config.health_checks:
+            self.health_checker = HealthChecker(
+                config.health_checks[0],
+                self,
+                scope,
+                self.host_health_changed,
+                traffic_seen(self.stats.upstream_cx_total),
+            )
+            if self.outlier is not None:
+                self.health_checker.on_result = self.outlier.on_health_check
+        self._waited_for_health_checks = False
         self.initialized = False
         self._init_callbacks: list[Callable[[], None]] = []
         self._dns_task: asyncio.Task[None] | None = None
@@ -367,6 +393,8 @@ class Cluster:
     def start(self) -> None:
         """Begin host discovery. Static and original-destination clusters are ready at once."""
         cfg = self.config
+        if self.outlier is not None:
+            self.outlier.start()
         if cfg.type is DiscoveryType.STATIC:
             if cfg.load_assignment is not None:
                 self.set_load_assignment(cfg.load_assignment)
@@ -388,6 +416,11 @@ class Cluster:
     def _mark_initialized(self) -> None:
         if self.initialized:
             return
+        if self.health_checker is not None and not self._waited_for_health_checks:
+            # As Envoy's cluster warming: ready once every host has had its first check.
+            self._waited_for_health_checks = True
+            self.health_checker.on_first_round(self._mark_initialized)
+            return
         self.initialized = True
         callbacks, self._init_callbacks = self._init_callbacks, []
         for cb in callbacks:
@@ -399,6 +432,10 @@ class Cluster:
             self._dns_task.cancel()
         if self._cleanup_handle is not None:
             self._cleanup_handle.cancel()
+        if self.outlier is not None:
+            self.outlier.close()
+        if self.health_checker is not None:
+            self.health_checker.close()
         for host in self.hosts_by_key.values():
             if host.pool is not None:
                 host.pool.drain()
@@ -410,18 +447,18 @@ class Cluster:
         hosts = []
         for loc in cla.endpoints:
             for ep in loc.lb_endpoints:
-                hosts.append(
-                    Host(
-                        _host_address(ep.address),
-                        weight=ep.load_balancing_weight,
-                        health=ep.health_status,
-                        hostname=ep.hostname,
-                        locality=loc.locality,
-                        locality_weight=loc.load_balancing_weight,
-                        priority=loc.priority,
-                        metadata=ep.metadata,
-                    )
+                host = Host(
+                    _host_address(ep.address),
+                    weight=ep.load_balancing_weight,
+                    health=ep.health_status,
+                    hostname=ep.hostname,
+                    locality=loc.locality,
+                    locality_weight=loc.load_balancing_weight,
+                    priority=loc.priority,
+                    metadata=ep.metadata,
                 )
+                host.health_check_config = ep.health_check
+                hosts.append(host)
         if self.config.type is DiscoveryType.STATIC:
             # A static cluster's hosts come from the bootstrap: no update_* stats (Envoy).
             self.update_hosts(hosts, cla.overprovisioning_factor)
@@ -453,19 +490,37 @@ class Cluster:
                 old.weight, old.health, old.priority = h.weight, h.health, h.priority
                 old.locality, old.metadata = h.locality, h.metadata
                 old.locality_weight = h.locality_weight
+                old.health_flags &= ~PENDING_DYNAMIC_REMOVAL
                 h = old
             elif key not in new_by_key:
                 added += 1
                 h.tls = self.transport_sockets.select(h.metadata, count=True)
+                if self.outlier is not None:
+                    self.outlier.add_host(h)
+                if self.health_checker is not None:
+                    self.health_checker.add_host(h, h.health_check_config)
             new_by_key[key] = h
             merged.append(h)
         removed = [h for k, h in self.hosts_by_key.items() if k not in new_by_key]
         changed = bool(removed) or bool(added)
+        if self.health_checker is not None and not self.config.ignore_health_on_host_removal:
+            # Envoy keeps a removed host that passes its active health checks until one fails.
+            for h in removed:
+                if not h.health_flags & FAILED_ACTIVE_HC and h in self.health_checker.sessions:
+                    h.health_flags |= PENDING_DYNAMIC_REMOVAL
+                    new_by_key[h.key()] = h
+                    merged.append(h)
+            removed = [h for h in removed if not h.health_flags & PENDING_DYNAMIC_REMOVAL]
         for h in removed:
             if h.pool is not None:
                 h.pool.drain()
+            if self.outlier is not None:
+                self.outlier.remove_host(h)
+            if self.health_checker is not None:
+                self.health_checker.remove_host(h)
         self.hosts_by_key = new_by_key
         cfg = self.config
+        self.overprovisioning = overprovisioning
         self.host_set = HostSet(
             merged, cfg.healthy_panic_threshold, overprovisioning, cfg.locality_weighted_lb
         )
@@ -482,6 +537,54 @@ class Cluster:
             s.max_host_weight.set(max((h.weight for h in merged), default=0))
         self.last_updated = time.time()
         return changed
+
+    def host_health_changed(self, host: Host) -> None:
+        """A health check or the outlier detector changed ``host``'s health flags."""
+        flags = host.health_flags
+        if flags & PENDING_DYNAMIC_REMOVAL and flags & FAILED_ACTIVE_HC:
+            self._remove_host(host)
+            return
+        if (
+            flags & FAILED_ACTIVE_HC
+            and self.config.close_connections_on_host_health_failure
+            and host.pool is not None
+        ):
+            # Idle connections close now, busy ones after their request (Envoy resets those).
+            host.pool.drain()
+            host.pool = None
+        self.refresh_health()
+
+    def _remove_host(self, host: Host) -> None:
+        self.hosts_by_key.pop(host.key(), None)
+        if host.pool is not None:
+            host.pool.drain()
+        if self.outlier is not None:
+            self.outlier.remove_host(host)
+        if self.health_checker is not None:
+            self.health_checker.remove_host(host)
+        cfg = self.config
+        hosts = [h for h in self.host_set.hosts if h is not host]
+        self.host_set = HostSet(
+            hosts, cfg.healthy_panic_threshold, self.overprovisioning, cfg.locality_weighted_lb
+        )
+        self.lb = self._make_lb()
+        s = self.stats
+        s.membership_change.value += 1
+        s.membership_total.set(len(hosts))
+        s.membership_healthy.set(sum(1 for h in hosts if h.healthy))
+
+    def refresh_health(self) -> None:
+        """A host's health flags changed (ejected or un-ejected, a health check's verdict): the
+        same hosts, regrouped as healthy or not, as Envoy's priority set update does."""
+        if self.closed:
+            return
+        cfg = self.config
+        hosts = self.host_set.hosts
+        self.host_set = HostSet(
+            hosts, cfg.healthy_panic_threshold, self.overprovisioning, cfg.locality_weighted_lb
+        )
+        self.lb = self._make_lb()
+        self.stats.membership_healthy.set(sum(1 for h in hosts if h.healthy))
 
     def choose_host(
         self,
@@ -527,6 +630,8 @@ class Cluster:
         if host is None:
             host = Host(address)
             host.tls = self.transport_sockets.select(host.metadata, count=True)
+            if self.outlier is not None:
+                self.outlier.add_host(host)
             self.hosts_by_key[key] = host
             s = self.stats
             s.membership_change.value += 1
@@ -548,6 +653,8 @@ class Cluster:
             if not busy and now - host.last_used >= interval:
                 if host.pool is not None:
                     host.pool.drain()
+                if self.outlier is not None:
+                    self.outlier.remove_host(host)
                 del self.hosts_by_key[key]
                 removed = True
         if removed:

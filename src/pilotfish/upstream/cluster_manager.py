@@ -11,6 +11,7 @@ from pilotfish.model.cluster import ClusterLoadAssignment, DiscoveryType
 from pilotfish.stats.store import Store
 from pilotfish.upstream.cluster import Cluster
 from pilotfish.upstream.host import Host
+from pilotfish.upstream.outlier import EventLog
 
 
 class ClusterManager:
@@ -19,6 +20,8 @@ class ClusterManager:
         self.loop = loop
         self.clusters: dict[str, Cluster] = {}
         self.secrets: Any = None  # the server's SecretStore, for clusters' TLS contexts
+        # The bootstrap's outlier event log (cluster_manager.outlier_detection.event_log_path).
+        self.outlier_event_log: EventLog | None = None
         scope = store.scope("cluster_manager.")
         self.cluster_added = scope.counter("cluster_added")
         self.cluster_modified = scope.counter("cluster_modified")
@@ -42,7 +45,7 @@ class ClusterManager:
         old = self.clusters.get(config.name)
         if old is not None and old.config == config:
             return False
-        cluster = Cluster(config, self.store, self.loop, self.secrets)
+        cluster = Cluster(config, self.store, self.loop, self.secrets, self.outlier_event_log)
         cluster.version_info = version_info
         cluster.added_via_api = added_via_api
         if old is not None and old.config.type == config.type and not config.load_assignment:
@@ -101,12 +104,14 @@ class ClusterManager:
     def close(self) -> None:
         for cluster in self.clusters.values():
             cluster.close()
+        if self.outlier_event_log is not None:
+            self.outlier_event_log.close()
 
 
 def _fresh_host(host: Host) -> Host:
     """A copy of ``host``'s membership (address, weight, health, locality...) without its
     connection pool and counters, for the cluster that replaces the one it belongs to."""
-    return Host(
+    fresh = Host(
         host.address,
         weight=host.weight,
         health=host.health,
@@ -116,3 +121,5 @@ def _fresh_host(host: Host) -> Host:
         priority=host.priority,
         metadata=host.metadata,
     )
+    fresh.health_check_config = host.health_check_config
+    return fresh

@@ -9,6 +9,17 @@ from pilotfish.model.common import Locality
 
 HEALTHY_STATES = frozenset((HealthStatus.UNKNOWN, HealthStatus.HEALTHY))
 
+# Envoy's Host::HealthFlag bits that make a host unhealthy, in Envoy's order (for /clusters).
+FAILED_ACTIVE_HC = 0x1
+FAILED_OUTLIER_CHECK = 0x2
+# Set with FAILED_ACTIVE_HC on a host not health checked yet.
+PENDING_ACTIVE_HC = 0x100
+ACTIVE_HC_TIMEOUT = 0x200
+# Removed by EDS but kept while its active health checks pass (ignore_health_on_host_removal
+# unset): it goes when one fails.
+PENDING_DYNAMIC_REMOVAL = 0x400
+_FAILING = FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK
+
 
 class Host:
     """``address`` is ("ip", port) for TCP or the path for a Unix socket."""
@@ -20,11 +31,14 @@ class Host:
         "cx_connect_fail",
         "cx_total",
         "health",
+        "health_check_config",
+        "health_flags",
         "hostname",
         "last_used",
         "locality",
         "locality_weight",
         "metadata",
+        "outlier",
         "pool",
         "priority",
         "rq_active",
@@ -55,7 +69,14 @@ class Host:
         else:
             self.address_str = address
         self.weight = weight
-        self.health = health
+        self.health = health  # from EDS (health_status)
+        # Failures found by active health checks and outlier detection (the bits above).
+        self.health_flags = 0
+        # Its endpoint's health_check_config (model.cluster.EndpointHealthCheckConfig) or None.
+        self.health_check_config: Any = None
+        # The host's outlier.HostMonitor when its cluster detects outliers: the request path
+        # reports results to it.
+        self.outlier: Any = None
         self.hostname = hostname
         self.locality = locality
         self.locality_weight = locality_weight  # its locality's load_balancing_weight (0: unset)
@@ -78,7 +99,7 @@ class Host:
 
     @property
     def healthy(self) -> bool:
-        return self.health in HEALTHY_STATES
+        return self.health in HEALTHY_STATES and not self.health_flags & _FAILING
 
     def key(self) -> tuple[Any, ...]:
         return (self.address, self.hostname)

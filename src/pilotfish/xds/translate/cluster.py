@@ -13,6 +13,7 @@ from pilotfish.model.cluster import (
     ClusterLoadAssignment,
     ConsistentHashing,
     DiscoveryType,
+    EndpointHealthCheckConfig,
     HealthStatus,
     HttpProtocolOptions,
     LbEndpoint,
@@ -23,6 +24,8 @@ from pilotfish.model.cluster import (
 from pilotfish.model.common import Address, InternalAddress, Locality, SocketAddress
 from pilotfish.xds.translate import common as c
 from pilotfish.xds.translate.context import TranslateContext
+from pilotfish.xds.translate.health_check import health_check
+from pilotfish.xds.translate.outlier import outlier_detection
 
 _TYPES = {
     0: DiscoveryType.STATIC,
@@ -292,8 +295,12 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
             "Cannot use hostname for consistent hashing loadbalancing for cluster of type: "
             f"'envoy.cluster.{dtype.name.lower()}'",
         )
-    if len(msg.health_checks):
-        ctx.warn(f"{pre}health_checks: active health checking is not implemented; ignored")
+
+    if len(msg.health_checks) > 1:
+        raise ConfigError(f"{pre}health_checks", "Multiple health checks not supported")
+    health_checks = tuple(
+        health_check(hc, f"{pre}health_checks[{i}]") for i, hc in enumerate(msg.health_checks)
+    )
 
     return Cluster(
         name=msg.name,
@@ -324,6 +331,10 @@ def cluster(msg: Any, ctx: TranslateContext, path: str = "") -> Cluster:
         tcp_keepalive=keepalive,
         close_connections_on_host_health_failure=msg.close_connections_on_host_health_failure,
         ignore_health_on_host_removal=msg.ignore_health_on_host_removal,
+        health_checks=health_checks,
+        outlier_detection=outlier_detection(msg.outlier_detection, f"{pre}outlier_detection")
+        if msg.HasField("outlier_detection")
+        else None,
         metadata=c.metadata(msg, path),
     )
 
@@ -417,6 +428,22 @@ def _plain_socket_address(msg: Any) -> SocketAddress | None:
     )
 
 
+def _endpoint_health_check(ep: Any, path: str) -> EndpointHealthCheckConfig:
+    hc = ep.health_check_config
+    hpath = f"{path}.health_check_config"
+    if hc.port_value > 65535:
+        raise ConfigError(f"{hpath}.port_value", "value must be less than or equal to 65535")
+    address = None
+    if hc.HasField("address"):
+        address = c.address(hc.address, f"{hpath}.address")
+    return EndpointHealthCheckConfig(
+        port_value=hc.port_value,
+        address=address,
+        hostname=hc.hostname,
+        disable_active_health_check=hc.disable_active_health_check,
+    )
+
+
 def cluster_load_assignment(
     msg: Any, path: str, *, resolve_names: bool = True
 ) -> ClusterLoadAssignment:
@@ -468,6 +495,9 @@ def cluster_load_assignment(
                     c.metadata(lbe, f"{lpath}.lb_endpoints[{j}]")
                     if lbe.HasField("metadata")
                     else {},
+                    _endpoint_health_check(ep, f"{lpath}.lb_endpoints[{j}].endpoint")
+                    if ep.HasField("health_check_config")
+                    else None,
                 )
             )
         localities.append(
