@@ -334,7 +334,7 @@ def _tagged_groups(
         if members:
             members.sort(key=lambda member: member[1])
             out.append((f.name, members))
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _family_lines(
