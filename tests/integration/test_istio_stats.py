@@ -178,7 +178,7 @@ def _scrape(proxy: ProxyProcess) -> list[tuple[str, dict[str, str], float]]:
 def _assert_metric(
     samples: list[tuple[str, dict[str, str], float]], relative: str, **vars: Any
 ) -> None:
-    name, kind, value, labels = expected_metric(relative, vars)
+    name, _kind, value, labels = expected_metric(relative, vars)
     found = find_series(samples, name, labels)
     assert found, (
         f"{relative}: no {name} series with labels {labels}; have "

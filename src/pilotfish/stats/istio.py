@@ -402,7 +402,7 @@ class IstioStats:
             _Overrides(config, tagged) if config.metrics or config.definitions else None
         )
         self.warnings = list(config.warnings) + (self.overrides.warnings if self.overrides else [])
-        self._peer_tags: dict[tuple[Any, ...], Tags] = {}
+        self._peer_tags: dict[tuple[Any, ...], tuple[Any, Tags]] = {}
         self._series: dict[tuple[Any, ...], SeriesSet] = {}
         tagged.on_rotate.append(self._forget)
 
@@ -421,10 +421,12 @@ class IstioStats:
         local_san: str,
     ) -> Tags:
         """reporter .. destination_cluster (istio-proxy's populatePeerInfo)."""
-        key = (peer, service_host, service_name, peer_san, local_san)
+        # Keyed by the peer's identity (cheap); the entry keeps the peer alive so that its id
+        # is not reused while cached.
+        key = (id(peer), service_host, service_name, peer_san, local_san)
         cached = self._peer_tags.get(key)
         if cached is not None:
-            return cached
+            return cached[1]
         p = peer or WorkloadMetadata()
         local = self.local
         peer_ns = _namespace_of(peer_san) if peer_san else ""
@@ -486,7 +488,7 @@ class IstioStats:
             )
         if len(self._peer_tags) > 10_000:  # bounded: label sets come from requests
             self._peer_tags.clear()
-        self._peer_tags[key] = tags
+        self._peer_tags[key] = (peer, tags)
         return tags
 
     # -- HTTP ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ and the compact endpoint encoding istiod puts in endpoint metadata
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 from dataclasses import dataclass
 from typing import Any
@@ -205,8 +206,10 @@ def from_baggage(value: bytes) -> WorkloadMetadata:
     return WorkloadMetadata(**fields)
 
 
+@functools.lru_cache(maxsize=4096)
 def from_endpoint_metadata(encoded: str) -> WorkloadMetadata | None:
-    """``istio.workload`` endpoint metadata: ``name;namespace;canonical;revision;cluster``."""
+    """``istio.workload`` endpoint metadata: ``name;namespace;canonical;revision;cluster``
+    (cached: the same object for the same string, which the stats' label cache relies on)."""
     parts = encoded.split(";")
     if len(parts) < 5:
         return None

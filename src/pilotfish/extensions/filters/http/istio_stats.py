@@ -125,6 +125,21 @@ class IstioStatsNetworkFactory(ExtensionFactory):
         return TcpIstioStats(config, ctx)
 
 
+_SERVICES: dict[str, tuple[Any, tuple[str, str]]] = {}
+
+
+def _service_cached(cluster_name: str, config: Any) -> tuple[str, str]:
+    """service_of, computed once per cluster config object (a CDS update replaces it)."""
+    cached = _SERVICES.get(cluster_name)
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    result = service_of(cluster_name, config.metadata if config is not None else None)
+    if len(_SERVICES) > 10_000:
+        _SERVICES.clear()
+    _SERVICES[cluster_name] = (config, result)
+    return result
+
+
 def _destination_service(
     cm: Any, cluster_name: str, route_name: str, request_headers: Any
 ) -> tuple[str, str]:
@@ -140,8 +155,8 @@ def _destination_service(
         return host, "PassthroughCluster"
     if cluster_name:
         cluster = cm.get(cluster_name)
-        svc_host, svc_name = service_of(
-            cluster_name, cluster.config.metadata if cluster is not None else None
+        svc_host, svc_name = _service_cached(
+            cluster_name, cluster.config if cluster is not None else None
         )
         if svc_host:
             host = svc_host

@@ -119,6 +119,7 @@ class PeerMetadataRuntime:
         self.local_value = local.header_value()
         self.local_baggage = local.baggage()
         self.cache: dict[bytes, WorkloadMetadata | None] = {}
+        self._skip: dict[str, tuple[Any, bool]] = {}
 
     def decode(self, value: bytes) -> WorkloadMetadata | None:
         cache = self.cache
@@ -141,7 +142,19 @@ class PeerMetadataRuntime:
         cluster = cm.get(cluster_name) if cm is not None else None
         if cluster is None:
             return False
-        istio = cluster.config.metadata.get("istio")
+        # Per cluster config object: a CDS update brings a new one (and a new answer).
+        config = cluster.config
+        cached = self._skip.get(cluster_name)
+        if cached is not None and cached[0] is config:
+            return cached[1]
+        skip = self._skip_for(config)
+        if len(self._skip) > 10_000:
+            self._skip.clear()
+        self._skip[cluster_name] = (config, skip)
+        return skip
+
+    def _skip_for(self, config: Any) -> bool:
+        istio = config.metadata.get("istio")
         if not isinstance(istio, dict):
             return False
         if istio.get("disable_mx") is True:
@@ -171,6 +184,15 @@ class PeerMetadataFactory(ExtensionFactory):
         return (lambda: PeerMetadataFilter(rt)), False
 
 
+def _put(headers: HeaderMap, name: bytes, value: bytes) -> None:
+    """Envoy's setReference: replace, or append (appending directly when absent is the cheap
+    common case)."""
+    if headers.get(name) is None:
+        headers.add(name, value)
+    else:
+        headers.set(name, value)
+
+
 def _set_peer(stream: Any, key: str, peer: WorkloadMetadata) -> None:
     fs = stream.filter_state
     if fs is None:
@@ -190,24 +212,30 @@ class PeerMetadataFilter(hf.HttpFilter):
         self, headers: HeaderMap, methods: tuple[str, ...], key: str, downstream: bool
     ) -> None:
         rt = self.rt
+        found = False
+        has_id = has_metadata = False
         for method in methods:
             peer = None
             if method == "istio_headers":
                 value = headers.get(H_METADATA)
+                has_id = headers.get(H_ID) is not None
+                has_metadata = value is not None
                 if downstream:
-                    self.got_id = headers.get(H_ID) is not None
-                    self.got_metadata = value is not None
+                    self.got_id = has_id
+                    self.got_metadata = has_metadata
                 if value:
                     peer = rt.decode(value)
             elif method == "baggage":
                 value = headers.get(H_BAGGAGE)
                 if value:
                     peer = from_baggage(value)
-            if peer is not None:
+            if peer is not None and not found:
                 _set_peer(self.stream, key, peer)
-                break
-        if "istio_headers" in methods:
+                found = True
+        # Removed when present (a lookup is far cheaper than a rebuild of the header list).
+        if has_id:
             headers.remove(H_ID)
+        if has_metadata:
             headers.remove(H_METADATA)
 
     def _propagate(self, headers: HeaderMap, methods: tuple[str, ...], downstream: bool) -> None:
@@ -218,11 +246,11 @@ class PeerMetadataFilter(hf.HttpFilter):
         for method in methods:
             if method == "istio_headers":
                 if not downstream or self.got_id:
-                    headers.set(H_ID, rt.local_id)
+                    _put(headers, H_ID, rt.local_id)
                 if not downstream or self.got_metadata:
-                    headers.set(H_METADATA, rt.local_value)
+                    _put(headers, H_METADATA, rt.local_value)
             elif method == "baggage" and rt.local_baggage:
-                headers.set(H_BAGGAGE, rt.local_baggage)
+                _put(headers, H_BAGGAGE, rt.local_baggage)
 
     def decode_headers(self, headers: RequestHeaders, end_stream: bool) -> int:
         cfg = self.rt.config
