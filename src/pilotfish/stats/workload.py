@@ -12,8 +12,8 @@ and the compact endpoint encoding istiod puts in endpoint metadata
 from __future__ import annotations
 
 import base64
-import functools
 import binascii
+import functools
 from dataclasses import dataclass
 from typing import Any
 

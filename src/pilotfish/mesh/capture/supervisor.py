@@ -39,6 +39,7 @@ from pilotfish.mesh.bootstrap import proxy_bootstrap
 from pilotfish.mesh.capture import pods
 from pilotfish.mesh.capture.forward import PortForward
 from pilotfish.mesh.capture.iptables import CaptureConfig
+from pilotfish.mesh.node_metadata import istio_node_metadata
 from pilotfish.mesh.runner import (
     ManagedProcess,
     RunningProxy,
@@ -253,10 +254,13 @@ class CaptureSupervisor(Supervisor):
             cluster=f"{running.labels.get('app', running.name)}.{running.namespace}",
             admin_port=ADMIN_PORT,
             metadata={
-                "NAME": running.name,
-                "NAMESPACE": running.namespace,
-                "LABELS": dict(running.labels),
-                "SERVICE_ACCOUNT": running.service_account,
+                **istio_node_metadata(
+                    running.name,
+                    running.namespace,
+                    running.labels,
+                    running.service_account,
+                    running.kind,
+                ),
                 "INSTANCE_IPS": running.address,
                 "INTERCEPTION_MODE": "REDIRECT",
             },

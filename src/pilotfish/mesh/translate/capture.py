@@ -49,6 +49,7 @@ from pilotfish.mesh.translate.services import (
     ServicePortInfo,
     build_services,
 )
+from pilotfish.mesh.translate.telemetry import stats_filter
 from pilotfish.mesh.translate.vips import with_vips
 from pilotfish.mesh.translate.workload import Workload, labels_match
 
@@ -194,7 +195,14 @@ def _outbound_tcp(ctx: RouteContext, services: Sequence[MeshService]) -> list[JS
                     "address": _address(svc.cluster_ip, port.number),
                     "bind_to_port": False,
                     "traffic_direction": "OUTBOUND",
-                    "filter_chains": [{"filters": [_tcp_proxy(stat, cluster, weighted)]}],
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                stats_filter("OUTBOUND"),
+                                _tcp_proxy(stat, cluster, weighted),
+                            ]
+                        }
+                    ],
                 }
             )
     return listeners

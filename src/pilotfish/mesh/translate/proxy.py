@@ -45,6 +45,7 @@ from pilotfish.mesh.translate.services import (
     ServicePortInfo,
     build_services,
 )
+from pilotfish.mesh.translate.telemetry import peer_metadata_filter, stats_filter
 from pilotfish.mesh.translate.workload import GatewayProxy, Workload, labels_match
 from pilotfish.xds import resource_types as rt
 
@@ -68,8 +69,14 @@ HCM = (
 )
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
-# Istio's HTTP filters, less its telemetry (metadata exchange, stats, alpn): fault, cors, router.
+ROUTER: JSON = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+# Istio's outbound HTTP filters, less grpc_stats and alpn: metadata exchange, fault, cors, stats,
+# router.
 HTTP_FILTERS: list[JSON] = [
+    peer_metadata_filter("OUTBOUND"),
     {
         "name": FAULT,
         "typed_config": {
@@ -80,14 +87,20 @@ HTTP_FILTERS: list[JSON] = [
         "name": CORS,
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"},
     },
-    {
-        "name": "envoy.filters.http.router",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-        },
-    },
+    stats_filter("OUTBOUND"),
+    ROUTER,
 ]
-_ROUTER_ONLY = [HTTP_FILTERS[-1]]
+# Istio's inbound chain (its fault and cors filters act on outbound routes only).
+INBOUND_HTTP_FILTERS: list[JSON] = [
+    peer_metadata_filter("INBOUND"),
+    stats_filter("INBOUND"),
+    ROUTER,
+]
+GATEWAY_HTTP_FILTERS: list[JSON] = [
+    *HTTP_FILTERS[:-2],
+    stats_filter("OUTBOUND", gateway=True),
+    ROUTER,
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +367,7 @@ def inbound_filters(
     inbound_name = cluster_name("inbound", port, None, "")
     operation = f"{svc.hostname}:{svc_port.number}" if svc and svc_port else f":{port}"
     if svc_port is not None and not svc_port.is_http:
-        filters = [_tcp_proxy(inbound_name, inbound_name)]
+        filters = [stats_filter("INBOUND"), _tcp_proxy(inbound_name, inbound_name)]
     else:
         route_config = {
             "name": inbound_name,
@@ -385,7 +398,7 @@ def inbound_filters(
             _hcm(
                 f"inbound_{stat_address}_{port}",
                 route_config=route_config,
-                filters=_ROUTER_ONLY,
+                filters=INBOUND_HTTP_FILTERS,
                 forward_client_cert_details="APPEND_FORWARD",
                 set_current_client_cert_details={"subject": True, "dns": True, "uri": True},
             )
@@ -481,7 +494,10 @@ def sidecar_config(
                 name,
                 workload.address,
                 local_port,
-                [_tcp_proxy(f"outbound|{port_text}||{host}", cluster, weighted)],
+                [
+                    stats_filter("OUTBOUND"),
+                    _tcp_proxy(f"outbound|{port_text}||{host}", cluster, weighted),
+                ],
                 "OUTBOUND",
             )
         )
@@ -591,6 +607,7 @@ def gateway_config(
                     _hcm(
                         f"outbound_{gateway.address}_{port}",
                         rds=route_name,
+                        filters=GATEWAY_HTTP_FILTERS,
                         use_remote_address=True,
                     )
                 ],
