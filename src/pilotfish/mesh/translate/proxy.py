@@ -449,7 +449,12 @@ def sidecar_config(
     clusters, endpoints = outbound_clusters(config, services, workload.namespace)
     clusters = [
         *clusters,
-        inbound_cluster(port, workload.address, workload.app_port),
+        inbound_cluster(
+            port,
+            workload.address,
+            workload.app_port,
+            (svc.hostname, svc.namespace) if svc is not None else None,
+        ),
         static_blackhole(),
     ]
 

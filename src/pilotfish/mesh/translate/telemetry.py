@@ -28,7 +28,7 @@ def _typed_struct(type_url: str, value: JSON) -> JSON:
 def peer_metadata_filter(direction: str) -> JSON:
     """OUTBOUND: discover the upstream from the response, propagate to the request; INBOUND:
     discover the downstream from the request, answer in the response."""
-    headers = [{"istio_headers": {}}]
+    headers: list[JSON] = [{"istio_headers": {}}]
     if direction == "INBOUND":
         value = {"downstream_discovery": headers, "downstream_propagation": headers}
     else:
