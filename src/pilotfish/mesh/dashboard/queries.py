@@ -158,7 +158,7 @@ def build_graph(
             parts.append(f"{d['error_rate'] * 100:.1f}% err")
             if p99v is not None:
                 parts.append(f"p99 {p99v:g} ms")
-        d["label"] = ("\U0001f512 " if d["mtls"] else "") + " · ".join(parts)
+        d["label"] = ("mTLS · " if d["mtls"] else "") + " · ".join(parts)
     return {"nodes": list(nodes.values()), "edges": list(edges.values())}
 
 

@@ -56,8 +56,14 @@ async function refreshGraph() {
     sel.innerHTML = names.map(n => `<option>${n}</option>`).join("");
     if (names.includes(current)) sel.value = current;
   }
-  document.body.dataset.graphNodes = g.nodes.length;
-  document.body.dataset.graphEdges = g.edges.length;
+  // A text index of the graph (the canvas has none): screen readers and tests read it.
+  document.getElementById("graph-index").innerHTML =
+    g.nodes.filter(n => n.data.kind === "workload")
+      .map(n => `<li class="node" data-id="${n.data.id}">${n.data.label}</li>`).join("") +
+    g.edges.map(e => `<li class="edge" data-source="${e.data.source}" data-target="${e.data.target}"` +
+      ` data-mtls="${e.data.mtls}">${e.data.source} → ${e.data.target}: ${e.data.label}</li>`).join("");
+  document.body.dataset.graphNodes = cy.nodes("[kind = 'workload']").length;
+  document.body.dataset.graphEdges = cy.edges().length;
 }
 
 function drawChart(id, values) {
