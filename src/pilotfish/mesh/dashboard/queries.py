@@ -83,9 +83,11 @@ def build_graph(
                 "data": {
                     "id": node,
                     "parent": parent,
-                    "label": f"{service} {version}"
-                    if version and version != "unknown"
-                    else workload,
+                    "label": (
+                        f"{service} {version}"
+                        if version not in ("", "unknown", "latest")
+                        else workload
+                    ),
                     "workload": workload,
                     "service": service,
                     "version": version,
