@@ -139,6 +139,7 @@ def _http_pair(
             hcm={"stat_prefix": "client"},
         )
         client_listener["traffic_direction"] = "OUTBOUND"
+        extra: dict[str, Any] = {"metadata": SERVICE_METADATA} if outbound_metadata else {}
         client = ProxyProcess(
             "pilotfish",
             _bootstrap(
@@ -148,7 +149,7 @@ def _http_pair(
                 static_cluster(
                     "server-outbound-cluster",
                     server.port("server"),
-                    **({"metadata": SERVICE_METADATA} if outbound_metadata else {}),
+                    **extra,
                 ),
             ),
             tmp_path / "client",

@@ -4,6 +4,7 @@ labels and overrides, the labelled-series rendering, the dashboard's graph."""
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from google.protobuf import struct_pb2
@@ -24,7 +25,7 @@ from pilotfish.stats.workload import (
     from_node_metadata,
 )
 
-NODE = {
+NODE: dict[str, Any] = {
     "NAME": "ratings-v1-84975bc778-pxz2w",
     "NAMESPACE": "default",
     "CLUSTER_ID": "server-cluster",
