@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import signal
@@ -35,8 +36,8 @@ log = logging.getLogger("pilotfish.mesh")
 
 GATEWAY_NAME = "istio-ingressgateway"
 
-# (store, proxies) -> {node id: {type URL: resources}}
-Translate = Callable[[ConfigStore, Sequence[RunningProxy]], Mapping[str, Mapping[str, list[Any]]]]
+# (store, proxies, istio_telemetry=...) -> {node id: {type URL: resources}}
+Translate = Callable[..., Mapping[str, Mapping[str, list[Any]]]]
 
 
 class ControlPlane:
@@ -257,7 +258,10 @@ class ControlPlane:
         """Recompute every proxy's resources and hand them to its resource set."""
         self.supervisor.on_config(self.store)
         proxies = list(self.supervisor.proxies.values())
-        per_node = self.translate(self.store, proxies)
+        # Istio's telemetry filters only for proxies that have them (pilotfish; not upstream
+        # Envoy, which would NACK Istio's types).
+        telemetry = self.supervisor.proxy_binary is None
+        per_node = self.translate(self.store, proxies, istio_telemetry=telemetry)
         for node, resources in per_node.items():
             # Clusters and endpoints before listeners and routes (Envoy's order).
             for rtype in (rt.CLUSTER, rt.ENDPOINT, rt.LISTENER, rt.ROUTE):
@@ -377,14 +381,14 @@ def _ack_row(record: Any) -> dict[str, Any]:
 
 
 def istio_translate(
-    store: ConfigStore, proxies: Sequence[RunningProxy]
+    store: ConfigStore, proxies: Sequence[RunningProxy], *, istio_telemetry: bool = True
 ) -> dict[str, Mapping[str, list[Any]]]:
     """Every proxy's resources in Istio's shape (``pilotfish.mesh.translate``)."""
     from pilotfish.mesh.translate import MeshConfig, gateway_resources, sidecar_resources
 
     # Istio's mTLS (auto mTLS, PeerAuthentication): each proxy's SDS server (the bootstrap's
     # sds-grpc) serves its `default` certificate and the `ROOTCA` bundle.
-    config = MeshConfig.from_store(store)
+    config = dataclasses.replace(MeshConfig.from_store(store), istio_telemetry=istio_telemetry)
     workloads = {p.name: p.as_workload() for p in proxies if p.kind == "sidecar"}
     everyone = list(workloads.values())
     out: dict[str, Mapping[str, list[Any]]] = {}

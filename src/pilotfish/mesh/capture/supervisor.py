@@ -23,6 +23,7 @@ namespaces, found by ``ip netns pids``) after a crash.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -329,7 +330,9 @@ class CaptureSupervisor(Supervisor):
         clean_leftovers(self.state_dir)
 
 
-def capture_translate(store: Any, proxies: Sequence[RunningProxy]) -> dict[str, Any]:
+def capture_translate(
+    store: Any, proxies: Sequence[RunningProxy], *, istio_telemetry: bool = True
+) -> dict[str, Any]:
     """Every proxy's resources in capture mode: sidecars in Istio's capture shape
     (``translate.capture``) with the services' VIPs, the gateway listening on its Gateway
     ports on every address of its pod."""
@@ -337,7 +340,7 @@ def capture_translate(store: Any, proxies: Sequence[RunningProxy]) -> dict[str, 
     from pilotfish.mesh.translate.capture import capture_sidecar_resources
     from pilotfish.mesh.translate.vips import service_vips
 
-    config = MeshConfig.from_store(store)
+    config = dataclasses.replace(MeshConfig.from_store(store), istio_telemetry=istio_telemetry)
     vips = service_vips(config)
     workloads = {
         p.name: p.as_workload(outbound_port=0, admin_port=ADMIN_PORT)

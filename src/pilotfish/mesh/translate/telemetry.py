@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pilotfish.mesh.translate.routes import CORS, FAULT
+
 JSON = dict[str, Any]
 TYPED_STRUCT = "type.googleapis.com/udpa.type.v1.TypedStruct"
 PEER_METADATA = "type.googleapis.com/io.istio.http.peer_metadata.Config"
@@ -41,3 +43,43 @@ def stats_filter(direction: str, *, gateway: bool = False) -> JSON:
     if direction == "INBOUND" or gateway:
         value["disable_host_header_fallback"] = True
     return {"name": "istio.stats", "typed_config": _typed_struct(STATS, value)}
+
+
+ROUTER: JSON = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+FAULT_FILTER: JSON = {
+    "name": FAULT,
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+    },
+}
+CORS_FILTER: JSON = {
+    "name": CORS,
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"},
+}
+
+
+def http_filters(direction: str, *, telemetry: bool, gateway: bool = False) -> list[JSON]:
+    """An HTTP chain as istiod builds it (less grpc_stats and alpn): outbound and gateway
+    metadata exchange, fault, cors, stats, router; inbound metadata exchange, stats, router
+    (Istio's fault and cors act on outbound routes only). ``telemetry=False`` (proxies without
+    Istio's extensions, e.g. upstream Envoy) leaves the Istio types out."""
+    if direction == "INBOUND":
+        core: list[JSON] = []
+    else:
+        core = [FAULT_FILTER, CORS_FILTER]
+    if not telemetry:
+        return [*core, ROUTER]
+    return [
+        peer_metadata_filter(direction),
+        *core,
+        stats_filter(direction, gateway=gateway),
+        ROUTER,
+    ]
+
+
+def tcp_stats(direction: str, telemetry: bool) -> list[JSON]:
+    """The network filters before a TCP chain's tcp_proxy."""
+    return [stats_filter(direction)] if telemetry else []
