@@ -76,6 +76,41 @@ def _bootstrap(
     }
 
 
+def _sidecar(
+    tmp_path: Path,
+    side: str,
+    stats_config: str,
+    upstream_port: int,
+    cluster_metadata: dict[str, Any] | None,
+) -> ProxyProcess:
+    """istio-proxy's ``client`` (OUTBOUND: mx_native_outbound + stats_outbound) or ``server``
+    (INBOUND: mx_native_inbound + stats_inbound) sidecar, with that side's node metadata."""
+    outbound = side == "client"
+    cluster = "server-outbound-cluster" if outbound else "server-inbound-cluster"
+    mx, stats, var = (
+        ("mx_native_outbound", "stats_outbound", "StatsFilterClientConfig")
+        if outbound
+        else ("mx_native_inbound", "stats_inbound", "StatsFilterServerConfig")
+    )
+    listener = http_listener(
+        side,
+        [{"name": f"{side}_route", "match": {"prefix": "/"}, "route": {"cluster": cluster}}],
+        http_filters=[
+            *_filters(
+                (f"{mx}.yaml.tmpl", {}), (f"{stats}.yaml.tmpl", {var: _stats_config(stats_config)})
+            ),
+            ROUTER_FILTER,
+        ],
+        hcm={"stat_prefix": side},
+    )
+    listener["traffic_direction"] = "OUTBOUND" if outbound else "INBOUND"
+    extra: dict[str, Any] = {"metadata": cluster_metadata} if cluster_metadata else {}
+    boot = _bootstrap(
+        side, node_metadata(side), listener, static_cluster(cluster, upstream_port, **extra)
+    )
+    return ProxyProcess("pilotfish", boot, tmp_path / side).start()
+
+
 def _http_pair(
     tmp_path: Path,
     backend_port: int,
@@ -84,76 +119,15 @@ def _http_pair(
     server_stats: str = "server_config.yaml",
     outbound_metadata: bool = True,
 ) -> tuple[ProxyProcess, ProxyProcess]:
-    server_listener = http_listener(
-        "server",
-        [
-            {
-                "name": "server_route",
-                "match": {"prefix": "/"},
-                "route": {"cluster": "server-inbound-cluster"},
-            }
-        ],
-        http_filters=[
-            *_filters(
-                ("mx_native_inbound.yaml.tmpl", {}),
-                (
-                    "stats_inbound.yaml.tmpl",
-                    {"StatsFilterServerConfig": _stats_config(server_stats)},
-                ),
-            ),
-            ROUTER_FILTER,
-        ],
-        hcm={"stat_prefix": "server"},
-    )
-    server_listener["traffic_direction"] = "INBOUND"
-    server = ProxyProcess(
-        "pilotfish",
-        _bootstrap(
-            "server",
-            node_metadata("server"),
-            server_listener,
-            static_cluster("server-inbound-cluster", backend_port, metadata=SERVICE_METADATA),
-        ),
-        tmp_path / "server",
-    ).start()
+    server = _sidecar(tmp_path, "server", server_stats, backend_port, SERVICE_METADATA)
     try:
-        client_listener = http_listener(
+        client = _sidecar(
+            tmp_path,
             "client",
-            [
-                {
-                    "name": "client_route",
-                    "match": {"prefix": "/"},
-                    "route": {"cluster": "server-outbound-cluster"},
-                }
-            ],
-            http_filters=[
-                *_filters(
-                    ("mx_native_outbound.yaml.tmpl", {}),
-                    (
-                        "stats_outbound.yaml.tmpl",
-                        {"StatsFilterClientConfig": _stats_config(client_stats)},
-                    ),
-                ),
-                ROUTER_FILTER,
-            ],
-            hcm={"stat_prefix": "client"},
+            client_stats,
+            server.port("server"),
+            SERVICE_METADATA if outbound_metadata else None,
         )
-        client_listener["traffic_direction"] = "OUTBOUND"
-        extra: dict[str, Any] = {"metadata": SERVICE_METADATA} if outbound_metadata else {}
-        client = ProxyProcess(
-            "pilotfish",
-            _bootstrap(
-                "client",
-                node_metadata("client"),
-                client_listener,
-                static_cluster(
-                    "server-outbound-cluster",
-                    server.port("server"),
-                    **extra,
-                ),
-            ),
-            tmp_path / "client",
-        ).start()
     except BaseException:
         server.stop()
         raise
