@@ -55,10 +55,18 @@ SERVICE_METADATA = {
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
 
-def _filters(*templates: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+# The stats filter as Istio's null-VM Wasm plugin (what older istiod versions send).
+NULL_VM = {
+    "WasmRuntime": "envoy.wasm.runtime.null",
+    "StatsFilterCode": 'inline_string: "envoy.wasm.stats"',
+}
+
+
+def _filters(*templates: tuple[str, dict[str, Any]], wasm: bool = False) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    base = {"N": 0, "WasmRuntime": "", **(NULL_VM if wasm else {})}
     for name, vars in templates:
-        out.extend(yaml.safe_load(load(f"filters/{name}", {"N": 0, "WasmRuntime": "", **vars})))
+        out.extend(yaml.safe_load(load(f"filters/{name}", {**base, **vars})))
     return out
 
 
@@ -82,6 +90,8 @@ def _sidecar(
     stats_config: str,
     upstream_port: int,
     cluster_metadata: dict[str, Any] | None,
+    *,
+    wasm: bool = False,
 ) -> ProxyProcess:
     """istio-proxy's ``client`` (OUTBOUND: mx_native_outbound + stats_outbound) or ``server``
     (INBOUND: mx_native_inbound + stats_inbound) sidecar, with that side's node metadata."""
@@ -97,7 +107,9 @@ def _sidecar(
         [{"name": f"{side}_route", "match": {"prefix": "/"}, "route": {"cluster": cluster}}],
         http_filters=[
             *_filters(
-                (f"{mx}.yaml.tmpl", {}), (f"{stats}.yaml.tmpl", {var: _stats_config(stats_config)})
+                (f"{mx}.yaml.tmpl", {}),
+                (f"{stats}.yaml.tmpl", {var: _stats_config(stats_config)}),
+                wasm=wasm,
             ),
             ROUTER_FILTER,
         ],
@@ -118,8 +130,9 @@ def _http_pair(
     client_stats: str = "client_config.yaml",
     server_stats: str = "server_config.yaml",
     outbound_metadata: bool = True,
+    wasm: bool = False,
 ) -> tuple[ProxyProcess, ProxyProcess]:
-    server = _sidecar(tmp_path, "server", server_stats, backend_port, SERVICE_METADATA)
+    server = _sidecar(tmp_path, "server", server_stats, backend_port, SERVICE_METADATA, wasm=wasm)
     try:
         client = _sidecar(
             tmp_path,
@@ -127,6 +140,7 @@ def _http_pair(
             client_stats,
             server.port("server"),
             SERVICE_METADATA if outbound_metadata else None,
+            wasm=wasm,
         )
     except BaseException:
         server.stop()
@@ -162,8 +176,13 @@ def _assert_metric(
     assert [v for _, v in found] == [value]
 
 
-def test_http_basic_flow_client_and_server_series(tmp_path: Path, backend: EchoBackend) -> None:
-    client, server = _http_pair(tmp_path, backend.port)
+@pytest.mark.parametrize("form", ["native", "null-vm-wasm"])
+def test_http_basic_flow_client_and_server_series(
+    tmp_path: Path, backend: EchoBackend, form: str
+) -> None:
+    """The basic flow, with the stats filter as ``stats.PluginConfig`` and as Istio's null-VM
+    Wasm plugin (its JSON configuration): the same series."""
+    client, server = _http_pair(tmp_path, backend.port, wasm=form == "null-vm-wasm")
     with client, server:
         for _ in range(REQUESTS):
             status, headers, _ = get(client.port("client"), "/echo", host="server.default:9080")
@@ -275,10 +294,13 @@ def _tcp_listener(name: str, direction: str, stats: dict[str, Any], cluster: str
     }
 
 
-def test_tcp_client_series(tmp_path: Path) -> None:
-    """TCP through a client sidecar with istio.stats as a network filter: opened/closed
-    connections and bytes both ways, with the peer from the endpoint's ``istio.workload``
-    metadata (no TCP metadata exchange): istio-proxy's labels, exact values."""
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_tcp_series(tmp_path: Path, side: str) -> None:
+    """TCP through a client (OUTBOUND) or server (INBOUND) sidecar with istio.stats as a
+    network filter: opened/closed connections and bytes both ways, exact values, istio-proxy's
+    labels (tcp_client_sent_bytes, tcp_server_connection_open) less what only the TCP metadata
+    exchange and mTLS give: the client knows its peer from the endpoint's ``istio.workload``
+    metadata (no app/version), the server does not know its peer."""
     echo = _TcpEcho()
     stats_filter = {
         "name": "istio.stats",
@@ -296,13 +318,14 @@ def test_tcp_client_series(tmp_path: Path) -> None:
             }
         },
     }
-    cluster = static_cluster("outbound_tcp", endpoints=[endpoint], metadata=SERVICE_METADATA)
+    cluster = static_cluster("tcp_cluster", endpoints=[endpoint], metadata=SERVICE_METADATA)
+    direction = "OUTBOUND" if side == "client" else "INBOUND"
     proxy = ProxyProcess(
         "pilotfish",
         _bootstrap(
-            "client",
-            node_metadata("client"),
-            _tcp_listener("tcp_client", "OUTBOUND", stats_filter, "outbound_tcp"),
+            side,
+            node_metadata(side),
+            _tcp_listener("tcp", direction, stats_filter, "tcp_cluster"),
             cluster,
         ),
         tmp_path,
@@ -310,7 +333,7 @@ def test_tcp_client_series(tmp_path: Path) -> None:
     try:
         with proxy.start():
             for _ in range(3):
-                with socket.create_connection(("127.0.0.1", proxy.port("tcp_client"))) as s:
+                with socket.create_connection(("127.0.0.1", proxy.port("tcp"))) as s:
                     s.sendall(b"x" * 40)
                     got = b""
                     while len(got) < 40:
@@ -328,17 +351,31 @@ def test_tcp_client_series(tmp_path: Path) -> None:
             samples = _scrape(proxy)
     finally:
         echo.close()
-    _, _, _, labels = expected_metric(
-        "tcp_client_sent_bytes.yaml.tmpl", {"AppVersionFallback": "false"}
-    )
-    # Without TCP metadata exchange nor mTLS the peer is what the endpoint metadata says:
-    # no app/version, no principals.
-    labels.update(
-        destination_app="unknown",
-        destination_version="unknown",
-        destination_principal="unknown",
-        source_principal="unknown",
-    )
+    if side == "client":
+        _, _, _, labels = expected_metric(
+            "tcp_client_sent_bytes.yaml.tmpl", {"AppVersionFallback": "false"}
+        )
+        labels.update(
+            destination_app="unknown",
+            destination_version="unknown",
+            destination_principal="unknown",
+            source_principal="unknown",
+        )
+    else:
+        _, _, _, labels = expected_metric(
+            "tcp_server_connection_open.yaml.tmpl",
+            {"AppVersionFallback": "false", "EnableAdditionalLabels": "false"},
+        )
+        labels.update(
+            {f"source_{k}": "unknown" for k in ("workload", "canonical_service", "app")},
+            source_canonical_revision="latest",
+            source_workload_namespace="unknown",
+            source_principal="unknown",
+            source_version="unknown",
+            source_cluster="unknown",
+            destination_principal="unknown",
+            connection_security_policy="none",
+        )
     for name, value in (
         ("istio_tcp_sent_bytes_total", 120),
         ("istio_tcp_received_bytes_total", 120),
