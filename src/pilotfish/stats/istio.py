@@ -403,6 +403,8 @@ class IstioStats:
         )
         self.warnings = list(config.warnings) + (self.overrides.warnings if self.overrides else [])
         self._peer_tags: dict[tuple[Any, ...], tuple[Any, Tags]] = {}
+        # cluster name -> (its config object, (service host, name)): see istio_stats.py.
+        self.service_cache: dict[str, tuple[Any, tuple[str, str]]] = {}
         self._series: dict[tuple[Any, ...], SeriesSet] = {}
         tagged.on_rotate.append(self._forget)
 

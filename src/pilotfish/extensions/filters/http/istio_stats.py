@@ -125,23 +125,21 @@ class IstioStatsNetworkFactory(ExtensionFactory):
         return TcpIstioStats(config, ctx)
 
 
-_SERVICES: dict[str, tuple[Any, tuple[str, str]]] = {}
-
-
-def _service_cached(cluster_name: str, config: Any) -> tuple[str, str]:
+def _service_cached(rt: IstioStats, cluster_name: str, config: Any) -> tuple[str, str]:
     """service_of, computed once per cluster config object (a CDS update replaces it)."""
-    cached = _SERVICES.get(cluster_name)
+    cache = rt.service_cache
+    cached = cache.get(cluster_name)
     if cached is not None and cached[0] is config:
         return cached[1]
     result = service_of(cluster_name, config.metadata if config is not None else None)
-    if len(_SERVICES) > 10_000:
-        _SERVICES.clear()
-    _SERVICES[cluster_name] = (config, result)
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[cluster_name] = (config, result)
     return result
 
 
 def _destination_service(
-    cm: Any, cluster_name: str, route_name: str, request_headers: Any
+    rt: IstioStats, cluster_name: str, cluster: Any, route_name: str, request_headers: Any
 ) -> tuple[str, str]:
     """(destination_service, destination_service_name): the request's host (if the host
     fallback is on), overridden by the route (``block_all``/``allow_any``) or the upstream
@@ -154,9 +152,8 @@ def _destination_service(
     if route_name == "allow_any":
         return host, "PassthroughCluster"
     if cluster_name:
-        cluster = cm.get(cluster_name)
         svc_host, svc_name = _service_cached(
-            cluster_name, cluster.config if cluster is not None else None
+            rt, cluster_name, cluster.config if cluster is not None else None
         )
         if svc_host:
             host = svc_host
@@ -222,9 +219,15 @@ class IstioStatsFilter(hf.HttpFilter):
             peer = fs.get(DOWNSTREAM_PEER if reporter != SOURCE else UPSTREAM_PEER)
         if peer is None and reporter == SOURCE and self.host_metadata:
             peer = endpoint_peer(self.host_metadata)
+        cluster_name = stream.upstream_cluster
+        router = stream.router
+        cluster = getattr(router, "cluster", None) if router is not None else None
+        if cluster is None and cluster_name:
+            cluster = self.cm.get(cluster_name)
         host, name = _destination_service(
-            self.cm,
-            stream.upstream_cluster,
+            rt,
+            cluster_name,
+            cluster,
             stream.route_name,
             None if rt.config.disable_host_header_fallback else stream.request_headers,
         )
@@ -379,7 +382,7 @@ class TcpConnectionStats:
         if rt.reporter == SOURCE:
             host = getattr(s, "host", None)
             peer = endpoint_peer(host.metadata) if host is not None else None
-        svc_host, svc_name = _destination_service(owner.cm, s.upstream_cluster, "", None)
+        svc_host, svc_name = _destination_service(rt, s.upstream_cluster, s.cluster, "", None)
         tls = s.info.tls if rt.reporter != SOURCE else None
         peer_san, local_san, security = _principals(s, rt.reporter, tls)
         tags = rt.peer_tags(peer, svc_host, svc_name, peer_san, local_san)
