@@ -168,8 +168,11 @@ def test_labels_order_and_prometheus_rendering() -> None:
         'response_flags="-",connection_security_policy="unknown"} 3'
     )
     assert any('response_flags="UF,URX"' in ln and ln.endswith(" 1") for ln in lines)
-    tagged.rotate()  # stats expiry: every series forgotten
+    tagged.rotate()  # stats expiry: every series forgotten, and the recorder's caches
     assert not any(f.series for f in tagged.families.values())
+    client.record_http(tags, "http", 200, "", "-", "unknown", 4.0, 100, 200)
+    (series,) = tagged.families["istiocustom.istio_requests_total"].series.values()
+    assert series.value == 1
 
 
 def test_overrides_drop_remove_and_add_tags() -> None:

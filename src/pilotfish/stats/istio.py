@@ -406,7 +406,7 @@ class IstioStats:
         # cluster name -> (its config object, (service host, name)): see istio_stats.py.
         self.service_cache: dict[str, tuple[Any, tuple[str, str]]] = {}
         self._series: dict[tuple[Any, ...], SeriesSet] = {}
-        tagged.on_rotate.append(self._forget)
+        tagged.on_rotate(self._forget)
 
     def _forget(self) -> None:
         self._peer_tags.clear()

@@ -10,7 +10,8 @@ tag-extracted, their labels are given). ``rotate`` forgets every series (Istio's
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from pilotfish.stats.store import Counter, Gauge, Histogram
@@ -49,8 +50,13 @@ class Family:
 class TaggedStats:
     def __init__(self) -> None:
         self.families: dict[str, Family] = {}
-        # Called after ``rotate`` so that holders of series objects drop their references.
-        self.on_rotate: list[object] = []
+        # Called after ``rotate`` so that holders of series objects drop their references
+        # (weakly held: a replaced listener's filter config must not be kept alive).
+        self._on_rotate: list[weakref.WeakMethod[Callable[[], None]]] = []
+        self.rotation_timer: Any = None  # the rotation_interval timer, one per server
+
+    def on_rotate(self, method: Callable[[], None]) -> None:
+        self._on_rotate.append(weakref.WeakMethod(method))
 
     def family(self, name: str, kind: str, bounds: tuple[float, ...] = ()) -> Family:
         f = self.families.get(name)
@@ -58,23 +64,13 @@ class TaggedStats:
             f = self.families[name] = Family(name, kind, bounds)
         return f
 
-    def of_kind(self, kind: str) -> Iterator[Family]:
-        return (f for f in list(self.families.values()) if f.kind == kind)
-
     def rotate(self) -> None:
         for f in self.families.values():
             f.series.clear()
-        for hook in self.on_rotate:
-            hook()  # type: ignore[operator]
-
-    def text_lines(self) -> list[str]:
-        """``/stats`` lines, as Envoy names a stat made from stat names and tags: the name
-        followed by each tag's name and value, joined by dots."""
-        lines = []
-        for f in self.families.values():
-            if f.kind == "histogram":
-                continue
-            for tags, s in f.series.items():
-                name = ".".join([f.name, *(p for kv in tags for p in kv)])
-                lines.append(f"{name}: {s.value}")
-        return sorted(lines)
+        alive = []
+        for ref in self._on_rotate:
+            hook = ref()
+            if hook is not None:
+                hook()
+                alive.append(ref)
+        self._on_rotate = alive

@@ -85,7 +85,7 @@ def runtime(config: IstioStatsConfig, ctx: Any) -> IstioStats:
 def _schedule_rotation(ctx: Any, interval: float) -> None:
     """Forget every labelled series each ``rotation_interval`` (one timer per server)."""
     tagged = ctx.tagged_stats
-    if getattr(tagged, "rotation_timer", None) is not None:
+    if tagged.rotation_timer is not None:
         return
 
     def rotate() -> None:
