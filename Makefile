@@ -8,6 +8,8 @@ ENVOY_STAMP := $(ENVOY_VENV)/.installed
 APT_STAMP := .apt-installed
 ENVOY_VERSION := 1.40.0
 
+DASHBOARD_VENDOR := src/pilotfish/mesh/dashboard/static/vendor/cytoscape.min.js
+
 .PHONY: all install envoy apt test lint typecheck unit demo demo-proxy bench clean
 
 all: install
@@ -23,7 +25,16 @@ $(STAMP): pyproject.toml setup.py $(COMPILED_SOURCES)
 	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) $(DASHBOARD_VENDOR)
+
+# The dashboard's front-end libraries, from npm at the versions web/dashboard/package-lock.json
+# pins, copied next to the page (`pilotfishctl dashboard` serves them; no CDN).
+DASHBOARD_VENDOR := src/pilotfish/mesh/dashboard/static/vendor/cytoscape.min.js
+$(DASHBOARD_VENDOR): web/dashboard/package.json web/dashboard/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd web/dashboard && npm ci --no-audit --no-fund --ignore-scripts --silent; \
+	  mkdir -p $(CURDIR)/$(dir $@) && cp node_modules/cytoscape/dist/cytoscape.min.js $(CURDIR)/$@; \
+	else echo "npm not found: the dashboard's graph needs it (apt-get install npm)"; fi
 
 # Real Envoy, the oracle of the differential tests and the peer of the benchmarks.
 $(ENVOY_STAMP):

@@ -6,7 +6,7 @@ time per iteration is the per-request Python budget the proxy spends (kernel and
 excluded), the number to watch when changing the request path.
 
     .venv/bin/python bench/request_path.py [--requests N] [--profile] [--istio-filters]
-        [--regex-routes N] [--normalize-path] [--hash-policy] [--outlier-detection]
+        [--regex-routes N] [--normalize-path] [--hash-policy] [--outlier-detection] [--istio-stats]
 
 ``--istio-filters`` puts istiod's empty ``envoy.filters.http.fault`` and ``envoy.filters.http.cors``
 in front of the router (as in every sidecar): they act only on routes with a per-route config,
@@ -31,6 +31,10 @@ difference.
 
 ``--outlier-detection`` gives the cluster Istio's usual ``outlier_detection``: every response is
 reported to the host's outlier monitor.
+
+``--istio-stats`` adds what istiod puts on an outbound sidecar listener for telemetry: the peer
+metadata filter (Istio headers out, discovery back) and Istio's stats filter, with a sidecar's
+node metadata (each request then counts in ``istio_requests_total`` and three histograms).
 """
 
 from __future__ import annotations
@@ -52,9 +56,10 @@ from pilotfish.upstream.conn_pool import Http1ConnPool, UpstreamConnection
 from pilotfish.xds.bootstrap import BootstrapSource, load_bootstrap
 
 BOOTSTRAP = """
-static_resources:
+{node}static_resources:
   listeners:
   - name: main
+    traffic_direction: OUTBOUND
     address: {socket_address: {address: 127.0.0.1, port_value: 1}}
     filter_chains:
     - filters:
@@ -74,6 +79,10 @@ http_connection_manager.v3.HttpConnectionManager"
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
   - name: backend{lb_policy}
+    metadata:
+      filter_metadata:
+        istio: {services: [{host: backend.default.svc.cluster.local, name: backend,
+                            namespace: default}]}
     load_assignment:
       cluster_name: backend
       endpoints:
@@ -149,6 +158,29 @@ PATH_OPTIONS = """
           merge_slashes: true"""
 
 
+ISTIO_STATS = """
+          - name: istio.metadata_exchange
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/io.istio.http.peer_metadata.Config
+              value:
+                upstream_discovery: [{istio_headers: {}}]
+                upstream_propagation: [{istio_headers: {}}]
+          - name: istio.stats
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/stats.PluginConfig
+              value: {}"""
+NODE = """node:
+  id: sidecar~10.0.0.1~productpage-v1-1.default~default.svc.cluster.local
+  metadata:
+    NAMESPACE: default
+    WORKLOAD_NAME: productpage-v1
+    CLUSTER_ID: Kubernetes
+    LABELS: {app: productpage, version: v1}
+"""
+
+
 def build(
     istio_filters: bool = False,
     regex_route_count: int = 0,
@@ -156,6 +188,7 @@ def build(
     normalize_path: bool = False,
     hashing: bool = False,
     outlier_detection: bool = False,
+    istio_stats: bool = False,
 ) -> tuple[Any, FakeTransport, UpstreamConnection, FakeTransport]:
     loop = asyncio.new_event_loop()
     routes = (
@@ -163,7 +196,9 @@ def build(
         if regex_route_count
         else '[{match: {prefix: "/"}, route: {cluster: backend{hash_policy}}}]'
     )
-    config = BOOTSTRAP.replace("{extra_filters}", ISTIO_FILTERS if istio_filters else "")
+    extra = (ISTIO_FILTERS if istio_filters else "") + (ISTIO_STATS if istio_stats else "")
+    config = BOOTSTRAP.replace("{extra_filters}", extra)
+    config = config.replace("{node}", NODE if istio_stats else "")
     config = config.replace("{routes}", routes)
     config = config.replace("{path_options}", PATH_OPTIONS if normalize_path else "")
     config = config.replace("{hash_policy}", HASH_POLICY if hashing else "")
@@ -176,7 +211,13 @@ def build(
     cm = ClusterManager(store, loop)
     for c in model.clusters:
         cm.add_or_update(c)
-    ctx = ServerContext(loop=loop, stats=store, cluster_manager=cm)
+    ctx = ServerContext(
+        loop=loop,
+        stats=store,
+        cluster_manager=cm,
+        node_id=model.node.id,
+        node_metadata=model.node.metadata,
+    )
     hcm_ext = model.listeners[0].filter_chains[0].filters[0]
     hcm = hcm_ext.factory.build(hcm_ext.config, ctx, listener_prefix="listener.x.")
     info = ConnectionInfo(1, ("127.0.0.1", 8080), ("127.0.0.1", 40000), 0.0, 1 << 20)
@@ -222,6 +263,7 @@ def main() -> None:
     parser.add_argument("--normalize-path", action="store_true")
     parser.add_argument("--hash-policy", action="store_true")
     parser.add_argument("--outlier-detection", action="store_true")
+    parser.add_argument("--istio-stats", action="store_true")
     args = parser.parse_args()
     if args.hash_policy:
         compare_hashing(args.requests, args.rounds)
@@ -232,6 +274,7 @@ def main() -> None:
         args.regex_unbounded,
         args.normalize_path,
         outlier_detection=args.outlier_detection,
+        istio_stats=args.istio_stats,
     )
     one_request(down, down_t, up, up_t)
     down.data_received(REQUEST)

@@ -12,7 +12,8 @@ ingress gateway, driven by Istio's own YAML files.
 
 With `--capture` (root) the mesh runs in iptables capture mode: each workload in its own
 network namespace with istio-iptables' rules, apps unchanged (no proxy settings).
-The mesh is left running (with the commands to look at it), or torn down with `--once`."""
+The mesh is left running (with the commands to look at it and the dashboard's URL), or torn
+down with `--once`."""
 
 from __future__ import annotations
 
@@ -136,9 +137,11 @@ def main() -> int:
         print("\nthe mesh is down")
         return 0
     ctl_cmd = f"{Path(sys.executable).with_name('pilotfishctl')} --state {state}"
+    dashboard = ctl(state, "dashboard").strip()
     print(
         f"""
 The mesh is still up: open {url}/productpage (log in as jason to see v2).
+Dashboard (service graph, charts, proxies' sync; needs Debian's prometheus): {dashboard}
   {ctl_cmd} status
   {ctl_cmd} proxy-config routes productpage-v1
   {ctl_cmd} apply -f examples/bookinfo/networking/virtual-service-reviews-80-20.yaml

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pilotfish.stats.store import Store
+from pilotfish.stats.tagged import TaggedStats
 
 
 def detect_local_address(ip_version: str = "v4") -> str:
@@ -46,6 +47,10 @@ class ServerContext:
     rds: Any = None
     # Named TLS secrets, static and from SDS (tls.secrets.SecretStore).
     secrets: Any = None
+    # The bootstrap's node metadata (Istio's WORKLOAD_NAME, LABELS, ... for telemetry).
+    node_metadata: dict[str, Any] = field(default_factory=dict)
+    # Labelled stats (Istio's standard metrics), rendered beside ``stats`` on scrape.
+    tagged_stats: TaggedStats = field(default_factory=TaggedStats)
 
     def drain_close(self, handler: Any) -> bool:
         """While ``draining``: whether a response of ``handler`` (a connection manager) closes

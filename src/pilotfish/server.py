@@ -84,6 +84,7 @@ class Server:
             local_address=detect_local_address(opts.local_address_ip_version),
             node_id=model.node.id,
             node_cluster=model.node.cluster,
+            node_metadata=model.node.metadata,
             runtime=model.runtime,
             drain_time=float(opts.drain_time_s),
             secrets=secrets,

@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,9 @@ def test_sidecars_talk_istio_mtls(kind: str, tmp_path: Path) -> None:
             if w.name.split("-")[0] != "reviews" or w.name.startswith("reviews-v1")
         ]
         store = bookinfo_store("no-rules")
-        config = MeshConfig.from_store(store)
+        # Istio's telemetry filters for pilotfish; upstream Envoy does not have them.
+        telemetry = kind == "pilotfish"
+        config = replace(MeshConfig.from_store(store), istio_telemetry=telemetry)
         servers: dict[str, ThreadedXdsServer] = {}
         procs: dict[str, ProxyProcess] = {}
         for name in backends:
@@ -114,9 +117,30 @@ def test_sidecars_talk_istio_mtls(kind: str, tmp_path: Path) -> None:
         stats = procs["productpage-v1"].stats("cluster.outbound|9080||reviews")
         assert any(k.endswith("ssl.handshake") and v > 0 for k, v in stats.items()), stats
         assert plaintext_get(reviews.inbound_port) == 200  # PERMISSIVE
+        if telemetry:
+            # Istio's metrics on the server side see the mTLS peer: both principals from the
+            # certificates' SPIFFE URIs, connection_security_policy mutual_tls.
+            text = procs["reviews-v1"].call("/stats/prometheus").text
+            mtls = [
+                ln
+                for ln in text.splitlines()
+                if ln.startswith("istio_requests_total{")
+                and 'connection_security_policy="mutual_tls"' in ln
+            ]
+            assert mtls, text[-3000:]
+            assert 'reporter="destination"' in mtls[0]
+            assert (
+                'source_principal="spiffe://cluster.local/ns/default/sa/bookinfo-productpage"'
+                in mtls[0]
+            )
+            assert (
+                'destination_principal="spiffe://cluster.local/ns/default/sa/bookinfo-reviews"'
+                in mtls[0]
+            )
 
         store.apply_yaml(STRICT_REVIEWS)
-        push(servers["reviews-v1"], MeshConfig.from_store(store), workloads, reviews)
+        config = replace(MeshConfig.from_store(store), istio_telemetry=telemetry)
+        push(servers["reviews-v1"], config, workloads, reviews)
         wait(lambda: plaintext_get(reviews.inbound_port) is None, "STRICT to refuse plaintext")
         assert via_mesh() == (200, "reviews-v1")  # mTLS still gets in
 

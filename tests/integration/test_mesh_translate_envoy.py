@@ -16,6 +16,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,13 @@ KINDS = ("envoy", "pilotfish")
 KNOWN_PILOTFISH_NACKS: set[tuple[str, str, str, str]] = set()
 
 
-def resources_for(scenario: str, proxy: str, ports: dict[str, int]) -> tuple[str, ProxyResources]:
+def resources_for(
+    scenario: str, proxy: str, ports: dict[str, int], *, telemetry: bool = False
+) -> tuple[str, ProxyResources]:
+    """``telemetry``: with Istio's telemetry filters (pilotfish runs them; upstream Envoy does
+    not have them)."""
     workloads = bookinfo_workloads(app_ports=ports, allocate_port=_ports())
-    config = bookinfo_config(scenario)
+    config = replace(bookinfo_config(scenario), istio_telemetry=telemetry)
     if proxy == "gateway":
         gw = gateway(ports["gateway"])
         return gw.node_id(), gateway_resources(config, workloads, gw)
@@ -136,11 +141,11 @@ def proxy_for(
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_every_scenario_is_accepted(kind: str, proxy: str, tmp_path: Path) -> None:
     ports = {"gateway": free_port()}
-    node_id, _ = resources_for("no-rules", proxy, ports)
+    node_id, _ = resources_for("no-rules", proxy, ports, telemetry=kind == "pilotfish")
     nacks: list[tuple[str, str, str]] = []
     with proxy_for(kind, node_id, tmp_path, proxy) as (server, proc):
         for scenario in SCENARIOS:
-            _, res = resources_for(scenario, proxy, ports)
+            _, res = resources_for(scenario, proxy, ports, telemetry=kind == "pilotfish")
             for a in push(server, res, node_id):
                 if a.is_nack:
                     nacks.append((scenario, a.type_url.rsplit(".", 1)[-1], a.error_message))
@@ -183,9 +188,10 @@ def test_http_proxy_request_follows_subset_routing(kind: str, tmp_path: Path) ->
         )
         store = bookinfo_store("reviews-test-v2")
         store.apply([NETWORKING / "bookinfo-gateway.yaml"])
-        config = MeshConfig.from_store(
-            store, mtls=False
-        )  # plaintext: test_mesh_mtls_envoy has mTLS
+        # Plaintext (test_mesh_mtls_envoy has mTLS); Istio's telemetry filters for pilotfish.
+        config = replace(
+            MeshConfig.from_store(store, mtls=False), istio_telemetry=kind == "pilotfish"
+        )
         gw = gateway(free_port())
         procs = {}
         for name in (*APPS, "gateway"):

@@ -96,16 +96,19 @@ def test_sidecar_outbound_http_listener() -> None:
     assert hcm.rds is not None and hcm.rds.route_config_name == "9080"
     assert hcm.route_config is None
     assert hcm.stream_idle_timeout == 0.0 and hcm.normalize_path
-    # Metadata exchange (null-VM Wasm), istio.stats and grpc_stats are telemetry, skipped with
-    # a warning; the empty fault and CORS filters are kept (they act on routes with a per-route
-    # config; the connection manager runs them only there).
+    # Metadata exchange (null-VM Wasm) and istio.stats run (Istio's standard metrics);
+    # grpc_stats is telemetry, skipped with a warning; the empty fault and CORS filters are kept
+    # (they act on routes with a per-route config; the connection manager runs them only there).
     assert [f.name for f in hcm.http_filters] == [
+        "istio.metadata_exchange",
         "istio.alpn",
         "envoy.filters.http.fault",
         "envoy.filters.http.cors",
+        "istio.stats",
         "envoy.filters.http.router",
     ]
-    assert "istio.metadata_exchange" in ctx.skipped and "istio.stats" in ctx.skipped
+    assert "envoy.filters.http.grpc_stats" in ctx.skipped
+    assert "istio.metadata_exchange" not in ctx.skipped and "istio.stats" not in ctx.skipped
     assert not any("http.fault" in w or "http.cors" in w for w in ctx.warnings)
     assert lis.default_filter_chain is not None
     tcp = lis.default_filter_chain.filters[-1].config
@@ -171,8 +174,15 @@ def test_virtual_inbound_without_authz() -> None:
         "tls",
         "raw_buffer",
     ]
-    # istio_authn, metadata exchange and istio.stats are left out: only the terminal filters run.
-    assert [len(fc.filters) for fc in lis.filter_chains] == [1, 1, 1, 1, 1]
+    # istio_authn and the TCP metadata exchange are left out; istio.stats stays in front of
+    # tcp_proxy (TCP chains); HTTP chains keep their stats inside the connection manager.
+    assert [[f.name for f in fc.filters][:-1] for fc in lis.filter_chains] == [
+        ["istio.stats"],
+        [],
+        ["istio.stats"],
+        ["istio.stats"],
+        [],
+    ]
     assert lis.listener_filters[0].name == "envoy.filters.listener.original_dst"
 
 

@@ -522,6 +522,11 @@ def stats_prometheus(server: Server, params: dict[str, str]) -> Response:
     return _prometheus(server, params, p)
 
 
+# The custom stat namespace Istio's stats filter registers (its metrics are
+# ``istiocustom.istio_requests_total``, rendered as ``istio_requests_total``).
+ISTIO_NAMESPACES = frozenset(("istiocustom",))
+
+
 def _prometheus(server: Server, params: dict[str, str], p: _StatsParams) -> Response:
     """Prometheus text: ``type`` is checked but not applied (as in Envoy); histograms are
     cumulative buckets."""
@@ -546,6 +551,8 @@ def _prometheus(server: Server, params: dict[str, str], p: _StatsParams) -> Resp
         filter_regex=p.filter,
         text_readouts="text_readouts" in params,
         summary=p.histogram_buckets == "summary",
+        custom_namespaces=ISTIO_NAMESPACES,
+        tagged=server.ctx.tagged_stats.families.values() if server.ctx is not None else (),
     )
     return Response(200, body)
 

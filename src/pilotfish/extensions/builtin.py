@@ -56,6 +56,11 @@ def builtin_factories() -> list[ExtensionFactory]:
     )
     from pilotfish.extensions.filters.http.cors import CorsFactory
     from pilotfish.extensions.filters.http.fault import FaultFactory
+    from pilotfish.extensions.filters.http.istio_stats import (
+        IstioStatsFactory,
+        IstioStatsNetworkFactory,
+    )
+    from pilotfish.extensions.filters.http.peer_metadata import PeerMetadataFactory
     from pilotfish.extensions.filters.http.router import RouterFactory
     from pilotfish.extensions.filters.listener.http_inspector import HttpInspectorFactory
     from pilotfish.extensions.filters.listener.original_dst import OriginalDstFactory
@@ -91,10 +96,8 @@ def builtin_factories() -> list[ExtensionFactory]:
             "envoy.stat_sinks.open_telemetry",
             "envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
         ),
-        # Istio's own telemetry types (not in xds-protos; kept opaque).
-        T(C.HTTP_FILTER, "istio.stats", "stats.PluginConfig"),
-        T(C.NETWORK_FILTER, "istio.stats", "stats.PluginConfig"),
-        T(C.HTTP_FILTER, "istio.metadata_exchange", "io.istio.http.peer_metadata.Config"),
+        # Istio's TCP metadata exchange (the MX protocol after ALPN istio-peer-exchange):
+        # not run; TCP metrics then know the peer from endpoint metadata only.
         T(
             C.NETWORK_FILTER,
             "istio.metadata_exchange",
@@ -177,6 +180,10 @@ def builtin_factories() -> list[ExtensionFactory]:
         *transport_socket_factories(),
         DownstreamConnectionsMonitor(),
         UuidRequestId(),
+        # Istio's own types (not in xds-protos; parsed from their TypedStruct form).
+        IstioStatsFactory(),
+        IstioStatsNetworkFactory(),
+        PeerMetadataFactory(),
         *telemetry,
         *accepted,
         # In the form istiod emits them, these do nothing (see each module); other forms are

@@ -11,6 +11,8 @@ JSON answer per line (see ``handle``)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import json
 import logging
 import signal
@@ -22,6 +24,7 @@ import yaml
 
 from pilotfish.mesh.config.errors import ConfigValidationError
 from pilotfish.mesh.config.store import ConfigStore
+from pilotfish.mesh.prometheus import PrometheusAddon, prometheus_binary
 from pilotfish.mesh.runner import RunningProxy, Supervisor, WorkloadSpec, saved_proxy_binary
 from pilotfish.mesh.security.ca import MeshCA
 from pilotfish.mesh.security.sds_server import WorkloadSdsServers
@@ -33,8 +36,8 @@ log = logging.getLogger("pilotfish.mesh")
 
 GATEWAY_NAME = "istio-ingressgateway"
 
-# (store, proxies) -> {node id: {type URL: resources}}
-Translate = Callable[[ConfigStore, Sequence[RunningProxy]], Mapping[str, Mapping[str, list[Any]]]]
+# (store, proxies, istio_telemetry=...) -> {node id: {type URL: resources}}
+Translate = Callable[..., Mapping[str, Mapping[str, list[Any]]]]
 
 
 class ControlPlane:
@@ -63,6 +66,11 @@ class ControlPlane:
         self._sds_tasks: set[asyncio.Task[Any]] = set()
         self._stopped = asyncio.Event()
         self._ctl: asyncio.AbstractServer | None = None
+        # Istio's Prometheus add-on, when Debian's prometheus is installed.
+        binary = prometheus_binary()
+        self.prometheus = PrometheusAddon(state_dir, binary) if binary else None
+        self._targets_task: asyncio.Task[None] | None = None
+        self.dashboard: Any = None
 
     def _supervisor(self, proxy_binary: str | None) -> Supervisor:
         if not self.capture:
@@ -88,6 +96,38 @@ class ControlPlane:
         for spec in self._saved_workloads():
             self.add_workload(spec)
         self.sync_gateway()
+        if self.prometheus is not None:
+            self.prometheus.start()
+            self._targets_task = loop.create_task(self._follow_targets())
+        self._start_dashboard(loop)
+
+    def _start_dashboard(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The dashboard on a thread; it asks this loop for the proxies' sync state."""
+        from pilotfish.mesh.dashboard.server import Dashboard
+
+        def proxies() -> list[dict[str, Any]]:
+            future: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
+
+            def fill() -> None:
+                try:
+                    future.set_result(self.sync_status())
+                except Exception as e:  # reported to the page
+                    future.set_exception(e)
+
+            loop.call_soon_threadsafe(fill)
+            return future.result(timeout=5)
+
+        prometheus = self.prometheus
+        self.dashboard = Dashboard(lambda: prometheus.url if prometheus else "", proxies)
+        self.dashboard.start()
+        (self.state_dir / "dashboard.url").write_text(self.dashboard.url + "\n")
+
+    async def _follow_targets(self) -> None:
+        """Keep Prometheus's targets the running proxies (checked every second)."""
+        assert self.prometheus is not None
+        while True:
+            self.prometheus.update(self.supervisor.proxies.values())
+            await asyncio.sleep(1.0)
 
     async def run(self) -> None:
         await self.start()
@@ -97,6 +137,13 @@ class ControlPlane:
     async def stop(self) -> None:
         if self._ctl is not None:
             self._ctl.close()
+        if self._targets_task is not None:
+            self._targets_task.cancel()
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        if self.dashboard is not None:
+            self.dashboard.stop()
+            (self.state_dir / "dashboard.url").unlink(missing_ok=True)
         self.supervisor.stop_all()
         await self.sds.stop_all()
         await self.server.stop()
@@ -211,7 +258,10 @@ class ControlPlane:
         """Recompute every proxy's resources and hand them to its resource set."""
         self.supervisor.on_config(self.store)
         proxies = list(self.supervisor.proxies.values())
-        per_node = self.translate(self.store, proxies)
+        # Istio's telemetry filters only for proxies that have them (pilotfish; not upstream
+        # Envoy, which would NACK Istio's types).
+        telemetry = self.supervisor.proxy_binary is None
+        per_node = self.translate(self.store, proxies, istio_telemetry=telemetry)
         for node, resources in per_node.items():
             # Clusters and endpoints before listeners and routes (Envoy's order).
             for rtype in (rt.CLUSTER, rt.ENDPOINT, rt.LISTENER, rt.ROUTE):
@@ -235,6 +285,36 @@ class ControlPlane:
                 await writer.drain()
         finally:
             writer.close()
+
+    def sync_status(self) -> list[dict[str, Any]]:
+        """Each proxy's xDS state, as ``istioctl proxy-status`` shows it: connected or not,
+        per type the last answer (ACK or NACK with its reason) and the NACKs seen."""
+        connected = {s.node_id for s in self.server.connected()}
+        last: dict[tuple[str, str], Any] = {}
+        nacks: dict[str, list[dict[str, Any]]] = {}
+        for record in self.server.acks:
+            if record.stale:
+                continue
+            last[(record.node_id, record.type_url)] = record
+            if record.is_nack:
+                nacks.setdefault(record.node_id, []).append(_ack_row(record))
+        rows = []
+        for p in self.supervisor.proxies.values():
+            node = p.node_id
+            types = [_ack_row(r) for (n, _), r in sorted(last.items()) if n == node]
+            rows.append(
+                {
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "node_id": node,
+                    "connected": node in connected,
+                    "types": types,
+                    "synced": bool(types) and not any(t["nack"] for t in types),
+                    "proxy": p.describe()["proxy"],
+                    "nacks": nacks.get(node, [])[-10:],
+                }
+            )
+        return rows
 
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """``apply``/``delete`` (YAML text), ``get`` (kind), ``status``, ``down``."""
@@ -279,22 +359,36 @@ class ControlPlane:
                 "xds": self.xds_address,
                 "proxy_binary": self.supervisor.proxy_binary or "pilotfish",
                 "capture": self.capture or "none",
+                "prometheus": self.prometheus.url if self.prometheus is not None else "",
+                "dashboard": self.dashboard.url if self.dashboard is not None else "",
             }
+        if cmd == "sync":
+            return {"ok": True, "rows": self.sync_status()}
         if cmd == "down":
             asyncio.get_running_loop().call_soon(self._stopped.set)
             return {"ok": True}
         return {"ok": False, "errors": [f"unknown command {cmd!r}"]}
 
 
+def _ack_row(record: Any) -> dict[str, Any]:
+    return {
+        "type": record.type_url.rsplit(".", 1)[-1],
+        "version": record.version_info,
+        "nack": record.is_nack,
+        "error": record.error_message,
+        "time": record.time,
+    }
+
+
 def istio_translate(
-    store: ConfigStore, proxies: Sequence[RunningProxy]
+    store: ConfigStore, proxies: Sequence[RunningProxy], *, istio_telemetry: bool = True
 ) -> dict[str, Mapping[str, list[Any]]]:
     """Every proxy's resources in Istio's shape (``pilotfish.mesh.translate``)."""
     from pilotfish.mesh.translate import MeshConfig, gateway_resources, sidecar_resources
 
     # Istio's mTLS (auto mTLS, PeerAuthentication): each proxy's SDS server (the bootstrap's
     # sds-grpc) serves its `default` certificate and the `ROOTCA` bundle.
-    config = MeshConfig.from_store(store)
+    config = dataclasses.replace(MeshConfig.from_store(store), istio_telemetry=istio_telemetry)
     workloads = {p.name: p.as_workload() for p in proxies if p.kind == "sidecar"}
     everyone = list(workloads.values())
     out: dict[str, Mapping[str, list[Any]]] = {}

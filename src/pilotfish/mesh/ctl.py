@@ -202,6 +202,25 @@ def cmd_up(
     url = gateway_url(rows)
     if url:
         print(f"gateway: {url}")
+    status = request(state, {"cmd": "status"})
+    if status.get("prometheus"):
+        print(f"prometheus: {status['prometheus']}")
+    if status.get("dashboard"):
+        print(f"dashboard: {status['dashboard']}")
+
+
+def cmd_dashboard(state: Path) -> None:
+    """Print the dashboard's URL (the control plane serves it while the mesh runs)."""
+    if not running(state):
+        raise CtlError("the control plane is not running (`pilotfishctl up` first)")
+    status = request(state, {"cmd": "status"})
+    print(status.get("dashboard") or "no dashboard")
+    if not status.get("prometheus"):
+        print(
+            "no Prometheus: the graph and charts stay empty (apt-get install prometheus, then "
+            "`pilotfishctl down` and `up`)",
+            file=sys.stderr,
+        )
 
 
 def cmd_get(state: Path, kind: str) -> None:
@@ -316,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pc.add_argument("workload")
     pc.add_argument("-o", "--output", choices=["table", "json"], default="table")
     sub.add_parser("status", help="every proxy and app")
+    sub.add_parser("dashboard", help="the URL of the mesh's dashboard (graph, charts, sync)")
     logs = sub.add_parser("logs", help="a workload's app (or --proxy) output")
     logs.add_argument("workload")
     logs.add_argument("--proxy", action="store_true")
@@ -342,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             show(row["admin"], args.what, args.output)
         elif args.command == "status":
             cmd_status(state)
+        elif args.command == "dashboard":
+            cmd_dashboard(state)
         elif args.command == "logs":
             cmd_logs(state, args.workload, args.proxy)
         elif args.command == "down":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pilotfish.mesh.bootstrap import node_id, proxy_bootstrap
+from pilotfish.mesh.node_metadata import istio_node_metadata
 from pilotfish.mesh.processes import end_process
 from pilotfish.mesh.translate.workload import GatewayProxy, Workload
 
@@ -292,10 +293,13 @@ class Supervisor:
             cluster=f"{running.labels.get('app', running.name)}.{running.namespace}",
             admin_port=running.admin_port,
             metadata={
-                "NAME": running.name,
-                "NAMESPACE": running.namespace,
-                "LABELS": dict(running.labels),
-                "SERVICE_ACCOUNT": running.service_account,
+                **istio_node_metadata(
+                    running.name,
+                    running.namespace,
+                    running.labels,
+                    running.service_account,
+                    running.kind,
+                ),
             },
             initial_fetch_timeout="0s",
             sds_socket=running.sds_socket,

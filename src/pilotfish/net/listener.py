@@ -49,6 +49,15 @@ class ChainRuntime:
         if terminal is None or terminal.factory is None or not hasattr(terminal.factory, "build"):
             raise ConfigError("filters", "filter chain has no runnable terminal filter")
         self.handler = terminal.factory.build(terminal.config, ctx, listener_prefix=listener_prefix)
+        # Network filters before the terminal one that observe its connections (Istio's TCP
+        # stats): the terminal filter calls them (only tcp_proxy has ``observers``).
+        observers = [
+            f.factory.build_tcp_observer(f.config, ctx)
+            for f in chain.filters[:-1]
+            if f.factory is not None and hasattr(f.factory, "build_tcp_observer")
+        ]
+        if observers and hasattr(self.handler, "observers"):
+            self.handler.observers = observers
         self.tls: TlsContext | None = None
         socket_config = chain.transport_socket.config if chain.transport_socket else None
         if isinstance(socket_config, TlsContextConfig):

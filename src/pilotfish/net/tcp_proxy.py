@@ -63,6 +63,8 @@ class TcpProxy:
             if ext.factory is not None and ctx.access_logs is not None
         ]
         self.sessions: set[TcpProxySession] = set()
+        # Set by the filter chain: Istio's TCP stats, told of each connection's open and close.
+        self.observers: list[Any] = []
         self._total_weight = sum(w for _, w in config.weighted_clusters)
 
     def new_connection(self, info: ConnectionInfo) -> TcpProxySession:
@@ -146,6 +148,7 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
         self.downstream_remote_address = info.remote_address
         self.downstream_direct_remote_address = info.remote_address
         self.downstream_local_address = info.local_address
+        self.observed: list[Any] = []
 
     # -- downstream ---------------------------------------------------------------------------
 
@@ -156,6 +159,8 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
         self.start_monotonic = self.last_activity = loop.time()
         proxy.sessions.add(self)
         proxy.stats.downstream_cx_total.value += 1
+        if proxy.observers:
+            self.observed = [o.open(self) for o in proxy.observers]
         transport.pause_reading()  # type: ignore[attr-defined]
         name = proxy.pick_cluster()
         cluster = proxy.ctx.cluster_manager.get(name)
@@ -427,6 +432,8 @@ class TcpProxySession(asyncio.Protocol, StreamInfo):
         proxy.sessions.discard(self)
         self.end_monotonic = proxy.ctx.loop.time()
         self.info.closed()
+        for observed in self.observed:
+            observed.close()
         for logger in proxy.access_loggers:
             try:
                 logger.log(self)

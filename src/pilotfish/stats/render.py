@@ -27,10 +27,11 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from operator import attrgetter
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pilotfish.regex import Regex, compile_admin_filter
 from pilotfish.stats.store import Counter, Gauge, Histogram, Store, TextReadout
+from pilotfish.stats.tagged import Family
 from pilotfish.stats.tags import Tag, TagExtractor
 
 __all__ = [
@@ -324,15 +325,35 @@ def _summary_lines(name: str, h: Histogram, tags: tuple[Tag, ...]) -> list[str]:
     return lines
 
 
+def _tagged_groups(
+    families: Iterable[Family], used_only: bool, matches: Callable[[str], bool] | None
+) -> list[tuple[str, list[tuple[_S, tuple[Tag, ...]]]]]:
+    """Families of labelled series (stats/tagged.py) as render groups; ``filter`` is matched
+    against the family's stat name."""
+    out = []
+    for f in families:
+        if matches is not None and not matches(f.name):
+            continue
+        members = [(s, tags) for s, tags in f.members() if not used_only or s.used]
+        if members:
+            members.sort(key=lambda member: member[1])
+            out.append((f.name, members))
+    return out
+
+
 def _family_lines(
     stats: Iterable[_S],
     prom_type: str,
     lines_of: Callable[[str, _S, tuple[Tag, ...]], list[str]],
     extractor: TagExtractor,
     custom_namespaces: frozenset[str],
+    tagged: list[tuple[str, list[tuple[_S, tuple[Tag, ...]]]]] | None = None,
 ) -> list[str]:
     out: list[str] = []
-    for extracted, members in _groups(stats, extractor):
+    groups = _groups(stats, extractor)
+    if tagged:
+        groups = sorted(groups + tagged, key=lambda group: group[0])
+    for extracted, members in groups:
         name = metric_name(extracted, custom_namespaces)
         if name is None:
             continue
@@ -351,6 +372,7 @@ def render_prometheus(
     text_readouts: bool = False,
     custom_namespaces: frozenset[str] = frozenset(),
     summary: bool = False,
+    tagged: Iterable[Family] = (),
 ) -> str:
     """``/stats/prometheus`` (text exposition format 0.0.4). ``text_readouts`` is the
     ``?text_readouts`` param: text readouts become gauges with a ``text_value`` label and value
@@ -360,11 +382,26 @@ def render_prometheus(
     def chosen(stats: Iterable[_S]) -> list[_S]:
         return _select(stats, used_only, matches)
 
+    families = list(tagged)
+
+    def labelled(kind: str) -> Any:
+        return _tagged_groups((f for f in families if f.kind == kind), used_only, matches)
+
     lines = _family_lines(
-        chosen(store.counters()), "counter", _numeric_lines, extractor, custom_namespaces
+        chosen(store.counters()),
+        "counter",
+        _numeric_lines,
+        extractor,
+        custom_namespaces,
+        labelled("counter"),
     )
     lines += _family_lines(
-        chosen(store.gauges()), "gauge", _numeric_lines, extractor, custom_namespaces
+        chosen(store.gauges()),
+        "gauge",
+        _numeric_lines,
+        extractor,
+        custom_namespaces,
+        labelled("gauge"),
     )
     if text_readouts:
         lines += _family_lines(
@@ -376,10 +413,20 @@ def render_prometheus(
         )
     if summary:
         lines += _family_lines(
-            chosen(store.histograms()), "summary", _summary_lines, extractor, custom_namespaces
+            chosen(store.histograms()),
+            "summary",
+            _summary_lines,
+            extractor,
+            custom_namespaces,
+            labelled("histogram"),
         )
     else:
         lines += _family_lines(
-            chosen(store.histograms()), "histogram", _histogram_lines, extractor, custom_namespaces
+            chosen(store.histograms()),
+            "histogram",
+            _histogram_lines,
+            extractor,
+            custom_namespaces,
+            labelled("histogram"),
         )
     return "".join(line + "\n" for line in lines)

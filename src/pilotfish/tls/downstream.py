@@ -63,6 +63,11 @@ class TlsServerConnection(asyncio.Transport, asyncio.Protocol):
             self._peer = PeerCertificate(self._sslobj)
         return self._peer
 
+    @property
+    def local_uri_sans(self) -> tuple[str, ...]:
+        """The URI SANs of this side's certificate (Istio telemetry: destination principal)."""
+        return self._tls.local_uri_sans
+
     def xfcc(self, fields: tuple[str, ...]) -> bytes:
         """This connection's x-forwarded-client-cert element (Envoy's order: By, Hash, Cert,
         Chain, Subject, URI, DNS), computed on first use."""

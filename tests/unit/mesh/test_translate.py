@@ -108,12 +108,29 @@ def test_http_proxy_listener_and_inbound_listener() -> None:
     assert hcm["rds"]["route_config_name"] == HTTP_PROXY_ROUTE
     assert hcm["http_protocol_options"] == {"allow_absolute_url": True}
     assert [f["name"] for f in hcm["http_filters"]] == [
+        "istio.metadata_exchange",
         "envoy.filters.http.fault",
         "envoy.filters.http.cors",
+        "istio.stats",
         "envoy.filters.http.router",
     ]
+    # Istio's telemetry filters in istiod's shape: TypedStructs of Istio's own types.
+    mx, stats = hcm["http_filters"][0]["typed_config"], hcm["http_filters"][3]["typed_config"]
+    assert mx["@type"] == stats["@type"] == "type.googleapis.com/udpa.type.v1.TypedStruct"
+    assert mx["type_url"] == "type.googleapis.com/io.istio.http.peer_metadata.Config"
+    assert mx["value"]["upstream_propagation"] == [{"istio_headers": {}}]
+    assert stats == {**stats, "type_url": "type.googleapis.com/stats.PluginConfig", "value": {}}
     inbound = cfg.listener(f"127.0.0.1_{w.inbound_port}")
-    route_config = inbound["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    inbound_hcm = inbound["filter_chains"][0]["filters"][0]["typed_config"]
+    assert [f["name"] for f in inbound_hcm["http_filters"]] == [
+        "istio.metadata_exchange",
+        "istio.stats",
+        "envoy.filters.http.router",
+    ]
+    assert inbound_hcm["http_filters"][1]["typed_config"]["value"] == {
+        "disable_host_header_fallback": True
+    }
+    route_config = inbound_hcm["route_config"]
     assert route_config["name"] == "inbound|9080||"
     assert route_config["virtual_hosts"][0]["routes"][0]["route"]["cluster"] == "inbound|9080||"
     app = cfg.cluster("inbound|9080||")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
@@ -542,13 +559,14 @@ def test_tcp_service_gets_tcp_proxy_listeners() -> None:
     )
     config = _config_with(svc)
     cfg = sidecar_config(config, [*WORKLOADS, mongo, client], client)
-    tcp = cfg.listener("127.0.0.1_30013")["filter_chains"][0]["filters"][0]
+    stats, tcp = cfg.listener("127.0.0.1_30013")["filter_chains"][0]["filters"]
+    assert stats["name"] == "istio.stats"
     assert tcp["name"] == "envoy.filters.network.tcp_proxy"
     assert tcp["typed_config"]["cluster"] == f"outbound|27017||{host}"
     # The http_proxy route config has no virtual host for a TCP port.
     assert all(v["name"] != f"{host}:27017" for v in cfg.route(HTTP_PROXY_ROUTE)["virtual_hosts"])
     inbound = sidecar_config(config, [*WORKLOADS, mongo, client], mongo).listener("127.0.0.1_30001")
-    assert inbound["filter_chains"][0]["filters"][0]["typed_config"]["cluster"] == "inbound|27017||"
+    assert inbound["filter_chains"][0]["filters"][-1]["typed_config"]["cluster"] == "inbound|27017||"
     cfg.to_protos()
 
 

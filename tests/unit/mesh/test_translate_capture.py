@@ -193,7 +193,7 @@ def test_tcp_service_port_gets_a_vip_listener() -> None:
     vip = vips["mongodb.default.svc.cluster.local"]
     listener = cfg.listener(f"{vip}_27017")
     assert listener["bind_to_port"] is False
-    tcp = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    tcp = listener["filter_chains"][0]["filters"][-1]["typed_config"]
     assert tcp["cluster"] == "outbound|27017||mongodb.default.svc.cluster.local"
     assert not any(x["name"] == "0.0.0.0_27017" for x in cfg.listeners)
 

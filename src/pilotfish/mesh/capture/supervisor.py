@@ -23,6 +23,7 @@ namespaces, found by ``ip netns pids``) after a crash.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from pilotfish.mesh.bootstrap import proxy_bootstrap
 from pilotfish.mesh.capture import pods
 from pilotfish.mesh.capture.forward import PortForward
 from pilotfish.mesh.capture.iptables import CaptureConfig
+from pilotfish.mesh.node_metadata import istio_node_metadata
 from pilotfish.mesh.runner import (
     ManagedProcess,
     RunningProxy,
@@ -253,10 +255,13 @@ class CaptureSupervisor(Supervisor):
             cluster=f"{running.labels.get('app', running.name)}.{running.namespace}",
             admin_port=ADMIN_PORT,
             metadata={
-                "NAME": running.name,
-                "NAMESPACE": running.namespace,
-                "LABELS": dict(running.labels),
-                "SERVICE_ACCOUNT": running.service_account,
+                **istio_node_metadata(
+                    running.name,
+                    running.namespace,
+                    running.labels,
+                    running.service_account,
+                    running.kind,
+                ),
                 "INSTANCE_IPS": running.address,
                 "INTERCEPTION_MODE": "REDIRECT",
             },
@@ -325,7 +330,9 @@ class CaptureSupervisor(Supervisor):
         clean_leftovers(self.state_dir)
 
 
-def capture_translate(store: Any, proxies: Sequence[RunningProxy]) -> dict[str, Any]:
+def capture_translate(
+    store: Any, proxies: Sequence[RunningProxy], *, istio_telemetry: bool = True
+) -> dict[str, Any]:
     """Every proxy's resources in capture mode: sidecars in Istio's capture shape
     (``translate.capture``) with the services' VIPs, the gateway listening on its Gateway
     ports on every address of its pod."""
@@ -333,7 +340,7 @@ def capture_translate(store: Any, proxies: Sequence[RunningProxy]) -> dict[str, 
     from pilotfish.mesh.translate.capture import capture_sidecar_resources
     from pilotfish.mesh.translate.vips import service_vips
 
-    config = MeshConfig.from_store(store)
+    config = dataclasses.replace(MeshConfig.from_store(store), istio_telemetry=istio_telemetry)
     vips = service_vips(config)
     workloads = {
         p.name: p.as_workload(outbound_port=0, admin_port=ADMIN_PORT)

@@ -49,6 +49,7 @@ from pilotfish.mesh.translate.services import (
     ServicePortInfo,
     build_services,
 )
+from pilotfish.mesh.translate.telemetry import http_filters, tcp_stats
 from pilotfish.mesh.translate.vips import with_vips
 from pilotfish.mesh.translate.workload import Workload, labels_match
 
@@ -170,7 +171,19 @@ def _outbound_http(
                 "address": _address(ANY, number),
                 "bind_to_port": False,
                 "traffic_direction": "OUTBOUND",
-                "filter_chains": [{"filters": [_hcm(f"outbound_{name}", rds=str(number))]}],
+                "filter_chains": [
+                    {
+                        "filters": [
+                            _hcm(
+                                f"outbound_{name}",
+                                rds=str(number),
+                                filters=http_filters(
+                                    "OUTBOUND", telemetry=ctx.config.istio_telemetry
+                                ),
+                            )
+                        ]
+                    }
+                ],
             }
         )
     return listeners, routes
@@ -194,7 +207,14 @@ def _outbound_tcp(ctx: RouteContext, services: Sequence[MeshService]) -> list[JS
                     "address": _address(svc.cluster_ip, port.number),
                     "bind_to_port": False,
                     "traffic_direction": "OUTBOUND",
-                    "filter_chains": [{"filters": [_tcp_proxy(stat, cluster, weighted)]}],
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                *tcp_stats("OUTBOUND", ctx.config.istio_telemetry),
+                                _tcp_proxy(stat, cluster, weighted),
+                            ]
+                        }
+                    ],
                 }
             )
     return listeners

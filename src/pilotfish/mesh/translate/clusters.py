@@ -430,9 +430,17 @@ def outbound_clusters(
     return clusters, assignments
 
 
-def inbound_cluster(port: int, app_address: str, app_port: int) -> JSON:
-    """``inbound|9080||``: the app itself, as a STATIC cluster."""
+def inbound_cluster(
+    port: int, app_address: str, app_port: int, service: tuple[str, str] | None = None
+) -> JSON:
+    """``inbound|9080||``: the app itself, as a STATIC cluster. ``service`` (hostname,
+    namespace): the service it serves, in the cluster's ``istio.services`` metadata as istiod
+    puts it there (Istio's stats filter reads ``destination_service`` from it)."""
     name = cluster_name("inbound", port, None, "")
+    istio: JSON = {"default_original_port": port}
+    if service is not None:
+        host, namespace = service
+        istio["services"] = [{"host": host, "name": host.split(".", 1)[0], "namespace": namespace}]
     return {
         "name": name,
         "type": "STATIC",
@@ -457,7 +465,7 @@ def inbound_cluster(port: int, app_address: str, app_port: int) -> JSON:
                 }
             ],
         },
-        "metadata": {"filter_metadata": {"istio": {"default_original_port": port}}},
+        "metadata": {"filter_metadata": {"istio": istio}},
     }
 
 

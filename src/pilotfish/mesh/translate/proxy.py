@@ -30,8 +30,6 @@ from pilotfish.mesh.translate.clusters import inbound_cluster, outbound_clusters
 from pilotfish.mesh.translate.common import ADS, JSON, cluster_name, to_proto
 from pilotfish.mesh.translate.inbound import InboundChains, inbound_filter_chains
 from pilotfish.mesh.translate.routes import (
-    CORS,
-    FAULT,
     RouteContext,
     default_route,
     is_bound,
@@ -45,6 +43,7 @@ from pilotfish.mesh.translate.services import (
     ServicePortInfo,
     build_services,
 )
+from pilotfish.mesh.translate.telemetry import http_filters, tcp_stats
 from pilotfish.mesh.translate.workload import GatewayProxy, Workload, labels_match
 from pilotfish.xds import resource_types as rt
 
@@ -68,26 +67,9 @@ HCM = (
 )
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 
-# Istio's HTTP filters, less its telemetry (metadata exchange, stats, alpn): fault, cors, router.
-HTTP_FILTERS: list[JSON] = [
-    {
-        "name": FAULT,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-        },
-    },
-    {
-        "name": CORS,
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"},
-    },
-    {
-        "name": "envoy.filters.http.router",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-        },
-    },
-]
-_ROUTER_ONLY = [HTTP_FILTERS[-1]]
+# Istio's outbound HTTP filters (less grpc_stats and alpn), with its telemetry: metadata
+# exchange, fault, cors, stats, router.
+HTTP_FILTERS: list[JSON] = http_filters("OUTBOUND", telemetry=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,13 +330,15 @@ def inbound_filters(
     port: int,
     svc: MeshService | None,
     svc_port: ServicePortInfo | None,
+    *,
+    telemetry: bool = True,
 ) -> list[JSON]:
     """The network filters that hand a connection for port ``port`` to the app (cluster
     ``inbound|<port>||``): an HTTP connection manager, or a tcp_proxy for a TCP service port."""
     inbound_name = cluster_name("inbound", port, None, "")
     operation = f"{svc.hostname}:{svc_port.number}" if svc and svc_port else f":{port}"
     if svc_port is not None and not svc_port.is_http:
-        filters = [_tcp_proxy(inbound_name, inbound_name)]
+        filters = [*tcp_stats("INBOUND", telemetry), _tcp_proxy(inbound_name, inbound_name)]
     else:
         route_config = {
             "name": inbound_name,
@@ -385,7 +369,7 @@ def inbound_filters(
             _hcm(
                 f"inbound_{stat_address}_{port}",
                 route_config=route_config,
-                filters=_ROUTER_ONLY,
+                filters=http_filters("INBOUND", telemetry=telemetry),
                 forward_client_cert_details="APPEND_FORWARD",
                 set_current_client_cert_details={"subject": True, "dns": True, "uri": True},
             )
@@ -406,7 +390,7 @@ def inbound_port_chains(
     """The filter chains (and the listener filters they need) of one inbound port under the
     workload's PeerAuthentication mode at that port. Loopback mode's inbound listener takes
     them as they are; capture mode's virtualInbound passes ``destination_port``."""
-    filters = inbound_filters(stat_address, port, svc, svc_port)
+    filters = inbound_filters(stat_address, port, svc, svc_port, telemetry=config.istio_telemetry)
     name = f"{stat_address}_{port}"
     if not config.mtls:
         chain: JSON = {"name": name, "filters": filters}
@@ -436,7 +420,12 @@ def sidecar_config(
     clusters, endpoints = outbound_clusters(config, services, workload.namespace)
     clusters = [
         *clusters,
-        inbound_cluster(port, workload.address, workload.app_port),
+        inbound_cluster(
+            port,
+            workload.address,
+            workload.app_port,
+            (svc.hostname, svc.namespace) if svc is not None else None,
+        ),
         static_blackhole(),
     ]
 
@@ -453,6 +442,7 @@ def sidecar_config(
                     _hcm(
                         f"outbound_{proxy_name}",
                         rds=HTTP_PROXY_ROUTE,
+                        filters=http_filters("OUTBOUND", telemetry=config.istio_telemetry),
                         http_protocol_options={"allow_absolute_url": True},
                     )
                 ],
@@ -481,7 +471,10 @@ def sidecar_config(
                 name,
                 workload.address,
                 local_port,
-                [_tcp_proxy(f"outbound|{port_text}||{host}", cluster, weighted)],
+                [
+                    *tcp_stats("OUTBOUND", config.istio_telemetry),
+                    _tcp_proxy(f"outbound|{port_text}||{host}", cluster, weighted),
+                ],
                 "OUTBOUND",
             )
         )
@@ -591,6 +584,9 @@ def gateway_config(
                     _hcm(
                         f"outbound_{gateway.address}_{port}",
                         rds=route_name,
+                        filters=http_filters(
+                            "OUTBOUND", telemetry=config.istio_telemetry, gateway=True
+                        ),
                         use_remote_address=True,
                     )
                 ],

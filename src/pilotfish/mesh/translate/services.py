@@ -78,6 +78,9 @@ class MeshConfig:
     peer_authentications: tuple[m.PeerAuthentication, ...] = ()
     mtls: bool = True
     enable_auto_mtls: bool = True
+    # The proxies run Istio's telemetry extensions (istio.stats, peer metadata exchange):
+    # pilotfish and Istio's proxy do; upstream Envoy does not (it would NACK them).
+    istio_telemetry: bool = True
 
     @classmethod
     def from_objects(

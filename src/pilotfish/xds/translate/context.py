@@ -26,6 +26,9 @@ class TranslateContext:
     # The bootstrap's clusters, against which static route tables are validated (None: no
     # validation, e.g. when translating a lone resource).
     static_clusters: set[str] | None = None
+    # The traffic direction of the listener being translated (Istio's stats filter reports as
+    # the source on OUTBOUND listeners, as the destination on INBOUND ones).
+    traffic_direction: str = ""
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)

@@ -36,6 +36,7 @@ def listener(msg: Any, ctx: TranslateContext, path: str = "") -> Listener:
         raise ConfigError(
             f"{pre}address.socket_address.protocol", "UDP listeners are not supported"
         )
+    ctx.traffic_direction = ("UNSPECIFIED", "INBOUND", "OUTBOUND")[msg.traffic_direction]
     chains = tuple(
         filter_chain(fc, ctx, f"{pre}filter_chains[{i}]") for i, fc in enumerate(msg.filter_chains)
     )
