@@ -184,6 +184,16 @@ def serve(lib: str) -> None:
 
 # -- in-process unary exchange -------------------------------------------------------------
 
+REQUEST = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", b"/svc/Method"),
+    (b":authority", b"backend"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+]
+RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
 
 def unary_hyper(lib: str, n: int) -> float:
     mod = importlib.import_module(lib)
@@ -201,9 +211,8 @@ def unary_hyper(lib: str, n: int) -> float:
     srv.receive_data(cli.data_to_send())
     cli.receive_data(srv.data_to_send())
     srv.receive_data(cli.data_to_send())
-    req = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/svc/Method"),
-           (b":authority", b"backend"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
-    resp = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    req = REQUEST
+    resp = RESPONSE
     t0 = time.perf_counter()
     for _ in range(n):
         sid = cli.get_next_available_stream_id()
@@ -235,9 +244,8 @@ def unary_ngh2(n: int) -> float:
     srv.receive_data(cli.data_to_send())
     cli.events()
     srv.events()
-    req = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/svc/Method"),
-           (b":authority", b"backend"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
-    resp = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    req = REQUEST
+    resp = RESPONSE
     t0 = time.perf_counter()
     for _ in range(n):
         sid = cli.send_request(req)
@@ -275,7 +283,10 @@ def run_h2spec(port: int) -> dict[str, int]:
         return {}
     out = subprocess.run(
         [str(H2SPEC), "-h", "127.0.0.1", "-p", str(port), "-o", "2"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     ).stdout
     m = re.search(r"(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed", out)
     if not m:
@@ -285,9 +296,23 @@ def run_h2spec(port: int) -> dict[str, int]:
 
 def run_h2load(port: int, requests: int) -> tuple[float, int]:
     out = subprocess.run(
-        ["taskset", "-c", "0", "h2load", "-c", "32", "-m", "10", "-n", str(requests),
-         f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            "taskset",
+            "-c",
+            "0",
+            "h2load",
+            "-c",
+            "32",
+            "-m",
+            "10",
+            "-n",
+            str(requests),
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     ).stdout
     rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     ok = re.search(r"(\d+) succeeded", out)
@@ -314,7 +339,8 @@ def idle_connection_kib(pid: int, port: int) -> float:
 def measure(lib: str, requests: int) -> dict[str, Any]:
     proc = subprocess.Popen(
         ["taskset", "-c", "1", sys.executable, __file__, "--serve", lib],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -358,14 +384,18 @@ def main() -> None:
         results.append(r)
         print(json.dumps(r), flush=True)
     print()
-    print("| library | h2spec passed/failed | h2load req/s | server CPU s / 10k req "
-          "| KiB / idle conn | in-process unary µs |")
+    print(
+        "| library | h2spec passed/failed | h2load req/s | server CPU s / 10k req "
+        "| KiB / idle conn | in-process unary µs |"
+    )
     print("|---|---|---|---|---|---|")
     for r in results:
         spec = r["h2spec"]
         spec_s = f"{spec['passed']}/{spec['failed']}" if spec else "n/a"
-        print(f"| {r['lib']} | {spec_s} | {r['rps']:.0f} | {r['cpu_s_per_10k']:.2f} "
-              f"| {r['kib_per_idle_conn']:.1f} | {r['unary_us']:.1f} |")
+        print(
+            f"| {r['lib']} | {spec_s} | {r['rps']:.0f} | {r['cpu_s_per_10k']:.2f} "
+            f"| {r['kib_per_idle_conn']:.1f} | {r['unary_us']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,12 @@ pytestmark = [
 def envoy_h2_bootstrap() -> dict:
     listener = http_listener(
         "h2",
-        [{"match": {"prefix": "/"},
-          "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}],
+        [
+            {
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+            }
+        ],
         # Envoy waits 1 s for the peer to close after its GOAWAY (delayed_close_timeout);
         # h2spec waits for that close in many cases: 0 s takes the run from ~55 s to ~10 s.
         hcm={"codec_type": "HTTP2", "delayed_close_timeout": "0s"},

@@ -19,7 +19,10 @@ def run_h2spec(port: int, *, timeout_s: int = 1, host: str = "127.0.0.1") -> dic
         report = Path(tmp) / "report.xml"
         subprocess.run(
             [str(H2SPEC_BIN), "-h", host, "-p", str(port), "-o", str(timeout_s), "-j", str(report)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600, check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=600,
+            check=False,
         )
         # Failure messages quote the peer's bytes verbatim: not always valid XML characters.
         text = report.read_bytes().decode("utf-8", errors="replace")

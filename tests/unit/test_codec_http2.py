@@ -68,8 +68,12 @@ def get(path: bytes = b"/", items: list[tuple[bytes, bytes]] | None = None) -> R
 def test_unary_exchange_with_trailers() -> None:
     p = Pair()
     sid = p.client.encode_request(
-        RequestHeaders(b"POST", b"/pkg.Svc/Call?x=1", b"svc:8080",
-                       [(b"content-type", b"application/grpc"), (b"te", b"trailers")]),
+        RequestHeaders(
+            b"POST",
+            b"/pkg.Svc/Call?x=1",
+            b"svc:8080",
+            [(b"content-type", b"application/grpc"), (b"te", b"trailers")],
+        ),
         end_stream=False,
     )
     assert sid == 1
@@ -78,10 +82,17 @@ def test_unary_exchange_with_trailers() -> None:
     head, data = p.take_server()
     assert isinstance(head, RequestHead) and head.stream_id == 1 and not head.end_stream
     h = head.headers
-    assert (h.method, h.path, h.authority, h.scheme) == (b"POST", b"/pkg.Svc/Call?x=1", b"svc:8080", b"http")
+    assert (h.method, h.path, h.authority, h.scheme) == (
+        b"POST",
+        b"/pkg.Svc/Call?x=1",
+        b"svc:8080",
+        b"http",
+    )
     assert h.items == [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
     assert isinstance(data, Data) and data.data == b"hello" and data.end_stream
-    p.server.encode_headers(1, ResponseHeaders(200, [(b"content-type", b"application/grpc")]), False)
+    p.server.encode_headers(
+        1, ResponseHeaders(200, [(b"content-type", b"application/grpc")]), False
+    )
     p.server.encode_data(1, b"world", False)
     p.server.encode_trailers(1, HeaderMap([(b"grpc-status", b"0")]))
     p.pump()
@@ -99,16 +110,22 @@ def test_many_streams_interleave() -> None:
     assert ids == [1, 3, 5, 7, 9]
     p.pump()
     heads = p.take_server()
-    assert [e.headers.path for e in heads if isinstance(e, RequestHead)] == [b"/%d" % i for i in range(5)]
+    assert [e.headers.path for e in heads if isinstance(e, RequestHead)] == [
+        b"/%d" % i for i in range(5)
+    ]
     for sid in reversed(ids):
         p.server.encode_headers(sid, ResponseHeaders(204), True)
     p.pump()
-    assert [e.stream_id for e in p.take_client() if isinstance(e, ResponseHead)] == list(reversed(ids))
+    assert [e.stream_id for e in p.take_client() if isinstance(e, ResponseHead)] == list(
+        reversed(ids)
+    )
 
 
 def test_informational_then_final_response() -> None:
     p = Pair()
-    sid = p.client.encode_request(RequestHeaders(b"PUT", b"/", b"a", [(b"expect", b"100-continue")]), False)
+    sid = p.client.encode_request(
+        RequestHeaders(b"PUT", b"/", b"a", [(b"expect", b"100-continue")]), False
+    )
     p.pump()
     p.server.encode_headers(sid, ResponseHeaders(100), False)
     p.pump()
@@ -196,8 +213,16 @@ def test_options_reject_out_of_range_values_by_field() -> None:
 def test_request_head_in_http1_shape() -> None:
     peer = H2Peer(Http2ServerCodec())
     events = peer.request(
-        [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/p"), (b":authority", b"a.b"),
-         (b"host", b"other"), (b"cookie", b"a=1"), (b"x", b"1"), (b"cookie", b"b=2")]
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":path", b"/p"),
+            (b":authority", b"a.b"),
+            (b"host", b"other"),
+            (b"cookie", b"a=1"),
+            (b"x", b"1"),
+            (b"cookie", b"b=2"),
+        ]
     )
     (head,) = events
     assert isinstance(head, RequestHead)
@@ -205,7 +230,9 @@ def test_request_head_in_http1_shape() -> None:
     # :authority wins over host, which is dropped; cookie crumbs are joined in place.
     assert (h.authority, h.scheme) == (b"a.b", b"https")
     assert h.items == [(b"cookie", b"a=1; b=2"), (b"x", b"1")]
-    (head,) = peer.request([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h:1")])
+    (head,) = peer.request(
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h:1")]
+    )
     assert head.headers.authority == b"h:1"  # type: ignore[attr-defined]
 
 
@@ -231,8 +258,10 @@ def test_invalid_message_ends_the_connection_by_default(bad: list[tuple[bytes, b
 
 
 def test_invalid_message_resets_only_the_stream_with_override() -> None:
-    peer = H2Peer(Http2ServerCodec(Http2Options(override_stream_error_on_invalid_http_message=True)))
-    events = peer.request(GET_BLOCK + [(b"connection", b"close")])
+    peer = H2Peer(
+        Http2ServerCodec(Http2Options(override_stream_error_on_invalid_http_message=True))
+    )
+    events = peer.request([*GET_BLOCK, (b"connection", b"close")])
     assert [type(e) for e in events] == [StreamReset]
     assert peer.resets == {1: PROTOCOL_ERROR} and peer.goaway is None
     (head,) = peer.request(GET_BLOCK)
@@ -240,10 +269,12 @@ def test_invalid_message_resets_only_the_stream_with_override() -> None:
 
 
 def test_missing_pseudo_header_and_te_trailers() -> None:
-    peer = H2Peer(Http2ServerCodec(Http2Options(override_stream_error_on_invalid_http_message=True)))
+    peer = H2Peer(
+        Http2ServerCodec(Http2Options(override_stream_error_on_invalid_http_message=True))
+    )
     events = peer.request([(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a")])
     assert [type(e) for e in events] == [StreamReset]  # no :path
-    (head,) = peer.request(GET_BLOCK + [(b"te", b"trailers")])
+    (head,) = peer.request([*GET_BLOCK, (b"te", b"trailers")])
     assert head.headers.items == [(b"te", b"trailers")]  # type: ignore[attr-defined]
 
 
@@ -253,38 +284,54 @@ def test_too_many_headers_resets_the_stream_as_envoy() -> None:
     assert [type(e) for e in events] == [StreamReset]
     assert events[0].details == "http2.too_many_headers"  # type: ignore[attr-defined]
     assert peer.resets == {1: INTERNAL_ERROR} and not peer.codec.closed
-    events = peer.request(GET_BLOCK + [(b"x-big", b"v" * 2000)])
+    events = peer.request([*GET_BLOCK, (b"x-big", b"v" * 2000)])
     assert [type(e) for e in events] == [RequestHead]
     peer2 = H2Peer(Http2ServerCodec(Http2Options(max_headers_kb=1)))
-    events = peer2.request(GET_BLOCK + [(b"x-big", b"v" * 2000)])
+    events = peer2.request([*GET_BLOCK, (b"x-big", b"v" * 2000)])
     assert [type(e) for e in events] == [StreamReset] and peer2.resets == {1: INTERNAL_ERROR}
 
 
 def test_headers_with_underscores() -> None:
     peer = H2Peer(Http2ServerCodec(Http2Options(underscores="DROP_HEADER")))
-    (head,) = peer.request(GET_BLOCK + [(b"x_a", b"1"), (b"x-b", b"2")])
+    (head,) = peer.request([*GET_BLOCK, (b"x_a", b"1"), (b"x-b", b"2")])
     assert head.headers.items == [(b"x-b", b"2")]  # type: ignore[attr-defined]
     peer = H2Peer(Http2ServerCodec(Http2Options(underscores="REJECT_REQUEST")))
-    (reset,) = peer.request(GET_BLOCK + [(b"x_a", b"1")])
+    (reset,) = peer.request([*GET_BLOCK, (b"x_a", b"1")])
     assert isinstance(reset, StreamReset) and reset.details == "http2.unexpected_underscore"
     assert peer.codec.requests_rejected_with_underscores_in_headers == 1 and not peer.codec.closed
 
 
 def test_content_length_mismatch_is_a_messaging_error() -> None:
     peer = H2Peer(Http2ServerCodec())
-    peer.conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/"),
-                               (b":authority", b"a"), (b"content-length", b"3")])
+    peer.conn.send_headers(
+        1,
+        [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/"),
+            (b":authority", b"a"),
+            (b"content-length", b"3"),
+        ],
+    )
     peer.conn.send_data(1, b"toolong", end_stream=True)
     events = peer.flush()
-    assert [type(e) for e in events][0] is RequestHead
+    assert next(type(e) for e in events) is RequestHead
     assert [type(e) for e in events][-2:] == [StreamReset, ConnectionLost]
 
 
 def test_extended_connect_is_seen_as_an_upgrade_and_answered_with_200() -> None:
     p = Pair(server=Http2Options(allow_connect=True))
     sid = p.client.encode_request(
-        RequestHeaders(b"GET", b"/ws", b"a", [(b"upgrade", b"websocket"), (b"connection", b"upgrade"),
-                                              (b"sec-websocket-version", b"13")]),
+        RequestHeaders(
+            b"GET",
+            b"/ws",
+            b"a",
+            [
+                (b"upgrade", b"websocket"),
+                (b"connection", b"upgrade"),
+                (b"sec-websocket-version", b"13"),
+            ],
+        ),
         False,
     )
     p.pump()
@@ -292,8 +339,14 @@ def test_extended_connect_is_seen_as_an_upgrade_and_answered_with_200() -> None:
     assert isinstance(head, RequestHead)
     h = head.headers
     assert (h.method, h.path) == (b"GET", b"/ws")
-    assert h.items == [(b"sec-websocket-version", b"13"), (b"upgrade", b"websocket"), (b"connection", b"upgrade")]
-    p.server.encode_headers(sid, ResponseHeaders(101, [(b"upgrade", b"websocket"), (b"connection", b"upgrade")]), False)
+    assert h.items == [
+        (b"sec-websocket-version", b"13"),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"upgrade"),
+    ]
+    p.server.encode_headers(
+        sid, ResponseHeaders(101, [(b"upgrade", b"websocket"), (b"connection", b"upgrade")]), False
+    )
     p.pump()
     (resp,) = p.take_client()
     assert isinstance(resp, ResponseHead)
@@ -306,14 +359,30 @@ def test_extended_connect_is_seen_as_an_upgrade_and_answered_with_200() -> None:
 
 
 def test_extended_connect_is_refused_without_allow_connect() -> None:
-    peer = H2Peer(Http2ServerCodec(Http2Options(override_stream_error_on_invalid_http_message=True)))
-    events = peer.request([(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"),
-                           (b":path", b"/"), (b":authority", b"a")], end_stream=False)
+    peer = H2Peer(
+        Http2ServerCodec(Http2Options(override_stream_error_on_invalid_http_message=True))
+    )
+    events = peer.request(
+        [
+            (b":method", b"CONNECT"),
+            (b":protocol", b"websocket"),
+            (b":scheme", b"http"),
+            (b":path", b"/"),
+            (b":authority", b"a"),
+        ],
+        end_stream=False,
+    )
     assert [type(e) for e in events] == [StreamReset]
     # Plain CONNECT is an HTTP/2 request like any other (a tunnel to :authority).
-    (head,) = peer.request([(b":method", b"CONNECT"), (b":authority", b"db:5432")], end_stream=False)
+    (head,) = peer.request(
+        [(b":method", b"CONNECT"), (b":authority", b"db:5432")], end_stream=False
+    )
     assert isinstance(head, RequestHead)
-    assert (head.headers.method, head.headers.authority, head.headers.path) == (b"CONNECT", b"db:5432", b"")
+    assert (head.headers.method, head.headers.authority, head.headers.path) == (
+        b"CONNECT",
+        b"db:5432",
+        b"",
+    )
 
 
 def test_drain_goaway_then_in_flight_stream_finishes() -> None:
@@ -438,7 +507,9 @@ class H2Peer:
             if back:
                 for e in self.conn.receive_data(back):
                     if isinstance(e, h2.events.RemoteSettingsChanged):
-                        self.settings.update({k: v.new_value for k, v in e.changed_settings.items()})
+                        self.settings.update(
+                            {k: v.new_value for k, v in e.changed_settings.items()}
+                        )
                     elif isinstance(e, h2.events.StreamReset):
                         self.resets[e.stream_id] = e.error_code
                     elif isinstance(e, h2.events.ConnectionTerminated):
@@ -447,7 +518,9 @@ class H2Peer:
         return events
 
     def request(self, block: list[tuple[bytes, bytes]], end_stream: bool = True) -> list[Event]:
-        self.conn.send_headers(self.conn.get_next_available_stream_id(), block, end_stream=end_stream)
+        self.conn.send_headers(
+            self.conn.get_next_available_stream_id(), block, end_stream=end_stream
+        )
         return self.flush()
 
     def raw(self, frame: bytes) -> list[Event]:

@@ -48,6 +48,7 @@ from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 _MAX_WINDOW = (1 << 31) - 1
 _DEFAULT_WINDOW = 65535
 _RST_STREAM = 0x3
+_MESSAGING = "http2.violation.of.messaging.rule"  # Envoy's response code detail
 
 
 class Http2Options:
@@ -305,15 +306,13 @@ class _Http2Codec:
         if out:
             self._out.append(out)
             self._scan_resets(out)
-        for e in conn.events():
-            self._dispatch(e, events)
+        for event in conn.events():
+            self._dispatch(event, events)
         if bad:
             for stream_id in bad:
                 # Streams nghttp2 reset without a StreamClosed (never surfaced, or still open).
                 self._streams.pop(stream_id, None)
-                events.append(
-                    StreamReset(stream_id, PROTOCOL_ERROR, False, "http2.violation.of.messaging.rule")
-                )
+                events.append(StreamReset(stream_id, PROTOCOL_ERROR, False, _MESSAGING))
             bad.clear()
         if self.rx_messaging_error != messaging_errors and not self.closed:
             if not self.options.override_stream_error_on_invalid_http_message:
@@ -322,7 +321,7 @@ class _Http2Codec:
                     conn.terminate_connection(PROTOCOL_ERROR)
                 except ngh2.NGH2Error:
                     pass
-                self._lost(events, PROTOCOL_ERROR, "http2.violation.of.messaging.rule")
+                self._lost(events, PROTOCOL_ERROR, _MESSAGING)
         return events
 
     def _fail(self, events: list[Event], error_code: int, details: str) -> None:
@@ -382,20 +381,15 @@ class _Http2Codec:
             stream = self._streams.pop(e.stream_id, None)
             if e.stream_id in self._bad:
                 self._bad.remove(e.stream_id)
-                events.append(
-                    StreamReset(
-                        e.stream_id, PROTOCOL_ERROR, False, "http2.violation.of.messaging.rule"
-                    )
-                )
+                events.append(StreamReset(e.stream_id, PROTOCOL_ERROR, False, _MESSAGING))
             elif stream is not None and e.error_code != 0:
                 # Closed by nghttp2 for a stream error it found (flow control, state).
                 events.append(StreamReset(e.stream_id, e.error_code, False, "http2.stream_error"))
         elif isinstance(e, ngh2.StreamReset):
             self.rx_reset += 1
             if self._streams.pop(e.stream_id, None) is not None:
-                details = (
-                    "http2.remote_refuse" if e.error_code == REFUSED_STREAM else "http2.remote_reset"
-                )
+                refused = e.error_code == REFUSED_STREAM
+                details = "http2.remote_refuse" if refused else "http2.remote_reset"
                 events.append(StreamReset(e.stream_id, e.error_code, True, details))
         elif isinstance(e, ngh2.WindowUpdated | ngh2.SettingsReceived):
             self._unblock(events)
@@ -410,7 +404,8 @@ class _Http2Codec:
             self.goaway_received = True
             events.append(GoAway(e.last_stream_id, e.error_code))
         elif isinstance(e, ngh2.ConnectionClosed):
-            self._lost(events, e.error_code, "http2.codec_error" if e.error_code else "http2.goaway")
+            details = "http2.codec_error" if e.error_code else "http2.goaway"
+            self._lost(events, e.error_code, details)
 
     def _unblock(self, events: list[Event]) -> None:
         low = self.options.stream_buffer_limit // 2
@@ -463,7 +458,7 @@ class Http2ServerCodec(_Http2Codec):
     def __init__(self, options: Http2Options | None = None) -> None:
         super().__init__(ngh2.Role.SERVER, options)
         opts = self.options
-        settings = {
+        settings: dict[int, int] = {
             ngh2.Setting.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
             ngh2.Setting.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
             ngh2.Setting.HEADER_TABLE_SIZE: opts.hpack_table_size,
@@ -490,8 +485,7 @@ class Http2ServerCodec(_Http2Codec):
     def _on_request(
         self, stream_id: int, block: tuple, end_stream: bool, events: list[Event]
     ) -> None:
-        if stream_id > self._last_peer_stream:
-            self._last_peer_stream = stream_id
+        self._last_peer_stream = max(self._last_peer_stream, stream_id)
         method = path = authority = protocol = host = None
         scheme = b"http"
         items: list[tuple[bytes, bytes]] = []
