@@ -165,8 +165,14 @@ class Ngh2Server(asyncio.Protocol):
 def serve(lib: str) -> None:
     import uvloop
 
-    if lib == "ngh2":
-        factory: Any = Ngh2Server
+    if lib == "pilotfish":
+        # pilotfish's own codec (codec/http2.py, on ngh2): the cost of its layer over ngh2.
+        sys.path.insert(0, str(ROOT))
+        from tests.support.h2_server import H2FixedResponse
+
+        factory: Any = lambda: H2FixedResponse(None)  # noqa: E731
+    elif lib == "ngh2":
+        factory = Ngh2Server
     else:
         module = importlib.import_module(lib)
         for sub in ("config", "connection", "events", "exceptions"):
@@ -263,6 +269,41 @@ def unary_ngh2(n: int) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
+def unary_pilotfish(n: int) -> float:
+    from pilotfish.codec.events import Data
+    from pilotfish.codec.http2 import Http2ClientCodec, Http2ServerCodec
+    from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
+
+    cli = Http2ClientCodec()
+    srv = Http2ServerCodec()
+    srv.receive(cli.data_to_send())
+    cli.receive(srv.data_to_send())
+    srv.receive(cli.data_to_send())
+    t0 = time.perf_counter()
+    for _ in range(n):
+        req = RequestHeaders(
+            b"POST",
+            b"/svc/Method",
+            b"backend",
+            [(b"content-type", b"application/grpc"), (b"te", b"trailers")],
+        )
+        sid = cli.encode_request(req, False)
+        cli.encode_data(sid, b"x" * 64, True)
+        for e in srv.receive(cli.data_to_send()):
+            if isinstance(e, Data):
+                srv.consumed(e.stream_id, len(e.data))
+                if e.end_stream:
+                    resp = ResponseHeaders(200, [(b"content-type", b"application/grpc")])
+                    srv.encode_headers(e.stream_id, resp, False)
+                    srv.encode_data(e.stream_id, b"y" * 64, False)
+                    srv.encode_trailers(e.stream_id, HeaderMap([(b"grpc-status", b"0")]))
+        for e in cli.receive(srv.data_to_send()):
+            if isinstance(e, Data):
+                cli.consumed(e.stream_id, len(e.data))
+        srv.receive(cli.data_to_send())
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 # -- the driver ----------------------------------------------------------------------------
 
 
@@ -352,7 +393,9 @@ def measure(lib: str, requests: int) -> dict[str, Any]:
         cpu = cpu_seconds(proc.pid) - cpu0
         result.update(rps=rps, succeeded=ok, cpu_s_per_10k=cpu / max(ok, 1) * 10_000)
         result["kib_per_idle_conn"] = idle_connection_kib(proc.pid, port)
-        if lib == "ngh2":
+        if lib == "pilotfish":
+            result["unary_us"] = unary_pilotfish(5000)
+        elif lib == "ngh2":
             result["unary_us"] = unary_ngh2(5000)
         else:
             result["unary_us"] = unary_hyper(lib, 2000)
@@ -366,7 +409,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--requests", type=int, default=100_000)
-    p.add_argument("--libs", default="h2,jh2,ngh2")
+    p.add_argument("--libs", default="h2,jh2,ngh2,pilotfish")
     args = p.parse_args()
     if args.serve:
         serve(args.serve)
@@ -376,7 +419,7 @@ def main() -> None:
     results = []
     for lib in args.libs.split(","):
         try:
-            importlib.import_module(lib)
+            importlib.import_module("pilotfish.codec.http2" if lib == "pilotfish" else lib)
         except ImportError:
             print(f"{lib}: not installed, skipped", file=sys.stderr)
             continue
