@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -134,7 +135,9 @@ class Ngh2Server(asyncio.Protocol):
         try:
             conn.receive_data(data)
         except ngh2.NGH2Error:
-            self.t.write(conn.data_to_send())
+            # Refused outright (bad preface): nghttp2 may have nothing left to send.
+            with contextlib.suppress(ngh2.NGH2Error):
+                self.t.write(conn.data_to_send())
             self.t.close()
             return
         for e in conn.events():
@@ -377,15 +380,92 @@ def idle_connection_kib(pid: int, port: int) -> float:
     return (after - before) / IDLE_CONNECTIONS
 
 
-def measure(lib: str, requests: int) -> dict[str, Any]:
+ENVOY = ROOT / ".venv-envoy" / "bin" / "envoy"
+HCM_TYPE = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def envoy_config(port: int) -> dict[str, Any]:
+    hcm = {
+        "@type": HCM_TYPE,
+        "stat_prefix": "h2",
+        "codec_type": "HTTP2",
+        "delayed_close_timeout": "0s",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+                        }
+                    ],
+                }
+            ]
+        },
+        "http_filters": [{"name": "router", "typed_config": {"@type": ROUTER_TYPE}}],
+    }
+    listener = {
+        "name": "h2",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}],
+    }
+    return {"static_resources": {"listeners": [listener]}}
+
+
+def start_server(lib: str) -> tuple[subprocess.Popen[str], int]:
+    if lib != "envoy":
+        proc = subprocess.Popen(
+            ["taskset", "-c", "1", sys.executable, __file__, "--serve", lib],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        return proc, int(proc.stdout.readline())
+    # Envoy, for reference: a direct_response route (no upstream), one worker.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = Path(f"/tmp/h2_codecs_envoy_{os.getpid()}.json")
+    config.write_text(json.dumps(envoy_config(port)))
     proc = subprocess.Popen(
-        ["taskset", "-c", "1", sys.executable, __file__, "--serve", lib],
-        stdout=subprocess.PIPE,
+        [
+            "taskset",
+            "-c",
+            "1",
+            str(ENVOY),
+            "-c",
+            str(config),
+            "--concurrency",
+            "1",
+            "-l",
+            "error",
+            "--disable-hot-restart",
+            "--base-id",
+            str(os.getpid()),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, port
+
+
+def measure(lib: str, requests: int) -> dict[str, Any]:
+    proc, port = start_server(lib)
     try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
         result: dict[str, Any] = {"lib": lib, "h2spec": run_h2spec(port)}
         run_h2load(port, 2000)  # warm up
         cpu0 = cpu_seconds(proc.pid)
@@ -393,7 +473,9 @@ def measure(lib: str, requests: int) -> dict[str, Any]:
         cpu = cpu_seconds(proc.pid) - cpu0
         result.update(rps=rps, succeeded=ok, cpu_s_per_10k=cpu / max(ok, 1) * 10_000)
         result["kib_per_idle_conn"] = idle_connection_kib(proc.pid, port)
-        if lib == "pilotfish":
+        if lib == "envoy":
+            result["unary_us"] = float("nan")
+        elif lib == "pilotfish":
             result["unary_us"] = unary_pilotfish(5000)
         elif lib == "ngh2":
             result["unary_us"] = unary_ngh2(5000)
@@ -409,7 +491,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--requests", type=int, default=100_000)
-    p.add_argument("--libs", default="h2,jh2,ngh2,pilotfish")
+    p.add_argument("--libs", default="h2,jh2,ngh2,pilotfish,envoy")
     args = p.parse_args()
     if args.serve:
         serve(args.serve)
@@ -419,7 +501,10 @@ def main() -> None:
     results = []
     for lib in args.libs.split(","):
         try:
-            importlib.import_module("pilotfish.codec.http2" if lib == "pilotfish" else lib)
+            if lib == "envoy" and not ENVOY.exists():
+                raise ImportError
+            if lib != "envoy":
+                importlib.import_module("pilotfish.codec.http2" if lib == "pilotfish" else lib)
         except ImportError:
             print(f"{lib}: not installed, skipped", file=sys.stderr)
             continue
