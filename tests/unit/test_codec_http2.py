@@ -529,3 +529,32 @@ class H2Peer:
             if isinstance(e, h2.events.ConnectionTerminated):
                 self.goaway = e.error_code
         return events
+
+
+def test_connection_window_survives_reset_and_finished_streams() -> None:
+    # Smallest windows: one stream's unreturned bytes would starve the whole connection.
+    small = Http2Options(initial_stream_window_size=65535, initial_connection_window_size=65535)
+    p = Pair(server=small)
+
+    def upload(n: int, end: bool) -> tuple[int, int]:
+        sid = p.client.encode_request(RequestHeaders(b"POST", b"/", b"a"), False)
+        p.client.encode_data(sid, b"x" * n, end)
+        p.pump()
+        return sid, sum(len(e.data) for e in p.take_server() if isinstance(e, Data))
+
+    sid, got = upload(60_000, False)
+    assert got == 60_000
+    p.server.reset(sid)  # never consumed: the codec hands the bytes back itself
+    p.pump()
+    p.take_client()
+    sid, got = upload(60_000, True)
+    assert got == 60_000
+    # Stream finished (both sides ended) while its consumer still holds the bytes.
+    p.server.encode_headers(sid, ResponseHeaders(200), True)
+    p.pump()
+    p.take_client()
+    assert p.server.active_streams == 0
+    p.server.consumed(sid, 60_000)
+    p.server.consumed(sid, 60_000)  # more than was delivered: ignored
+    _, got = upload(60_000, True)
+    assert got == 60_000

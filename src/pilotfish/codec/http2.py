@@ -109,13 +109,14 @@ class Http2Options:
 
 
 class _Stream:
-    __slots__ = ("blocked", "local_done", "remote_done", "stream_id", "upgrade")
+    __slots__ = ("blocked", "local_done", "remote_done", "stream_id", "unconsumed", "upgrade")
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
         # A stream leaves the table once both sides have ended it (or on a reset).
         self.local_done = False
         self.remote_done = False
+        self.unconsumed = 0  # body bytes delivered and not yet handed back with consumed()
         self.blocked = False  # WriteBlocked was reported (queued body above the limit)
         # Extended CONNECT: the :protocol (server: the request came as one; client: it went
         # out as one), so that the answer is translated back (101 <-> 200).
@@ -150,6 +151,9 @@ class _Http2Codec:
         self._streams: dict[int, _Stream] = {}
         self._out: list[bytes] = []
         self._last_peer_stream = 0
+        # Streams closed normally while their consumer still holds body bytes: consumed() for
+        # them still reopens the connection window.
+        self._orphans: dict[int, int] = {}
         self._bad: list[int] = []  # streams nghttp2 reset for an invalid message, this input
         self.closed = False  # no more input is processed; send what is left, then close
         self.goaway_received = False
@@ -232,16 +236,36 @@ class _Http2Codec:
     def _local_end(self, stream: _Stream) -> None:
         stream.local_done = True
         if stream.remote_done:
-            del self._streams[stream.stream_id]
+            self._finish(stream)
 
     def _remote_end(self, stream: _Stream) -> None:
         stream.remote_done = True
         if stream.local_done:
-            del self._streams[stream.stream_id]
+            self._finish(stream)
+
+    def _finish(self, stream: _Stream) -> None:
+        del self._streams[stream.stream_id]
+        if stream.unconsumed:
+            self._orphans[stream.stream_id] = stream.unconsumed
+
+    def _drop(self, stream_id: int) -> _Stream | None:
+        """Forget a reset stream. Its unconsumed bytes are handed back at once: nobody will
+        consume them, and the connection window must not shrink for good."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and stream.unconsumed:
+            self._ack(stream_id, stream.unconsumed)
+            stream.unconsumed = 0
+        return stream
+
+    def _ack(self, stream_id: int, amount: int) -> None:
+        try:
+            self._conn.acknowledge_received_data(amount, stream_id)
+        except ngh2.NGH2Error:
+            pass
 
     def reset(self, stream_id: int, error_code: int = CANCEL) -> None:
         """RST_STREAM: this side abandons the stream."""
-        if self._streams.pop(stream_id, None) is None:
+        if self._drop(stream_id) is None:
             return
         self.tx_reset += 1
         try:
@@ -254,10 +278,21 @@ class _Http2Codec:
         much (nghttp2 sends WINDOW_UPDATE once half a window is consumed)."""
         if amount <= 0:
             return
-        try:
-            self._conn.acknowledge_received_data(amount, stream_id)
-        except ngh2.NGH2Error:
-            pass
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            amount = min(amount, stream.unconsumed)
+            stream.unconsumed -= amount
+        else:
+            left = self._orphans.get(stream_id)
+            if left is None:
+                return  # reset: its bytes were handed back already
+            amount = min(amount, left)
+            if left > amount:
+                self._orphans[stream_id] = left - amount
+            else:
+                del self._orphans[stream_id]
+        if amount:
+            self._ack(stream_id, amount)
 
     # -- connection calls ------------------------------------------------------------------
 
@@ -311,7 +346,7 @@ class _Http2Codec:
         if bad:
             for stream_id in bad:
                 # Streams nghttp2 reset without a StreamClosed (never surfaced, or still open).
-                self._streams.pop(stream_id, None)
+                self._drop(stream_id)
                 events.append(StreamReset(stream_id, PROTOCOL_ERROR, False, _MESSAGING))
             bad.clear()
         if self.rx_messaging_error != messaging_errors and not self.closed:
@@ -338,6 +373,7 @@ class _Http2Codec:
         for stream_id in list(self._streams):
             events.append(StreamReset(stream_id, error_code, False, "http2.connection_closed"))
         self._streams.clear()
+        self._orphans.clear()
         events.append(ConnectionLost(error_code, details))
 
     def _scan_resets(self, out: bytes) -> None:
@@ -362,8 +398,9 @@ class _Http2Codec:
             if stream is None:
                 # A stream this side reset: the bytes still count against the connection
                 # window, which must not leak.
-                self.consumed(stream_id, len(e.data))
+                self._ack(stream_id, len(e.data))
                 return
+            stream.unconsumed += len(e.data)
             if e.end_stream:
                 self._remote_end(stream)
             events.append(Data(stream_id, e.data, e.end_stream))
@@ -378,7 +415,7 @@ class _Http2Codec:
                 items = [(n, v) for n, v in e.headers if n[:1] != b":"]
                 events.append(Trailers(e.stream_id, HeaderMap(items)))
         elif isinstance(e, ngh2.StreamClosed):
-            stream = self._streams.pop(e.stream_id, None)
+            stream = self._drop(e.stream_id)
             if e.stream_id in self._bad:
                 self._bad.remove(e.stream_id)
                 events.append(StreamReset(e.stream_id, PROTOCOL_ERROR, False, _MESSAGING))
@@ -387,7 +424,7 @@ class _Http2Codec:
                 events.append(StreamReset(e.stream_id, e.error_code, False, "http2.stream_error"))
         elif isinstance(e, ngh2.StreamReset):
             self.rx_reset += 1
-            if self._streams.pop(e.stream_id, None) is not None:
+            if self._drop(e.stream_id) is not None:
                 refused = e.error_code == REFUSED_STREAM
                 details = "http2.remote_refuse" if refused else "http2.remote_reset"
                 events.append(StreamReset(e.stream_id, e.error_code, True, details))
@@ -421,7 +458,7 @@ class _Http2Codec:
             return False
         # Envoy resets such a stream with INTERNAL_ERROR (checked against Envoy 1.40).
         self.header_overflow += 1
-        self._streams.pop(stream_id, None)
+        self._drop(stream_id)
         self.tx_reset += 1
         self._conn.reset_stream(stream_id, INTERNAL_ERROR)
         events.append(StreamReset(stream_id, INTERNAL_ERROR, False, "http2.too_many_headers"))
