@@ -25,7 +25,12 @@ from pilotfish.codec.events import (
     Trailers,
     WriteUnblocked,
 )
-from pilotfish.codec.http2 import Http2ClientCodec, Http2Options, Http2ServerCodec
+from pilotfish.codec.http2 import (
+    Http2ClientCodec,
+    Http2Options,
+    Http2ServerCodec,
+    Http2StreamError,
+)
 from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
 
 
@@ -558,3 +563,83 @@ def test_connection_window_survives_reset_and_finished_streams() -> None:
     p.server.consumed(sid, 60_000)  # more than was delivered: ignored
     _, got = upload(60_000, True)
     assert got == 60_000
+
+
+class H2ServerPeer:
+    """An independent HTTP/2 server (h2) with its checks off: responses the codec's own
+    server never sends."""
+
+    def __init__(self, codec: Http2ClientCodec) -> None:
+        self.codec = codec
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+                validate_inbound_headers=False,
+            )
+        )
+        self.conn.initiate_connection()
+        self.goaway: int | None = None
+        self.resets: dict[int, int] = {}
+        self.flush()
+
+    def flush(self) -> list[Event]:
+        events: list[Event] = []
+        for _ in range(20):
+            out = self.conn.data_to_send()
+            if out:
+                events += self.codec.receive(out)
+            back = self.codec.data_to_send()
+            if not back and not out:
+                break
+            if back:
+                for e in self.conn.receive_data(back):
+                    if isinstance(e, h2.events.StreamReset):
+                        self.resets[e.stream_id] = e.error_code
+                    elif isinstance(e, h2.events.ConnectionTerminated):
+                        self.goaway = e.error_code
+                        return events
+        return events
+
+
+@pytest.mark.parametrize("override", [False, True])
+def test_invalid_response_from_upstream(override: bool) -> None:
+    opts = Http2Options(override_stream_error_on_invalid_http_message=override)
+    client = Http2ClientCodec(opts)
+    peer = H2ServerPeer(client)
+    sid = client.encode_request(get(), True)
+    peer.flush()
+    peer.conn.send_headers(sid, [(b":status", b"200"), (b"transfer-encoding", b"chunked")])
+    events = peer.flush()
+    if override:
+        assert [type(e) for e in events] == [StreamReset]
+        assert peer.resets == {sid: PROTOCOL_ERROR} and peer.goaway is None
+        assert client.can_open_stream
+    else:
+        assert [type(e) for e in events] == [StreamReset, ConnectionLost]
+        assert peer.goaway == PROTOCOL_ERROR
+
+
+def test_upstream_response_with_too_many_headers_is_reset() -> None:
+    client = Http2ClientCodec(Http2Options(max_headers_count=5))
+    peer = H2ServerPeer(client)
+    sid = client.encode_request(get(), True)
+    peer.flush()
+    peer.conn.send_headers(sid, [(b":status", b"200")] + [(b"x-%d" % i, b"v") for i in range(6)])
+    events = peer.flush()
+    assert [type(e) for e in events] == [StreamReset]
+    assert events[0].details == "http2.too_many_headers"  # type: ignore[attr-defined]
+    assert peer.resets == {sid: INTERNAL_ERROR}
+
+
+def test_no_stream_after_goaway_raises_a_codec_error() -> None:
+    p = Pair()
+    p.server.goaway()
+    p.pump()
+    assert not p.client.can_open_stream
+    with pytest.raises(Http2StreamError):
+        for _ in range(2):
+            p.client.encode_request(get(), True)
+            p.pump()

@@ -51,6 +51,11 @@ _RST_STREAM = 0x3
 _MESSAGING = "http2.violation.of.messaging.rule"  # Envoy's response code detail
 
 
+class Http2StreamError(Exception):
+    """A stream cannot be started on this connection (GOAWAY, closed, ids exhausted): open
+    another connection. ``can_open_stream`` tells beforehand."""
+
+
 class Http2Options:
     """Envoy's ``http2_protocol_options`` (and the HCM limits that apply to HTTP/2). Defaults
     are Envoy 1.40's, as its SETTINGS frame shows them: 1024 streams, 16 MiB stream window,
@@ -610,7 +615,10 @@ class Http2ClientCodec(_Http2Codec):
         """Start a stream with ``headers``; returns its id. An HTTP/1.1 upgrade request goes as
         an extended CONNECT (the peer must have offered it)."""
         block = request_to_h2(headers)
-        stream_id = self._conn.send_request(block, end_stream=end_stream)
+        try:
+            stream_id = self._conn.send_request(block, end_stream=end_stream)
+        except ngh2.NGH2Error as e:
+            raise Http2StreamError(str(e)) from None
         stream = _Stream(stream_id)
         stream.local_done = end_stream
         if block[1][0] == b":protocol":
