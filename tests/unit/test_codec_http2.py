@@ -480,14 +480,14 @@ GET_BLOCK = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":
 
 
 class H2Peer:
-    """An independent HTTP/2 client (python-hyper h2) with its checks off, to send the codec
-    what a conforming client would not."""
+    """An independent HTTP/2 peer (python-hyper h2) with its checks off, to send the codec
+    what a conforming peer would not: a client for a server codec and the reverse."""
 
-    def __init__(self, codec: Http2ServerCodec) -> None:
+    def __init__(self, codec: Http2ServerCodec | Http2ClientCodec) -> None:
         self.codec = codec
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(
-                client_side=True,
+                client_side=isinstance(codec, Http2ServerCodec),
                 header_encoding=None,
                 validate_outbound_headers=False,
                 normalize_outbound_headers=False,
@@ -565,50 +565,11 @@ def test_connection_window_survives_reset_and_finished_streams() -> None:
     assert got == 60_000
 
 
-class H2ServerPeer:
-    """An independent HTTP/2 server (h2) with its checks off: responses the codec's own
-    server never sends."""
-
-    def __init__(self, codec: Http2ClientCodec) -> None:
-        self.codec = codec
-        self.conn = h2.connection.H2Connection(
-            h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                validate_inbound_headers=False,
-            )
-        )
-        self.conn.initiate_connection()
-        self.goaway: int | None = None
-        self.resets: dict[int, int] = {}
-        self.flush()
-
-    def flush(self) -> list[Event]:
-        events: list[Event] = []
-        for _ in range(20):
-            out = self.conn.data_to_send()
-            if out:
-                events += self.codec.receive(out)
-            back = self.codec.data_to_send()
-            if not back and not out:
-                break
-            if back:
-                for e in self.conn.receive_data(back):
-                    if isinstance(e, h2.events.StreamReset):
-                        self.resets[e.stream_id] = e.error_code
-                    elif isinstance(e, h2.events.ConnectionTerminated):
-                        self.goaway = e.error_code
-                        return events
-        return events
-
-
 @pytest.mark.parametrize("override", [False, True])
 def test_invalid_response_from_upstream(override: bool) -> None:
     opts = Http2Options(override_stream_error_on_invalid_http_message=override)
     client = Http2ClientCodec(opts)
-    peer = H2ServerPeer(client)
+    peer = H2Peer(client)
     sid = client.encode_request(get(), True)
     peer.flush()
     peer.conn.send_headers(sid, [(b":status", b"200"), (b"transfer-encoding", b"chunked")])
@@ -624,7 +585,7 @@ def test_invalid_response_from_upstream(override: bool) -> None:
 
 def test_upstream_response_with_too_many_headers_is_reset() -> None:
     client = Http2ClientCodec(Http2Options(max_headers_count=5))
-    peer = H2ServerPeer(client)
+    peer = H2Peer(client)
     sid = client.encode_request(get(), True)
     peer.flush()
     peer.conn.send_headers(sid, [(b":status", b"200")] + [(b"x-%d" % i, b"v") for i in range(6)])
