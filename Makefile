@@ -10,7 +10,7 @@ ENVOY_VERSION := 1.40.0
 
 DASHBOARD_VENDOR := src/pilotfish/mesh/dashboard/static/vendor/cytoscape.min.js
 
-.PHONY: all install envoy apt test lint typecheck unit demo demo-proxy bench clean
+.PHONY: all install envoy apt h2spec test lint typecheck unit demo demo-proxy bench clean
 
 all: install
 
@@ -29,7 +29,6 @@ install: $(STAMP) $(DASHBOARD_VENDOR)
 
 # The dashboard's front-end libraries, from npm at the versions web/dashboard/package-lock.json
 # pins, copied next to the page (`pilotfishctl dashboard` serves them; no CDN).
-DASHBOARD_VENDOR := src/pilotfish/mesh/dashboard/static/vendor/cytoscape.min.js
 $(DASHBOARD_VENDOR): web/dashboard/package.json web/dashboard/package-lock.json
 	@if command -v npm >/dev/null; then \
 	  cd web/dashboard && npm ci --no-audit --no-fund --ignore-scripts --silent; \
@@ -45,14 +44,25 @@ $(ENVOY_STAMP):
 envoy: $(ENVOY_STAMP)
 
 # Debian packages the tests and benchmarks use: curl, nginx (fast backend), wrk (load),
-# iproute2 and iptables (the capture-mode pods, root only), tcpdump (the mTLS wire check).
+# iproute2 and iptables (the capture-mode pods, root only), tcpdump (the mTLS wire check),
+# nghttp2-client (h2load and nghttp: HTTP/2 load and client).
 $(APT_STAMP):
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl nginx-light wrk iproute2 iptables tcpdump >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl nginx-light wrk iproute2 iptables tcpdump nghttp2-client >/dev/null; \
 	else echo "skipping apt (not root or no apt-get): install curl, nginx, wrk, iproute2, iptables, tcpdump yourself"; fi
 	touch $@
 
 apt: $(APT_STAMP)
+
+# h2spec, the HTTP/2 conformance suite (tests/integration/test_h2spec.py), built with Go at a
+# pinned version into .tools/bin. Its module has no go.mod: dependencies resolve at install.
+H2SPEC_VERSION := v2.2.1+incompatible
+H2SPEC := .tools/bin/h2spec
+
+$(H2SPEC):
+	GOBIN=$(CURDIR)/.tools/bin GOFLAGS=-mod=mod go install github.com/summerwind/h2spec/cmd/h2spec@$(H2SPEC_VERSION)
+
+h2spec: $(H2SPEC)
 
 lint: install
 	$(BIN)/ruff check src tests bench examples
@@ -63,7 +73,7 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-test: install envoy apt lint typecheck
+test: install envoy apt h2spec lint typecheck
 	$(BIN)/pytest -q
 
 # BookInfo with pilotfish as every sidecar and the gateway (`make demo ARGS=--once` tears it
@@ -82,4 +92,4 @@ bench: install envoy apt
 	GRPC_VERBOSITY=ERROR $(BIN)/python bench/mesh_bookinfo.py
 
 clean:
-	rm -rf $(VENV) $(ENVOY_VENV) $(APT_STAMP) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ENVOY_VENV) $(APT_STAMP) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -8,7 +8,11 @@ from setuptools import setup
 
 # The request path. Compiled modules must stay mypyc-compatible (see docs/development.md).
 COMPILED = [
+    "src/pilotfish/codec/events.py",
+    "src/pilotfish/codec/flow_control.py",
+    "src/pilotfish/codec/h1_h2.py",
     "src/pilotfish/codec/http1.py",
+    "src/pilotfish/codec/http2.py",
     "src/pilotfish/http/headers.py",
     "src/pilotfish/http/conn_manager.py",
     "src/pilotfish/http/hash_policy.py",
