@@ -12,7 +12,7 @@ inside ``on_request_headers``: no per-request object beyond the header map.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import httptools
 
@@ -163,14 +163,14 @@ _SPECIAL: dict[bytes, int] = {
 
 # RFC 3986 authority characters ([userinfo "@"] host [":" port]), the set Envoy's
 # HeaderUtility::authorityIsValid accepts in Host: anything else is a 400.
-_AUTHORITY_CHARS = (
+_AUTHORITY_CHARS: Final = (
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:@[]"
 )
 # An absolute-form target is parsed as http-parser does for Envoy: a host of these characters
 # (or a bracketed IPv6 literal), an optional numeric port, an optional userinfo (dropped).
-_URL_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
-_URL_IPV6_CHARS = b"0123456789abcdefABCDEF:."
-_URL_USERINFO_CHARS = _URL_HOST_CHARS + b"!~*'()%;:&=+$,"
+_URL_HOST_CHARS: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
+_URL_IPV6_CHARS: Final = b"0123456789abcdefABCDEF:."
+_URL_USERINFO_CHARS: Final = _URL_HOST_CHARS + b"!~*'()%;:&=+$,"
 
 
 def split_absolute_url(url: bytes) -> tuple[bytes, bytes]:
@@ -250,6 +250,7 @@ class Http1ServerCodec:
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._error: CodecError | None = None
         self._h2c = False  # the request just parsed asked for h2c, which is ignored
+        self._valid_host = b""  # the last Host found valid (a connection sends the same one)
         self._h2c_body = False  # ... and has a body llhttp did not read (an upgrade's is raw)
         self.closed_by_request = False  # a request said "Connection: close": read no more
         self.in_head = False  # a request has begun and its headers are not complete yet
@@ -517,8 +518,10 @@ class Http1ServerCodec:
         method = parser.get_method()
         url = self._url
         host = self._host
-        if host is not None and host.translate(None, _AUTHORITY_CHARS):
-            self._fail(CodecError("http1.invalid_host", 400))
+        if host is not None and host != self._valid_host:
+            if host.translate(None, _AUTHORITY_CHARS):
+                self._fail(CodecError("http1.invalid_host", 400))
+            self._valid_host = host
         if url[:1] != b"/" and method != b"CONNECT":
             if url == b"*":
                 if method != b"OPTIONS":  # "*" is OPTIONS' target only (Envoy: 400)
