@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 PILOTFISH = ROOT / ".venv" / "bin" / "pilotfish"
 ENVOY = ROOT / ".venv-envoy" / "bin" / "envoy"
-ISTIO_GOLDEN = Path("/work/shared/refdata/istio/pkg/bootstrap/testdata/default_golden.json")
+ISTIO_GOLDEN = ROOT / "tests/data/istio/pkg/bootstrap/testdata/default_golden.json"
 
 PROXY_CORE = "1"
 LOAD_CORE = "0"  # nginx and wrk share it, as in docs/NOTES.md

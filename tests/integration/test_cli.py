@@ -6,10 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.support.istio_data import BOOTSTRAP_GOLDENS
 
 PILOTFISH = str(Path(sys.executable).with_name("pilotfish"))
-GOLDEN_DIR = Path(__file__).resolve().parents[3] / "shared/refdata/istio/pkg/bootstrap/testdata"
+GOLDEN_DIR = BOOTSTRAP_GOLDENS
 
 GOOD = """
 static_resources:
@@ -88,7 +88,6 @@ def test_every_flag_pilot_agent_passes_is_accepted(tmp_path: Path) -> None:
     assert f"configuration '{config}' OK" in r.stdout
 
 
-@pytest.mark.skipif(not GOLDEN_DIR.exists(), reason="../shared/refdata is not available")
 def test_istio_golden_bootstraps_validate() -> None:
     goldens = sorted(GOLDEN_DIR.glob("*_golden.json"))
     assert len(goldens) >= 20

@@ -1,5 +1,5 @@
 """Replays of real Istio output: the listeners, routes, clusters and endpoints found in the
-istioctl testdata config dumps (shared/refdata) are served over ADS (SotW and delta) by the
+istioctl testdata config dumps (tests/data/istio) are served over ADS (SotW and delta) by the
 in-package server to a running pilotfish, then to a real Envoy (its own node id, after
 pilotfish has stopped: both would bind the same listener ports).
 
@@ -75,7 +75,6 @@ from pilotfish.xds import resource_types as rt
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 pytestmark = [
-    pytest.mark.skipif(not DUMPS, reason="shared/refdata is not available"),
     pytest.mark.slow,
 ]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.support.bookinfo_mesh import BOOKINFO, bookinfo_store, bookinfo_workloads, workload
+from tests.support.bookinfo_mesh import bookinfo_store, bookinfo_workloads, workload
 from tests.support.echo_backend import EchoBackend
 from tests.support.proxies import ENVOY_BIN, ProxyProcess, free_port, http_request
 from tests.support.sds import ThreadedSds
@@ -33,7 +33,6 @@ pytestmark = [
     pytest.mark.envoy,
     pytest.mark.slow,
     pytest.mark.skipif(not ENVOY_BIN.exists(), reason="needs the real Envoy in .venv-envoy"),
-    pytest.mark.skipif(not BOOKINFO.is_dir(), reason="shared/refdata is not available"),
 ]
 
 STRICT_REVIEWS = yaml.safe_dump(

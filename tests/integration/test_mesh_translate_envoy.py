@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from tests.support.bookinfo_mesh import (
-    BOOKINFO,
     NETWORKING,
     SCENARIOS,
     bookinfo_config,
@@ -45,7 +44,6 @@ from pilotfish.xds import resource_types as rt
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 pytestmark = [
-    pytest.mark.skipif(not BOOKINFO.is_dir(), reason="shared/refdata is not available"),
     pytest.mark.slow,
 ]
 

@@ -46,6 +46,7 @@ for _p in (_ROOT, _ROOT / "src"):
         sys.path.insert(0, str(_p))
 
 from tests.support.echo_backend import EchoBackend  # noqa: E402
+from tests.support.istio_data import BOOTSTRAP_GOLDENS  # noqa: E402
 
 from pilotfish.model.bootstrap import StatsConfig, StatsTag  # noqa: E402
 from pilotfish.stats.render import render_json, render_prometheus, render_text  # noqa: E402
@@ -53,9 +54,7 @@ from pilotfish.stats.store import Store  # noqa: E402
 from pilotfish.stats.tags import TagExtractor  # noqa: E402
 
 ENVOY = _ROOT / ".venv-envoy" / "bin" / "envoy"
-GOLDEN = _ROOT.parent / "shared/refdata/istio/pkg/bootstrap/testdata/default_golden.json"
-if not GOLDEN.exists():
-    GOLDEN = Path("/work/shared/refdata/istio/pkg/bootstrap/testdata/default_golden.json")
+GOLDEN = BOOTSTRAP_GOLDENS / "default_golden.json"
 
 MODES = ("default", "istio")
 # A name that exercises escaping: quote, backslash, '<', '|', non-ASCII, space.

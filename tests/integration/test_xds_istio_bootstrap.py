@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from tests.support.echo_backend import EchoBackend
+from tests.support.istio_data import BOOTSTRAP_GOLDENS
 from tests.support.proxies import ProxyProcess, free_port, get
 from tests.support.xds import cla, eds_cluster, http_listener, route_config
 
@@ -27,7 +28,7 @@ from pilotfish.xds import resource_types as rt
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-GOLDEN = Path(__file__).resolve().parents[3] / "shared/refdata/istio/pkg/bootstrap/testdata"
+GOLDEN = BOOTSTRAP_GOLDENS
 XDS_PATH = "./etc/istio/proxy/XDS"
 # What pilot-agent passes besides -c (istio/pkg/envoy/proxy.go), minus the flags the test
 # runner already sets (--concurrency, --drain-time-s, -l, --disable-hot-restart).
@@ -45,7 +46,6 @@ AGENT_ARGS = [
     "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t",
 ]
 
-pytestmark = pytest.mark.skipif(not GOLDEN.exists(), reason="needs ../shared/refdata")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""BookInfo as the translation sees it: Istio's own YAML (shared/refdata) in a ConfigStore,
+"""BookInfo as the translation sees it: Istio's own YAML (tests/data/istio) in a ConfigStore,
 one workload per Deployment on made-up (or free) loopback ports, and the routing scenarios of
 ``samples/bookinfo/networking`` (each applied on top of bookinfo.yaml)."""
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from pathlib import Path
+
+from tests.support.istio_data import BOOKINFO
 
 from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.store import ConfigStore
@@ -25,7 +26,6 @@ __all__ = [
     "workload",
 ]
 
-BOOKINFO = Path("/work/shared/refdata/istio/samples/bookinfo")
 NETWORKING = BOOKINFO / "networking"
 KUBE_YAML = BOOKINFO / "platform/kube/bookinfo.yaml"
 

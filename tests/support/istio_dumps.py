@@ -1,4 +1,4 @@
-"""Istio's config dumps (shared/refdata, istioctl testdata) as resources, and the reviewed list
+"""Istio's config dumps (tests/data/istio, istioctl testdata) as resources, and the reviewed list
 of those pilotfish refuses: one source of truth for the translation test
 (tests/unit/test_istio_config_dumps.py) and the ADS replay
 (tests/integration/test_istio_replay_ads.py).
@@ -10,12 +10,12 @@ Each entry of REJECTED is a deliberate limitation listed in docs/compatibility.m
 from __future__ import annotations
 
 import json
-import pathlib
 from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any as AnyProto
+from tests.support.istio_data import ISTIOCTL
 
 from pilotfish.xds import protos
 
@@ -36,7 +36,7 @@ __all__ = [
     "to_any",
 ]
 
-REFDATA = pathlib.Path("/work/shared/refdata/istio/istioctl")
+REFDATA = ISTIOCTL
 DUMPS = sorted(
     p
     for p in REFDATA.glob("**/testdata/**/*")

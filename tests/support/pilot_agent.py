@@ -51,6 +51,7 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from tests.support.istio_data import BOOTSTRAP_GOLDENS
 from tests.support.proxies import LOCALHOST, PILOTFISH_BIN, free_port
 
 from pilotfish.mesh.security.ca import MeshCA
@@ -65,7 +66,7 @@ __all__ = [
     "render_bootstrap",
 ]
 
-GOLDEN_DIR = Path(__file__).resolve().parents[3] / "shared/refdata/istio/pkg/bootstrap/testdata"
+GOLDEN_DIR = BOOTSTRAP_GOLDENS
 LDS_CDS_FILTER = (
     "^(cluster_manager\\.cds|listener_manager\\.lds)\\.(update_success|update_rejected)$"
 )

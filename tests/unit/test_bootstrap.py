@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.support.istio_data import BOOTSTRAP_GOLDENS
 
 from pilotfish.errors import ConfigError
 from pilotfish.model.cluster import DiscoveryType, LbPolicy
 from pilotfish.model.common import PipeAddress, SocketAddress
 from pilotfish.xds.bootstrap import BootstrapSource, load_bootstrap
 
-GOLDEN_DIR = Path(__file__).resolve().parents[3] / "shared/refdata/istio/pkg/bootstrap/testdata"
+GOLDEN_DIR = BOOTSTRAP_GOLDENS
 GOLDENS = sorted(GOLDEN_DIR.glob("*_golden.json"))
 
 
@@ -23,7 +24,6 @@ def load_text(tmp_path: Path, text: str, name: str = "b.yaml", **kw: object) -> 
     return load_bootstrap(BootstrapSource(config_path=str(path), **kw))  # type: ignore[arg-type]
 
 
-@pytest.mark.skipif(not GOLDENS, reason="../shared/refdata is not available")
 @pytest.mark.parametrize("golden", GOLDENS, ids=[g.name for g in GOLDENS])
 def test_every_istio_golden_bootstrap_translates(golden: Path) -> None:
     loaded = load_bootstrap(BootstrapSource(config_path=str(golden)))
@@ -48,8 +48,6 @@ def test_every_istio_golden_bootstrap_translates(golden: Path) -> None:
 
 def test_golden_with_istio_bootstrap_extension_is_accepted_and_reported(tmp_path: Path) -> None:
     ambient = GOLDEN_DIR / "ambient_golden.json"
-    if not ambient.exists():
-        pytest.skip("../shared/refdata is not available")
     loaded = load_bootstrap(BootstrapSource(config_path=str(ambient)))
     assert any("istio.workload.BootstrapExtension" in w for w in loaded.warnings)
 

@@ -379,3 +379,195 @@ def test_in_head_tracks_an_incomplete_request_head_and_stop_ends_parsing() -> No
     codec.stop()
     codec.feed(b"GET /2 HTTP/1.1\r\nhost: a\r\n\r\n")
     assert len(ev.events) == 2  # nothing more is parsed after a protocol error
+
+
+# --- hardening (issue 11): limits while bytes arrive, h2c, Connection: close, Host, targets ---
+
+
+@pytest.mark.parametrize(
+    ("start", "chunk"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ", b"v" * 1000),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", b"x-endless-name" * 70),
+        (b"GET /", b"u" * 1000),
+    ],
+    ids=["value", "name", "url"],
+)
+def test_a_head_line_that_never_ends_is_refused_at_the_limit(start: bytes, chunk: bytes) -> None:
+    """httptools buffers a header line until it ends: the codec counts the unfinished line
+    after every read, so 431 comes once the limit is passed, not when the line ends."""
+    codec, ev = server(max_headers_kb=2)
+    codec.feed(start)
+    fed = len(start)
+    with pytest.raises(CodecError) as err:
+        for _ in range(100):
+            codec.feed(chunk)
+            fed += len(chunk)
+    assert (err.value.status, err.value.details) == (431, "http1.headers_too_large")
+    assert fed <= 2048 + len(chunk)
+    assert codec.stopped
+    assert codec.feed(chunk) is None  # nothing more is parsed
+    assert ev.events == []
+
+
+def test_a_trailer_line_that_never_ends_is_refused() -> None:
+    codec, _ = server(max_headers_kb=2, enable_trailers=True)
+    codec.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    codec.feed(b"5\r\nhello\r\n0\r\nx-endless: ")
+    with pytest.raises(CodecError) as err:
+        for _ in range(100):
+            codec.feed(b"t" * 1000)
+    assert err.value.status == 431
+
+
+def test_a_long_chunked_body_without_line_ends_is_fine() -> None:
+    codec, ev = server(max_headers_kb=1)
+    codec.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    codec.feed(b"%x\r\n" % 100000)
+    for _ in range(100):
+        codec.feed(b"b" * 1000)
+    codec.feed(b"\r\n0\r\n\r\n")
+    assert len(ev.body()) == 100000
+    assert ev.events[-1][0] == "complete"
+
+
+def test_a_long_head_in_many_reads_under_the_limit_is_fine() -> None:
+    codec, ev = server(max_headers_kb=2)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 1900 + b"\r\n\r\n"
+    for i in range(0, len(head), 7):
+        codec.feed(head[i : i + 7])
+    assert ev.events[0][0] == "headers"
+
+
+def test_the_limit_applies_to_each_request_of_a_pipeline() -> None:
+    """Bytes of earlier requests in the same read do not count against the next head."""
+    codec, ev = server(max_headers_kb=2)
+    one = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 1500 + b"\r\n\r\n"
+    codec.feed(one * 3 + b"GET / HTTP/1.1\r\nHost: x\r\nX-B: " + b"b" * 1500)
+    codec.feed(b"\r\n\r\n")
+    assert [k for k, _ in ev.events].count("headers") == 4
+
+
+def test_client_refuses_an_endless_response_header() -> None:
+    codec, _ = client()
+    codec.max_header_bytes = 2048
+    codec.feed(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+    with pytest.raises(CodecError) as err:
+        for _ in range(100):
+            codec.feed(b"v" * 1000)
+    assert (err.value.status, err.value.details) == (502, "upstream.headers_too_large")
+
+
+def test_obs_fold_is_refused() -> None:
+    codec, _ = server()
+    with pytest.raises(CodecError):
+        codec.feed(b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n")
+
+
+@pytest.mark.parametrize("after", [b"X\r\n\r\n", b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n"])
+def test_bytes_after_connection_close_are_ignored(after: bytes) -> None:
+    codec, ev = server()
+    codec.feed(b"GET /1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + after)
+    codec.feed(after)
+    assert [k for k, _ in ev.events] == ["headers", "complete"]
+    assert codec.closed_by_request
+
+
+def test_h2c_upgrade_is_ignored_and_parsing_goes_on() -> None:
+    codec, ev = server()
+    rest = codec.feed(
+        b"POST /u1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMA\r\nContent-Length: 2\r\n\r\nhi"
+        b"GET /u2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert rest is None
+    heads = [v for k, v in ev.events if k == "headers"]
+    assert [h.path for h in heads] == [b"/u1", b"/u2"]
+    assert heads[0].items == [(b"content-length", b"2")]
+    assert ev.body() == b"hi"
+    assert [f["upgrade"] for f in ev.framing] == [None, None]
+
+
+def test_websocket_upgrade_still_upgrades() -> None:
+    codec, ev = server()
+    rest = codec.feed(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nRAW"
+    )
+    assert rest == b"RAW"
+    assert ev.framing[0]["upgrade"] == b"websocket"
+
+
+@pytest.mark.parametrize(
+    "host", [b"a, b", b"a b", b"a/b", b'a"b', b"a{b}", b"a?b", b"a#b", b"a\\b", b"a|b"]
+)
+def test_invalid_host_is_refused(host: bytes) -> None:
+    codec, _ = server()
+    with pytest.raises(CodecError) as err:
+        codec.feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert err.value.status == 400
+
+
+@pytest.mark.parametrize("host", [b"a@b", b"[::1]:80", b"a:x", b"a_b.c-d~e!$&'()*+;=%20", b""])
+def test_unusual_valid_host_is_kept(host: bytes) -> None:
+    codec, ev = server()
+    codec.feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert ev.events[0][1].authority == host
+
+
+@pytest.mark.parametrize(
+    ("target", "authority", "path"),
+    [
+        (b"http://shop.example.com@evil.example/abs", b"evil.example", b"/abs"),
+        (b"http://u:p@h/", b"h", b"/"),
+        (b"HTTPS://h:8443/a?q", b"h:8443", b"/a?q"),
+        (b"http://h", b"h", b"/"),
+        (b"http://h?x", b"h", b"?x"),
+        (b"http://[::1]:80/v6", b"[::1]:80", b"/v6"),
+    ],
+)
+def test_absolute_form(target: bytes, authority: bytes, path: bytes) -> None:
+    codec, ev = server()
+    codec.feed(b"GET " + target + b" HTTP/1.1\r\nHost: other\r\n\r\n")
+    headers = ev.events[0][1]
+    assert (headers.authority, headers.path) == (authority, path)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"ftp://h/a",
+        b"http:///a",
+        b"http://a,b/",
+        b"http://a:99999/",
+        b"http://a:8x/",
+        b"http://a@b@c/",
+        b"http://[::1/",
+        b"http://a b/",
+        b"*",
+    ],
+)
+def test_bad_request_target_is_refused(target: bytes) -> None:
+    codec, _ = server()
+    with pytest.raises(CodecError) as err:
+        codec.feed(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert err.value.status == 400
+
+
+def test_asterisk_is_for_options() -> None:
+    codec, ev = server()
+    codec.feed(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert ev.events[0][1].path == b"*"
+
+
+def test_h2c_upgrade_with_a_chunked_body_and_trailers() -> None:
+    codec, ev = server(enable_trailers=True)
+    codec.feed(
+        b"POST /u1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nx-t: 1\r\n\r\n"
+        b"GET /u2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    kinds = [k for k, _ in ev.events]
+    assert kinds == ["headers", "body", "complete", "headers", "complete"]
+    assert ev.body() == b"hi"
+    assert ev.events[2][1].items == [(b"x-t", b"1")]
+    assert ev.events[3][1].path == b"/u2"

@@ -8,17 +8,14 @@ Each golden's options are not stored with it (they live in Istio's Go test); the
 the golden's name and contents and written here as CaptureConfigs.
 """
 
-from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.istio_data import IPTABLES_GOLDENS
 
 from pilotfish.mesh.capture.iptables import CaptureConfig, render
 
-GOLDENS = (
-    Path(__file__).resolve().parents[3]
-    / "shared/refdata/istio/tools/istio-iptables/pkg/capture/testdata"
-)
+GOLDENS = IPTABLES_GOLDENS
 
 DNS: dict[str, Any] = {"redirect_dns": True, "dns_servers_v4": ["127.0.0.53"]}
 UID_GID: dict[str, Any] = {"proxy_uid": "3,4", "proxy_gid": "1,2"}

@@ -1,4 +1,4 @@
-"""Every resource in Istio's config dumps (shared/refdata, istioctl testdata) through
+"""Every resource in Istio's config dumps (tests/data/istio, istioctl testdata) through
 ``translate_resource``, as the ADS client will hand them over.
 
 Each rejection must be in REJECTED (tests/support/istio_dumps.py, shared with the ADS replay
@@ -41,8 +41,6 @@ from pilotfish.tls.config import TlsContextConfig
 from pilotfish.xds import resource_types as rt
 from pilotfish.xds.translate.context import TranslateContext
 from pilotfish.xds.translate.resource import translate_resource
-
-pytestmark = pytest.mark.skipif(not DUMPS, reason="shared/refdata is not available")
 
 
 def translate(resource: dict[str, Any], ctx: TranslateContext | None = None) -> Any:

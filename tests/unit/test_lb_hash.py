@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import random
-import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from pilotfish.http.hash_policy import connection_hash, request_hash
 from pilotfish.http.headers import RequestHeaders
 from pilotfish.model.cluster import Cluster, ConsistentHashing, HealthStatus, LbPolicy
 from pilotfish.model.route import HashPolicy
+from pilotfish.regex import Substitution, compile_regex
 from pilotfish.stats.store import Gauge
 from pilotfish.upstream.hash_lb import WeightedHosts, mt19937
 from pilotfish.upstream.hashes import murmur_hash2_64
@@ -227,7 +227,11 @@ def test_header_values_sorted_and_chained() -> None:
     policy = (HashPolicy("header", "x-k"),)
     for items in ([(b"x-k", b"foo"), (b"x-k", b"bar")], [(b"x-k", b"bar"), (b"x-k", b"foo")]):
         assert _hash(policy, items) == hash64(b"foo", hash64(b"bar"))
-    rewrite = (HashPolicy("header", "x-k", regex_rewrite=(re.compile(rb"^u-(\d+)-.*$"), rb"\1")),)
+    rewrite = (
+        HashPolicy(
+            "header", "x-k", regex_rewrite=(compile_regex(r"^u-(\d+)-.*$"), Substitution(r"\1"))
+        ),
+    )
     assert _hash(rewrite, [(b"x-k", b"u-42-abc")]) == hash64(b"42")
     assert _hash((HashPolicy("header", ":authority"),), []) == hash64(b"example.com")
 

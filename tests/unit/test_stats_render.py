@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pilotfish.model.bootstrap import StatsConfig, StatsTag
-from pilotfish.model.common import RegexError
+from pilotfish.regex import RegexError
 from pilotfish.stats.render import (
     compile_filter,
     metric_name,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pilotfish.model.bootstrap import StatsConfig, StatsTag
-from pilotfish.model.common import RegexError
+from pilotfish.regex import RegexError
 from pilotfish.stats.tags import DEFAULT_TAG_NAMES, TagExtractor, compile_std_regex
 
 DATA = Path(__file__).parent / "data" / "envoy_stats"

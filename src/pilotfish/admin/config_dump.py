@@ -8,7 +8,6 @@ original ``@type`` form.
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING, Any
 
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
@@ -16,6 +15,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 
 from pilotfish import ENVOY_API_VERSION
+from pilotfish.regex import Regex
 from pilotfish.xds import protos
 from pilotfish.xds import resource_types as rt
 
@@ -351,7 +351,7 @@ def render(
     resource: str = "",
     mask: str = "",
     include_eds: bool = False,
-    name_regex: re.Pattern[bytes] | None = None,
+    name_regex: Regex | None = None,
 ) -> str:
     """The ``/config_dump`` body, as Envoy's ConfigDumpHandler builds it. ``name_regex`` must
     match a resource's whole name (RE2 full match); it does not apply to the bootstrap.
@@ -415,7 +415,7 @@ def _debug_string(paths: list[str]) -> str:
     return "goo.gle/debugproto  \n" + "".join(f'paths: "{p}"\n' for p in paths)
 
 
-def _filter_by_name(dump: Any, regex: re.Pattern[bytes]) -> None:
+def _filter_by_name(dump: Any, regex: Regex) -> None:
     for fd in dump.DESCRIPTOR.fields:
         if fd.is_repeated and fd.message_type is not None:
             items = getattr(dump, fd.name)

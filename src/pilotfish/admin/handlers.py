@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from typing import TYPE_CHECKING
 from pilotfish import ENVOY_API_VERSION, __version__
 from pilotfish import log as plog
 from pilotfish.admin import config_dump
+from pilotfish.regex import Regex, RegexError, compile_admin_filter, compile_regex
 from pilotfish.stats import render
-from pilotfish.stats.re2 import RegexError, compile_re2_bytes
 
 if TYPE_CHECKING:
     from pilotfish.server import Server
@@ -102,13 +101,15 @@ def _help_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _regex(params: dict[str, str], key: str = "filter") -> re.Pattern[bytes] | Response | None:
-    """An RE2 query parameter; a Response (400, RE2's error text) if it does not compile."""
+def _regex(params: dict[str, str], key: str = "filter") -> Regex | Response | None:
+    """An RE2 query parameter; a Response (400, RE2's error text) if it does not compile.
+    ``name_regex`` goes through Envoy's regex engine (Latin-1, program size limits), the
+    ``filter`` of /clusters is a plain RE2 (UTF-8, no limit)."""
     value = params.get(key)
     if not value:
         return None
     try:
-        return compile_re2_bytes(value)
+        return compile_regex(value) if key == "name_regex" else compile_admin_filter(value)
     except RegexError as e:
         if key == "name_regex":
             return Response(
@@ -388,7 +389,7 @@ def clusters(server: Server, params: dict[str, str]) -> Response:
         return regex
     items = sorted(cm.clusters.values(), key=lambda c: c.name) if cm is not None else []
     if regex is not None:
-        items = [c for c in items if regex.search(c.name.encode())]
+        items = [c for c in items if regex.search_str(c.name)]
     if params.get("format") == "json":
         return Response(200, json.dumps(clusters_json(items), indent=1) + "\n", JSON)
     return Response(200, clusters_text(items))
@@ -403,7 +404,7 @@ _HISTOGRAM_BUCKETS = ("cumulative", "disjoint", "detailed", "summary", "promethe
 
 @dataclass
 class _StatsParams:
-    filter: re.Pattern[str] | None
+    filter: Regex | Callable[[str], bool] | None
     used_only: bool
     type: str
     format: str
@@ -431,13 +432,14 @@ def _stats_params(params: dict[str, str], fmt: str) -> _StatsParams | Response:
     if fmt not in _STATS_FORMATS:
         return Response(400, "usage: /stats?format=(" + "|".join(_STATS_FORMATS) + ")\n\n")
     if flt is not None and "invert_filter" in params:
-        flt = _inverted(flt)
+        return _StatsParams(_inverted(flt), "usedonly" in params, type_filter, fmt, buckets)
     return _StatsParams(flt, "usedonly" in params, type_filter, fmt, buckets)
 
 
-def _inverted(regex: re.Pattern[str]) -> re.Pattern[str]:
+def _inverted(regex: Regex) -> Callable[[str], bool]:
     """``invert_filter``: the stats the filter does not match (searched, as the filter is)."""
-    return re.compile(f"^(?!.*(?:{regex.pattern}))", regex.flags)
+    search = regex.search_str
+    return lambda name: not search(name)
 
 
 _USED_ONLY = Param(

@@ -103,6 +103,11 @@ class _HeadResponseDone(Exception):
     """Raised inside llhttp's callback to stop it reading a body a HEAD response has not."""
 
 
+class _Stopped(Exception):
+    """Raised inside llhttp's callback when the connection stopped reading (it is closing)
+    while llhttp was still going through the bytes already received."""
+
+
 class ServerHandler(Protocol):
     def on_request_headers(self, headers: RequestHeaders) -> None: ...
     def on_request_body(self, data: bytes) -> None: ...
@@ -137,9 +142,10 @@ SEEN_XFCC = 1 << 12
 SEEN_CONTENT_LENGTH = 1 << 13
 SEEN_TE = 1 << 14
 SEEN_HOST_TWICE = 1 << 15
+SEEN_HOST = 1 << 16  # a Host header, even an empty one (Envoy accepts "Host:" with no value)
 
 _SPECIAL: dict[bytes, int] = {
-    b"host": _HOST,
+    b"host": _HOST | SEEN_HOST,
     b"content-length": _CONTENT_LENGTH | SEEN_CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"connection": _CONNECTION,
@@ -153,6 +159,56 @@ _SPECIAL: dict[bytes, int] = {
     b"x-request-id": SEEN_REQUEST_ID,
     b"x-forwarded-client-cert": SEEN_XFCC,
 }
+
+
+# RFC 3986 authority characters ([userinfo "@"] host [":" port]), the set Envoy's
+# HeaderUtility::authorityIsValid accepts in Host: anything else is a 400.
+_AUTHORITY_CHARS = (
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:@[]"
+)
+# An absolute-form target is parsed as http-parser does for Envoy: a host of these characters
+# (or a bracketed IPv6 literal), an optional numeric port, an optional userinfo (dropped).
+_URL_HOST_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._"
+_URL_IPV6_CHARS = b"0123456789abcdefABCDEF:."
+_URL_USERINFO_CHARS = _URL_HOST_CHARS + b"!~*'()%;:&=+$,"
+
+
+def split_absolute_url(url: bytes) -> tuple[bytes, bytes]:
+    """``http://[userinfo@]host[:port][/path?query]`` → (host[:port], path). Raises CodecError
+    (400) for another scheme or a malformed authority. The userinfo is dropped, as Envoy
+    does; a target with no path gets ``/``, one whose path does not start with ``/`` keeps it
+    (the connection manager answers 404, as Envoy)."""
+    scheme_end = url.find(b"://")
+    if scheme_end < 0 or url[:scheme_end].lower() not in (b"http", b"https"):
+        raise CodecError("http1.invalid_url", 400)
+    rest = url[scheme_end + 3 :]
+    end = len(rest)
+    for stop in (b"/", b"?", b"#"):
+        at = rest.find(stop)
+        if 0 <= at < end:
+            end = at
+    authority = rest[:end]
+    path = rest[end:] or b"/"
+    at = authority.rfind(b"@")
+    if at >= 0:
+        if authority[:at].translate(None, _URL_USERINFO_CHARS):
+            raise CodecError("http1.invalid_url", 400)
+        authority = authority[at + 1 :]
+    host = authority
+    if host[:1] == b"[":
+        close = host.find(b"]")
+        if close < 0 or host[1:close].translate(None, _URL_IPV6_CHARS) or close == 1:
+            raise CodecError("http1.invalid_url", 400)
+        port = host[close + 1 :]
+        name = b"x"
+    else:
+        colon = host.find(b":")
+        name, port = (host, b"") if colon < 0 else (host[:colon], host[colon:])
+    if not name or name.translate(None, _URL_HOST_CHARS):
+        raise CodecError("http1.invalid_url", 400)
+    if port and (port[:1] != b":" or not port[1:].isdigit() or int(port[1:]) > 65535):
+        raise CodecError("http1.invalid_url", 400)
+    return authority, path
 
 
 class Http1ServerCodec:
@@ -180,18 +236,22 @@ class Http1ServerCodec:
         self.allow_chunked_length = allow_chunked_length
         self.underscores = underscores
         self.allow_absolute_url = allow_absolute_url
-        self._parser = httptools.HttpRequestParser(self)
-        # Envoy accepts bare LF line endings; so do we (not obs-fold, see compatibility.md).
-        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._parser = self._new_parser()
         # Per-message parse state.
         self._url = b""
         self._items: list[tuple[bytes, bytes]] = []
         self._host: bytes | None = None
         self._hbytes = 0
+        self._partial = 0  # bytes of an incomplete header line httptools holds
+        self._chunked_open = False  # a chunked request body (and its trailers) is being read
+        self._fed_body = 0  # body bytes delivered during the current feed()
         self._count = 0
         self._in_trailers = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._error: CodecError | None = None
+        self._h2c = False  # the request just parsed asked for h2c, which is ignored
+        self._h2c_body = False  # ... and has a body llhttp did not read (an upgrade's is raw)
+        self.closed_by_request = False  # a request said "Connection: close": read no more
         self.in_head = False  # a request has begun and its headers are not complete yet
         self.stopped = False  # after a protocol error or timeout nothing more is parsed
         # Framing of the request being delivered (read by the handler in on_request_headers).
@@ -213,23 +273,92 @@ class Http1ServerCodec:
 
     # -- parsing ---------------------------------------------------------------------------
 
+    def _new_parser(self) -> Any:
+        parser = httptools.HttpRequestParser(self)
+        # Envoy accepts bare LF line endings; so do we (not obs-fold, see compatibility.md).
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        return parser
+
     def feed(self, data: bytes) -> bytes | None:
         """Parse ``data``. Returns the bytes after an upgrade request's headers (the tunnel's
         first bytes) if the request upgraded the connection, else None. Raises CodecError."""
         if self.stopped:
             return None
+        self._fed_body = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            return data[e.args[0] :]
+            upgraded_at: int = e.args[0]
         except httptools.HttpParserCallbackError as e:
             inner = e.__context__
             if isinstance(inner, CodecError):
                 raise inner from None
+            if isinstance(inner, _Stopped):
+                return None
             raise
         except httptools.HttpParserError as e:
+            if self.closed_by_request:
+                self.stopped = True  # bytes after "Connection: close" are ignored (Envoy)
+                return None
             raise self._classify(str(e)) from None
-        return None
+        else:
+            if self.in_head:
+                self._bound_head(data)
+            elif self._chunked_open:
+                self._bound_framing(data)
+            return None
+        # (Outside the except block, so that errors of what follows are not chained to it.)
+        if self._h2c:
+            return self._after_h2c(data[upgraded_at:])
+        return data[upgraded_at:]
+
+    def _after_h2c(self, rest: bytes) -> bytes | None:
+        """An h2c upgrade is ignored (as Envoy): what follows is HTTP/1.1 again, but llhttp
+        stopped after the head, taking any body for the new protocol's. A fresh parser reads
+        on; if the request has a body, it is first given a head with that framing (whose
+        callbacks the relay swallows) so that it reads the body as the request's."""
+        self._h2c = False
+        if not self._h2c_body:
+            self._parser = self._new_parser()
+            return self.feed(rest)
+        self._h2c_body = False
+        parser = httptools.HttpRequestParser(_H2cBodyRelay(self))
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._parser = parser
+        if self.chunked:
+            framing = b"transfer-encoding: chunked"
+        else:
+            framing = b"content-length: %d" % (self.content_length or 0)
+        parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+        return self.feed(rest)
+
+    def _bound_framing(self, data: bytes) -> None:
+        """The same bound inside a chunked body, for a trailer (or chunk-size) line that never
+        ends: the bytes of this read that were not body and came after its last LF, at
+        least, extend the current line."""
+        lf = data.rfind(b"\n")
+        if lf < 0:
+            self._partial += len(data) - self._fed_body
+        else:
+            self._partial = max(0, len(data) - lf - 1 - self._fed_body)
+        if self._hbytes + self._partial > self.max_header_bytes:
+            self.stopped = True
+            raise CodecError("http1.headers_too_large", 431)
+
+    def _bound_head(self, data: bytes) -> None:
+        """A request head is incomplete after this read: httptools holds its current header
+        line (everything after the last LF) until the line ends. Count it against
+        max_request_headers_kb now, so that a line that never ends costs at most the limit
+        plus one read, and is answered 431 as Envoy does."""
+        lf = data.rfind(b"\n")
+        if lf < 0:
+            self._partial += len(data)
+        else:
+            self._partial = len(data) - lf - 1
+        if self._hbytes + self._partial > self.max_header_bytes:
+            self.stopped = True
+            self.in_head = False
+            raise CodecError("http1.headers_too_large", 431)
 
     def _classify(self, reason: str) -> CodecError:
         if self._error is not None:
@@ -254,12 +383,15 @@ class Http1ServerCodec:
         self.in_head = False
 
     def on_message_begin(self) -> None:
+        if self.stopped:
+            raise _Stopped()
         self.in_head = True
         self._url = b""
         self._count = 0
         self._items = []
         self._host = None
         self._hbytes = 0
+        self._partial = 0
         self._in_trailers = False
         self._trailers = None
         self.seen = 0
@@ -348,10 +480,21 @@ class Http1ServerCodec:
         self.keep_alive = parser.should_keep_alive()
         seen = self.seen
         hop = self._hop_items
-        if hop is not None and self.upgrade is not None and parser.should_upgrade():
-            items = self._items
-            for k, (index, item) in enumerate(hop):
-                items.insert(index + k, item)
+        upgrade = self.upgrade
+        if upgrade is not None and parser.should_upgrade():
+            if upgrade.strip().lower() == b"h2c":
+                # Envoy ignores h2c upgrades: Upgrade, its Connection token and HTTP2-Settings
+                # go, and the request is served as HTTP/1.1 (pipelined ones after it too).
+                self._h2c = True
+                self._h2c_body = self.transfer_encoding is not None or bool(
+                    seen & SEEN_CONTENT_LENGTH
+                )
+                self.upgrade = None
+                self._items = [(n, v) for n, v in self._items if n != b"http2-settings"]
+            elif hop is not None:
+                items = self._items
+                for k, (index, item) in enumerate(hop):
+                    items.insert(index + k, item)
         self.chunked = False
         self.content_length = None
         if self.transfer_encoding is not None:
@@ -374,14 +517,20 @@ class Http1ServerCodec:
         method = parser.get_method()
         url = self._url
         host = self._host
-        if url[:1] != b"/" and url != b"*" and method != b"CONNECT":
-            # Absolute form (http://host/path): the authority comes from the URL.
-            scheme_end = url.find(b"://")
-            if scheme_end < 0 or not self.allow_absolute_url:
+        if host is not None and host.translate(None, _AUTHORITY_CHARS):
+            self._fail(CodecError("http1.invalid_host", 400))
+        if url[:1] != b"/" and method != b"CONNECT":
+            if url == b"*":
+                if method != b"OPTIONS":  # "*" is OPTIONS' target only (Envoy: 400)
+                    self._fail(CodecError("http1.codec_error", 400))
+            elif not self.allow_absolute_url:
                 self._fail(CodecError("http1.invalid_url", 400))
-            rest = url[scheme_end + 3 :]
-            slash = rest.find(b"/")
-            host, url = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            else:
+                # Absolute form (http://host/path): the authority comes from the URL.
+                try:
+                    host, url = split_absolute_url(url)
+                except CodecError as e:
+                    self._fail(e)
         elif method == b"CONNECT" and host is None:
             host = url
         self.messages += 1
@@ -394,6 +543,8 @@ class Http1ServerCodec:
         if te.strip().lower() != b"chunked" or self._parser.get_method() == b"CONNECT":
             self._fail(CodecError("http1.invalid_transfer_encoding", 501))
         self.chunked = True
+        self._chunked_open = True
+        self._partial = 0
         if self.seen & SEEN_CONTENT_LENGTH:
             if not self.allow_chunked_length:
                 self._fail(CodecError("http1.content_length_and_chunked_not_allowed", 400))
@@ -408,9 +559,15 @@ class Http1ServerCodec:
             self._items = [(n, v) for n, v in self._items if n not in tokens]
 
     def on_body(self, body: bytes) -> None:
+        self._fed_body += len(body)
         self.handler.on_request_body(body)
 
     def on_message_complete(self) -> None:
+        if self._h2c_body:
+            return  # llhttp ends an upgrade request at its head: the body is still to come
+        self._chunked_open = False
+        if not self.keep_alive:
+            self.closed_by_request = True
         trailers = self._trailers
         self.handler.on_request_complete(HeaderMap(trailers) if trailers else None)
 
@@ -460,6 +617,42 @@ class Http1ServerCodec:
         if not self._chunked_out:
             return b""
         return encode_last_chunk(trailers if self.enable_trailers else None)
+
+
+class _H2cBodyRelay:
+    """The callbacks of the parser that reads on after an ignored h2c upgrade with a body: the
+    made-up head that sets the body's framing is swallowed, everything after it goes to the
+    codec."""
+
+    def __init__(self, codec: Http1ServerCodec) -> None:
+        self.codec = codec
+        self.made_up_head = True  # parsing the made-up head
+        self.made_up_message = True  # parsing the made-up message (its body is the real one)
+
+    def on_message_begin(self) -> None:
+        if not self.made_up_message:
+            self.codec.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.made_up_message:
+            self.codec.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.made_up_head:  # trailers of the body, or the next request's headers
+            self.codec.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.made_up_head:
+            self.made_up_head = False
+            return
+        self.codec.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.codec.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.made_up_message = False
+        self.codec.on_message_complete()
 
 
 def encode_request_head(
@@ -516,6 +709,8 @@ class Http1ClientCodec:
         self._parser: Any = httptools.HttpResponseParser(self)
         self._items: list[tuple[bytes, bytes]] = []
         self._hbytes = 0
+        self._partial = 0
+        self.in_head = False
         self._in_trailers = False
         self._trailers: list[tuple[bytes, bytes]] | None = None
         self._error: CodecError | None = None
@@ -550,6 +745,14 @@ class Http1ClientCodec:
             self.upgraded = data[e.args[0] :]
         except httptools.HttpParserError as e:
             raise self._error or CodecError(f"http1.codec_error: {e}", 502) from None
+        if self.in_head:
+            # As on the server side: a header line that never ends is refused at the limit.
+            lf = data.rfind(b"\n")
+            self._partial = self._partial + len(data) if lf < 0 else len(data) - lf - 1
+            if self._hbytes + self._partial > self.max_header_bytes:
+                self.in_head = False
+                self._error = CodecError("upstream.headers_too_large", 502)
+                raise self._error
 
     def eof(self) -> bool:
         """The upstream closed the connection. Returns True if that completed a close-delimited
@@ -564,6 +767,8 @@ class Http1ClientCodec:
     def on_message_begin(self) -> None:
         self._items = []
         self._hbytes = 0
+        self._partial = 0
+        self.in_head = True
         self._in_trailers = False
         self._trailers = None
         self.in_message = True
@@ -609,6 +814,7 @@ class Http1ClientCodec:
         items.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         parser = self._parser
         status = parser.get_status_code()
         self.status = status

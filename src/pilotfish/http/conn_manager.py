@@ -22,6 +22,7 @@ from pilotfish.codec.http1 import (
     RESP_DATE,
     RESP_SERVER,
     SEEN_ENVOY,
+    SEEN_HOST,
     SEEN_REQUEST_ID,
     SEEN_XFCC,
     SEEN_XFF,
@@ -33,6 +34,13 @@ from pilotfish.context import ServerContext
 from pilotfish.http import filter as hf
 from pilotfish.http.date import DATE
 from pilotfish.http.headers import HeaderMap, RequestHeaders, ResponseHeaders
+from pilotfish.http.path_normalization import (
+    REDIRECT,
+    REJECT,
+    PathSettings,
+    needs_normalization,
+    normalize,
+)
 from pilotfish.http.request_id import new_request_id
 from pilotfish.http.router import RouterSettings, apply_response_mutations, route_request
 from pilotfish.model.http import HttpConnectionManagerConfig
@@ -115,6 +123,10 @@ class HcmStats:
         self.downstream_rq_timeout = c("downstream_rq_timeout")
         self.downstream_rq_header_timeout = c("downstream_rq_header_timeout")
         self.downstream_rq_ws_on_non_ws_route = c("downstream_rq_ws_on_non_ws_route")
+        self.downstream_rq_failed_path_normalization = c("downstream_rq_failed_path_normalization")
+        self.downstream_rq_redirected_with_normalized_path = c(
+            "downstream_rq_redirected_with_normalized_path"
+        )
         self.downstream_rq_response_before_rq_complete = c(
             "downstream_rq_response_before_rq_complete"
         )
@@ -214,6 +226,10 @@ class HttpConnectionManager:
             if ext.factory is not None and ctx.access_logs is not None
         ]
         self.server_name = config.server_name
+        self.path_settings = PathSettings(
+            config.normalize_path, config.merge_slashes, config.path_with_escaped_slashes_action
+        )
+        self.normalizes_paths = self.path_settings.active
         self.upgrades = {u.upgrade_type: u.enabled for u in config.upgrade_configs}
         self._internal_nets: tuple[Any, ...] = tuple(
             ipaddress.ip_network(c) for c in (config.internal_address_cidrs or ())
@@ -506,36 +522,43 @@ class HttpConnection:
         if self.closed or self.transport is None:
             return
         self.closing = True
-        if self.batch:
-            self._write_now(b"".join(self.batch))
-            self.batch = None
+        self.codec.stop()  # requests after this point in bytes already read are not served
+        batch = self.batch
+        if batch:
+            self._write_now(b"".join(batch))
+            batch.clear()  # data_received's finally holds this list too: write it only once
+        self.batch = None
         if abort:
             self.transport.abort()
         else:
             self.transport.close()
 
     def _protocol_error(self, error: CodecError) -> None:
-        """A request the codec rejected: Envoy's local reply, then close."""
+        """A request the codec rejected: Envoy's local reply, then close. Responses owed to
+        the requests before it go out first (Envoy reads a pipelined request only once the
+        previous response is done, so it answers them, then the 400)."""
         s = self.hcm.stats
         s.downstream_cx_protocol_error.value += 1
         self.codec.stop()
         stream = self.parsing
-        if stream is None or stream.response_started:
-            if self.active is None or not self.active.response_started:
-                # Error before any request is known: a bare local reply.
-                stream = ActiveStream(self, RequestHeaders(b"GET", b"/", b""), headerless=True)
+        if stream is not None and stream.response_started:
+            # The request's body went bad after its response began: only a reset can say so.
+            self.close(abort=True)
+            return
+        if stream is None:
+            # The error came before this request's headers were complete.
+            stream = ActiveStream(self, RequestHeaders(b"GET", b"/", b""), headerless=True)
+            if self.active is None:
                 self.active = stream
             else:
-                self.close(abort=True)
-                return
-        self.closing = True
+                self.queue.append(stream)
         stream.protocol_error = True
         stream.request_complete = True
         if self.active is not stream:
-            # A pipelined request failed to parse while an earlier one is in flight: answer it
-            # after the earlier response.
+            # Earlier requests are in flight: answer this one after them, in order.
             stream.deferred_error = error
             return
+        self.closing = True
         stream.send_local_reply(
             error.status,
             _reason_body(error.status),
@@ -720,8 +743,15 @@ class ActiveStream(StreamInfo):
         ):
             if not self._start_checks():
                 return
-        self._mutate_request_headers()
         hcm = self.hcm
+        if (
+            hcm.normalizes_paths
+            and headers.method != b"CONNECT"
+            and needs_normalization(path, hcm.path_settings)
+            and not self._normalize_path()
+        ):
+            return
+        self._mutate_request_headers()
         table = hcm.routes.table
         if table is not None:
             self.vhost, route = table.route(headers)
@@ -763,6 +793,7 @@ class ActiveStream(StreamInfo):
         conn = self.conn
         if self.deferred_error is not None:
             e = self.deferred_error
+            conn.closing = True
             self.send_local_reply(
                 e.status, _reason_body(e.status), e.details, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
             )
@@ -793,19 +824,36 @@ class ActiveStream(StreamInfo):
             conn.closing = True
             self.send_local_reply(400, b"", "path_normalization_failed", 0)
             return False
-        if not headers.authority and (self.http_version == "1.1" or not cfg.accept_http_10):
+        if (
+            not headers.authority
+            and not self.seen & SEEN_HOST
+            and (self.http_version == "1.1" or not cfg.accept_http_10)
+        ):
             conn.closing = True
             self.send_local_reply(400, b"", "missing_host_header", 0)
             return False
-        if self.upgrade is not None:
-            upgrade_type = self.upgrade.lower()
-            if upgrade_type == b"h2c":
-                self.upgrade = None  # Envoy ignores h2c upgrades on HTTP/1.1
-                headers.items = [
-                    (n, v) for n, v in headers.items if n != b"connection" and n != b"upgrade"
-                ]
         if self.expect_continue and not cfg.proxy_100_continue:
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _normalize_path(self) -> bool:
+        """normalize_path, merge_slashes, path_with_escaped_slashes_action (before routing and
+        every filter, as Envoy). False if the stream was answered (400 or 307)."""
+        headers = self.request_headers
+        hcm = self.hcm
+        action, path = normalize(headers.path, hcm.path_settings)
+        if action == REJECT:
+            hcm.stats.downstream_rq_failed_path_normalization.value += 1
+            self.conn.closing = True
+            self.send_local_reply(400, b"", "path_normalization_failed", 0)
+            return False
+        if action == REDIRECT:
+            hcm.stats.downstream_rq_redirected_with_normalized_path.value += 1
+            self.send_local_reply(
+                307, b"", "path_normalization_failed", 0, extra_headers=[(b"location", path)]
+            )
+            return False
+        headers.path = path
         return True
 
     def _upgrade_allowed(self) -> bool:

@@ -50,7 +50,7 @@ def request_hash(
                 rw = hp.regex_rewrite
                 if rw is not None:
                     pattern, substitution = rw
-                    values = [pattern.sub(substitution, v) for v in values]
+                    values = [pattern.replace_all(v, substitution) for v in values]
                 if len(values) == 1:
                     new = xxh64_intdigest(values[0])
                 else:

@@ -215,7 +215,9 @@ def redirect_location(headers: RequestHeaders, action: RedirectAction, route: Ro
             path_only = action.prefix_rewrite + path_only[len(prefix) :]
     elif action.regex_rewrite is not None:
         pattern, sub = action.regex_rewrite
-        path_only = pattern.sub(sub, path_only)
+        path_only = pattern.replace_all(path_only, sub)
+        if not path_only.startswith(b"/"):
+            path_only = b"/" + path_only  # Envoy: the Location's path starts with a slash
     if action.strip_query:
         query = b""
     return scheme + b"://" + host + new_port + path_only + query
@@ -284,7 +286,7 @@ def _rewrite_path(stream: ActiveStream, route: Route, action: RouteAction, suppr
     elif action.regex_rewrite is not None:
         pattern, sub = action.regex_rewrite
         path_only, query = _split_query(original)
-        headers.path = pattern.sub(sub, path_only) + query
+        headers.path = pattern.replace_all(path_only, sub) + query
     else:
         return
     if not suppress:
@@ -307,7 +309,7 @@ def _rewrite_host(
     elif action.host_rewrite_path_regex is not None:
         pattern, sub = action.host_rewrite_path_regex
         path = headers.path.split(b"?", 1)[0]
-        new = pattern.sub(sub, path)
+        new = pattern.replace_all(path, sub)
     elif action.auto_host_rewrite and host is not None and host.hostname:
         new = host.hostname.encode()
     if new is None or new == headers.authority:

@@ -20,6 +20,8 @@ SDS_SOURCE = {
     "resource_api_version": "V3",
 }
 
+RE2_ERROR_LEVEL = "re2.max_program_size.error_level"
+
 
 def node_id(kind: str, name: str, namespace: str, address: str = "127.0.0.1") -> str:
     """Istio's node id: ``sidecar~10.1.1.1~reviews-v1-xyz.default~default.svc.cluster.local``
@@ -75,6 +77,11 @@ def proxy_bootstrap(
             "lds_config": source,
         },
         "static_resources": {"clusters": clusters},
+        # Istio's bootstrap raises Envoy's RE2 program size limit (default 100) so that the
+        # regexes of VirtualServices are not refused: the same static layer value.
+        "layered_runtime": {
+            "layers": [{"name": "global config", "static_layer": {RE2_ERROR_LEVEL: "32768"}}]
+        },
     }
 
 

@@ -9,10 +9,11 @@ never has to decode.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pilotfish.regex import Regex, compile_regex
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,9 @@ class StringMatcher:
     kind: StringMatchKind
     value: str
     ignore_case: bool = False
+    # The RE2 program of a SAFE_REGEX matcher when the translation already compiled it (with
+    # its google_re2 limits); compiled here otherwise.
+    regex: Regex | None = field(default=None, repr=False, compare=False)
     matches: Callable[[bytes], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -110,8 +114,7 @@ def _compile_string_matcher(m: StringMatcher) -> Callable[[bytes], bool]:
     kind = m.kind
     if kind is StringMatchKind.SAFE_REGEX:
         # Envoy: safe_regex is a full match and ignore_case does not apply to it.
-        fullmatch = compile_regex(m.value).fullmatch
-        return lambda s: fullmatch(s) is not None
+        return (m.regex or compile_regex(m.value)).fullmatch
     v = m.value.encode()
     if m.ignore_case:
         v = v.lower()
@@ -129,54 +132,6 @@ def _compile_string_matcher(m: StringMatcher) -> Callable[[bytes], bool]:
     if kind is StringMatchKind.SUFFIX:
         return lambda s: s.endswith(v)
     return lambda s: v in s
-
-
-# RE2 (what Envoy's safe_regex uses) accepts POSIX classes inside brackets; Python's re does not.
-_POSIX_CLASSES = {
-    "alnum": "0-9A-Za-z",
-    "alpha": "A-Za-z",
-    "ascii": "\\x00-\\x7f",
-    "blank": "\\t ",
-    "cntrl": "\\x00-\\x1f\\x7f",
-    "digit": "0-9",
-    "graph": "!-~",
-    "lower": "a-z",
-    "print": " -~",
-    "punct": "!-/:-@\\[-`{-~",
-    "space": "\\t\\n\\v\\f\\r ",
-    "upper": "A-Z",
-    "word": "0-9A-Za-z_",
-    "xdigit": "0-9A-Fa-f",
-}
-_POSIX_RE = re.compile(r"\[:(\^?)([a-z]+):\]")
-# Constructs RE2 rejects: lookaround and backreferences. Envoy NACKs them, so must we.
-_UNSUPPORTED_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=")
-
-
-class RegexError(ValueError):
-    pass
-
-
-def compile_regex(pattern: str, *, re2: bool = True) -> re.Pattern[bytes]:
-    """Compile an RE2 pattern for matching bytes. Raises RegexError with the reason."""
-    if re2:
-        bad = _UNSUPPORTED_RE2.search(pattern)
-        if bad:
-            raise RegexError(f"invalid regex '{pattern}': RE2 does not support '{bad.group(0)}'")
-
-    def posix(m: re.Match[str]) -> str:
-        cls = _POSIX_CLASSES.get(m.group(2))
-        if cls is None:
-            raise RegexError(f"invalid regex '{pattern}': unknown class [:{m.group(2)}:]")
-        if m.group(1):
-            raise RegexError(f"invalid regex '{pattern}': negated POSIX class unsupported")
-        return cls
-
-    try:
-        translated = _POSIX_RE.sub(posix, pattern).replace("\\z", "\\Z")
-        return re.compile(translated.encode())
-    except re.error as e:
-        raise RegexError(f"invalid regex '{pattern}': {e}") from None
 
 
 @dataclass(frozen=True, slots=True)

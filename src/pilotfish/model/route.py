@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +12,10 @@ from pilotfish.model.common import (
     RuntimeFraction,
     StringMatcher,
 )
+from pilotfish.regex import Regex, Substitution
+
+# regex_rewrite / host_rewrite_path_regex: an RE2 pattern and its rewrite (RE2::GlobalReplace).
+RegexRewrite = tuple[Regex, Substitution]
 
 
 class HeaderMatchKind(enum.Enum):
@@ -60,7 +63,7 @@ class PathMatchKind(enum.Enum):
 class RouteMatch:
     kind: PathMatchKind
     value: str = ""  # prefix, path, separated prefix or regex pattern
-    regex: re.Pattern[bytes] | None = None
+    regex: Regex | None = None
     case_sensitive: bool = True
     headers: tuple[HeaderMatcher, ...] = ()
     query_parameters: tuple[QueryParameterMatcher, ...] = ()
@@ -112,7 +115,7 @@ class HashPolicy:
     kind: str  # "header", "cookie", "connection_properties", "query_parameter", "filter_state"
     name: str = ""  # header name (lower case), cookie name, query parameter, filter state key
     terminal: bool = False
-    regex_rewrite: tuple[re.Pattern[bytes], bytes] | None = None
+    regex_rewrite: RegexRewrite | None = None
     cookie_ttl: int | None = None  # whole seconds; with a ttl, Envoy generates a missing cookie
     cookie_path: str = ""
     cookie_attributes: tuple[tuple[str, str], ...] = ()  # (name, value) for the Set-Cookie
@@ -139,11 +142,11 @@ class RouteAction:
     weighted_clusters: WeightedClusters | None = None
     cluster_not_found_response_code: int = 503
     prefix_rewrite: bytes | None = None
-    regex_rewrite: tuple[re.Pattern[bytes], bytes] | None = None  # pattern, substitution
+    regex_rewrite: RegexRewrite | None = None  # pattern, substitution
     host_rewrite_literal: bytes = b""
     auto_host_rewrite: bool = False
     host_rewrite_header: bytes = b""
-    host_rewrite_path_regex: tuple[re.Pattern[bytes], bytes] | None = None
+    host_rewrite_path_regex: RegexRewrite | None = None
     append_x_forwarded_host: bool = False
     timeout: float = 15.0  # seconds, 0 = disabled
     idle_timeout: float | None = None
@@ -164,7 +167,7 @@ class RedirectAction:
     port: int = 0
     path: bytes | None = None  # path_redirect (may include a query)
     prefix_rewrite: bytes | None = None
-    regex_rewrite: tuple[re.Pattern[bytes], bytes] | None = None
+    regex_rewrite: RegexRewrite | None = None
     response_code: int = 301
     strip_query: bool = False
 

@@ -23,6 +23,7 @@ from pilotfish.model.route import (
     RouteMatch,
     VirtualHost,
 )
+from pilotfish.regex import ANCHOR_BOTH, Regex
 
 Predicate = Callable[[RequestHeaders], bool]
 _AUTHORITY_CACHE_MAX = 4096
@@ -31,6 +32,27 @@ _AUTHORITY_CACHE_MAX = 4096
 def _path_only(path: bytes) -> bytes:
     q = path.find(b"?")
     return path if q < 0 else path[:q]
+
+
+def _regex_path_match(regex: Regex) -> Predicate:
+    """A safe_regex path: RE2 full match, called from here (one Python frame less per route);
+    a path outside RE2's PossibleMatchRange bounds cannot match and skips the call."""
+    match = regex.match
+    bounds = regex.bounds
+    if bounds is None:
+
+        def unbounded(h: RequestHeaders) -> bool:
+            p = _path_only(h.path)
+            return match(ANCHOR_BOTH, p, 0, len(p))[0][0] >= 0
+
+        return unbounded
+    lo, hi = bounds
+
+    def bounded(h: RequestHeaders) -> bool:
+        p = _path_only(h.path)
+        return lo <= p <= hi and match(ANCHOR_BOTH, p, 0, len(p))[0][0] >= 0
+
+    return bounded
 
 
 def compile_header_matcher(m: HeaderMatcher) -> Predicate:
@@ -137,8 +159,7 @@ def compile_path_match(m: RouteMatch) -> Predicate:
         return lambda h: _path_only(h.path).lower() == lower
     if kind is PathMatchKind.SAFE_REGEX:
         assert m.regex is not None
-        full = m.regex.fullmatch
-        return lambda h: full(_path_only(h.path)) is not None
+        return _regex_path_match(m.regex)
     if kind is PathMatchKind.PATH_SEPARATED_PREFIX:
         prefix = m.value.encode()
         cs = m.case_sensitive

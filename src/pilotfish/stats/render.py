@@ -29,7 +29,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import TypeVar
 
-from pilotfish.stats.re2 import compile_re2
+from pilotfish.regex import Regex, compile_admin_filter
 from pilotfish.stats.store import Counter, Gauge, Histogram, Store, TextReadout
 from pilotfish.stats.tags import Tag, TagExtractor
 
@@ -44,7 +44,8 @@ __all__ = [
 
 # The ``type`` param, in the order Envoy's help lists them.
 STATS_TYPES: tuple[str, ...] = ("All", "Counters", "Histograms", "Gauges", "TextReadouts")
-Filter = str | re.Pattern[str] | None
+# A filter: an RE2 pattern (text or compiled) or, for invert_filter, a predicate on names.
+Filter = str | Regex | Callable[[str], bool] | None
 
 _QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)
 _QUANTILE_LABELS = ("0", "25", "50", "75", "90", "95", "99", "99.5", "99.9", "100")
@@ -59,19 +60,22 @@ _S = TypeVar("_S", Counter, Gauge, Histogram, TextReadout)
 # --- filters -------------------------------------------------------------------------------
 
 
-def compile_filter(pattern: str) -> re.Pattern[str]:
+def compile_filter(pattern: str) -> Regex:
     """The admin ``filter`` param. Envoy 1.40 compiles it with RE2 (there is no std::regex
     option any more: a lookahead is rejected with 400 "Invalid re2 regex") and uses
     ``RE2::PartialMatch``, i.e. a search. Raises ``RegexError`` (a ValueError) with RE2's error
-    text if invalid."""
-    return compile_re2(pattern)
+    text if invalid. A plain RE2 (UTF-8, no program size limit), not the regex engine."""
+    return compile_admin_filter(pattern)
 
 
 def _matcher(filter_regex: Filter) -> Callable[[str], bool] | None:
     if filter_regex is None:
         return None
-    regex = compile_filter(filter_regex) if isinstance(filter_regex, str) else filter_regex
-    return lambda name: regex.search(name) is not None
+    if isinstance(filter_regex, str):
+        filter_regex = compile_filter(filter_regex)
+    if isinstance(filter_regex, Regex):
+        return filter_regex.search_str
+    return filter_regex
 
 
 def _select(

@@ -31,13 +31,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pilotfish.model.bootstrap import StatsConfig
-from pilotfish.model.common import compile_regex
+from pilotfish.regex import Regex, RegexError, compile_regex
 
 __all__ = [
     "DEFAULT_TAG_NAMES",
     "Tag",
     "TagExtractor",
-    "compile_envoy_regex",
     "compile_std_regex",
 ]
 
@@ -183,28 +182,56 @@ DEFAULT_TAG_NAMES: frozenset[str] = frozenset(
 _CACHE_LIMIT = 200_000  # names; a guard against unbounded churn, far above any real stat count
 
 
-def compile_envoy_regex(pattern: str, *, re2: bool) -> re.Pattern[str]:
-    """Compile an Envoy regex into a Python pattern over ``str``: RE2 (``re2=True``: lookaround
-    and backreferences are rejected, as RE2 does) or std::regex ECMAScript. POSIX bracket
-    classes (``[[:digit:]]``) are translated; ``\\d``/``\\w`` stay ASCII-only as in both.
-    Raises ``RegexError`` (a ValueError) for an invalid pattern."""
-    with warnings.catch_warnings():
-        # "Possible nested set" FutureWarnings: today's meaning ('[' literal) is Envoy's.
-        warnings.simplefilter("ignore", FutureWarning)
-        translated = compile_regex(pattern, re2=re2).pattern.decode()
-        return re.compile(translated, re.ASCII)
+# std::regex (ECMAScript) accepts POSIX classes inside brackets; Python's re does not.
+_POSIX_CLASSES = {
+    "alnum": "0-9A-Za-z",
+    "alpha": "A-Za-z",
+    "ascii": "\\x00-\\x7f",
+    "blank": "\\t ",
+    "cntrl": "\\x00-\\x1f\\x7f",
+    "digit": "0-9",
+    "graph": "!-~",
+    "lower": "a-z",
+    "print": " -~",
+    "punct": "!-/:-@\\[-`{-~",
+    "space": "\\t\\n\\v\\f\\r ",
+    "upper": "A-Z",
+    "word": "0-9A-Za-z_",
+    "xdigit": "0-9A-Fa-f",
+}
+_POSIX_RE = re.compile(r"\[:(\^?)([a-z]+):\]")
 
 
 def compile_std_regex(pattern: str) -> re.Pattern[str]:
-    """A std::regex (ECMAScript) pattern, as Envoy uses for ``stats_tags``."""
-    return compile_envoy_regex(pattern, re2=False)
+    """A std::regex (ECMAScript) pattern, as Envoy 1.40 compiles ``stats_tags`` regexes (its
+    defaults are RE2, see ``_compile_default``): lookahead is allowed, POSIX bracket classes
+    (``[[:digit:]]``) are translated, ``\\d``/``\\w`` stay ASCII-only. Python's ``re``
+    backtracks like std::regex does; these patterns come from the bootstrap and only see stat
+    names, never request data. Raises ``RegexError`` (a ValueError) for an invalid pattern."""
+
+    def posix(m: re.Match[str]) -> str:
+        cls = _POSIX_CLASSES.get(m.group(2))
+        if cls is None:
+            raise RegexError(f"invalid regex '{pattern}': unknown class [:{m.group(2)}:]")
+        if m.group(1):
+            raise RegexError(f"invalid regex '{pattern}': negated POSIX class unsupported")
+        return cls
+
+    with warnings.catch_warnings():
+        # "Possible nested set" FutureWarnings: today's meaning ('[' literal) is Envoy's.
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return re.compile(_POSIX_RE.sub(posix, pattern), re.ASCII)
+        except re.error as e:
+            raise RegexError(f"invalid regex '{pattern}': {e}") from None
 
 
-def _compile_re2(pattern: str) -> re.Pattern[str]:
-    """Envoy's built-in patterns, already in the common subset of RE2 and Python."""
+def _compile_default(pattern: str) -> Regex:
+    """One of Envoy's built-in tag regexes (RE2, as Envoy compiles them, without the engine's
+    program size limit), its ``<NAME>`` segments expanded."""
     for key, value in _EXPANSIONS.items():
         pattern = pattern.replace(key, value)
-    return re.compile(pattern, re.ASCII)
+    return compile_regex(pattern, size_check=False)
 
 
 def _regex_prefix(regex: str) -> str:
@@ -237,24 +264,14 @@ class _Extractor:
         raise NotImplementedError
 
 
-class _RegexExtractor(_Extractor):
-    """TagExtractorRe2Impl (``re2=True``) or TagExtractorStdRegexImpl."""
+class _StdRegexExtractor(_Extractor):
+    """TagExtractorStdRegexImpl: a ``stats_tags`` regex (std::regex, searched)."""
 
-    __slots__ = ("_has_value_group", "_negative_match", "_re2", "_regex")
+    __slots__ = ("_has_value_group", "_regex")
 
-    def __init__(
-        self,
-        name: str,
-        source: str,
-        regex: re.Pattern[str],
-        *,
-        re2: bool,
-        negative_match: str = "",
-    ) -> None:
-        super().__init__(name, _regex_prefix(source))
+    def __init__(self, name: str, regex: re.Pattern[str]) -> None:
+        super().__init__(name, _regex_prefix(regex.pattern))
         self._regex = regex
-        self._re2 = re2
-        self._negative_match = negative_match
         self._has_value_group = regex.groups >= 2
 
     def extract(self, name: str, tokens: Sequence[str]) -> _Hit | None:
@@ -265,15 +282,38 @@ class _RegexExtractor(_Extractor):
             return None
         remove = m.group(1)
         value = m.group(2) if self._has_value_group else remove
-        if self._re2:
-            if not remove:
-                return None  # RE2 path: an empty first group is no match
-            if not value:
-                value = remove
-            if self._negative_match and value == self._negative_match:
-                return None
         start, end = m.span(1) if remove is not None else (0, 0)
         return value or "", start, end
+
+
+class _Re2Extractor(_Extractor):
+    """TagExtractorRe2Impl: a default tag regex, searched with RE2 in the name's bytes. A match
+    needs a non-empty first group; an empty second group falls back to the first."""
+
+    __slots__ = ("_negative_match", "_regex")
+
+    def __init__(self, name: str, source: str, regex: Regex, negative_match: str = "") -> None:
+        super().__init__(name, _regex_prefix(source))
+        self._regex = regex
+        self._negative_match = negative_match
+
+    def extract(self, name: str, tokens: Sequence[str]) -> _Hit | None:
+        data = name.encode()
+        spans = self._regex.spans(data)
+        if spans is None or len(spans) < 2:
+            return None
+        start, end = spans[1]
+        if start < 0 or start == end:
+            return None
+        vstart, vend = spans[2] if len(spans) > 2 else spans[1]
+        value = (data[vstart:vend] if vstart >= 0 else b"") or data[start:end]
+        text = value.decode(errors="replace")
+        if self._negative_match and text == self._negative_match:
+            return None
+        if not name.isascii():  # byte offsets -> character offsets
+            end = len(data[:end].decode(errors="replace"))
+            start = len(data[:start].decode(errors="replace"))
+        return text, start, end
 
 
 class _TokenExtractor(_Extractor):
@@ -346,9 +386,7 @@ def _default_extractors(names: Iterable[str] | None = None) -> list[_Extractor]:
     """Envoy's default extractors (all, or those for the given tag names), RE2 ones first."""
     wanted = None if names is None else set(names)
     out: list[_Extractor] = [
-        _RegexExtractor(
-            d.name, d.regex, _compile_re2(d.regex), re2=True, negative_match=d.negative_match
-        )
+        _Re2Extractor(d.name, d.regex, _compile_default(d.regex), d.negative_match)
         for d in _RE2_DEFAULTS
         if wanted is None or d.name in wanted
     ]
@@ -403,7 +441,7 @@ class TagExtractor:
         if not name:
             raise ValueError("tag_name cannot be empty")
         if regex:
-            return [_RegexExtractor(name, regex, compile_std_regex(regex), re2=False)]
+            return [_StdRegexExtractor(name, compile_std_regex(regex))]
         if not fixed_value and name in DEFAULT_TAG_NAMES:
             # A TagSpecifier with neither regex nor fixed_value names a default extractor.
             return _default_extractors([name])

@@ -7,17 +7,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.support.istio_data import BOOKINFO
 
 from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.errors import ConfigValidationError
 from pilotfish.mesh.config.parse import parse_file, parse_yaml
 from pilotfish.mesh.config.store import Change, ConfigStore
 
-BOOKINFO = Path(__file__).resolve().parents[4] / "shared/refdata/istio/samples/bookinfo"
 NETWORKING = BOOKINFO / "networking"
 KUBE = BOOKINFO / "platform/kube"
-
-pytestmark = pytest.mark.skipif(not BOOKINFO.is_dir(), reason="../shared/refdata is not available")
 
 
 def key(kind: str, name: str, namespace: str = "default") -> m.ObjectKey:

@@ -12,7 +12,6 @@ import pytest
 import yaml
 from google.protobuf.message import Message
 from tests.support.bookinfo_mesh import (
-    BOOKINFO,
     KUBE_YAML,
     NETWORKING,
     SCENARIOS,
@@ -38,8 +37,6 @@ from pilotfish.mesh.translate.mtls import downstream_istio_mutual, sds_secret
 from pilotfish.xds import resource_types as rt
 from pilotfish.xds.translate.context import TranslateContext
 from pilotfish.xds.translate.resource import translate_resource
-
-pytestmark = pytest.mark.skipif(not BOOKINFO.is_dir(), reason="shared/refdata is not available")
 
 WORKLOADS = bookinfo_workloads()
 REVIEWS = "reviews.default.svc.cluster.local"

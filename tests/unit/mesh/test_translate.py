@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from google.protobuf.json_format import MessageToDict
 from tests.support.bookinfo_mesh import (
-    BOOKINFO,
     SCENARIOS,
     bookinfo_config,
     bookinfo_workloads,
@@ -27,8 +26,6 @@ from pilotfish.mesh.translate import (
     sidecar_config,
     sidecar_resources,
 )
-
-pytestmark = pytest.mark.skipif(not BOOKINFO.is_dir(), reason="shared/refdata is not available")
 
 WORKLOADS = bookinfo_workloads()
 PRODUCTPAGE = workload(WORKLOADS, "productpage-v1")

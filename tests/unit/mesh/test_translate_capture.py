@@ -9,14 +9,12 @@ import ipaddress
 from typing import Any
 
 import pytest
-from tests.support.bookinfo_mesh import BOOKINFO, SCENARIOS, bookinfo_config, bookinfo_workloads
+from tests.support.bookinfo_mesh import SCENARIOS, bookinfo_config, bookinfo_workloads
 
 from pilotfish.mesh.translate import MeshConfig, ProxyConfig, Workload
 from pilotfish.mesh.translate.capture import capture_sidecar_config, capture_sidecar_resources
 from pilotfish.mesh.translate.mtls import MTLS_APPLICATION_PROTOCOLS
 from pilotfish.mesh.translate.vips import SERVICE_CIDR, hosts_entries, service_vips
-
-pytestmark = pytest.mark.skipif(not BOOKINFO.is_dir(), reason="shared/refdata is not available")
 
 REVIEWS = "reviews.default.svc.cluster.local"
 

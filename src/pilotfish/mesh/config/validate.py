@@ -1,8 +1,9 @@
 """Checks of one object on its own, like ``istioctl validate`` (Istio's validation webhook).
 
-Each check returns (field path, message) pairs. Regexes are checked with the project's RE2
-syntax checker and then Python's ``re`` (``pilotfish.stats.re2``): Envoy compiles them with
-RE2, so what RE2 rejects (lookaround, back-references) must be rejected here, not at push time.
+Each check returns (field path, message) pairs. Regexes are compiled with RE2
+(``pilotfish.regex``; no program size limit, Istio's bootstrap raises it): Envoy compiles them
+with RE2, so what RE2 rejects (lookaround, back-references) must be rejected here, not at push
+time.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.hosts import MESH_GATEWAY, is_ip, is_valid_dns_name
-from pilotfish.stats.re2 import RegexError, compile_re2
+from pilotfish.regex import RegexError, compile_regex
 from pilotfish.xds.translate.route import RETRY_ON
 
 __all__ = ["validate_object"]
@@ -92,7 +93,7 @@ def _duration(seconds: float | None, path: str, out: Issues, allow_zero: bool = 
 
 def _regex(pattern: str, path: str, out: Issues) -> None:
     try:
-        compile_re2(pattern)
+        compile_regex(pattern, size_check=False)
     except RegexError as e:
         out.append((path, f"invalid regex {pattern!r}: {e}"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pilotfish import regex
 from pilotfish.errors import ConfigError
 from pilotfish.extensions.registry import Category
 from pilotfish.model.bootstrap import Admin, Bootstrap, Node, StatsConfig, StatsMatcher, StatsTag
@@ -17,6 +18,15 @@ from pilotfish.xds.translate.listener import access_logs, listener
 def bootstrap(msg: Any, ctx: TranslateContext) -> Bootstrap:
     if msg.header_prefix:
         raise ConfigError("header_prefix", "a custom header prefix is not supported")
+    runtime: dict[str, Any] = {}
+    if msg.HasField("layered_runtime"):
+        for layer in msg.layered_runtime.layers:
+            if layer.HasField("static_layer"):
+                runtime.update(c.struct_to_dict(layer.static_layer))
+    # Before any regex is compiled: the RE2 program size limits come from the runtime.
+    regex.configure(runtime)
+    if msg.HasField("default_regex_engine"):
+        _check_regex_engine(msg.default_regex_engine)
     node = Node()
     if msg.HasField("node"):
         n = msg.node
@@ -91,11 +101,6 @@ def bootstrap(msg: Any, ctx: TranslateContext) -> Bootstrap:
             if ext is not None and isinstance(ext.config, int):
                 max_cx = ext.config
 
-    runtime: dict[str, Any] = {}
-    if msg.HasField("layered_runtime"):
-        for layer in msg.layered_runtime.layers:
-            if layer.HasField("static_layer"):
-                runtime.update(c.struct_to_dict(layer.static_layer))
     runtime_max = runtime.get("overload.global_downstream_max_connections")
     if max_cx is None and isinstance(runtime_max, int | float):
         max_cx = int(runtime_max)
@@ -172,12 +177,26 @@ def stats_config(msg: Any) -> StatsConfig:
     )
 
 
+def _check_regex_engine(ext: Any) -> None:
+    """``default_regex_engine``: Envoy 1.40 has one engine, Google RE2 (no options)."""
+    path = "default_regex_engine"
+    if not ext.HasField("typed_config"):
+        raise ConfigError(f"{path}.typed_config", "value is required")
+    tname = ext.typed_config.type_url.rpartition("/")[2]
+    if tname != "envoy.extensions.regex_engines.v3.GoogleRE2":
+        raise ConfigError(
+            path,
+            f"Didn't find a registered implementation for '{ext.name}' with type URL: '{tname}'",
+        )
+
+
 def _check_std_regex(pattern: str, path: str) -> None:
     """Stats tag regexes are std::regex (ECMAScript) in Envoy, not RE2: lookahead is allowed."""
-    from pilotfish.model.common import RegexError, compile_regex
+    from pilotfish.regex import RegexError
+    from pilotfish.stats.tags import compile_std_regex
 
     try:
-        compile_regex(pattern, re2=False)
+        compile_std_regex(pattern)
     except RegexError as e:
         raise ConfigError(path, str(e)) from None
 

@@ -21,13 +21,12 @@ from pilotfish.model.common import (
     InternalAddress,
     Locality,
     PipeAddress,
-    RegexError,
     RuntimeFraction,
     SocketAddress,
     StringMatcher,
     StringMatchKind,
-    compile_regex,
 )
+from pilotfish.regex import Regex, RegexError, compile_regex
 
 _DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 
@@ -139,16 +138,21 @@ def locality(msg: Message) -> Locality:
     return Locality(msg.region, msg.zone, msg.sub_zone)  # type: ignore[attr-defined]
 
 
-def regex(pattern: str, path: str) -> Any:
+def regex(pattern: str, path: str, max_program_size: int | None = None) -> Regex:
+    """An RE2 pattern, compiled once here (the per-request path only matches)."""
     try:
-        return compile_regex(pattern)
+        return compile_regex(pattern, max_program_size=max_program_size)
     except RegexError as e:
         raise ConfigError(path, str(e)) from None
 
 
-def regex_matcher(msg: Message, path: str) -> Any:
-    """envoy.type.matcher.v3.RegexMatcher -> compiled pattern."""
-    return regex(msg.regex, f"{path}.regex")  # type: ignore[attr-defined]
+def regex_matcher(msg: Message, path: str) -> Regex:
+    """envoy.type.matcher.v3.RegexMatcher -> compiled pattern. The deprecated
+    ``google_re2.max_program_size`` replaces the runtime limits, as in Envoy."""
+    limit = None
+    if msg.HasField("google_re2") and msg.google_re2.HasField("max_program_size"):  # type: ignore[attr-defined]
+        limit = msg.google_re2.max_program_size.value  # type: ignore[attr-defined]
+    return regex(msg.regex, f"{path}.regex", limit)  # type: ignore[attr-defined]
 
 
 def string_matcher(msg: Message, path: str) -> StringMatcher:
@@ -156,9 +160,8 @@ def string_matcher(msg: Message, path: str) -> StringMatcher:
     kind = msg.WhichOneof("match_pattern")
     ignore_case = bool(msg.ignore_case)  # type: ignore[attr-defined]
     if kind == "safe_regex":
-        pattern = msg.safe_regex.regex  # type: ignore[attr-defined]
-        regex(pattern, f"{path}.safe_regex.regex")
-        return StringMatcher(StringMatchKind.SAFE_REGEX, pattern, ignore_case)
+        compiled = regex_matcher(msg.safe_regex, f"{path}.safe_regex")  # type: ignore[attr-defined]
+        return StringMatcher(StringMatchKind.SAFE_REGEX, compiled.pattern, ignore_case, compiled)
     if kind in ("exact", "prefix", "suffix", "contains"):
         value = getattr(msg, kind)
         if kind != "exact" and not value:

@@ -31,6 +31,7 @@ from pilotfish.model.route import (
     WeightedCluster,
     WeightedClusters,
 )
+from pilotfish.regex import Regex, Substitution
 from pilotfish.xds import protos
 from pilotfish.xds.translate import common as c
 from pilotfish.xds.translate.context import TranslateContext
@@ -285,7 +286,7 @@ def route_match(msg: Any, path: str) -> RouteMatch:
         value = getattr(msg, kind)
     elif kind == "safe_regex":
         value = msg.safe_regex.regex
-        regex = c.regex(value, f"{path}.safe_regex.regex")
+        regex = c.regex_matcher(msg.safe_regex, f"{path}.safe_regex")
     elif kind == "path_separated_prefix":
         value = msg.path_separated_prefix
         if not value.startswith("/") or value.endswith("/") or "?" in value or "#" in value:
@@ -357,10 +358,10 @@ def header_matcher(msg: Any, path: str) -> HeaderMatcher:
             **common,
         )
     if kind == "safe_regex_match":
-        c.regex(msg.safe_regex_match.regex, f"{path}.safe_regex_match.regex")
+        compiled = c.regex_matcher(msg.safe_regex_match, f"{path}.safe_regex_match")
         return HeaderMatcher(
             kind=HeaderMatchKind.SAFE_REGEX,
-            string=StringMatcher(StringMatchKind.SAFE_REGEX, msg.safe_regex_match.regex),
+            string=StringMatcher(StringMatchKind.SAFE_REGEX, compiled.pattern, regex=compiled),
             **common,
         )
     if kind == "range_match":
@@ -413,12 +414,9 @@ def _require_hash_key(hp: Any, kind: str | None, path: str) -> None:
                 )
 
 
-def _rewrite(msg: Any, path: str) -> tuple[Any, bytes]:
-    """envoy.type.matcher.v3.RegexMatchAndSubstitute -> (pattern, Python substitution)."""
-    pattern = c.regex(msg.pattern.regex, f"{path}.pattern.regex")
-    # RE2 substitutions use \1..\9 like Python; \0 is the whole match (Python: \g<0>).
-    sub = msg.substitution.replace("\\0", "\\g<0>").encode()
-    return pattern, sub
+def _rewrite(msg: Any, path: str) -> tuple[Regex, Substitution]:
+    """envoy.type.matcher.v3.RegexMatchAndSubstitute -> (pattern, RE2 rewrite)."""
+    return c.regex_matcher(msg.pattern, f"{path}.pattern"), Substitution(msg.substitution)
 
 
 def route_action(msg: Any, ctx: TranslateContext, path: str) -> RouteAction:
