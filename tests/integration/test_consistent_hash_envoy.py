@@ -128,7 +128,7 @@ def _bootstrap(ports: dict[str, int], host_set: str) -> dict[str, Any]:
         if index == 2:
             ep["metadata"] = {"filter_metadata": {"envoy.lb": {"hash_key": "special-two"}}}
         endpoints.append((priority, ep))
-    localities = []
+    localities: list[dict[str, Any]] = []
     for priority in sorted({p for p, _ in endpoints}):
         localities.append(
             {"priority": priority, "lb_endpoints": [ep for p, ep in endpoints if p == priority]}
@@ -148,6 +148,15 @@ def _bootstrap(ports: dict[str, int], host_set: str) -> dict[str, Any]:
             if kind == "header":
                 route["request_headers_to_add"] = _ADDED
             routes.append(route)
+    # A cookie policy with a ttl on a round-robin cluster: nothing asks for the hash, so Envoy
+    # generates no cookie.
+    clusters.append(static_cluster("rr", endpoints=localities[0]["lb_endpoints"]))
+    routes.append(
+        {
+            "match": {"prefix": "/rr/gencookie/"},
+            "route": {"cluster": "rr", "hash_policy": POLICIES["gencookie"]},
+        }
+    )
     listeners = [http_listener("main", routes)]
     for name in MAIN_CLUSTERS:  # the TCP proxy's hash_policy: the client's IP
         listeners.append(_tcp_listener(name))
@@ -313,6 +322,11 @@ def test_generated_cookie_as_envoy(backends: dict[str, EchoBackend], tmp_path: P
         for kind, proxy in proxies.items():
             for cluster in MAIN_CLUSTERS:
                 generated[f"{kind}/{cluster}"] = _generated_cookies(proxy.port("main"), cluster, 15)
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port("main"), timeout=10)
+            try:
+                assert _request(conn, "/rr/gencookie/", [])[1] == [], kind
+            finally:
+                conn.close()
         # The client sends the generated cookie back: both proxies pick the host it was
         # generated on, by either proxy.
         for label, pairs in generated.items():

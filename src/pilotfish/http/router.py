@@ -371,6 +371,7 @@ class Router:
     shadows: Any = None  # mirrored copies waiting for the request body (pilotfish.http.shadow)
     hash_key: int | None = None  # the request's hash (route hash_policy), for RING_HASH/MAGLEV
     set_cookies: list[bytes] | None = None  # hash_policy cookies generated for the response
+    hashed: bool = False  # hash_key computed (once per request)
 
     def __init__(
         self,
@@ -429,16 +430,6 @@ class Router:
             apply_request_mutations(stream, cr, self.wc)
         if cr.path_rewrite:
             _rewrite_path(stream, cr.route, self.action, suppress)
-        if self.action.hash_policy:
-            # After the route's header mutations and path rewrites: Envoy 1.40 chooses the
-            # host (and so computes the hash) from the request as it will be forwarded.
-            info = stream.conn.info
-            self.hash_key, self.set_cookies = request_hash(
-                self.action.hash_policy,
-                headers,
-                stream.downstream_remote_address,
-                info.remote_address + info.local_address,
-            )
         idle = self.action.idle_timeout
         if idle:
             conn = stream.conn
@@ -451,6 +442,20 @@ class Router:
             from pilotfish.http.shadow import start_shadows
 
             self.shadows = start_shadows(self, end_stream)
+
+    def _compute_hash(self) -> None:
+        """The request's hash, computed as Envoy's consistent-hash balancers ask for it: when a
+        host of such a cluster is chosen (so a cookie is generated only for them), from the
+        request as it will be forwarded (after the route's header mutations and rewrites)."""
+        self.hashed = True
+        stream = self.stream
+        info = stream.conn.info
+        self.hash_key, self.set_cookies = request_hash(
+            self.action.hash_policy,
+            stream.request_headers,
+            stream.downstream_remote_address,
+            info.remote_address + info.local_address,
+        )
 
     def _read_control_headers(self, headers: RequestHeaders) -> None:
         """x-envoy-* control headers, honoured on internal requests only (as in Envoy)."""
@@ -490,6 +495,8 @@ class Router:
         # Envoy counts the attempt before choosing a host (1 for 'no healthy upstream').
         stream.upstream_request_attempt_count += 1
         policy = self.retry_policy
+        if self.action.hash_policy and not self.hashed and cluster.lb.uses_hash():
+            self._compute_hash()
         if cluster.original_dst:
             host = cluster.choose_host(self._original_destination())
         elif (

@@ -184,6 +184,9 @@ class HashLB(LoadBalancer):
     def uses_weights(self) -> bool:
         return False
 
+    def uses_hash(self) -> bool:
+        return True
+
     def build(self, wh: WeightedHosts) -> HashTable:
         raise NotImplementedError
 

@@ -296,6 +296,10 @@ class LoadBalancer:
         """Whether unequal host weights make an EDF schedule."""
         return True
 
+    def uses_hash(self) -> bool:
+        """Whether picks take the request's hash (the consistent-hash balancers)."""
+        return False
+
     def pick(self, source: Source) -> Host | None:
         raise NotImplementedError
 
