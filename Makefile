@@ -45,10 +45,11 @@ envoy: $(ENVOY_STAMP)
 
 # Debian packages the tests and benchmarks use: curl, nginx (fast backend), wrk (load),
 # iproute2 and iptables (the capture-mode pods, root only), tcpdump (the mTLS wire check),
-# nghttp2-client (h2load and nghttp: HTTP/2 load and client).
+# nghttp2-client (h2load and nghttp: HTTP/2 load and client), prometheus and chromium (the
+# mesh dashboard test: a real Prometheus scraping the sidecars, the page in headless Chromium).
 $(APT_STAMP):
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl nginx-light wrk iproute2 iptables tcpdump nghttp2-client >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl nginx-light wrk iproute2 iptables tcpdump nghttp2-client prometheus chromium >/dev/null; \
 	else echo "skipping apt (not root or no apt-get): install curl, nginx, wrk, iproute2, iptables, tcpdump yourself"; fi
 	touch $@
 
