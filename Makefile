@@ -7,8 +7,14 @@ STAMP := $(VENV)/.installed
 ENVOY_STAMP := $(ENVOY_VENV)/.installed
 APT_STAMP := .apt-installed
 ENVOY_VERSION := 1.40.0
+# Istio's control plane and agent (`make istio`): the module istio.io/istio at this pseudo-version
+# (src/pilotfish/mesh/istio/binaries.py names it too).
+ISTIO_VERSION := v0.0.0-20260827124520-eed52ebb66ad
+ISTIO_DIR := .istio
+ISTIO_STAMP := $(ISTIO_DIR)/.installed-$(ISTIO_VERSION)
+GO ?= go
 
-.PHONY: all install envoy apt test lint typecheck unit demo demo-proxy bench clean
+.PHONY: all install envoy istio apt test lint typecheck unit demo demo-proxy bench clean
 
 all: install
 
@@ -33,6 +39,24 @@ $(ENVOY_STAMP):
 
 envoy: $(ENVOY_STAMP)
 
+# Istio's real pilot-discovery (istiod), pilot-agent (also istio-iptables: its subcommand) and
+# istioctl, built with `go install` into .istio/bin (Go's module and build caches make a second
+# build take seconds), and the Envoy bootstrap template pilot-agent renders (the proxy image's
+# /var/lib/istio/envoy/envoy_bootstrap_tmpl.json), from the same module version.
+$(ISTIO_STAMP):
+	@command -v $(GO) >/dev/null || { echo "make istio: needs Go (1.26) and its module proxy"; exit 1; }
+	mkdir -p $(ISTIO_DIR)/bin
+	GOBIN=$(abspath $(ISTIO_DIR)/bin) $(GO) install \
+	  istio.io/istio/pilot/cmd/pilot-discovery@$(ISTIO_VERSION) \
+	  istio.io/istio/pilot/cmd/pilot-agent@$(ISTIO_VERSION) \
+	  istio.io/istio/istioctl/cmd/istioctl@$(ISTIO_VERSION)
+	cp "$$($(GO) env GOMODCACHE)/istio.io/istio@$(ISTIO_VERSION)/tools/packaging/common/envoy_bootstrap.json" \
+	  $(ISTIO_DIR)/envoy_bootstrap_tmpl.json
+	chmod 644 $(ISTIO_DIR)/envoy_bootstrap_tmpl.json
+	touch $@
+
+istio: $(ISTIO_STAMP)
+
 # Debian packages the tests and benchmarks use: curl, nginx (fast backend), wrk (load),
 # iproute2 and iptables (the capture-mode pods, root only), tcpdump (the mTLS wire check).
 $(APT_STAMP):
@@ -52,7 +76,7 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-test: install envoy apt lint typecheck
+test: install envoy istio apt lint typecheck
 	$(BIN)/pytest -q
 
 # BookInfo with pilotfish as every sidecar and the gateway (`make demo ARGS=--once` tears it
@@ -70,4 +94,4 @@ bench: install envoy apt
 	GRPC_VERBOSITY=ERROR $(BIN)/python bench/mesh_bookinfo.py
 
 clean:
-	rm -rf $(VENV) $(ENVOY_VENV) $(APT_STAMP) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ENVOY_VENV) $(ISTIO_DIR) $(APT_STAMP) .mypy_cache .ruff_cache .pytest_cache

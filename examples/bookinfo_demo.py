@@ -12,6 +12,8 @@ ingress gateway, driven by Istio's own YAML files.
 
 With `--capture` (root) the mesh runs in iptables capture mode: each workload in its own
 network namespace with istio-iptables' rules, apps unchanged (no proxy settings).
+With `--control-plane istiod` (root, `make istio`) Istio's own istiod, pilot-agent and
+istio-iptables drive the same pods (docs/istio.md, "Real istiod on one machine").
 The mesh is left running (with the commands to look at it), or torn down with `--once`."""
 
 from __future__ import annotations
@@ -103,11 +105,19 @@ def main() -> int:
     parser.add_argument(
         "--capture", action="store_true", help="iptables capture mode (root: pods, istio-iptables)"
     )
+    parser.add_argument(
+        "--control-plane",
+        choices=["embedded", "istiod"],
+        default="embedded",
+        help="istiod: Istio's real istiod and pilot-agent drive the proxies (root, `make istio`)",
+    )
     args = parser.parse_args()
     state = Path(args.state).absolute()
     ctl(state, "down")  # a mesh left from an earlier run: the demo starts from scratch
     shutil.rmtree(state, ignore_errors=True)
     mode = ["--capture", "iptables"] if args.capture else []
+    if args.control_plane == "istiod":
+        mode = ["--control-plane", "istiod"]
     print(f"== pilotfishctl up {' '.join(mode)} examples/bookinfo".replace("  ", " "), flush=True)
     out = ctl(state, "up", *mode, str(BOOKINFO))
     print(out.rstrip())
@@ -120,7 +130,12 @@ def main() -> int:
     for i, (title, files) in enumerate(STEPS, 1):
         print(f"\n== step {i}: {title}: pilotfishctl apply " + " ".join(files), flush=True)
         ctl(state, "apply", *[a for f in files for a in ("-f", str(NETWORKING / f))])
-        time.sleep(0.5)  # the push reaches the sidecars in milliseconds; be generous
+        if args.control_plane == "istiod":
+            from pilotfish.mesh.istio.cli import wait_synced
+
+            wait_synced(state)  # istiod pushed and every proxy ACKed
+        else:
+            time.sleep(0.5)  # the push reaches the sidecars in milliseconds; be generous
         rows = {"anyone": versions(url, args.n)}
         if i >= 3:
             rows["jason"] = versions(url, args.n, user="jason")

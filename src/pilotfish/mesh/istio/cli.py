@@ -1,0 +1,112 @@
+"""``pilotfishctl up --control-plane istiod``: the checks before starting, and the wait for
+every proxy to be SYNCED (``istioctl proxy-status``'s word: istiod's ``/debug/syncz`` shows
+each type it sent to the proxy acknowledged with the nonce it was sent with)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["prepare_up", "proxy_sync", "syncz", "wait_synced"]
+
+# istiod's /debug/syncz fields: what was sent and acknowledged, per xDS type.
+SYNC_TYPES = ("cluster", "listener", "route", "endpoint")
+
+
+def prepare_up(
+    state: Path, control_plane: str | None, capture: str | None, is_running: bool
+) -> bool:
+    """Check and store the control plane choice; True when the mesh runs (or will run) on
+    istiod."""
+    from pilotfish.mesh.capture.supervisor import capture_available
+    from pilotfish.mesh.ctl import CtlError, request
+    from pilotfish.mesh.istio.binaries import IstioBinaries
+    from pilotfish.mesh.istio.plane import load_control_plane, save_control_plane
+
+    if is_running:
+        serving = request(state, {"cmd": "status"}).get("control_plane") or "embedded"
+        if control_plane is not None and control_plane != serving:
+            raise CtlError(
+                f"the mesh runs on the {serving} control plane; `pilotfishctl down` first "
+                "to change it"
+            )
+        return serving == "istiod"
+    wanted = control_plane or load_control_plane(state)
+    if wanted != "istiod":
+        if control_plane is not None:
+            save_control_plane(state, control_plane)
+        return False
+    if capture == "none":
+        raise CtlError("--control-plane istiod runs every workload in a pod: no --capture none")
+    missing = IstioBinaries().missing()
+    if missing:
+        raise CtlError(f"Istio's binaries are missing ({', '.join(missing)}); run `make istio`")
+    why = capture_available()
+    if why is not None:
+        raise CtlError(f"--control-plane istiod: {why} (root, ip, iptables-restore, setpriv)")
+    save_control_plane(state, "istiod")
+    return True
+
+
+def syncz(http: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """istiod's ``/debug/syncz`` (one entry per connected proxy)."""
+    with urllib.request.urlopen(f"http://{http}/debug/syncz", timeout=timeout) as r:
+        data = json.loads(r.read() or b"[]")
+    return list(data or [])
+
+
+def proxy_sync(entry: dict[str, Any]) -> dict[str, str]:
+    """Each type's state for one proxy: ``SYNCED``, ``STALE`` (sent, not acknowledged yet)
+    or ``NOT SENT`` (as ``istioctl proxy-status`` prints them)."""
+    out = {}
+    for kind in SYNC_TYPES:
+        sent = entry.get(f"{kind}_sent") or ""
+        acked = entry.get(f"{kind}_acked") or ""
+        if not sent:
+            out[kind] = "NOT SENT"
+        elif sent == acked:
+            out[kind] = "SYNCED"
+        else:
+            out[kind] = "STALE"
+    return out
+
+
+def wait_synced(state: Path, timeout: float = 60.0) -> dict[str, dict[str, str]]:
+    """Until istiod shows every proxy of the mesh connected with no type STALE; returns each
+    proxy's types. ``NOT SENT`` is fine (a gateway gets no endpoints of some kinds)."""
+    from pilotfish.mesh.ctl import CtlError, request
+
+    deadline = time.monotonic() + timeout
+    pending: list[str] = ["(not asked yet)"]
+    while True:
+        answer = request(state, {"cmd": "status"})
+        http = answer["istiod"]["http"]
+        wanted = {
+            f"{r['name']}.{r['namespace']}": r for r in answer["rows"] if r["proxy"] == "Running"
+        }
+        try:
+            entries = syncz(http)
+        except (OSError, ValueError):
+            entries = []
+        seen: dict[str, dict[str, str]] = {}
+        for entry in entries:
+            proxy = str(entry.get("proxy", ""))
+            seen[proxy] = proxy_sync(entry)
+        pending = [
+            name
+            for name in wanted
+            if name not in seen
+            or "STALE" in seen[name].values()
+            or seen[name].get("listener") != "SYNCED"
+        ]
+        if not pending:
+            return {name: seen[name] for name in wanted}
+        if time.monotonic() > deadline:
+            raise CtlError(
+                f"not SYNCED with istiod after {timeout:.0f}s: {', '.join(pending)} "
+                "(see `pilotfishctl logs NAME --proxy` and STATE/logs/istiod.log)"
+            )
+        time.sleep(0.2)
