@@ -40,18 +40,27 @@ $(ENVOY_STAMP):
 envoy: $(ENVOY_STAMP)
 
 # Istio's real pilot-discovery (istiod), pilot-agent (also istio-iptables: its subcommand) and
-# istioctl, built with `go install` into .istio/bin (Go's module and build caches make a second
-# build take seconds), and the Envoy bootstrap template pilot-agent renders (the proxy image's
+# istioctl, built with Go into .istio/bin (Go's module and build caches make a second build take
+# seconds), and the Envoy bootstrap template pilot-agent renders (the proxy image's
 # /var/lib/istio/envoy/envoy_bootstrap_tmpl.json), from the same module version.
-$(ISTIO_STAMP):
+# pilot-discovery is built from a copy of the module with tools/istio/*.patch applied: at this
+# version istiod without Kubernetes (file mode) dereferences a nil multicluster controller at
+# startup (see tools/istio/README.md); the wrapper module in .istio/mod points at the copy.
+ISTIO_PATCHES := $(sort $(wildcard tools/istio/*.patch))
+$(ISTIO_STAMP): $(ISTIO_PATCHES)
 	@command -v $(GO) >/dev/null || { echo "make istio: needs Go (1.26) and its module proxy"; exit 1; }
-	mkdir -p $(ISTIO_DIR)/bin
+	mkdir -p $(ISTIO_DIR)/bin $(ISTIO_DIR)/mod
 	GOBIN=$(abspath $(ISTIO_DIR)/bin) $(GO) install \
-	  istio.io/istio/pilot/cmd/pilot-discovery@$(ISTIO_VERSION) \
 	  istio.io/istio/pilot/cmd/pilot-agent@$(ISTIO_VERSION) \
 	  istio.io/istio/istioctl/cmd/istioctl@$(ISTIO_VERSION)
-	cp "$$($(GO) env GOMODCACHE)/istio.io/istio@$(ISTIO_VERSION)/tools/packaging/common/envoy_bootstrap.json" \
-	  $(ISTIO_DIR)/envoy_bootstrap_tmpl.json
+	rm -rf $(ISTIO_DIR)/src
+	cp -r "$$($(GO) env GOMODCACHE)/istio.io/istio@$(ISTIO_VERSION)" $(ISTIO_DIR)/src
+	chmod -R u+w $(ISTIO_DIR)/src
+	for p in $(ISTIO_PATCHES); do patch -s -p1 -d $(ISTIO_DIR)/src < $$p || exit 1; done
+	cd $(ISTIO_DIR)/mod && rm -f go.mod go.sum && $(GO) mod init pilotfish.local/istio 2>/dev/null \
+	  && $(GO) mod edit -require istio.io/istio@$(ISTIO_VERSION) -replace istio.io/istio=../src \
+	  && GOFLAGS=-mod=mod $(GO) build -o ../bin/pilot-discovery istio.io/istio/pilot/cmd/pilot-discovery
+	cp $(ISTIO_DIR)/src/tools/packaging/common/envoy_bootstrap.json $(ISTIO_DIR)/envoy_bootstrap_tmpl.json
 	chmod 644 $(ISTIO_DIR)/envoy_bootstrap_tmpl.json
 	touch $@
 

@@ -33,7 +33,14 @@ from typing import Any
 
 from pilotfish.mesh.security.ca import MeshCA
 
-__all__ = ["AgentSpec", "agent_argv", "agent_env", "prepare_agent_dir", "proxy_config"]
+__all__ = [
+    "AgentSpec",
+    "agent_argv",
+    "agent_env",
+    "prepare_agent_dir",
+    "proxy_config",
+    "write_proxy_wrapper",
+]
 
 CREDENTIALS = Path("var/run/secrets/workload-spiffe-credentials")
 TEMPLATE = Path("var/lib/istio/envoy/envoy_bootstrap_tmpl.json")
@@ -122,6 +129,25 @@ def agent_env(spec: AgentSpec, config: Mapping[str, Any]) -> dict[str, str]:
             [{"name": "http", "containerPort": spec.app_port, "protocol": "TCP"}]
         )
     return env
+
+
+def write_proxy_wrapper(path: Path, binary: str, uid: int, gid: int) -> Path:
+    """pilot-agent's ``binaryPath``: a script that runs ``binary`` as ``uid``/``gid``.
+
+    Istio runs pilot-agent and the proxy as uid 1337. Here pilot-agent runs as root with gid
+    1337 (so istio-iptables' ``--gid-owner 1337`` rule still keeps its traffic to istiod out
+    of the capture) and this wrapper drops the proxy to 1337, because a Python installed under
+    a directory uid 1337 cannot traverse (``/root/.pyenv``, mode 700, on the machines this is
+    developed on) can be executed by a process that drops from root straight into it
+    (setpriv) but not by a process already running as 1337. The proxy's PID is the wrapper's
+    (it execs), so pilot-agent's signals reach it."""
+    path.write_text(
+        "#!/bin/sh\n"
+        "# pilot-agent's binaryPath: the proxy as the sidecar user (mesh/istio/agent.py)\n"
+        f'exec setpriv --reuid {uid} --regid {gid} --clear-groups -- {binary} "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
 
 
 def prepare_agent_dir(

@@ -48,6 +48,7 @@ class IstioBinaries:
         return self.dir / "envoy_bootstrap_tmpl.json"
 
     def missing(self) -> list[str]:
-        """What is not there (empty: everything is)."""
-        wanted = [self.pilot_discovery, self.pilot_agent, self.istioctl, self.bootstrap_template]
+        """What the mesh needs and is not there (empty: everything is; istioctl is only for
+        looking at proxies)."""
+        wanted = [self.pilot_discovery, self.pilot_agent, self.bootstrap_template]
         return [str(p) for p in wanted if not p.exists()]

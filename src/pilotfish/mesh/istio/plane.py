@@ -12,7 +12,7 @@ gives them:
 - each pod's capture rules are set by Istio's ``pilot-agent istio-iptables`` with the
   injector's default arguments (istio-init's job);
 - each sidecar and the gateway is a ``pilot-agent proxy sidecar|router`` (``agent``) whose
-  ``binaryPath`` is pilotfish (or ``--proxy-binary``, e.g. Envoy).
+  ``binaryPath`` runs pilotfish (or ``--proxy-binary``, e.g. Envoy) as uid 1337.
 
 The CLI protocol (``ctl.sock``), the workload bookkeeping and the pods come from the embedded
 control plane (``ControlPlane``); what differs: ``push`` writes istiod's config directory
@@ -113,7 +113,16 @@ class IstioSupervisor(CaptureSupervisor):
 
     @property
     def binary_path(self) -> str:
-        return self.proxy_binary or pilotfish_binary()
+        """pilot-agent's ``binaryPath``: the wrapper that runs the proxy as uid 1337."""
+        return str(self.runtime / "proxy-as-1337")
+
+    def write_wrapper(self) -> None:
+        agent.write_proxy_wrapper(
+            Path(self.binary_path),
+            self.proxy_binary or pilotfish_binary(),
+            PROXY_UID,
+            PROXY_UID,
+        )
 
     # -- istiod -----------------------------------------------------------------------------
 
@@ -122,6 +131,7 @@ class IstioSupervisor(CaptureSupervisor):
         ports forwarded to host loopback."""
         from pilotfish.mesh.capture.forward import PortForward
 
+        self.write_wrapper()
         cacerts = self.istiod_dir / "etc" / "cacerts"
         cacerts.mkdir(parents=True, exist_ok=True)
         root = self.ca.root_pem
@@ -245,16 +255,20 @@ class IstioSupervisor(CaptureSupervisor):
     def _proxy_process(self, running: RunningProxy) -> ManagedProcess:
         directory = self.agents_dir / running.name
         config = agent.proxy_config(self.discovery_address, self.binary_path)
+        # umask 002: the pipes and files pilot-agent makes (XDS, SDS socket, bootstrap) are
+        # its group's (1337), so the proxy it starts as 1337 can use them.
         argv = [
-            "env",
-            "-C",
+            "sh",
+            "-c",
+            'umask 002 && cd "$0" && exec "$@"',
             str(directory),
             *agent.agent_argv(self.binaries.pilot_agent, running.kind, self.log_level),
         ]
         pod = self.pods[running.name]
         return ManagedProcess(
             f"{running.name}/pilot-agent",
-            pod.command(argv, uid=PROXY_UID, gid=PROXY_UID),
+            # root with gid 1337: see agent.write_proxy_wrapper
+            pod.command(argv, gid=PROXY_UID),
             self.state_dir / "logs" / f"{running.name}.proxy.log",
             env=agent.agent_env(self.agent_spec(running), config),
         )
