@@ -557,3 +557,23 @@ def test_unexpected_value_is_a_config_error() -> None:
         translate_resource(rt.LISTENER.type_url, lis, TranslateContext())
     assert e.value.path == "listener 'virtualOutbound'"
     assert "cannot translate" in e.value.reason
+
+
+def test_istio_alpn_packed_directly_as_istiod_sends_it_is_accepted() -> None:
+    """Real istiod packs ``istio.alpn``'s FilterConfig directly into the Any (its bytes, not a
+    TypedStruct as in istioctl's JSON dumps); pilotfish has no message class for it and must
+    accept it as it accepts the TypedStruct form (found against real istiod: every sidecar
+    NACKed its 0.0.0.0_9080 listener before)."""
+    from google.protobuf.any_pb2 import Any as AnyProto
+
+    from pilotfish.extensions.registry import Category
+    from pilotfish.xds.translate.context import TranslateContext
+
+    packed = AnyProto(
+        type_url="type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+        value=b"\n\x02\x08\x01",  # alpn_override {upstream_protocol: HTTP11}
+    )
+    ctx = TranslateContext()
+    ext = ctx.extension(Category.HTTP_FILTER, "istio.alpn", packed, "http_filters[2]")
+    assert ext is not None and ext.name == "istio.alpn"
+    assert not ctx.warnings
