@@ -526,6 +526,10 @@ def _trim_resource(item: Any, paths: list[str]) -> bool:
 
 def _to_dict(msg: Any) -> dict[str, Any]:
     protos.load_types_of(msg)  # resources from xDS may name types not imported yet
+    copy = type(msg)()
+    copy.CopyFrom(msg)
+    if protos.opaque_anys_to_typed_structs(copy):  # Istio's types, as bytes from istiod
+        msg = copy
     packed = _pack(msg)
     d = json_format.MessageToDict(packed, preserving_proto_field_name=True)
     return _restore_opaque(d)
