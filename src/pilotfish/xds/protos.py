@@ -135,7 +135,7 @@ def opaque_anys_to_typed_structs(msg: Message) -> bool:
         if cls is None:
             holder = find_message_class(TYPED_STRUCT_TYPES[0])
             assert holder is not None
-            msg.Pack(holder(type_url=msg.type_url))  # type: ignore[call-arg]
+            msg.Pack(holder(type_url=msg.type_url))
             return True
         inner = cls()
         if msg.Unpack(inner) and opaque_anys_to_typed_structs(inner):

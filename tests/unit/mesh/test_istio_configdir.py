@@ -11,7 +11,7 @@ from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.store import ConfigStore
 from pilotfish.mesh.istio.agent import AgentSpec, agent_env, proxy_config
 from pilotfish.mesh.istio.cli import proxy_sync
-from pilotfish.mesh.istio.configdir import PodWorkload, config_files
+from pilotfish.mesh.istio.configdir import HASH_ANNOTATION, PodWorkload, config_files
 
 SERVICES = """
 apiVersion: v1
@@ -84,7 +84,10 @@ def test_services_become_service_entries_selecting_workload_entries(tmp_path: Pa
 def test_istio_objects_pass_through_with_their_namespace(tmp_path: Path) -> None:
     files = _files(tmp_path)
     dr = files["destinationrule-default-reviews.yaml"]
+    annotations = dr["metadata"].pop("annotations")
     assert dr["metadata"] == {"name": "reviews", "namespace": "default"}
+    # what istiod's /debug/configz will show once it has read this version of the object
+    assert list(annotations) == [HASH_ANNOTATION] and len(annotations[HASH_ANNOTATION]) == 16
     assert dr["spec"]["subsets"] == [{"name": "v1", "labels": {"version": "v1"}}]
     # Kubernetes kinds are not for istiod's file mode (it knows Istio's kinds only).
     assert not [n for n in files if n.startswith("service-")]

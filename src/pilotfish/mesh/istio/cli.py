@@ -14,6 +14,7 @@ __all__ = ["prepare_up", "proxy_sync", "syncz", "wait_synced"]
 
 # istiod's /debug/syncz fields: what was sent and acknowledged, per xDS type.
 SYNC_TYPES = ("cluster", "listener", "route", "endpoint")
+QUIET = 0.3  # seconds between polls; nonces unchanged over one such interval: pushed
 
 
 def prepare_up(
@@ -74,39 +75,56 @@ def proxy_sync(entry: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def istiod_has(http: str, hashes: list[str]) -> bool:
+    """Whether istiod's config store (``/debug/configz``) holds every object as last written
+    (each carries its content hash, ``configdir.HASH_ANNOTATION``)."""
+    with urllib.request.urlopen(f"http://{http}/debug/configz", timeout=5) as r:
+        text = r.read().decode()
+    return all(h in text for h in hashes)
+
+
 def wait_synced(state: Path, timeout: float = 60.0) -> dict[str, dict[str, str]]:
-    """Until istiod shows every proxy of the mesh connected with no type STALE; returns each
-    proxy's types. ``NOT SENT`` is fine (a gateway gets no endpoints of some kinds)."""
+    """Until istiod has read the config as last written, has pushed it, and shows every proxy
+    of the mesh connected with no type STALE (sent and not acknowledged); returns each proxy's
+    types. ``NOT SENT`` is fine (a gateway gets no endpoints of some kinds).
+
+    "Has pushed it": istiod pushes a debounced time after a change (``PILOT_DEBOUNCE_AFTER``,
+    50 ms here) and sends to every proxy in one push, so the nonces must stay the same over two
+    polls ``QUIET`` apart after istiod read the change."""
     from pilotfish.mesh.ctl import CtlError, request
 
     deadline = time.monotonic() + timeout
     pending: list[str] = ["(not asked yet)"]
+    last: dict[str, dict[str, Any]] | None = None
     while True:
         answer = request(state, {"cmd": "status"})
-        http = answer["istiod"]["http"]
+        istiod = answer["istiod"]
+        http = istiod["http"]
         wanted = {
             f"{r['name']}.{r['namespace']}": r for r in answer["rows"] if r["proxy"] == "Running"
         }
         try:
-            entries = syncz(http)
+            ingested = istiod_has(http, list(istiod.get("config_hashes") or []))
+            entries = syncz(http) if ingested else []
         except (OSError, ValueError):
-            entries = []
-        seen: dict[str, dict[str, str]] = {}
-        for entry in entries:
-            proxy = str(entry.get("proxy", ""))
-            seen[proxy] = proxy_sync(entry)
+            ingested, entries = False, []
+        seen = {str(e.get("proxy", "")): e for e in entries}
+        states = {proxy: proxy_sync(e) for proxy, e in seen.items()}
         pending = [
             name
             for name in wanted
-            if name not in seen
-            or "STALE" in seen[name].values()
-            or seen[name].get("listener") != "SYNCED"
+            if name not in states
+            or "STALE" in states[name].values()
+            or states[name].get("listener") != "SYNCED"
         ]
-        if not pending:
-            return {name: seen[name] for name in wanted}
+        if not ingested:
+            pending = ["(istiod has not read the config yet)"]
+        elif not pending and last == seen:
+            return {name: states[name] for name in wanted}
+        last = seen if ingested and not pending else None
         if time.monotonic() > deadline:
             raise CtlError(
-                f"not SYNCED with istiod after {timeout:.0f}s: {', '.join(pending)} "
+                f"not SYNCED with istiod after {timeout:.0f}s: {', '.join(pending) or 'pushing'} "
                 "(see `pilotfishctl logs NAME --proxy` and STATE/logs/istiod.log)"
             )
-        time.sleep(0.2)
+        time.sleep(QUIET)

@@ -18,6 +18,8 @@ watches the directory."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +30,19 @@ from pilotfish.mesh.config import model as m
 from pilotfish.mesh.config.hosts import fqdn
 from pilotfish.mesh.translate.services import protocol_of
 
-__all__ = ["PodWorkload", "config_files", "service_entry", "workload_entry"]
+__all__ = [
+    "HASH_ANNOTATION",
+    "PodWorkload",
+    "config_files",
+    "content_hash",
+    "file_hashes",
+    "service_entry",
+    "workload_entry",
+]
+
+# Each object's content hash, so that a reader of istiod's /debug/configz can tell whether
+# istiod has read the object as last written (``cli.wait_synced``).
+HASH_ANNOTATION = "pilotfish.io/content-hash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,5 +146,27 @@ def config_files(
     docs += [workload_entry(p) for p in pods]
     out: dict[str, str] = {}
     for doc in docs:
-        out[_file_name(doc)] = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+        out[_file_name(doc)] = yaml.safe_dump(_hashed(doc), sort_keys=False)
     return out
+
+
+def content_hash(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _hashed(doc: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(doc.get("metadata") or {})
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != HASH_ANNOTATION}
+    meta["annotations"] = {**annotations, HASH_ANNOTATION: content_hash(doc)}
+    return {**doc, "metadata": meta}
+
+
+def file_hashes(files: Mapping[str, str]) -> list[str]:
+    """The content hashes of ``config_files``' output (what istiod should show)."""
+    out = []
+    for text in files.values():
+        meta = (yaml.safe_load(text) or {}).get("metadata") or {}
+        value = (meta.get("annotations") or {}).get(HASH_ANNOTATION)
+        if value:
+            out.append(str(value))
+    return sorted(out)

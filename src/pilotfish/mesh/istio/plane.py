@@ -34,7 +34,7 @@ from pilotfish.mesh.capture.supervisor import PROXY_UID, CaptureSupervisor
 from pilotfish.mesh.controlplane import ControlPlane
 from pilotfish.mesh.istio import agent
 from pilotfish.mesh.istio.binaries import IstioBinaries
-from pilotfish.mesh.istio.configdir import PodWorkload, config_files
+from pilotfish.mesh.istio.configdir import PodWorkload, config_files, file_hashes
 from pilotfish.mesh.runner import ManagedProcess, RunningProxy, read_setting, write_setting
 from pilotfish.mesh.security.ca import ROOT_CERT_FILE, ROOT_KEY_FILE, MeshCA
 
@@ -110,6 +110,7 @@ class IstioSupervisor(CaptureSupervisor):
         self.discovery_address = f"{self.network.gateway}:{XDS_PORT}"
         self.istiod: ManagedProcess | None = None
         self.istiod_ports: dict[int, int] = {}  # port in the node namespace -> host loopback
+        self.config_hashes: list[str] = []  # of the files last written (configdir.file_hashes)
 
     @property
     def binary_path(self) -> str:
@@ -199,6 +200,7 @@ class IstioSupervisor(CaptureSupervisor):
         when it changed, so istiod's watcher sees whole files and no needless events)."""
         directory = self.config_dir_istiod
         directory.mkdir(parents=True, exist_ok=True)
+        self.config_hashes = file_hashes(files)
         for old in directory.glob("*.yaml"):
             if old.name not in files:
                 old.unlink()
@@ -355,5 +357,6 @@ class IstiodControlPlane(ControlPlane):
                 "xds": f"127.0.0.1:{ports.get(XDS_PORT, 0)}",
                 "monitoring": f"127.0.0.1:{ports.get(MONITORING_PORT, 0)}",
                 "pid": istiod.proc.pid if istiod is not None and istiod.proc else None,
+                "config_hashes": self.istio.config_hashes,
             }
         return answer
