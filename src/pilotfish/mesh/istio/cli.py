@@ -4,6 +4,7 @@ each type it sent to the proxy acknowledged with the nonce it was sent with)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.request
@@ -106,8 +107,8 @@ def wait_synced(state: Path, timeout: float = 60.0) -> dict[str, dict[str, str]]
         try:
             ingested = istiod_has(http, list(istiod.get("config_hashes") or []))
             entries = syncz(http) if ingested else []
-        except (OSError, ValueError):
-            ingested, entries = False, []
+        except (OSError, ValueError, http.client.HTTPException):
+            ingested, entries = False, []  # istiod is (re)starting
         seen = {str(e.get("proxy", "")): e for e in entries}
         states = {proxy: proxy_sync(e) for proxy, e in seen.items()}
         pending = [

