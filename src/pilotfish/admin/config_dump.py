@@ -225,7 +225,15 @@ def _routes_dump(server: Server) -> Any:
     )
 
     dump = config_dump_shared_pb2.RoutesConfigDump()
-    for ls in server.bootstrap.proto.static_resources.listeners:
+    xds = server.xds
+    # Static listeners' and active LDS listeners' alike (Envoy's static route config
+    # providers: one per connection manager with an inline route_config).
+    listeners = [
+        (ls, server.start_time) for ls in server.bootstrap.proto.static_resources.listeners
+    ]
+    if xds is not None:
+        listeners += [(r.proto, r.last_updated) for r in xds.listeners.values() if r.proto]
+    for ls, updated in listeners:
         chains = list(ls.filter_chains)
         if ls.HasField("default_filter_chain"):
             chains.append(ls.default_filter_chain)
@@ -237,8 +245,7 @@ def _routes_dump(server: Server) -> Any:
                 if f.typed_config.Unpack(hcm) and hcm.HasField("route_config"):
                     item = dump.static_route_configs.add()
                     item.route_config.Pack(hcm.route_config)
-                    item.last_updated.CopyFrom(_timestamp(server.start_time))
-    xds = server.xds
+                    item.last_updated.CopyFrom(_timestamp(updated))
     if xds is not None:
         for record in xds.routes.values():
             ritem = dump.dynamic_route_configs.add()

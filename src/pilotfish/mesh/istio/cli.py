@@ -100,13 +100,13 @@ def wait_synced(state: Path, timeout: float = 60.0) -> dict[str, dict[str, str]]
     while True:
         answer = request(state, {"cmd": "status"})
         istiod = answer["istiod"]
-        http = istiod["http"]
+        debug = istiod["http"]
         wanted = {
             f"{r['name']}.{r['namespace']}": r for r in answer["rows"] if r["proxy"] == "Running"
         }
         try:
-            ingested = istiod_has(http, list(istiod.get("config_hashes") or []))
-            entries = syncz(http) if ingested else []
+            ingested = istiod_has(debug, list(istiod.get("config_hashes") or []))
+            entries = syncz(debug) if ingested else []
         except (OSError, ValueError, http.client.HTTPException):
             ingested, entries = False, []  # istiod is (re)starting
         seen = {str(e.get("proxy", "")): e for e in entries}
