@@ -7,10 +7,16 @@ STAMP := $(VENV)/.installed
 ENVOY_STAMP := $(ENVOY_VENV)/.installed
 APT_STAMP := .apt-installed
 ENVOY_VERSION := 1.40.0
+# Istio's control plane and agent (`make istio`): the module istio.io/istio at this pseudo-version
+# (src/pilotfish/mesh/istio/binaries.py names it too).
+ISTIO_VERSION := v0.0.0-20260827124520-eed52ebb66ad
+ISTIO_DIR := .istio
+ISTIO_STAMP := $(ISTIO_DIR)/.installed-$(ISTIO_VERSION)
+GO ?= go
 
 DASHBOARD_VENDOR := src/pilotfish/mesh/dashboard/static/vendor/cytoscape.min.js
 
-.PHONY: all install envoy apt h2spec test lint typecheck unit demo demo-proxy bench clean
+.PHONY: all install envoy istio apt h2spec test lint typecheck unit demo demo-proxy bench clean
 
 all: install
 
@@ -43,6 +49,33 @@ $(ENVOY_STAMP):
 
 envoy: $(ENVOY_STAMP)
 
+# Istio's real pilot-discovery (istiod), pilot-agent (also istio-iptables: its subcommand) and
+# istioctl, built with Go into .istio/bin (Go's module and build caches make a second build take
+# seconds), and the Envoy bootstrap template pilot-agent renders (the proxy image's
+# /var/lib/istio/envoy/envoy_bootstrap_tmpl.json), from the same module version.
+# pilot-discovery is built from a copy of the module with tools/istio/*.patch applied: at this
+# version istiod without Kubernetes (file mode) dereferences a nil multicluster controller at
+# startup (see tools/istio/README.md); the wrapper module in .istio/mod points at the copy.
+ISTIO_PATCHES := $(sort $(wildcard tools/istio/*.patch))
+$(ISTIO_STAMP): $(ISTIO_PATCHES)
+	@command -v $(GO) >/dev/null || { echo "make istio: needs Go (1.26) and its module proxy"; exit 1; }
+	mkdir -p $(ISTIO_DIR)/bin $(ISTIO_DIR)/mod
+	GOBIN=$(abspath $(ISTIO_DIR)/bin) $(GO) install \
+	  istio.io/istio/pilot/cmd/pilot-agent@$(ISTIO_VERSION) \
+	  istio.io/istio/istioctl/cmd/istioctl@$(ISTIO_VERSION)
+	rm -rf $(ISTIO_DIR)/src
+	cp -r "$$($(GO) env GOMODCACHE)/istio.io/istio@$(ISTIO_VERSION)" $(ISTIO_DIR)/src
+	chmod -R u+w $(ISTIO_DIR)/src
+	for p in $(ISTIO_PATCHES); do patch -s -p1 -d $(ISTIO_DIR)/src < $$p || exit 1; done
+	cd $(ISTIO_DIR)/mod && rm -f go.mod go.sum && $(GO) mod init pilotfish.local/istio 2>/dev/null \
+	  && $(GO) mod edit -require istio.io/istio@$(ISTIO_VERSION) -replace istio.io/istio=../src \
+	  && GOFLAGS=-mod=mod $(GO) build -o ../bin/pilot-discovery istio.io/istio/pilot/cmd/pilot-discovery
+	cp $(ISTIO_DIR)/src/tools/packaging/common/envoy_bootstrap.json $(ISTIO_DIR)/envoy_bootstrap_tmpl.json
+	chmod 644 $(ISTIO_DIR)/envoy_bootstrap_tmpl.json
+	touch $@
+
+istio: $(ISTIO_STAMP)
+
 # Debian packages the tests and benchmarks use: curl, nginx (fast backend), wrk (load),
 # iproute2 and iptables (the capture-mode pods, root only), tcpdump (the mTLS wire check),
 # nghttp2-client (h2load and nghttp: HTTP/2 load and client), prometheus and chromium (the
@@ -74,7 +107,7 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-test: install envoy apt h2spec lint typecheck
+test: install envoy istio apt h2spec lint typecheck
 	$(BIN)/pytest -q
 
 # BookInfo with pilotfish as every sidecar and the gateway (`make demo ARGS=--once` tears it
@@ -93,4 +126,4 @@ bench: install envoy apt
 	GRPC_VERBOSITY=ERROR $(BIN)/python bench/mesh_bookinfo.py
 
 clean:
-	rm -rf $(VENV) $(ENVOY_VENV) $(APT_STAMP) .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ENVOY_VENV) $(ISTIO_DIR) $(APT_STAMP) .tools .mypy_cache .ruff_cache .pytest_cache

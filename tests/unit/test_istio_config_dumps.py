@@ -565,3 +565,50 @@ def test_unexpected_value_is_a_config_error() -> None:
         translate_resource(rt.LISTENER.type_url, lis, TranslateContext())
     assert e.value.path == "listener 'virtualOutbound'"
     assert "cannot translate" in e.value.reason
+
+
+def test_istio_alpn_packed_directly_as_istiod_sends_it_is_accepted() -> None:
+    """Real istiod packs ``istio.alpn``'s FilterConfig directly into the Any (its bytes, not a
+    TypedStruct as in istioctl's JSON dumps); pilotfish has no message class for it and must
+    accept it as it accepts the TypedStruct form (found against real istiod: every sidecar
+    NACKed its 0.0.0.0_9080 listener before)."""
+    from google.protobuf.any_pb2 import Any as AnyProto
+
+    from pilotfish.extensions.registry import Category
+    from pilotfish.xds.translate.context import TranslateContext
+
+    packed = AnyProto(
+        type_url="type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+        value=b"\n\x02\x08\x01",  # alpn_override {upstream_protocol: HTTP11}
+    )
+    ctx = TranslateContext()
+    ext = ctx.extension(Category.HTTP_FILTER, "istio.alpn", packed, "http_filters[2]")
+    assert ext is not None and ext.name == "istio.alpn"
+    assert not ctx.warnings
+
+
+def test_config_dump_renders_istio_types_packed_as_bytes() -> None:
+    """/config_dump of a listener whose HCM holds istio.alpn as bytes (as istiod sends it):
+    rendered with its own @type (no fields: pilotfish has not got its schema), not a 500."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+    from google.protobuf.any_pb2 import Any as AnyProto
+
+    from pilotfish.admin.config_dump import _to_dict
+
+    alpn = "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig"
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="outbound_0.0.0.0_9080")
+    hcm.http_filters.add(name="istio.alpn").typed_config.CopyFrom(
+        AnyProto(type_url=alpn, value=b"\n\x02\x08\x01")
+    )
+    lis = listener_pb2.Listener(name="0.0.0.0_9080")
+    lis.filter_chains.add().filters.add(name="envoy.filters.network.http_connection_manager")
+    lis.filter_chains[0].filters[0].typed_config.Pack(hcm)
+    doc = _to_dict(lis)
+    http_filter = doc["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+    assert http_filter == {"name": "istio.alpn", "typed_config": {"@type": alpn}}
+    # the stored resource is left as it was
+    assert lis.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    assert hcm.http_filters[0].typed_config.type_url == alpn

@@ -225,7 +225,15 @@ def _routes_dump(server: Server) -> Any:
     )
 
     dump = config_dump_shared_pb2.RoutesConfigDump()
-    for ls in server.bootstrap.proto.static_resources.listeners:
+    xds = server.xds
+    # Static listeners' and active LDS listeners' alike (Envoy's static route config
+    # providers: one per connection manager with an inline route_config).
+    listeners = [
+        (ls, server.start_time) for ls in server.bootstrap.proto.static_resources.listeners
+    ]
+    if xds is not None:
+        listeners += [(r.proto, r.last_updated) for r in xds.listeners.values() if r.proto]
+    for ls, updated in listeners:
         chains = list(ls.filter_chains)
         if ls.HasField("default_filter_chain"):
             chains.append(ls.default_filter_chain)
@@ -237,8 +245,7 @@ def _routes_dump(server: Server) -> Any:
                 if f.typed_config.Unpack(hcm) and hcm.HasField("route_config"):
                     item = dump.static_route_configs.add()
                     item.route_config.Pack(hcm.route_config)
-                    item.last_updated.CopyFrom(_timestamp(server.start_time))
-    xds = server.xds
+                    item.last_updated.CopyFrom(_timestamp(updated))
     if xds is not None:
         for record in xds.routes.values():
             ritem = dump.dynamic_route_configs.add()
@@ -526,6 +533,10 @@ def _trim_resource(item: Any, paths: list[str]) -> bool:
 
 def _to_dict(msg: Any) -> dict[str, Any]:
     protos.load_types_of(msg)  # resources from xDS may name types not imported yet
+    copy = type(msg)()
+    copy.CopyFrom(msg)
+    if protos.opaque_anys_to_typed_structs(copy):  # Istio's types, as bytes from istiod
+        msg = copy
     packed = _pack(msg)
     d = json_format.MessageToDict(packed, preserving_proto_field_name=True)
     return _restore_opaque(d)

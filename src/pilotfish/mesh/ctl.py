@@ -3,6 +3,7 @@
     pilotfishctl up [DIR]            control plane + the workloads and config in DIR
                  [--proxy-binary PATH]   run PATH (e.g. Envoy) as every proxy, not pilotfish
                  [--capture iptables]    pods (netns) with istio-iptables rules (root)
+                 [--control-plane istiod] real istiod + pilot-agent (`make istio`, root)
     pilotfishctl apply -f FILE...    Istio / Kubernetes / Workload YAML
     pilotfishctl delete -f FILE...
     pilotfishctl get KIND            virtualservices, destinationrules, gateways, workloads, ...
@@ -152,14 +153,24 @@ def cmd_apply(state: Path, files: Sequence[str], delete: bool = False) -> None:
 
 
 def cmd_up(
-    state: Path, directory: str | None, proxy_binary: str | None = None, capture: str | None = None
+    state: Path,
+    directory: str | None,
+    proxy_binary: str | None = None,
+    capture: str | None = None,
+    control_plane: str | None = None,
 ) -> None:
     """``proxy_binary``: the program every proxy runs (Envoy, or anything that takes Envoy's
     command line and bootstrap); ``pilotfish`` for pilotfish; ``None`` keeps what the state
     directory has (pilotfish at first). ``capture``: ``iptables`` (pods with capture rules,
-    root), ``none`` (loopback), ``None`` keeps what the state directory has."""
+    root), ``none`` (loopback), ``None`` keeps what the state directory has.
+    ``control_plane``: ``embedded`` or ``istiod`` (``mesh/istio``), ``None`` keeps it."""
     from pilotfish.mesh.capture.supervisor import capture_available, load_mode, save_mode
+    from pilotfish.mesh.istio import cli as istio_cli
     from pilotfish.mesh.runner import save_proxy_binary, saved_proxy_binary
+
+    istiod = istio_cli.prepare_up(state, control_plane, capture, running(state))
+    if istiod:
+        capture = None  # istiod's pods always capture (istio-iptables)
 
     if proxy_binary not in (None, "pilotfish") and not os.access(proxy_binary, os.X_OK):
         raise CtlError(f"--proxy-binary {proxy_binary}: not an executable file")
@@ -197,6 +208,8 @@ def cmd_up(
         cmd_apply(state, [directory])
     print("waiting for the workloads and their sidecars ...", flush=True)
     rows = wait_ready(state)
+    if istiod:
+        istio_cli.wait_synced(state)
     for row in rows:
         print(f"  {row['name']:<28} app {row['app']:<10} proxy {row['proxy']}")
     url = gateway_url(rows)
@@ -316,6 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "PILOTFISH_PROXY_BINARY)",
     )
     up.add_argument(
+        "--control-plane",
+        choices=["embedded", "istiod"],
+        default=None,
+        help="istiod: Istio's own pilot-discovery as the control plane and a pilot-agent "
+        "starting every proxy (built by `make istio`; pods as with --capture iptables, root); "
+        "embedded: pilotfishctl's own (the default); kept in the state directory",
+    )
+    up.add_argument(
         "--capture",
         choices=["iptables", "none"],
         default=None,
@@ -347,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "daemon":
             return run_daemon(state)
         if args.command == "up":
-            cmd_up(state, args.dir, args.proxy_binary, args.capture)
+            cmd_up(state, args.dir, args.proxy_binary, args.capture, args.control_plane)
         elif args.command in ("apply", "delete"):
             cmd_apply(state, args.filename, delete=args.command == "delete")
         elif args.command == "get":
@@ -381,9 +402,14 @@ def run_daemon(state: Path) -> int:
 
     from pilotfish.mesh.capture.supervisor import load_mode
     from pilotfish.mesh.controlplane import ControlPlane, istio_translate
+    from pilotfish.mesh.istio.plane import IstiodControlPlane, load_control_plane
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    plane = ControlPlane(state, istio_translate, capture=load_mode(state))
+    plane: ControlPlane
+    if load_control_plane(state) == "istiod":
+        plane = IstiodControlPlane(state)
+    else:
+        plane = ControlPlane(state, istio_translate, capture=load_mode(state))
     pid_file = state / "controlplane.pid"
     pid_file.write_text(str(os.getpid()))
     try:

@@ -324,6 +324,7 @@ class AcceptedConnection(asyncio.Protocol):
         self.inspectors: list[Any] = []  # listener filters still waiting for bytes, in order
         self.buffer = b""
         self.timer: asyncio.TimerHandle | None = None
+        self.handed_off = False  # by use_original_dst, to the listener of the original address
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -369,8 +370,12 @@ class AcceptedConnection(asyncio.Protocol):
         transport, info, listener = self.transport, self.info, self.listener
         assert transport is not None and info is not None
         target_listener = listener
-        if listener.model.use_original_dst and info.original_dst is not None:
+        hand_off = listener.model.use_original_dst and not self.handed_off
+        if hand_off and info.original_dst is not None:
             target_listener = listener.manager.find_by_destination(info.original_dst) or listener
+            if target_listener is not listener:
+                self._hand_off(target_listener)
+                return
         proto = target_listener.accept(transport, info)
         if proto is None:
             transport.close()
@@ -383,6 +388,32 @@ class AcceptedConnection(asyncio.Protocol):
             proto.start(data)  # the ClientHello tls_inspector read goes to the TLS engine
         elif data:
             proto.data_received(data)
+
+    def _hand_off(self, target: ActiveListener) -> None:
+        """Envoy's use_original_dst hand-off (the new listener's ``onAcceptWorker``, with no
+        further hand-off): the target listener's own listener filters run on the connection
+        (Istio's ``0.0.0.0_9080`` has an http_inspector its filter chain matches on), with the
+        bytes read so far, before its filter chain is chosen."""
+        transport, info = self.transport, self.info
+        assert transport is not None and info is not None
+        self.handed_off = True
+        self.listener = target
+        info.listener = target
+        target.stats.downstream_pre_cx_active.inc()
+        sock = transport.get_extra_info("socket")
+        for lf in target.listener_filters:
+            lf.on_accept(info, sock)
+        if not target.inspecting:
+            target.stats.downstream_pre_cx_active.dec()
+            self._hand_over()
+            return
+        self.inspectors = [lf for lf in target.listener_filters if getattr(lf, "max_read_bytes", 0)]
+        timeout = target.model.listener_filters_timeout
+        if timeout:
+            self.timer = target.ctx.loop.call_later(timeout, self._inspection_timeout)
+        if self.buffer:
+            data, self.buffer = self.buffer, b""
+            self.data_received(data)
 
     def _inspection_done(self) -> None:
         if self.timer is not None:

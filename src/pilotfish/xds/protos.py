@@ -123,6 +123,44 @@ def load_types_of(msg: Message) -> None:
             load_types_of(value)
 
 
+def opaque_anys_to_typed_structs(msg: Message) -> bool:
+    """Replace (in place, at any depth) every ``Any`` whose type no module defines by a
+    TypedStruct naming that type with no fields; True if something changed. Istio's own types
+    (``istio.alpn``'s FilterConfig, ``stats.PluginConfig``, ...) come from istiod as bytes,
+    which ``json_format`` cannot render and pilotfish cannot decode without their schema."""
+    if isinstance(msg, AnyProto):
+        if not msg.type_url:
+            return False
+        cls = find_message_class(type_name(msg.type_url))
+        if cls is None:
+            holder = find_message_class(TYPED_STRUCT_TYPES[0])
+            assert holder is not None
+            msg.Pack(holder(type_url=msg.type_url))
+            return True
+        inner = cls()
+        if msg.Unpack(inner) and opaque_anys_to_typed_structs(inner):
+            type_url = msg.type_url
+            msg.Pack(inner)
+            msg.type_url = type_url
+            return True
+        return False
+    changed = False
+    for fd, value in msg.ListFields():
+        if fd.message_type is None:
+            continue
+        if fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            if value_fd.message_type is not None:
+                for v in value.values():
+                    changed = opaque_anys_to_typed_structs(v) or changed
+        elif fd.is_repeated:
+            for v in value:
+                changed = opaque_anys_to_typed_structs(v) or changed
+        else:
+            changed = opaque_anys_to_typed_structs(value) or changed
+    return changed
+
+
 def opaque_type_url(any_msg: AnyProto) -> str | None:
     """If ``any_msg`` is a TypedStruct (as written by ``load_types_in`` or by the user), the type
     it stands for; else None."""

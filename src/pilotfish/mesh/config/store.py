@@ -119,6 +119,11 @@ class ConfigStore:
     def list_all(self) -> list[m.Resource]:
         return [e.obj for _, e in sorted(self._entries.items())]
 
+    def documents(self) -> list[tuple[m.ObjectKey, Mapping[str, Any]]]:
+        """Every object's document as it was applied, sorted by key (for a control plane
+        that reads Istio's YAML itself, e.g. istiod's ``--configDir``)."""
+        return [(k, e.raw) for k, e in sorted(self._entries.items())]
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -53,15 +53,15 @@ class TranslateContext:
                 msg = self.unpack(typed_config, f"{path}.typed_config")
             except ConfigError:
                 known = self.registry.by_type(category, tname)
-                if (
-                    known is not None
-                    and not known.telemetry_only
-                    and inner is not None
-                    and protos.find_message_class(tname) is None
-                ):
+                opaque = known is not None and protos.find_message_class(tname) is None
+                if opaque and known is not None and not known.telemetry_only and inner is not None:
                     # An opaque type (Istio's own, not in xds-protos) that a factory knows:
                     # the factory gets the TypedStruct's fields as a google.protobuf.Struct.
                     msg = protos.unpack_any(typed_config).value  # type: ignore[attr-defined]
+                elif opaque and known is not None and not known.telemetry_only:
+                    # The same type packed directly (its serialized bytes), as istiod sends
+                    # it (``istio.alpn``): the factory gets the Any itself.
+                    msg = typed_config
                 elif known is not None and not known.telemetry_only:
                     raise
                 else:
