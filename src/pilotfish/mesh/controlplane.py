@@ -22,6 +22,7 @@ import yaml
 
 from pilotfish.mesh.config.errors import ConfigValidationError
 from pilotfish.mesh.config.store import ConfigStore
+from pilotfish.mesh.probes import parse_probe
 from pilotfish.mesh.runner import RunningProxy, Supervisor, WorkloadSpec, saved_proxy_binary
 from pilotfish.mesh.security.ca import MeshCA
 from pilotfish.mesh.security.sds_server import WorkloadSdsServers
@@ -154,9 +155,7 @@ class ControlPlane:
         running = self.supervisor.proxies.pop(name, None)
         self.specs.pop(name, None)
         if running is not None:
-            for process in (running.app, running.proxy):
-                if process is not None:
-                    process.stop()
+            running.stop()
             self.supervisor.release(running)
             self._in_background(self.sds.remove(name))
         self._save_workloads()
@@ -183,6 +182,8 @@ class ControlPlane:
                 "command": list(s.command),
                 "env": dict(s.env),
                 "port": s.port,
+                "workingDir": s.working_dir,
+                "readinessProbe": s.readiness_probe.to_kubernetes() if s.readiness_probe else None,
             }
             for s in self.specs.values()
         ]
@@ -201,6 +202,10 @@ class ControlPlane:
                 command=tuple(d["command"]),
                 env=d["env"],
                 port=d["port"],
+                working_dir=d.get("workingDir"),
+                readiness_probe=parse_probe(d["readinessProbe"])
+                if d.get("readinessProbe")
+                else None,
             )
             for d in json.loads(path.read_text())
         ]
@@ -244,22 +249,31 @@ class ControlPlane:
             source = str(request.get("source", "<stdin>"))
             workload_docs, config_text = split_documents(text)
             specs = parse_workloads(workload_docs, source)
+            workload_lines = []
             if cmd == "apply":
                 changes = self.store.apply_yaml(config_text, source) if config_text.strip() else []
                 for spec in specs:
+                    old = self.specs.get(spec.name)
+                    action = (
+                        "created" if old is None else "unchanged" if old == spec else "configured"
+                    )
                     self.add_workload(spec)
+                    workload_lines.append(f"workload/{spec.name} {action}")
                 self.sync_gateway()
             else:
                 changes = (
                     self.store.delete(yaml_objects(config_text)) if config_text.strip() else []
                 )
                 for spec in specs:
+                    found = spec.name in self.specs
                     self.remove_workload(spec.name)
+                    workload_lines.append(
+                        f"workload/{spec.name} deleted"
+                        if found
+                        else f'Error from server (NotFound): workloads "{spec.name}" not found'
+                    )
             lines = [f"{c.key.kind.lower()}/{c.key.name} {c.action}" for c in changes]
-            lines += [
-                f"workload/{s.name} {'configured' if cmd == 'apply' else 'deleted'}" for s in specs
-            ]
-            return {"ok": True, "lines": lines}
+            return {"ok": True, "lines": lines + workload_lines}
         if cmd == "get":
             kind = str(request.get("kind", ""))
             if kind.lower() in ("workload", "workloads", "wl"):
@@ -275,7 +289,7 @@ class ControlPlane:
         if cmd == "status":
             return {
                 "ok": True,
-                "rows": self.supervisor.status(),
+                "rows": self.status_rows(),
                 "xds": self.xds_address,
                 "proxy_binary": self.supervisor.proxy_binary or "pilotfish",
                 "capture": self.capture or "none",
@@ -284,6 +298,20 @@ class ControlPlane:
             asyncio.get_running_loop().call_soon(self._stopped.set)
             return {"ok": True}
         return {"ok": False, "errors": [f"unknown command {cmd!r}"]}
+
+    def status_rows(self) -> list[dict[str, Any]]:
+        """Every proxy's row with its xDS sync state per type (``istioctl proxy-status``)."""
+        sync = self.server.sync_status()
+        rows = []
+        for running in self.supervisor.proxies.values():
+            row = running.describe()
+            states = sync.get(running.node_id, {})
+            row["sync"] = {
+                rtype.short.upper(): states.get(rtype.type_url, "-")
+                for rtype in (rt.CLUSTER, rt.LISTENER, rt.ENDPOINT, rt.ROUTE)
+            }
+            rows.append(row)
+        return rows
 
 
 def istio_translate(

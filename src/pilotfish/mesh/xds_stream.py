@@ -94,6 +94,8 @@ class _TypeState:
     legacy_wildcard: bool = False  # wildcard by an empty first request
     names: set[str] = field(default_factory=set)
     last_nonce: str = ""
+    acked_nonce: str = ""  # the last response the client accepted
+    nacked_nonce: str = ""  # the last response the client rejected
     responded: bool = False
     sent: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # nonce -> ...
     # delta: name -> version the client has; None = the client was told it does not exist
@@ -164,6 +166,23 @@ class Stream:
             {t: s.subscribed() for t, s in self._types.items()},
             self.node,
         )
+
+    def sync_states(self) -> dict[str, str]:
+        """Each type's state as ``istioctl proxy-status`` shows it: ``SYNCED`` (the client
+        ACKed the last response sent), ``STALE`` (an answer is awaited, or a push is queued),
+        ``NACKED`` (it rejected the last one), ``NOT SENT`` (asked for, nothing sent yet)."""
+        pending = bool(self._dirty) or not self._inbox.empty()
+        out: dict[str, str] = {}
+        for type_url, st in self._types.items():
+            if not st.responded:
+                out[type_url] = "NOT SENT"
+            elif pending or (st.acked_nonce != st.last_nonce and st.nacked_nonce != st.last_nonce):
+                out[type_url] = "STALE"
+            elif st.acked_nonce == st.last_nonce:
+                out[type_url] = "SYNCED"
+            else:
+                out[type_url] = "NACKED"
+        return out
 
     def notify(self, change: Change) -> None:
         """The store changed: mark the type for a push if this stream cares."""
@@ -244,6 +263,11 @@ class Stream:
     ) -> bool:
         """Record an ACK/NACK for ``nonce``; False when the nonce is stale."""
         stale = nonce != st.last_nonce
+        if not stale:
+            if has_error:
+                st.nacked_nonce = nonce
+            else:
+                st.acked_nonce = nonce
         sent_version, names = st.sent.get(nonce, ("", ()))
         self._record_ack(
             AckRecord(
