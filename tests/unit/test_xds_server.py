@@ -230,6 +230,31 @@ def test_sotw_nack_recorded_and_not_resent() -> None:
     run(body)
 
 
+def test_sync_status_as_proxy_status_shows_it() -> None:
+    """NOT SENT before a response, STALE until the client answers it (or while a push is
+    queued), SYNCED after the ACK, NACKED after a rejection (istioctl proxy-status)."""
+
+    async def body(server: XdsServer) -> None:
+        client = Client(server.address)
+        await client.send(sotw(CDS, node=True))
+        await server.wait_for(lambda s: s.sync_status().get(NODE.id) == {CDS: "NOT SENT"}, 2)
+        server.set_resources(CDS, [cluster("a")])
+        assert server.sync_status()[NODE.id] == {CDS: "STALE"}  # queued, not even sent
+        r1 = await client.recv()
+        assert server.sync_status()[NODE.id] == {CDS: "STALE"}
+        await client.send(sotw(CDS, version=r1.version_info, nonce=r1.nonce))
+        await server.wait_for(lambda s: s.sync_status()[NODE.id] == {CDS: "SYNCED"}, 2)
+        server.update(CDS, [cluster("b")])
+        assert server.sync_status()[NODE.id] == {CDS: "STALE"}
+        r2 = await client.recv()
+        await client.send(sotw(CDS, version="1", nonce=r2.nonce, error=nack("bad")))
+        await server.wait_for(lambda s: s.sync_status()[NODE.id] == {CDS: "NACKED"}, 2)
+        await client.close()
+        await server.wait_for(lambda s: NODE.id not in s.sync_status(), 2)
+
+    run(body)
+
+
 def test_sotw_stale_nonce_is_ignored() -> None:
     async def body(server: XdsServer) -> None:
         server.set_resources(EDS, [cla("x", 1), cla("y", 2)])

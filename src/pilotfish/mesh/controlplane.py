@@ -248,7 +248,7 @@ class ControlPlane:
             text = str(request.get("yaml", ""))
             source = str(request.get("source", "<stdin>"))
             workload_docs, config_text = split_documents(text)
-            specs = parse_workloads(workload_docs, source)
+            specs = parse_workloads(workload_docs, source, check_programs=cmd == "apply")
             workload_lines = []
             if cmd == "apply":
                 changes = self.store.apply_yaml(config_text, source) if config_text.strip() else []

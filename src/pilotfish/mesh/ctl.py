@@ -371,6 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("apply", "delete"):
         p = sub.add_parser(name, help=f"{name} YAML files or directories")
         p.add_argument("-f", "--filename", action="append", required=True)
+        p.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="return at once, not when every proxy has ACKed the change and every "
+            "workload is ready",
+        )
     get = sub.add_parser("get", help="list objects of a kind")
     get.add_argument("kind")
     pc = sub.add_parser("proxy-config", help="a proxy's config, as istioctl shows it")
@@ -393,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             cmd_up(state, args.dir, args.proxy_binary, args.capture)
         elif args.command in ("apply", "delete"):
-            cmd_apply(state, args.filename, delete=args.command == "delete")
+            cmd_apply(state, args.filename, delete=args.command == "delete", wait=not args.no_wait)
         elif args.command == "get":
             cmd_get(state, args.kind)
         elif args.command == "proxy-config":

@@ -69,8 +69,9 @@ async def tcp_accepts(connect: Connect, port: int, timeout: float) -> str | None
 
 async def http_get_status(
     sock: socket.socket, host: str, path: str, headers: Sequence[tuple[str, str]] = ()
-) -> int:
-    """Send ``GET path`` on a connected socket; the response's status code."""
+) -> tuple[int, str]:
+    """Send ``GET path`` on a connected socket; the response's status code and the start of
+    its body (the server closes the connection after it)."""
     reader, writer = await asyncio.open_connection(sock=sock)
     try:
         head = [f"GET {path} HTTP/1.1", f"Host: {host}", "User-Agent: kube-probe/1.33"]
@@ -82,7 +83,10 @@ async def http_get_status(
         parts = status_line.split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
             raise OSError(f"not an HTTP response: {status_line[:60]!r}")
-        return int(parts[1])
+        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+            pass
+        body = await reader.read(512)
+        return int(parts[1]), body.decode(errors="replace").strip()
     finally:
         writer.close()
 
@@ -92,12 +96,15 @@ async def http_probe(connect: Connect, port: int, path: str, timeout: float) -> 
     try:
         async with asyncio.timeout(timeout):
             sock = await connect(port)
-            code = await http_get_status(sock, f"127.0.0.1:{port}", path)
+            code, body = await http_get_status(sock, f"127.0.0.1:{port}", path)
     except TimeoutError:
         return f"Get :{port}{path}: timeout"
     except OSError as e:
         return f"Get :{port}{path}: {e.strerror or e}"
-    return None if 200 <= code < 400 else f"HTTP probe failed with statuscode: {code}"
+    if 200 <= code < 400:
+        return None
+    # The status port says why the app's own probe failed: keep it.
+    return f"HTTP probe failed with statuscode: {code}" + (f" ({body})" if body else "")
 
 
 @dataclass
@@ -146,7 +153,9 @@ class StatusServer:
         try:
             async with asyncio.timeout(probe.timeout):
                 sock = await self._connect(port)
-                code = await http_get_status(sock, f"127.0.0.1:{port}", probe.path, probe.headers)
+                code, _ = await http_get_status(
+                    sock, f"127.0.0.1:{port}", probe.path, probe.headers
+                )
         except TimeoutError:
             return f"Get http://127.0.0.1:{port}{probe.path}: timeout"
         except OSError as e:

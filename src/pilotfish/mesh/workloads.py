@@ -51,13 +51,17 @@ def split_documents(text: str) -> tuple[list[dict[str, Any]], str]:
     return workloads, rest
 
 
-def parse_workloads(docs: list[dict[str, Any]], source: str) -> list[WorkloadSpec]:
+def parse_workloads(
+    docs: list[dict[str, Any]], source: str, *, check_programs: bool = True
+) -> list[WorkloadSpec]:
+    """The Workloads of a file; ``check_programs`` (apply, not delete): refuse a command or
+    workingDir that is not there."""
     errors: list[str] = []
     specs: list[WorkloadSpec] = []
     for i, doc in enumerate(docs):
         where = f"{source}: Workload #{i}"
         try:
-            specs.append(_workload(doc, where))
+            specs.append(_workload(doc, check_programs))
         except ValueError as e:
             errors.append(f"{where}: {e}")
     if errors:
@@ -65,7 +69,7 @@ def parse_workloads(docs: list[dict[str, Any]], source: str) -> list[WorkloadSpe
     return specs
 
 
-def _workload(doc: Mapping[str, Any], where: str) -> WorkloadSpec:
+def _workload(doc: Mapping[str, Any], check_programs: bool) -> WorkloadSpec:
     if doc.get("apiVersion") != API_VERSION:
         raise ValueError(f"apiVersion must be {API_VERSION}")
     meta = doc.get("metadata") or {}
@@ -89,13 +93,13 @@ def _workload(doc: Mapping[str, Any], where: str) -> WorkloadSpec:
     if working_dir is not None:
         if not isinstance(working_dir, str) or not os.path.isabs(working_dir):
             raise ValueError("spec.workingDir: an absolute path is required")
-        if not os.path.isdir(working_dir):
+        if check_programs and not os.path.isdir(working_dir):
             raise ValueError(f"spec.workingDir: {working_dir}: no such directory")
     probe = None
     if spec.get("readinessProbe") is not None:
         probe = parse_probe(spec["readinessProbe"], "spec.readinessProbe")
     program = command[0].replace("{python}", sys.executable)
-    if _find_program(program, working_dir, env.get("PATH")) is None:
+    if check_programs and _find_program(program, working_dir, env.get("PATH")) is None:
         raise ValueError(f"spec.command: {program!r}: executable file not found")
     return WorkloadSpec(
         name=name,

@@ -174,10 +174,10 @@ class Stream:
         pending = bool(self._dirty) or not self._inbox.empty()
         out: dict[str, str] = {}
         for type_url, st in self._types.items():
-            if not st.responded:
-                out[type_url] = "NOT SENT"
-            elif pending or (st.acked_nonce != st.last_nonce and st.nacked_nonce != st.last_nonce):
+            if pending or (st.responded and st.last_nonce not in (st.acked_nonce, st.nacked_nonce)):
                 out[type_url] = "STALE"
+            elif not st.responded:
+                out[type_url] = "NOT SENT"
             elif st.acked_nonce == st.last_nonce:
                 out[type_url] = "SYNCED"
             else:
