@@ -39,10 +39,12 @@ from pilotfish.mesh.resource_store import (
     encode_sotw_response,
     is_wildcard_type,
 )
+from pilotfish.xds.resource_types import CLUSTER, ENDPOINT
 
 __all__ = ["AckRecord", "Stream", "StreamInfo"]
 
 WILDCARD = "*"
+CLUSTER_URL, ENDPOINT_URL = CLUSTER.type_url, ENDPOINT.type_url
 # discovery_pb2.DiscoveryRequest | DeltaDiscoveryRequest, and the responses (the protos are
 # untyped for mypy).
 Request: TypeAlias = Any
@@ -235,6 +237,13 @@ class Stream:
     def _handle(self, item: Any) -> list[bytes | Response]:
         if item is _DIRTY:
             dirty, self._dirty = self._dirty, set()
+            if CLUSTER_URL in dirty and ENDPOINT_URL in self._types:
+                # A changed EDS cluster warms until it gets its endpoints, and Envoy holds
+                # the CDS ACK until every cluster has warmed, but a client does not ask again
+                # for names it already has: EDS follows every CDS push, as in istiod's pushes,
+                # with the changed clusters' endpoints even when they did not change (SotW
+                # sends every name anyway; delta: see _delta_push).
+                dirty.add(ENDPOINT_URL)
             return [r for t in sorted(dirty) for r in self._push(t, force=False)]
         if isinstance(item, discovery_pb2.DiscoveryRequest):
             return self._on_sotw_request(item)
@@ -408,6 +417,10 @@ class Stream:
             return []
         for entry in send:
             st.known[entry.name] = entry.version
+        if type_url == CLUSTER_URL and ENDPOINT_URL in self._types:
+            eds = self._types[ENDPOINT_URL]
+            for entry in send:  # resend these clusters' endpoints (they warm again)
+                eds.known.pop(_eds_name(entry.message), None)
         nonce = self._next_nonce()
         st.remember(nonce, ts.version, tuple(e.name for e in send))
         return [
@@ -415,6 +428,11 @@ class Stream:
                 type_url, ts.version, nonce, (e.delta_chunk for e in send), sorted(removed)
             )
         ]
+
+
+def _eds_name(cluster: Any) -> str:
+    """The ClusterLoadAssignment an EDS cluster asks for."""
+    return str(cluster.eds_cluster_config.service_name or cluster.name)
 
 
 def _raw_names(response: Response) -> list[str]:
