@@ -315,9 +315,10 @@ def test_control_plane_restart_keeps_config(mesh: Mesh) -> None:
     mesh.ctl("down")
     out = mesh.ctl("up").stdout
     mesh.url = next(ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith("gateway:"))
-    # `up` returned only when the mesh serves: every proxy ACKed its config (it used to
-    # return on admin LIVE, which a proxy says before any config arrives: under load the
-    # first pages found reviews-v3 not serving yet) and every app passed its probe.
+    # `up` returned only when the mesh serves: every proxy ACKed the current config and
+    # every app passed its readiness probe (its port accepts). It used to return when each
+    # app's process existed and each proxy was LIVE (its first config only): under load
+    # reviews-v3's app could still be importing, and the first pages had no reviews.
     from pilotfish.mesh.ctl import synced
 
     rows = mesh.status()
