@@ -105,7 +105,7 @@ def test_probe_is_served_by_the_pods_status_port(mesh: Mesh, site: Path, tmp_pat
     assert get(f"http://127.0.0.1:{port}/app-health/web/readyz")[0] == 200
     assert get(f"http://127.0.0.1:{port}/app-health/other/readyz")[0] == 500
     apply_text(mesh, tmp_path / "bad.yaml", web("web-404", site, path="/missing"), "--no-wait")
-    wait_for(lambda: "statuscode: 404" in row(mesh, "web-404")["reason"], "the probe's reason")
+    wait_for(lambda: "statuscode: 404" in row(mesh, "web-404")["reason"], "the probe's reason", 30)
     r = row(mesh, "web-404")
     assert r["app"] == "Running" and r["app_ready"] is False
     code, body = get(f"http://127.0.0.1:{r['status_port']}/app-health/web-404/readyz")
@@ -129,10 +129,12 @@ spec:
 def test_exec_probe_gates_readiness(mesh: Mesh, tmp_path: Path) -> None:
     flag = tmp_path / "ready"
     apply_text(mesh, tmp_path / "gated.yaml", EXEC_PROBE.replace("FLAG", str(flag)), "--no-wait")
-    wait_for(lambda: "command exited 1" in row(mesh, "gated")["reason"], "the exec probe failing")
+    wait_for(
+        lambda: "command exited 1" in row(mesh, "gated")["reason"], "the exec probe failing", 30
+    )
     assert row(mesh, "gated")["app_ready"] is False
     flag.touch()
-    wait_for(lambda: row(mesh, "gated")["app_ready"] is True, "gated ready", timeout=10)
+    wait_for(lambda: row(mesh, "gated")["app_ready"] is True, "gated ready", timeout=30)
     mesh.ctl("delete", "-f", str(tmp_path / "gated.yaml"))
 
 
@@ -170,7 +172,7 @@ def test_a_crashing_app_fails_alone_and_status_says_why(mesh: Mesh, tmp_path: Pa
     out = apply_text(mesh, tmp_path / "c.yaml", crash)
     assert "workload/fine created" in out.stdout and "workload/broken created" in out.stdout
     assert row(mesh, "fine")["app_ready"] is True  # the apply waited for it, not for broken
-    wait_for(lambda: row(mesh, "broken")["app"] == "Exited(1)", "broken exited")
+    wait_for(lambda: row(mesh, "broken")["app"] == "Exited(1)", "broken exited", 30)
     status = mesh.ctl("status").stdout
     assert "broken/app exited with code 1: boom: no config" in status, status
     mesh.ctl("delete", "-f", str(tmp_path / "c.yaml"))

@@ -86,8 +86,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
-        for spec in self._saved_workloads():
-            self.add_workload(spec)
+        self.add_workloads(self._saved_workloads())
         self.sync_gateway()
 
     async def run(self) -> None:
@@ -106,19 +105,30 @@ class ControlPlane:
 
     def add_workload(self, spec: WorkloadSpec) -> RunningProxy:
         """Plan the workload's ports, push its sidecar's config, then start app and sidecar."""
-        old = self.supervisor.proxies.get(spec.name)
-        if old is not None and self.specs.get(spec.name) == spec:
-            return old
-        if old is not None:
-            self.remove_workload(spec.name)
-        running = self.supervisor.plan_workload(spec)
-        self._serve_secrets(running)
-        self.supervisor.proxies[spec.name] = running
-        self.specs[spec.name] = spec
+        self.add_workloads([spec])
+        return self.supervisor.proxies[spec.name]
+
+    def add_workloads(self, specs: Sequence[WorkloadSpec]) -> None:
+        """``add_workload`` for several at once: one push for all of them (a file of
+        workloads, or every saved one at a restart), then their processes."""
+        new: list[tuple[RunningProxy, WorkloadSpec]] = []
+        for spec in specs:
+            old = self.supervisor.proxies.get(spec.name)
+            if old is not None and self.specs.get(spec.name) == spec:
+                continue
+            if old is not None:
+                self._drop_workload(spec.name)
+            running = self.supervisor.plan_workload(spec)
+            self._serve_secrets(running)
+            self.supervisor.proxies[spec.name] = running
+            self.specs[spec.name] = spec
+            new.append((running, spec))
+        if not new:
+            return
         self._save_workloads()
         self.push()
-        self.supervisor.start(running, spec)
-        return running
+        for running, spec in new:
+            self.supervisor.start(running, spec)
 
     def add_gateway(
         self, name: str, labels: Mapping[str, str], ports: Sequence[int]
@@ -152,14 +162,18 @@ class ControlPlane:
         self.add_gateway(GATEWAY_NAME, labels, ports)
 
     def remove_workload(self, name: str) -> None:
+        self._drop_workload(name)
+        self._save_workloads()
+        self.push()
+
+    def _drop_workload(self, name: str) -> None:
+        """Stop a workload's processes and forget it (no push)."""
         running = self.supervisor.proxies.pop(name, None)
         self.specs.pop(name, None)
         if running is not None:
             running.stop()
             self.supervisor.release(running)
             self._in_background(self.sds.remove(name))
-        self._save_workloads()
-        self.push()
 
     def _serve_secrets(self, running: RunningProxy) -> None:
         """Start the proxy's SDS server (its socket is bound before the proxy has booted;
@@ -257,8 +271,8 @@ class ControlPlane:
                     action = (
                         "created" if old is None else "unchanged" if old == spec else "configured"
                     )
-                    self.add_workload(spec)
                     workload_lines.append(f"workload/{spec.name} {action}")
+                self.add_workloads(specs)
                 self.sync_gateway()
             else:
                 changes = (
