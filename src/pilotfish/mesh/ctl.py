@@ -141,11 +141,11 @@ def _listeners_up(admin: str) -> bool:
     """Admin ``/ready`` says LIVE and no listener is warming (Envoy's listener_manager stats)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"http://{admin}/ready", timeout=2) as r:
+        with opener.open(f"http://{admin}/ready", timeout=5) as r:
             if r.read().strip() != b"LIVE":
                 return False
         url = f"http://{admin}/stats?filter=^listener_manager%5C.(total_listeners_warming|workers_started)$"
-        with opener.open(url, timeout=2) as r:
+        with opener.open(url, timeout=5) as r:
             stats = dict(
                 line.rsplit(": ", 1) for line in r.read().decode().splitlines() if ": " in line
             )
