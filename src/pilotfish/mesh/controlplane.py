@@ -11,6 +11,7 @@ JSON answer per line (see ``handle``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -62,6 +63,7 @@ class ControlPlane:
         sds_dir = self.xds_socket.parent / "sds"
         self.sds = WorkloadSdsServers(MeshCA(state_dir / "ca"), sds_dir)
         self._sds_tasks: set[asyncio.Task[Any]] = set()
+        self._sds_last: dict[str, asyncio.Task[Any]] = {}  # per workload, to keep the order
         self._stopped = asyncio.Event()
         self._ctl: asyncio.AbstractServer | None = None
 
@@ -173,18 +175,36 @@ class ControlPlane:
         if running is not None:
             running.stop()
             self.supervisor.release(running)
-            self._in_background(self.sds.remove(name))
+            self._sds_step(name, self.sds.remove(name))
 
     def _serve_secrets(self, running: RunningProxy) -> None:
         """Start the proxy's SDS server (its socket is bound before the proxy has booted;
         a proxy that is faster retries)."""
         running.sds_socket = str(self.sds.socket_path(running.name))
-        self._in_background(self.sds.add(running.name, running.namespace, running.service_account))
+        self._sds_step(
+            running.name, self.sds.add(running.name, running.namespace, running.service_account)
+        )
 
-    def _in_background(self, step: Any) -> None:
-        task = asyncio.get_running_loop().create_task(step)
+    def _sds_step(self, name: str, step: Any) -> None:
+        """Run an SDS server change in the background, after the earlier ones of the same
+        workload: a reconfigured workload's old server is removed before its new one is
+        made (else the removal could delete the new socket, and the new sidecar would wait
+        for its certificates for ever)."""
+        previous = self._sds_last.get(name)
+
+        async def in_order() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await step
+
+        task = asyncio.get_running_loop().create_task(in_order())
+        self._sds_last[name] = task
         self._sds_tasks.add(task)
         task.add_done_callback(self._sds_tasks.discard)
+        task.add_done_callback(
+            lambda t: self._sds_last.pop(name, None) if self._sds_last.get(name) is t else None
+        )
 
     def _save_workloads(self) -> None:
         docs = [
