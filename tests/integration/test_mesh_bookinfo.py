@@ -55,8 +55,8 @@ class Mesh:
         return out
 
     def apply(self, *files: str) -> None:
+        # `apply` returns when every proxy has ACKed the change.
         self.ctl("apply", *[a for f in files for a in ("-f", str(NET / f))])
-        time.sleep(0.3)  # the push reaches the sidecars in milliseconds
 
     def status(self) -> list[dict[str, Any]]:
         payload = {"cmd": "status"}
@@ -233,18 +233,16 @@ def test_retries_hide_a_faulty_ratings_version(mesh: Mesh, tmp_path: Path) -> No
     mesh.ctl("apply", "-f", str(workload))
     mesh.apply("destination-rule-all.yaml")
     try:
-        wait_for(lambda: mesh.ready("ratings-v2"), "ratings-v2 ready", timeout=30)
+        assert mesh.ready("ratings-v2")  # `apply` waited for it
         rules = tmp_path / "rules.yaml"
         rules.write_text(RATINGS_V2_RETRIES.replace("ATTEMPTS", "0"))
         mesh.ctl("apply", "-f", str(rules))
-        time.sleep(0.3)
         n = 40
         failed = sum("Ratings service is currently unavailable" in mesh.page()[1] for _ in range(n))
         low, high = binomial_bounds(n, 0.5)
         assert low <= failed <= high, failed
         rules.write_text(RATINGS_V2_RETRIES.replace("ATTEMPTS", "15"))
         mesh.ctl("apply", "-f", str(rules))
-        time.sleep(0.3)
         pages = [mesh.page()[1] for _ in range(30)]
         assert not any("Ratings service is currently unavailable" in p for p in pages)
         assert all("text-black-500" in p for p in pages)  # v2's black stars: ratings answered
@@ -275,7 +273,6 @@ def test_bad_config_is_rejected_and_changes_nothing(mesh: Mesh, tmp_path: Path) 
 def test_delete_and_reapply(mesh: Mesh) -> None:
     mesh.apply("destination-rule-all.yaml", "virtual-service-all-v1.yaml")
     mesh.ctl("delete", "-f", str(NET / "virtual-service-all-v1.yaml"))
-    time.sleep(0.3)
     seen = mesh.versions(45)
     assert set(seen) == {"v1", "v2", "v3"}, seen  # back to round robin
     mesh.apply("virtual-service-all-v1.yaml")
@@ -319,6 +316,14 @@ def test_control_plane_restart_keeps_config(mesh: Mesh) -> None:
     mesh.ctl("down")
     out = mesh.ctl("up").stdout
     mesh.url = next(ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith("gateway:"))
+    # `up` returned only when the mesh serves: every proxy ACKed the current config and
+    # every app passed its readiness probe (its port accepts). It used to return when each
+    # app's process existed and each proxy was LIVE (its first config only): under load
+    # reviews-v3's app could still be importing, and the first pages had no reviews.
+    from pilotfish.mesh.ctl import synced
+
+    rows = mesh.status()
+    assert all(synced(r) and r["app_ready"] is not False for r in rows), rows
     assert mesh.versions(10, user="jason") == {"v2": 10}
     assert mesh.versions(10) == {"v3": 10}
 

@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,8 +49,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     try:
         out = mesh.ctl("up", "--capture", "iptables", str(BOOKINFO)).stdout
         mesh.url = next(ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith("gateway:"))
-        # The apps are up when their process is; give them time to listen.
-        wait_for(lambda: _productpage_ok(mesh.url), "productpage through the gateway", timeout=30)
+        # `up` returned: every app passed its readiness probe, every proxy ACKed its config.
+        assert _productpage_ok(mesh.url)
         yield mesh
     finally:
         mesh.ctl("down", check=False)
@@ -96,6 +97,77 @@ def test_bookinfo_in_pods_through_the_gateway(mesh: Mesh) -> None:
 def test_bookinfo_routing_steps_in_capture_mode(mesh: Mesh) -> None:
     """All v1; 50/50 v1/v3; jason -> v2 (test_mesh_bookinfo's steps, unchanged)."""
     bookinfo_routing_steps(mesh)
+
+
+def in_pod(mesh: Mesh, name: str, script: str) -> tuple[str, float]:
+    """Run ``script`` in workload ``name``'s pod as its app runs (UTS and network namespace,
+    /etc/hosts and resolv.conf, user nobody); its output and how long it took."""
+    ns = next(n for n in capture_record(mesh)["namespaces"] if n.endswith(f"-{name}"))
+    argv = ["nsenter", f"--uts={pods.UTS_DIR / ns}", "ip", "netns", "exec", ns]
+    argv += ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
+    started = time.monotonic()
+    out = subprocess.run(
+        [*argv, "sh", "-c", script], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    return out, time.monotonic() - started
+
+
+def test_pod_has_its_hostname_hosts_and_the_cluster_dns(mesh: Mesh) -> None:
+    """As the kubelet makes a pod: its own hostname, /etc/hosts naming it, resolv.conf with
+    Kubernetes' search path to the mesh's DNS, which answers a Service by each of its names
+    with its VIP and says NXDOMAIN at once for the rest (nothing waits for a timeout)."""
+    row = rows(mesh)["reviews-v1"]
+    out, took = in_pod(
+        mesh,
+        "reviews-v1",
+        "hostname; getent hosts $(hostname); cat /etc/resolv.conf; "
+        "getent ahostsv4 ratings | head -1; getent ahostsv4 ratings.default | head -1; "
+        "getent ahostsv4 ratings.default.svc.cluster.local | head -1; "
+        "getent hosts nosuch.example.com || echo nxdomain",
+    )
+    lines = out.splitlines()
+    assert lines[0] == "reviews-v1"
+    assert lines[1].split() == [str(row["address"]), "reviews-v1"]
+    assert "search default.svc.cluster.local svc.cluster.local cluster.local" in lines
+    assert "options ndots:5" in lines and "nameserver 10.244.0.1" in lines
+    vips = {ln.split()[0] for ln in lines if "STREAM" in ln}
+    assert len(vips) == 1 and next(iter(vips)).startswith("10.96."), out
+    assert lines[-1] == "nxdomain"
+    assert took < 3, took  # was 20 s a lookup with the host's unreachable nameserver
+    gateway, _ = in_pod(mesh, "istio-ingressgateway", "hostname; grep search /etc/resolv.conf")
+    assert gateway.split("\n")[:2] == [
+        "istio-ingressgateway",
+        "search istio-system.svc.cluster.local svc.cluster.local cluster.local",
+    ]
+
+
+def test_readiness_is_probed_through_the_pods_status_port(mesh: Mesh) -> None:
+    """Istio's rewrite: the kubelet (from the node) GETs /app-health/<name>/readyz on the
+    pod's 15020, which is not captured, and the status server probes the app in the pod."""
+    status = rows(mesh)
+    assert all(r["app_ready"] for r in status.values() if r["kind"] == "sidecar"), status
+    node = next(n for n in capture_record(mesh)["namespaces"] if n.endswith("-node"))
+    ip = status["details-v1"]["address"]
+    code = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            node,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"http://{ip}:15020/app-health/details-v1/readyz",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=10,
+    ).stdout
+    assert code == "200"
 
 
 def test_pod_rules_are_istio_iptables_defaults(mesh: Mesh) -> None:
@@ -269,6 +341,7 @@ def test_down_leaves_no_namespace_dir_or_process(mesh: Mesh) -> None:
     ).stdout.split()
     assert not set(record["namespaces"]) & set(listed)
     assert not any(Path(d).exists() for d in record["etc_dirs"])
+    assert record["uts_files"] and not any(Path(f).exists() for f in record["uts_files"])
     assert not Path(str(record["runtime_dir"])).exists()
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
     assert not (mesh.state / "capture.json").exists()
@@ -295,6 +368,7 @@ def test_down_after_a_crash_removes_the_leftovers(mesh: Mesh) -> None:
     ).stdout.split()
     assert not set(record["namespaces"]) & set(listed)
     assert not any(Path(d).exists() for d in record["etc_dirs"])
+    assert not any(Path(f).exists() for f in record["uts_files"])
 
 
 def _zombie(pid: int) -> bool:

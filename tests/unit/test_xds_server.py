@@ -230,6 +230,31 @@ def test_sotw_nack_recorded_and_not_resent() -> None:
     run(body)
 
 
+def test_sync_status_as_proxy_status_shows_it() -> None:
+    """NOT SENT before a response, STALE until the client answers it (or while a push is
+    queued), SYNCED after the ACK, NACKED after a rejection (istioctl proxy-status)."""
+
+    async def body(server: XdsServer) -> None:
+        client = Client(server.address)
+        await client.send(sotw(CDS, node=True))
+        await server.wait_for(lambda s: s.sync_status().get(NODE.id) == {CDS: "NOT SENT"}, 2)
+        server.set_resources(CDS, [cluster("a")])
+        assert server.sync_status()[NODE.id] == {CDS: "STALE"}  # queued, not even sent
+        r1 = await client.recv()
+        assert server.sync_status()[NODE.id] == {CDS: "STALE"}
+        await client.send(sotw(CDS, version=r1.version_info, nonce=r1.nonce))
+        await server.wait_for(lambda s: s.sync_status()[NODE.id] == {CDS: "SYNCED"}, 2)
+        server.update(CDS, [cluster("b")])
+        assert server.sync_status()[NODE.id] == {CDS: "STALE"}
+        r2 = await client.recv()
+        await client.send(sotw(CDS, version="1", nonce=r2.nonce, error=nack("bad")))
+        await server.wait_for(lambda s: s.sync_status()[NODE.id] == {CDS: "NACKED"}, 2)
+        await client.close()
+        await server.wait_for(lambda s: NODE.id not in s.sync_status(), 2)
+
+    run(body)
+
+
 def test_sotw_stale_nonce_is_ignored() -> None:
     async def body(server: XdsServer) -> None:
         server.set_resources(EDS, [cla("x", 1), cla("y", 2)])
@@ -406,6 +431,45 @@ def test_delta_named_subscribe_unsubscribe() -> None:
         server.update(EDS, [cla("nope", 4)], remove=["y"])
         r3 = await client.recv()
         assert (delta_names(r3), list(r3.removed_resources)) == (["nope"], ["y"])
+        await client.close()
+
+    run(body)
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_eds_follows_a_cds_push_for_the_changed_clusters(delta: bool) -> None:
+    """Envoy warms an updated EDS cluster until endpoints arrive for it (and holds the CDS
+    ACK until then), without asking again for a name it has: after a CDS push the server
+    sends the changed clusters' endpoints even though they did not change (go-control-plane
+    issue 245; istiod does the same)."""
+
+    def req(type_url: str, *names: str, nonce: str = "") -> Any:
+        if delta:
+            return delta_req(type_url, subscribe=names, nonce=nonce)
+        return sotw(type_url, *names, nonce=nonce, node=True)
+
+    def sent(resp: Any) -> list[str]:
+        return delta_names(resp) if delta else names(resp)
+
+    async def body(server: XdsServer) -> None:
+        server.set_resources(CDS, [cluster("a"), cluster("b")])
+        server.set_resources(EDS, [cla("a", 1), cla("b", 2)])
+        client = Client(server.address, delta=delta)
+        await client.send(req(CDS) if not delta else delta_req(CDS, subscribe=("*",)))
+        r1 = await client.recv()
+        await client.send(req(EDS, "a", "b"))
+        r2 = await client.recv()
+        await client.send(req(CDS, nonce=r1.nonce) if not delta else delta_req(CDS, nonce=r1.nonce))
+        await client.send(
+            req(EDS, "a", "b", nonce=r2.nonce) if not delta else delta_req(EDS, nonce=r2.nonce)
+        )
+        await client.nothing()
+        server.set_resources(CDS, [cluster("a", timeout_s=7), cluster("b")])  # only a changed
+        r3 = await client.recv()
+        assert r3.type_url == CDS and "a" in sent(r3)
+        r4 = await client.recv()
+        assert r4.type_url == EDS
+        assert sent(r4) == (["a"] if delta else ["a", "b"])
         await client.close()
 
     run(body)

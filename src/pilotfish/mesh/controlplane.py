@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ import yaml
 
 from pilotfish.mesh.config.errors import ConfigValidationError
 from pilotfish.mesh.config.store import ConfigStore
+from pilotfish.mesh.probes import parse_probe
 from pilotfish.mesh.prometheus import PrometheusAddon, prometheus_binary
 from pilotfish.mesh.runner import RunningProxy, Supervisor, WorkloadSpec, saved_proxy_binary
 from pilotfish.mesh.security.ca import MeshCA
@@ -64,6 +66,7 @@ class ControlPlane:
         sds_dir = self.xds_socket.parent / "sds"
         self.sds = WorkloadSdsServers(MeshCA(state_dir / "ca"), sds_dir)
         self._sds_tasks: set[asyncio.Task[Any]] = set()
+        self._sds_last: dict[str, asyncio.Task[Any]] = {}  # per workload, to keep the order
         self._stopped = asyncio.Event()
         self._ctl: asyncio.AbstractServer | None = None
         # Istio's Prometheus add-on, when Debian's prometheus is installed.
@@ -93,8 +96,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
-        for spec in self._saved_workloads():
-            self.add_workload(spec)
+        self.add_workloads(self._saved_workloads())
         self.sync_gateway()
         if self.prometheus is not None:
             self.prometheus.start()
@@ -152,19 +154,30 @@ class ControlPlane:
 
     def add_workload(self, spec: WorkloadSpec) -> RunningProxy:
         """Plan the workload's ports, push its sidecar's config, then start app and sidecar."""
-        old = self.supervisor.proxies.get(spec.name)
-        if old is not None and self.specs.get(spec.name) == spec:
-            return old
-        if old is not None:
-            self.remove_workload(spec.name)
-        running = self.supervisor.plan_workload(spec)
-        self._serve_secrets(running)
-        self.supervisor.proxies[spec.name] = running
-        self.specs[spec.name] = spec
+        self.add_workloads([spec])
+        return self.supervisor.proxies[spec.name]
+
+    def add_workloads(self, specs: Sequence[WorkloadSpec]) -> None:
+        """``add_workload`` for several at once: one push for all of them (a file of
+        workloads, or every saved one at a restart), then their processes."""
+        new: list[tuple[RunningProxy, WorkloadSpec]] = []
+        for spec in specs:
+            old = self.supervisor.proxies.get(spec.name)
+            if old is not None and self.specs.get(spec.name) == spec:
+                continue
+            if old is not None:
+                self._drop_workload(spec.name)
+            running = self.supervisor.plan_workload(spec)
+            self._serve_secrets(running)
+            self.supervisor.proxies[spec.name] = running
+            self.specs[spec.name] = spec
+            new.append((running, spec))
+        if not new:
+            return
         self._save_workloads()
         self.push()
-        self.supervisor.start(running, spec)
-        return running
+        for running, spec in new:
+            self.supervisor.start(running, spec)
 
     def add_gateway(
         self, name: str, labels: Mapping[str, str], ports: Sequence[int]
@@ -198,27 +211,47 @@ class ControlPlane:
         self.add_gateway(GATEWAY_NAME, labels, ports)
 
     def remove_workload(self, name: str) -> None:
+        self._drop_workload(name)
+        self._save_workloads()
+        self.push()
+
+    def _drop_workload(self, name: str) -> None:
+        """Stop a workload's processes and forget it (no push)."""
         running = self.supervisor.proxies.pop(name, None)
         self.specs.pop(name, None)
         if running is not None:
-            for process in (running.app, running.proxy):
-                if process is not None:
-                    process.stop()
+            running.stop()
             self.supervisor.release(running)
-            self._in_background(self.sds.remove(name))
-        self._save_workloads()
-        self.push()
+            self._sds_step(name, self.sds.remove(name))
 
     def _serve_secrets(self, running: RunningProxy) -> None:
         """Start the proxy's SDS server (its socket is bound before the proxy has booted;
         a proxy that is faster retries)."""
         running.sds_socket = str(self.sds.socket_path(running.name))
-        self._in_background(self.sds.add(running.name, running.namespace, running.service_account))
+        self._sds_step(
+            running.name, self.sds.add(running.name, running.namespace, running.service_account)
+        )
 
-    def _in_background(self, step: Any) -> None:
-        task = asyncio.get_running_loop().create_task(step)
+    def _sds_step(self, name: str, step: Any) -> None:
+        """Run an SDS server change in the background, after the earlier ones of the same
+        workload: a reconfigured workload's old server is removed before its new one is
+        made (else the removal could delete the new socket, and the new sidecar would wait
+        for its certificates for ever)."""
+        previous = self._sds_last.get(name)
+
+        async def in_order() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await step
+
+        task = asyncio.get_running_loop().create_task(in_order())
+        self._sds_last[name] = task
         self._sds_tasks.add(task)
         task.add_done_callback(self._sds_tasks.discard)
+        task.add_done_callback(
+            lambda t: self._sds_last.pop(name, None) if self._sds_last.get(name) is t else None
+        )
 
     def _save_workloads(self) -> None:
         docs = [
@@ -230,6 +263,8 @@ class ControlPlane:
                 "command": list(s.command),
                 "env": dict(s.env),
                 "port": s.port,
+                "workingDir": s.working_dir,
+                "readinessProbe": s.readiness_probe.to_kubernetes() if s.readiness_probe else None,
             }
             for s in self.specs.values()
         ]
@@ -248,6 +283,10 @@ class ControlPlane:
                 command=tuple(d["command"]),
                 env=d["env"],
                 port=d["port"],
+                working_dir=d.get("workingDir"),
+                readiness_probe=parse_probe(d["readinessProbe"])
+                if d.get("readinessProbe")
+                else None,
             )
             for d in json.loads(path.read_text())
         ]
@@ -323,23 +362,32 @@ class ControlPlane:
             text = str(request.get("yaml", ""))
             source = str(request.get("source", "<stdin>"))
             workload_docs, config_text = split_documents(text)
-            specs = parse_workloads(workload_docs, source)
+            specs = parse_workloads(workload_docs, source, check_programs=cmd == "apply")
+            workload_lines = []
             if cmd == "apply":
                 changes = self.store.apply_yaml(config_text, source) if config_text.strip() else []
                 for spec in specs:
-                    self.add_workload(spec)
+                    old = self.specs.get(spec.name)
+                    action = (
+                        "created" if old is None else "unchanged" if old == spec else "configured"
+                    )
+                    workload_lines.append(f"workload/{spec.name} {action}")
+                self.add_workloads(specs)
                 self.sync_gateway()
             else:
                 changes = (
                     self.store.delete(yaml_objects(config_text)) if config_text.strip() else []
                 )
                 for spec in specs:
+                    found = spec.name in self.specs
                     self.remove_workload(spec.name)
+                    workload_lines.append(
+                        f"workload/{spec.name} deleted"
+                        if found
+                        else f'Error from server (NotFound): workloads "{spec.name}" not found'
+                    )
             lines = [f"{c.key.kind.lower()}/{c.key.name} {c.action}" for c in changes]
-            lines += [
-                f"workload/{s.name} {'configured' if cmd == 'apply' else 'deleted'}" for s in specs
-            ]
-            return {"ok": True, "lines": lines}
+            return {"ok": True, "lines": lines + workload_lines}
         if cmd == "get":
             kind = str(request.get("kind", ""))
             if kind.lower() in ("workload", "workloads", "wl"):
@@ -355,7 +403,7 @@ class ControlPlane:
         if cmd == "status":
             return {
                 "ok": True,
-                "rows": self.supervisor.status(),
+                "rows": self.status_rows(),
                 "xds": self.xds_address,
                 "proxy_binary": self.supervisor.proxy_binary or "pilotfish",
                 "capture": self.capture or "none",
@@ -368,6 +416,20 @@ class ControlPlane:
             asyncio.get_running_loop().call_soon(self._stopped.set)
             return {"ok": True}
         return {"ok": False, "errors": [f"unknown command {cmd!r}"]}
+
+    def status_rows(self) -> list[dict[str, Any]]:
+        """Every proxy's row with its xDS sync state per type (``istioctl proxy-status``)."""
+        sync = self.server.sync_status()
+        rows = []
+        for running in self.supervisor.proxies.values():
+            row = running.describe()
+            states = sync.get(running.node_id, {})
+            row["sync"] = {
+                rtype.short.upper(): states.get(rtype.type_url, "-")
+                for rtype in (rt.CLUSTER, rt.LISTENER, rt.ENDPOINT, rt.ROUTE)
+            }
+            rows.append(row)
+        return rows
 
 
 def _ack_row(record: Any) -> dict[str, Any]:

@@ -85,37 +85,77 @@ def start_control_plane(state: Path) -> None:
             start_new_session=True,
             env={**os.environ, "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")},
         )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # a loaded 2-core machine took more than 30 s
     while not running(state):
         if time.monotonic() > deadline:
             raise CtlError(f"the control plane did not start; see {state}/logs/controlplane.log")
         time.sleep(0.1)
 
 
-def wait_ready(state: Path, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Wait until every proxy's admin says LIVE and every app runs; the status rows."""
+def wait_ready(state: Path, timeout: float = 120.0) -> list[dict[str, Any]]:
+    """Wait until the mesh serves: every proxy has ACKed the current config of every type
+    it asked for (``istioctl proxy-status`` SYNCED), its listeners are up (admin ``/ready``
+    LIVE, none warming) and every app passes its readiness probe. A workload that failed (its
+    app or proxy exited or could not start) is not waited for. Returns the status rows."""
     deadline = time.monotonic() + timeout
     while True:
         rows = request(state, {"cmd": "status"})["rows"]
-        pending = [r["name"] for r in rows if not _ready(r)]
+        pending = [r["name"] for r in rows if not failed(r) and not _ready(r)]
         if not pending:
             return list(rows)
         if time.monotonic() > deadline:
+            reasons = {r["name"]: r.get("reason") or _sync_text(r) for r in rows}
             raise CtlError(
                 "not ready after %ds: %s (see `pilotfishctl status` and `pilotfishctl logs`)"
-                % (timeout, ", ".join(pending))
+                % (timeout, "; ".join(f"{n}: {reasons[n]}" for n in pending))
             )
-        time.sleep(0.2)
+        time.sleep(0.2)  # each round asks every proxy's admin: keep the load they see low
+
+
+def failed(row: dict[str, Any]) -> bool:
+    """The workload's app or proxy has exited or could not be started."""
+    return any(row[k] not in ("Running", "-") for k in ("app", "proxy"))
+
+
+def synced(row: dict[str, Any]) -> bool:
+    """The control plane saw the proxy ACK the last response of every type (CDS and LDS at
+    least), with no push pending."""
+    sync = row.get("sync") or {}
+    return (
+        sync.get("CDS") == "SYNCED"
+        and sync.get("LDS") == "SYNCED"
+        and all(v in ("SYNCED", "-") for v in sync.values())
+    )
+
+
+def _sync_text(row: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in (row.get("sync") or {}).items())
 
 
 def _ready(row: dict[str, Any]) -> bool:
-    if row["proxy"] != "Running" or row["app"] not in ("Running", "-"):
+    if failed(row) or row.get("app_ready") is False or not synced(row):
         return False
+    return _listeners_up(row["admin"])
+
+
+def _listeners_up(admin: str) -> bool:
+    """Admin ``/ready`` says LIVE and no listener is warming (Envoy's listener_manager stats)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(f"http://{row['admin']}/ready", timeout=2) as r:
-            return bool(r.read().strip() == b"LIVE")
+        with opener.open(f"http://{admin}/ready", timeout=5) as r:
+            if r.read().strip() != b"LIVE":
+                return False
+        url = f"http://{admin}/stats?filter=^listener_manager%5C.(total_listeners_warming|workers_started)$"
+        with opener.open(url, timeout=5) as r:
+            stats = dict(
+                line.rsplit(": ", 1) for line in r.read().decode().splitlines() if ": " in line
+            )
     except OSError:
         return False
+    return (
+        stats.get("listener_manager.total_listeners_warming") == "0"
+        and stats.get("listener_manager.workers_started") == "1"
+    )
 
 
 def gateway_url(rows: Sequence[dict[str, Any]]) -> str | None:
@@ -142,14 +182,19 @@ def yaml_files(paths: Sequence[str]) -> list[Path]:
     return out
 
 
-def cmd_apply(state: Path, files: Sequence[str], delete: bool = False) -> None:
+def cmd_apply(
+    state: Path, files: Sequence[str], delete: bool = False, wait: bool = True
+) -> list[dict[str, Any]]:
+    """Apply (or delete) each file; then, with ``wait``, return when the mesh serves what was
+    applied (``wait_ready``): the status rows."""
     for path in yaml_files(files):
         answer = request(
             state,
             {"cmd": "delete" if delete else "apply", "yaml": path.read_text(), "source": str(path)},
         )
         for line in answer["lines"]:
-            print(line)
+            print(line, flush=True)
+    return wait_ready(state) if wait else []
 
 
 def cmd_up(
@@ -205,13 +250,17 @@ def cmd_up(
         print(f"proxies: {binary}", flush=True)
     if directory:
         print(f"applying {directory} ...", flush=True)
-        cmd_apply(state, [directory])
+        cmd_apply(state, [directory], wait=False)
     print("waiting for the workloads and their sidecars ...", flush=True)
     rows = wait_ready(state)
     if istiod:
         istio_cli.wait_synced(state)
     for row in rows:
-        print(f"  {row['name']:<28} app {row['app']:<10} proxy {row['proxy']}")
+        ready = "-" if row.get("app_ready") is None else str(row["app_ready"]).lower()
+        print(
+            f"  {row['name']:<28} app {row['app']:<10} ready {ready:<6} proxy {row['proxy']:<8} "
+            + ("SYNCED" if synced(row) else _sync_text(row))
+        )
     url = gateway_url(rows)
     if url:
         print(f"gateway: {url}")
@@ -220,6 +269,12 @@ def cmd_up(
         print(f"prometheus: {status['prometheus']}")
     if status.get("dashboard"):
         print(f"dashboard: {status['dashboard']}")
+    broken = [r for r in rows if failed(r)]
+    if broken:
+        raise CtlError(
+            "; ".join(f"{r['name']}: {r.get('reason') or 'failed'}" for r in broken)
+            + " (the rest of the mesh serves)"
+        )
 
 
 def cmd_dashboard(state: Path) -> None:
@@ -251,10 +306,19 @@ def cmd_status(state: Path) -> None:
     rows = request(state, {"cmd": "status"})["rows"]
     table(
         [
-            [r["name"], r["kind"], r["app"], r["proxy"], "LIVE" if _ready(r) else "-", r["admin"]]
+            [
+                r["name"],
+                r["kind"],
+                r["app"],
+                r["proxy"],
+                "true" if _ready(r) else "false",
+                *(r.get("sync") or {}).values(),
+                r["admin"],
+                r.get("reason") or "",
+            ]
             for r in rows
         ],
-        ["NAME", "KIND", "APP", "PROXY", "READY", "ADMIN"],
+        ["NAME", "KIND", "APP", "PROXY", "READY", "CDS", "LDS", "EDS", "RDS", "ADMIN", "REASON"],
     )
 
 
@@ -347,6 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("apply", "delete"):
         p = sub.add_parser(name, help=f"{name} YAML files or directories")
         p.add_argument("-f", "--filename", action="append", required=True)
+        p.add_argument(
+            "--no-wait",
+            action="store_true",
+            help="return at once, not when every proxy has ACKed the change and every "
+            "workload is ready",
+        )
     get = sub.add_parser("get", help="list objects of a kind")
     get.add_argument("kind")
     pc = sub.add_parser("proxy-config", help="a proxy's config, as istioctl shows it")
@@ -370,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up":
             cmd_up(state, args.dir, args.proxy_binary, args.capture, args.control_plane)
         elif args.command in ("apply", "delete"):
-            cmd_apply(state, args.filename, delete=args.command == "delete")
+            cmd_apply(state, args.filename, delete=args.command == "delete", wait=not args.no_wait)
         elif args.command == "get":
             cmd_get(state, args.kind)
         elif args.command == "proxy-config":

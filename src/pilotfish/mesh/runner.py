@@ -25,7 +25,17 @@ from typing import Any
 
 from pilotfish.mesh.bootstrap import node_id, proxy_bootstrap
 from pilotfish.mesh.node_metadata import istio_node_metadata
+from pilotfish.mesh.probes import Probe, default_probe
 from pilotfish.mesh.processes import end_process
+from pilotfish.mesh.status_port import (
+    Connect,
+    Prober,
+    ProbeTarget,
+    StatusServer,
+    connect_to,
+    http_probe,
+    run_exec,
+)
 from pilotfish.mesh.translate.workload import GatewayProxy, Workload
 
 
@@ -113,6 +123,12 @@ class WorkloadSpec:
     service_account: str = "default"
     env: Mapping[str, str] = field(default_factory=dict)
     port: int = 9080  # the port the app serves (its Service's targetPort)
+    working_dir: str | None = None  # the app's current directory (a container's workingDir)
+    readiness_probe: Probe | None = None  # None: ready when ``port`` accepts
+
+    @property
+    def probe(self) -> Probe:
+        return self.readiness_probe or default_probe()
 
 
 @dataclass
@@ -121,21 +137,31 @@ class ManagedProcess:
     argv: list[str]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
+    error: str = ""  # why it could not be started (the process never ran)
 
     def start(self) -> None:
+        """Start the process; a program that cannot be run (missing, not executable, bad
+        workingDir) is recorded in ``error`` (Kubernetes' RunContainerError), not raised:
+        one workload that cannot start must not stop the others."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
-                start_new_session=True,  # a Ctrl-C of the CLI goes to the control plane only
-            )
         self.started = time.time()
+        with self.log_path.open("ab") as log:
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **self.env},
+                    cwd=self.cwd,
+                    start_new_session=True,  # a Ctrl-C of the CLI goes to the control plane only
+                )
+            except OSError as e:
+                self.error = f"exec {self.argv[0]!r}: {e.strerror or e}"
+                log.write(f"RunContainerError: {self.error}\n".encode())
 
     @property
     def exit_code(self) -> int | None:
@@ -168,6 +194,8 @@ class RunningProxy:
     proxy: ManagedProcess | None = None
     address: str = "127.0.0.1"  # the pod's IP in capture mode
     sds_socket: str | None = None  # its SDS server's socket (the bootstrap's sds-grpc)
+    status_server: StatusServer | None = None  # pilot-agent's status port (sidecars)
+    prober: Prober | None = None  # the app's readiness (sidecars)
 
     @property
     def node_id(self) -> str:
@@ -203,10 +231,13 @@ class RunningProxy:
         def state(p: ManagedProcess | None) -> str:
             if p is None:
                 return "-"
+            if p.error:
+                return "RunContainerError"
             if p.running:
                 return "Running"
             return f"Exited({p.exit_code})"
 
+        readiness = self.prober.readiness if self.prober is not None else None
         return {
             "name": self.name,
             "namespace": self.namespace,
@@ -219,10 +250,47 @@ class RunningProxy:
             "outbound": f"127.0.0.1:{self.outbound_port}" if self.outbound_port else "",
             "listen": {str(k): v for k, v in self.listen_ports.items()},
             "app_pid": self.app.proc.pid if self.app is not None and self.app.proc else None,
+            "app_ready": readiness.ready if readiness is not None else None,
+            "reason": self._reason(),
+            "status_port": self.status_server.port if self.status_server is not None else None,
             "proxy_pid": (
                 self.proxy.proc.pid if self.proxy is not None and self.proxy.proc else None
             ),
         }
+
+    def _reason(self) -> str:
+        """Why the workload is not serving, as ``kubectl describe`` would say it."""
+        for p in (self.app, self.proxy):
+            if p is None:
+                continue
+            if p.error:
+                return f"RunContainerError: {p.error}"
+            if p.proc is not None and not p.running:
+                return f"{p.name} exited with code {p.exit_code}: {_last_line(p.log_path)}"
+        if self.prober is not None and not self.prober.readiness.ready:
+            return self.prober.readiness.reason
+        return ""
+
+    def stop(self) -> None:
+        """End the app and the proxy, the prober and the status port."""
+        if self.prober is not None:
+            self.prober.stop()
+        if self.status_server is not None:
+            self.status_server.close()
+        for process in (self.app, self.proxy):
+            if process is not None:
+                process.stop()
+
+
+def _last_line(path: Path) -> str:
+    """The last line a process wrote (why it exited, most of the time)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][-200:] if lines else ""
 
 
 class Supervisor:
@@ -285,6 +353,46 @@ class Supervisor:
         if spec is not None:
             running.app = self._app_process(running, spec)
             running.app.start()
+            self._start_prober(running, spec)
+
+    # -- readiness (the kubelet's prober and pilot-agent's status port) ----------------------
+
+    def status_socket(self, running: RunningProxy) -> socket.socket:
+        """The listening socket of the workload's status port (pilot-agent's 15020)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        return sock
+
+    def app_connect(self, running: RunningProxy) -> Connect:
+        """Connect to a port on the pod's loopback (where pilot-agent probes the app)."""
+        return lambda port: connect_to("127.0.0.1", port)
+
+    def kubelet_connect(self, running: RunningProxy) -> Connect:
+        """Connect to a port of the pod, from where the kubelet is."""
+        return lambda port: connect_to("127.0.0.1", port)
+
+    def exec_argv(self, running: RunningProxy, argv: Sequence[str]) -> list[str]:
+        """An exec probe's command line, run as the app is."""
+        return list(argv)
+
+    def _start_prober(self, running: RunningProxy, spec: WorkloadSpec) -> None:
+        probe = spec.probe
+        server = StatusServer(self.status_socket(running), self.app_connect(running))
+        server.targets[running.name] = ProbeTarget(probe, running.app_port)
+        server.start()
+        running.status_server = server
+        path = f"/app-health/{running.name}/readyz"
+        kubelet = self.kubelet_connect(running)
+
+        async def check() -> str | None:
+            if probe.kind == "exec":
+                argv = self.exec_argv(running, probe.command)
+                return await run_exec(argv, probe.timeout, cwd=spec.working_dir)
+            return await http_probe(kubelet, server.port, path, probe.timeout)
+
+        running.prober = Prober(probe, check)
+        running.prober.start()
 
     def bootstrap(self, running: RunningProxy) -> dict[str, Any]:
         return proxy_bootstrap(
@@ -335,7 +443,11 @@ class Supervisor:
         env.update({k: v.replace("{port}", port) for k, v in spec.env.items()})
         argv = [arg.replace("{port}", port) for arg in spec.command]
         return ManagedProcess(
-            f"{running.name}/app", argv, self.state_dir / "logs" / f"{running.name}.app.log", env
+            f"{running.name}/app",
+            argv,
+            self.state_dir / "logs" / f"{running.name}.app.log",
+            env,
+            cwd=spec.working_dir,
         )
 
     def status(self) -> list[dict[str, Any]]:
@@ -347,6 +459,10 @@ class Supervisor:
     def stop_all(self) -> None:
         """Apps first (they may still be answering), then their proxies."""
         for running in self.proxies.values():
+            if running.prober is not None:
+                running.prober.stop()
+            if running.status_server is not None:
+                running.status_server.close()
             if running.app is not None:
                 running.app.stop()
         for running in self.proxies.values():

@@ -222,6 +222,16 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def connected(self) -> list[StreamInfo]:
         return [s.info() for s in self._streams.values()]
 
+    def sync_status(self) -> dict[str, dict[str, str]]:
+        """node id -> type URL -> ``SYNCED``/``STALE``/``NACKED``/``NOT SENT`` (as
+        ``istioctl proxy-status``), over the node's open streams; a node without a stream is
+        absent."""
+        out: dict[str, dict[str, str]] = {}
+        for stream in self._streams.values():
+            if stream.node.id:
+                out.setdefault(stream.node.id, {}).update(stream.sync_states())
+        return out
+
     async def wait_for(self, predicate: Callable[[XdsServer], bool], timeout: float) -> None:
         """Poll ``predicate(self)`` until true; TimeoutError after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout

@@ -39,10 +39,12 @@ from pilotfish.mesh.resource_store import (
     encode_sotw_response,
     is_wildcard_type,
 )
+from pilotfish.xds.resource_types import CLUSTER, ENDPOINT
 
 __all__ = ["AckRecord", "Stream", "StreamInfo"]
 
 WILDCARD = "*"
+CLUSTER_URL, ENDPOINT_URL = CLUSTER.type_url, ENDPOINT.type_url
 # discovery_pb2.DiscoveryRequest | DeltaDiscoveryRequest, and the responses (the protos are
 # untyped for mypy).
 Request: TypeAlias = Any
@@ -94,6 +96,8 @@ class _TypeState:
     legacy_wildcard: bool = False  # wildcard by an empty first request
     names: set[str] = field(default_factory=set)
     last_nonce: str = ""
+    acked_nonce: str = ""  # the last response the client accepted
+    nacked_nonce: str = ""  # the last response the client rejected
     responded: bool = False
     sent: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # nonce -> ...
     # delta: name -> version the client has; None = the client was told it does not exist
@@ -165,6 +169,23 @@ class Stream:
             self.node,
         )
 
+    def sync_states(self) -> dict[str, str]:
+        """Each type's state as ``istioctl proxy-status`` shows it: ``SYNCED`` (the client
+        ACKed the last response sent), ``STALE`` (an answer is awaited, or a push is queued),
+        ``NACKED`` (it rejected the last one), ``NOT SENT`` (asked for, nothing sent yet)."""
+        pending = bool(self._dirty) or not self._inbox.empty()
+        out: dict[str, str] = {}
+        for type_url, st in self._types.items():
+            if pending or (st.responded and st.last_nonce not in (st.acked_nonce, st.nacked_nonce)):
+                out[type_url] = "STALE"
+            elif not st.responded:
+                out[type_url] = "NOT SENT"
+            elif st.acked_nonce == st.last_nonce:
+                out[type_url] = "SYNCED"
+            else:
+                out[type_url] = "NACKED"
+        return out
+
     def notify(self, change: Change) -> None:
         """The store changed: mark the type for a push if this stream cares."""
         st = self._types.get(change.type_url)
@@ -216,6 +237,13 @@ class Stream:
     def _handle(self, item: Any) -> list[bytes | Response]:
         if item is _DIRTY:
             dirty, self._dirty = self._dirty, set()
+            if CLUSTER_URL in dirty and ENDPOINT_URL in self._types:
+                # A changed EDS cluster warms until it gets its endpoints, and Envoy holds
+                # the CDS ACK until every cluster has warmed, but a client does not ask again
+                # for names it already has: EDS follows every CDS push, as in istiod's pushes,
+                # with the changed clusters' endpoints even when they did not change (SotW
+                # sends every name anyway; delta: see _delta_push).
+                dirty.add(ENDPOINT_URL)
             return [r for t in sorted(dirty) for r in self._push(t, force=False)]
         if isinstance(item, discovery_pb2.DiscoveryRequest):
             return self._on_sotw_request(item)
@@ -244,6 +272,11 @@ class Stream:
     ) -> bool:
         """Record an ACK/NACK for ``nonce``; False when the nonce is stale."""
         stale = nonce != st.last_nonce
+        if not stale:
+            if has_error:
+                st.nacked_nonce = nonce
+            else:
+                st.acked_nonce = nonce
         sent_version, names = st.sent.get(nonce, ("", ()))
         self._record_ack(
             AckRecord(
@@ -384,6 +417,10 @@ class Stream:
             return []
         for entry in send:
             st.known[entry.name] = entry.version
+        if type_url == CLUSTER_URL and ENDPOINT_URL in self._types:
+            eds = self._types[ENDPOINT_URL]
+            for entry in send:  # resend these clusters' endpoints (they warm again)
+                eds.known.pop(_eds_name(entry.message), None)
         nonce = self._next_nonce()
         st.remember(nonce, ts.version, tuple(e.name for e in send))
         return [
@@ -391,6 +428,11 @@ class Stream:
                 type_url, ts.version, nonce, (e.delta_chunk for e in send), sorted(removed)
             )
         ]
+
+
+def _eds_name(cluster: Any) -> str:
+    """The ClusterLoadAssignment an EDS cluster asks for."""
+    return str(cluster.eds_cluster_config.service_name or cluster.name)
 
 
 def _raw_names(response: Response) -> list[str]:

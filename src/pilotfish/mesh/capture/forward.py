@@ -31,14 +31,15 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def socket_in_netns(netns: Path) -> socket.socket:
-    """A TCP socket of the network namespace ``netns`` (e.g. ``/run/netns/<name>``)."""
+def socket_in_netns(netns: Path, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A TCP (or ``kind``: UDP) socket of the network namespace ``netns`` (e.g.
+    ``/run/netns/<name>``)."""
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(netns, os.O_RDONLY)
     try:
         _setns(target)
         try:
-            return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            return socket.socket(socket.AF_INET, kind)
         finally:
             _setns(own)  # if this failed the thread would stay in the pod: let it raise
     finally:

@@ -3,8 +3,11 @@
 A :class:`PodNetwork` is a dedicated "node" namespace holding a bridge (``br0``) with the
 subnet's first address as gateway; :meth:`PodNetwork.pod` makes a :class:`Pod`: its own
 network namespace joined to the bridge by a veth pair (``eth0`` in the pod), an address of
-the subnet, ``lo`` up, a default route via the bridge, and ``/etc/netns/<ns>/hosts`` (which
-``ip netns exec`` bind-mounts over ``/etc/hosts``) naming the services it should resolve.
+the subnet, ``lo`` up, a default route via the bridge, its own UTS namespace (hostname: the
+pod's name; kept in ``/run/pf-uts/<ns>``, entered with ``nsenter``), and, as the kubelet
+writes them, ``/etc/netns/<ns>/hosts`` (the pod's IP and hostname, plus any ``hosts`` given)
+and ``/etc/netns/<ns>/resolv.conf`` (the cluster DNS with Kubernetes' search path), which
+``ip netns exec`` bind-mounts over ``/etc/hosts`` and ``/etc/resolv.conf``.
 :meth:`Pod.apply_capture` feeds ``iptables.render(...)`` to ``iptables-restore`` inside the
 pod, as istio-init does.
 
@@ -39,6 +42,8 @@ from pilotfish.mesh.capture.iptables import CaptureConfig, render
 from pilotfish.mesh.processes import end_process
 
 NETNS_ETC = Path("/etc/netns")
+UTS_DIR = Path("/run/pf-uts")  # the pods' UTS namespaces, bind-mounted on files here
+CLUSTER_DOMAIN = "cluster.local"
 BRIDGE = "br0"
 TPROXY_ROUTE_TABLE = 133  # istio-iptables' --inbound-tproxy-route-table default
 
@@ -60,7 +65,7 @@ def available() -> str | None:
     """Why pods can't be built here (None when they can): root, ip, iptables-restore, setpriv."""
     if os.geteuid() != 0:
         return "needs root"
-    for tool in ("ip", "iptables-restore", "iptables", "setpriv"):
+    for tool in ("ip", "iptables-restore", "iptables", "setpriv", "nsenter", "unshare"):
         if shutil.which(tool) is None:
             return f"{tool} not found"
     return None
@@ -73,12 +78,22 @@ def _netns_exists(name: str) -> bool:
 class Pod:
     """One network namespace on a :class:`PodNetwork`'s bridge; made by ``PodNetwork.pod``."""
 
-    def __init__(self, network: PodNetwork, name: str, ip: str, hosts: dict[str, str]) -> None:
+    def __init__(
+        self,
+        network: PodNetwork,
+        name: str,
+        ip: str,
+        hosts: dict[str, str],
+        namespace: str = "default",
+        nameserver: str | None = None,
+    ) -> None:
         self.network = network
         self.name = name
         self.ns = f"{network.prefix}-{name}"
         self.ip = ip
         self.hosts = dict(hosts)
+        self.namespace = namespace  # Kubernetes' namespace: the first search domain
+        self.nameserver = nameserver
         self.processes: list[subprocess.Popen[Any]] = []
         self._veth = f"v{network.suffix}{network.next_index()}"  # the bridge end, < 16 chars
         self._closed = False
@@ -87,13 +102,38 @@ class Pod:
     def etc_dir(self) -> Path:
         return NETNS_ETC / self.ns
 
+    @property
+    def uts_file(self) -> Path:
+        return UTS_DIR / self.ns
+
+    def hosts_text(self) -> str:
+        """``/etc/hosts`` as the kubelet writes it, plus ``self.hosts``."""
+        lines = [
+            "# Kubernetes-managed hosts file (pilotfish pod).",
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+            f"{self.ip}\t{self.name}",
+        ]
+        lines += [f"{ip}\t{host}" for host, ip in self.hosts.items()]
+        return "\n".join(lines) + "\n"
+
+    def resolv_conf_text(self) -> str:
+        """``/etc/resolv.conf`` as the kubelet writes it (ClusterFirst DNS policy)."""
+        search = [f"{self.namespace}.svc.{CLUSTER_DOMAIN}", f"svc.{CLUSTER_DOMAIN}", CLUSTER_DOMAIN]
+        return f"search {' '.join(search)}\nnameserver {self.nameserver}\noptions ndots:5\n"
+
     def _create(self) -> None:
         net = self.network
         _run(["ip", "netns", "add", self.ns])
         self.etc_dir.mkdir(parents=True, exist_ok=True)
-        lines = ["127.0.0.1\tlocalhost", f"{self.ip}\t{self.name}"]
-        lines += [f"{ip}\t{host}" for host, ip in self.hosts.items()]
-        (self.etc_dir / "hosts").write_text("\n".join(lines) + "\n")
+        (self.etc_dir / "hosts").write_text(self.hosts_text())
+        if self.nameserver is not None:
+            (self.etc_dir / "resolv.conf").write_text(self.resolv_conf_text())
+        # The pod's own hostname: a UTS namespace kept by a bind mount, as `ip netns` keeps
+        # network namespaces.
+        UTS_DIR.mkdir(parents=True, exist_ok=True)
+        self.uts_file.touch()
+        _run(["unshare", f"--uts={self.uts_file}", "hostname", self.name])
         _run(
             [
                 "ip",
@@ -129,8 +169,9 @@ class Pod:
     ) -> list[str]:
         """``argv`` run inside the pod (``ip netns exec``), as ``uid``/``gid`` when given,
         keeping the capabilities ``caps`` (e.g. ``net_admin``: IP_TRANSPARENT in TPROXY mode,
-        which Istio grants the proxy) as ambient ones."""
-        cmd = ["ip", "netns", "exec", self.ns]
+        which Istio grants the proxy) as ambient ones. ``nsenter``, ``ip netns exec`` and
+        ``setpriv`` each exec the next, so the process keeps one PID."""
+        cmd = ["nsenter", f"--uts={self.uts_file}", "ip", "netns", "exec", self.ns]
         if uid is not None or gid is not None:
             cmd += ["setpriv"]
             if uid is not None:
@@ -238,8 +279,16 @@ class Pod:
             except PodError as e:
                 errors.append(str(e))
         shutil.rmtree(self.etc_dir, ignore_errors=True)
+        remove_uts(self.uts_file)
         if errors:
             raise PodError("; ".join(errors))
+
+
+def remove_uts(path: Path) -> None:
+    """Unmount and remove a pod's UTS namespace file (the namespace goes with its last user)."""
+    if path.exists():
+        _run(["umount", str(path)], check=False)
+        path.unlink(missing_ok=True)
 
 
 class PodNetwork:
@@ -289,12 +338,21 @@ class PodNetwork:
         )
         _run(["ip", "-n", self.ns, "link", "set", BRIDGE, "up"])
 
-    def pod(self, name: str, *, ip: str | None = None, hosts: dict[str, str] | None = None) -> Pod:
-        """A new pod (namespace ``<prefix>-<name>``) with the next free address or ``ip``."""
+    def pod(
+        self,
+        name: str,
+        *,
+        ip: str | None = None,
+        hosts: dict[str, str] | None = None,
+        namespace: str = "default",
+        nameserver: str | None = None,
+    ) -> Pod:
+        """A new pod (namespace ``<prefix>-<name>``) with the next free address or ``ip``;
+        with ``nameserver``, a resolv.conf searching ``namespace``'s services first."""
         if name in self.pods:
             raise ValueError(f"pod {name!r} exists")
         address = ip or str(next(self._free))
-        pod = Pod(self, name, address, hosts or {})
+        pod = Pod(self, name, address, hosts or {}, namespace, nameserver)
         self.pods[name] = pod
         try:
             pod._create()

@@ -3,10 +3,14 @@
 Each workload is a pod (``pods.PodNetwork``): its own network namespace on a bridge that
 lives in a "node" namespace, istio-iptables' rules with Istio's default arguments
 (``-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -b '*' -d 15090,15021,15020``), the app as
-``nobody`` on ``0.0.0.0:<port>`` with no proxy settings (it calls ``http://reviews:9080``;
-``/etc/netns/<ns>/hosts`` maps the service names to their VIPs), and the sidecar as uid/gid
-1337, its admin on the pod's ``127.0.0.1:15000``. The ingress gateway is a pod without
-capture rules, listening on its Gateway ports.
+``nobody`` on ``0.0.0.0:<port>`` with no proxy settings (it calls ``http://reviews:9080``),
+and the sidecar as uid/gid 1337, its admin on the pod's ``127.0.0.1:15000``. The ingress
+gateway is a pod without capture rules, listening on its Gateway ports. Each pod has its own
+hostname, ``/etc/hosts`` and a ``resolv.conf`` with Kubernetes' search path pointing at the
+mesh's DNS server (``mesh/dns.py``, on the bridge's address in the node namespace), which
+resolves the Services' names to their VIPs. pilot-agent's status port (15020, excluded from
+capture) is served in each pod by the control plane (``status_port.py``); the readiness
+prober reaches it from the node namespace, as the kubelet does.
 
 The control plane stays in the host namespace: sidecars reach its ADS server through a Unix
 socket in a runtime directory every uid can traverse (``/tmp/pf-mesh-*``: the state
@@ -30,6 +34,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -38,8 +43,9 @@ from typing import Any
 
 from pilotfish.mesh.bootstrap import proxy_bootstrap
 from pilotfish.mesh.capture import pods
-from pilotfish.mesh.capture.forward import PortForward
+from pilotfish.mesh.capture.forward import PortForward, socket_in_netns
 from pilotfish.mesh.capture.iptables import CaptureConfig
+from pilotfish.mesh.dns import MeshDns
 from pilotfish.mesh.node_metadata import istio_node_metadata
 from pilotfish.mesh.runner import (
     ManagedProcess,
@@ -49,6 +55,7 @@ from pilotfish.mesh.runner import (
     read_setting,
     write_setting,
 )
+from pilotfish.mesh.status_port import STATUS_PORT, Connect, connect_to
 
 log = logging.getLogger("pilotfish.mesh.capture")
 
@@ -149,6 +156,10 @@ def clean_leftovers(state_dir: Path) -> list[str]:
         if Path(etc).exists():
             shutil.rmtree(etc, ignore_errors=True)
             removed.append(etc)
+    for uts in record.get("uts_files", []):
+        if Path(uts).exists():
+            pods.remove_uts(Path(uts))
+            removed.append(uts)
     run = record.get("runtime_dir")
     if run and Path(run).exists():
         shutil.rmtree(run, ignore_errors=True)
@@ -175,11 +186,15 @@ class CaptureSupervisor(Supervisor):
         self.network = pods.PodNetwork(pod_subnet, prefix="pf")
         self.pods: dict[str, pods.Pod] = {}
         self.forwards: dict[str, list[PortForward]] = {}
-        self.hosts: dict[str, str] = {}
         self._app_uid = _app_user()
         self._record()
         self.network.create()
         self._record()
+        # The cluster DNS, on the bridge's address (the pods' gateway), port 53.
+        dns_socket = socket_in_netns(Path("/run/netns") / self.network.ns, socket.SOCK_DGRAM)
+        dns_socket.bind((self.network.gateway, 53))
+        self.dns = MeshDns(dns_socket)
+        self._dns_started = False
 
     # -- bookkeeping ------------------------------------------------------------------------
 
@@ -192,15 +207,18 @@ class CaptureSupervisor(Supervisor):
         namespaces.update(p.ns for p in self.pods.values())
         etc_dirs = set(record.get("etc_dirs", []))
         etc_dirs.update(str(p.etc_dir) for p in self.pods.values())
+        uts_files = set(record.get("uts_files", []))
+        uts_files.update(str(p.uts_file) for p in self.pods.values())
         record.update(
             namespaces=sorted(namespaces),
             etc_dirs=sorted(etc_dirs),
+            uts_files=sorted(uts_files),
             runtime_dir=str(self.runtime),
         )
         _write_state(self.state_dir, record)
 
-    def _new_pod(self, name: str, capture: bool) -> pods.Pod:
-        pod = self.network.pod(name, hosts=self.hosts)
+    def _new_pod(self, name: str, namespace: str, capture: bool) -> pods.Pod:
+        pod = self.network.pod(name, namespace=namespace, nameserver=self.network.gateway)
         self.pods[name] = pod
         self._record()
         # As Kubernetes does: any port may be bound without privileges inside a pod.
@@ -218,7 +236,7 @@ class CaptureSupervisor(Supervisor):
     # -- planning ---------------------------------------------------------------------------
 
     def plan_workload(self, spec: WorkloadSpec) -> RunningProxy:
-        pod = self._new_pod(spec.name, capture=True)
+        pod = self._new_pod(spec.name, spec.namespace, capture=True)
         return RunningProxy(
             name=spec.name,
             namespace=spec.namespace,
@@ -234,7 +252,7 @@ class CaptureSupervisor(Supervisor):
     def plan_gateway(
         self, name: str, labels: Mapping[str, str], server_ports: Sequence[int]
     ) -> RunningProxy:
-        pod = self._new_pod(name, capture=False)
+        pod = self._new_pod(name, "istio-system", capture=False)
         return RunningProxy(
             name=name,
             namespace="istio-system",
@@ -288,25 +306,38 @@ class CaptureSupervisor(Supervisor):
         process.argv = self.pods[running.name].command(process.argv, uid=uid, gid=gid)
         return process
 
+    # -- readiness: pilot-agent's status port in the pod, the kubelet in the node ----------
+
+    def status_socket(self, running: RunningProxy) -> socket.socket:
+        sock = socket_in_netns(Path("/run/netns") / self.pods[running.name].ns)
+        sock.bind(("0.0.0.0", STATUS_PORT))
+        sock.listen(16)
+        return sock
+
+    def app_connect(self, running: RunningProxy) -> Connect:
+        netns = Path("/run/netns") / self.pods[running.name].ns
+        return lambda port: connect_to("127.0.0.1", port, make=lambda: socket_in_netns(netns))
+
+    def kubelet_connect(self, running: RunningProxy) -> Connect:
+        node = Path("/run/netns") / self.network.ns
+        ip = running.address
+        return lambda port: connect_to(ip, port, make=lambda: socket_in_netns(node))
+
+    def exec_argv(self, running: RunningProxy, argv: Sequence[str]) -> list[str]:
+        uid, gid = self._app_uid
+        return self.pods[running.name].command(argv, uid=uid, gid=gid)
+
     # -- config and teardown ----------------------------------------------------------------
 
     def on_config(self, store: Any) -> None:
-        """Every pod resolves the services' names to their VIPs (``/etc/netns`` hosts,
-        rewritten in place: running processes see the bind-mounted file change)."""
+        """The cluster DNS answers the services' names with their VIPs."""
         from pilotfish.mesh.translate.services import MeshConfig
         from pilotfish.mesh.translate.vips import hosts_entries, service_vips
 
-        hosts = hosts_entries(service_vips(MeshConfig.from_store(store)))
-        if hosts == self.hosts:
-            return
-        self.hosts = hosts
-        for pod in self.pods.values():
-            pod.hosts = dict(hosts)
-            lines = ["127.0.0.1\tlocalhost", f"{pod.ip}\t{pod.name}"]
-            lines += [f"{ip}\t{host}" for host, ip in hosts.items()]
-            with contextlib.suppress(OSError), (pod.etc_dir / "hosts").open("r+") as f:
-                f.write("\n".join(lines) + "\n")
-                f.truncate()
+        if not self._dns_started:
+            self._dns_started = True
+            self.dns.start()
+        self.dns.set_services(hosts_entries(service_vips(MeshConfig.from_store(store))))
 
     def release(self, running: RunningProxy) -> None:
         for forward in self.forwards.pop(running.name, []):
@@ -323,6 +354,7 @@ class CaptureSupervisor(Supervisor):
             for forward in forwards:
                 forward.close()
         self.forwards.clear()
+        self.dns.close()
         try:
             self.network.close()
         except pods.PodError as e:
