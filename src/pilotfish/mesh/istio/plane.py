@@ -251,9 +251,9 @@ class IstioSupervisor(CaptureSupervisor):
 
     # -- pods -------------------------------------------------------------------------------
 
-    def _new_pod(self, name: str, capture: bool) -> Any:
+    def _new_pod(self, name: str, namespace: str, capture: bool) -> Any:
         """A pod; a sidecar's capture rules come from Istio's own istio-iptables."""
-        pod = super()._new_pod(name, capture=False)
+        pod = super()._new_pod(name, namespace, capture=False)
         if capture:
             result = pod.run(
                 [str(self.binaries.pilot_agent), "istio-iptables", *ISTIO_IPTABLES_ARGS]
