@@ -120,6 +120,8 @@ def failed(row: dict[str, Any]) -> bool:
 def synced(row: dict[str, Any]) -> bool:
     """The control plane saw the proxy ACK the last response of every type (CDS and LDS at
     least), with no push pending."""
+    if "sync" not in row:  # not this control plane's streams (istiod: see istio/cli.py)
+        return True
     sync = row.get("sync") or {}
     return (
         sync.get("CDS") == "SYNCED"
@@ -259,7 +261,7 @@ def cmd_up(
         ready = "-" if row.get("app_ready") is None else str(row["app_ready"]).lower()
         print(
             f"  {row['name']:<28} app {row['app']:<10} ready {ready:<6} proxy {row['proxy']:<8} "
-            + ("SYNCED" if synced(row) else _sync_text(row))
+            + ("SYNCED" if synced(row) and row.get("sync") else _sync_text(row))
         )
     url = gateway_url(rows)
     if url:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from pilotfish.mesh.capture.forward import socket_in_netns
 from pilotfish.mesh.capture.supervisor import PROXY_UID, CaptureSupervisor
 from pilotfish.mesh.controlplane import ControlPlane
 from pilotfish.mesh.istio import agent
@@ -265,6 +267,14 @@ class IstioSupervisor(CaptureSupervisor):
                 )
         return pod
 
+    def status_socket(self, running: RunningProxy) -> socket.socket:
+        """The app's readiness prober listens on a free port of the pod: the real pilot-agent
+        owns 15020 there (its /healthz/ready and merged metrics)."""
+        sock = socket_in_netns(Path("/run/netns") / self.pods[running.name].ns)
+        sock.bind(("0.0.0.0", 0))
+        sock.listen(16)
+        return sock
+
     def agent_spec(self, running: RunningProxy) -> agent.AgentSpec:
         return agent.AgentSpec(
             name=running.name,
@@ -377,6 +387,14 @@ class IstiodControlPlane(ControlPlane):
         if self.supervisor.proxy_binary:  # stock Envoy: see STOCK_ENVOY_ENV
             files["envoyfilter-istio-system-stock-envoy.yaml"] = yaml.safe_dump(NO_ISTIO_STATS)
         self.istio.write_config(files)
+
+    def status_rows(self) -> list[dict[str, Any]]:
+        """The proxies' rows without the embedded xDS server's sync state: they talk to istiod,
+        whose ``/debug/syncz`` ``up`` reads instead (``cli.wait_synced``)."""
+        rows = super().status_rows()
+        for row in rows:
+            row.pop("sync", None)
+        return rows
 
     def handle(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """The embedded control plane's requests, ``status`` with istiod's addresses, and
