@@ -68,6 +68,7 @@ ROUTE_TIMEOUT = {"csplit": "0.3s"}
 
 class Stack:
     def __init__(self, tmp: Path, kind: str) -> None:
+        self.kind = kind
         self.backends = {
             name: [FaultyBackend(f"{name}-{i}").start() for i in range(3)] for name in OUTLIER
         }
@@ -237,7 +238,10 @@ def test_resets_are_gateway_failures_detected_but_not_enforced_by_default(proxy:
     bad.mode = "reset"
     seen = [proxy.request("creset") for _ in range(12)]
     failures = [i for i, (status, _) in enumerate(seen) if status == 503]
-    assert len(failures) == 3, seen
+    # Envoy posts an ejection to its main thread: on a busy machine the worker can send the
+    # bad host one more request before it lands (seen once in a full run). pilotfish ejects
+    # at once.
+    assert len(failures) == 3 or (proxy.kind == "envoy" and len(failures) == 4), seen
     assert all(s == 200 for s, _ in seen[failures[-1] + 1 :]), seen
     assert proxy.od_stats("creset") == {
         "ejections_active": 1,
