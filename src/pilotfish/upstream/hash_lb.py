@@ -163,7 +163,7 @@ class HashLB(LoadBalancer):
     def __init__(
         self,
         host_set: HostSet,
-        config: ConsistentHashing,
+        config: ConsistentHashing = ConsistentHashing(),
         rng: random.Random | None = None,
         panic_counter: Counter | None = None,
         rq_active: Gauge | None = None,

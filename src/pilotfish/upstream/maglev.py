@@ -13,14 +13,9 @@ when that is smaller; which host each entry holds is the same either way.
 
 from __future__ import annotations
 
-import random
-
-from pilotfish.model.cluster import ConsistentHashing
-from pilotfish.stats.store import Counter, Gauge
 from pilotfish.upstream.hash_lb import HashLB, HashTable, WeightedHosts, host_hash_key
 from pilotfish.upstream.hashes import xxhash64
 from pilotfish.upstream.host import Host
-from pilotfish.upstream.lb import HostSet
 
 _MASK64 = (1 << 64) - 1
 
@@ -75,17 +70,6 @@ class Maglev(HashTable):
 
 class MaglevLB(HashLB):
     """Envoy's MAGLEV (``Cluster.MaglevLbConfig``)."""
-
-    def __init__(
-        self,
-        host_set: HostSet,
-        config: ConsistentHashing = ConsistentHashing(),
-        rng: random.Random | None = None,
-        panic_counter: Counter | None = None,
-        rq_active: Gauge | None = None,
-        locality_weighted: bool = False,
-    ) -> None:
-        super().__init__(host_set, config, rng, panic_counter, rq_active, locality_weighted)
 
     def build(self, wh: WeightedHosts) -> HashTable:
         c = self.config

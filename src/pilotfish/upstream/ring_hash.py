@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import bisect
 import math
-import random
 
-from pilotfish.model.cluster import ConsistentHashing
-from pilotfish.stats.store import Counter, Gauge
 from pilotfish.upstream.hash_lb import HashLB, HashTable, WeightedHosts, host_hash_key
 from pilotfish.upstream.hashes import murmur_hash2_64, xxhash64
 from pilotfish.upstream.host import Host
-from pilotfish.upstream.lb import HostSet
 
 
 class Ring(HashTable):
@@ -70,17 +66,6 @@ class Ring(HashTable):
 
 class RingHashLB(HashLB):
     """Envoy's RING_HASH (``Cluster.RingHashLbConfig``)."""
-
-    def __init__(
-        self,
-        host_set: HostSet,
-        config: ConsistentHashing = ConsistentHashing(),
-        rng: random.Random | None = None,
-        panic_counter: Counter | None = None,
-        rq_active: Gauge | None = None,
-        locality_weighted: bool = False,
-    ) -> None:
-        super().__init__(host_set, config, rng, panic_counter, rq_active, locality_weighted)
 
     def build(self, wh: WeightedHosts) -> HashTable:
         c = self.config
